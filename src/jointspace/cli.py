@@ -1,0 +1,169 @@
+"""The `jointspace` command line: demo, data, train, eval, report."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, pack and inspect WebDataset shards.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _friendly(fn):
+    """Turn expected user errors into one red line and exit code 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jointspace.config import ConfigError
+        from jointspace.data.shards import DataError
+        from jointspace.train.loop import NonFiniteLossError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as err:
+            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def builtin_config(name: str) -> Path:
+    """Path of a config shipped with the package (configs/<name>.yaml)."""
+    return Path(str(resources.files("jointspace") / "configs" / f"{name}.yaml"))
+
+
+@data_app.command("synth")
+@_friendly
+def data_synth(
+    name: Annotated[str, typer.Argument(help="digits (real: images + spoken digits + captions) or shapes (RGB + LiDAR)")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    seed: int = 0,
+    n: Annotated[Optional[int], typer.Option(help="number of samples (default: the whole set / 3000)")] = None,
+    maxcount: Annotated[int, typer.Option(help="samples per shard")] = 1000,
+) -> None:
+    """Write a built-in dataset as train/val/test WebDataset shards."""
+    from jointspace.data.builtin import synthesize
+
+    t0 = time.time()
+    info = synthesize(name, out, seed=seed, n=n, maxcount=maxcount)
+    counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
+    console.print(f"wrote {out} ({counts}) in {time.time() - t0:.1f}s; modalities {info['modalities']}")
+
+
+@data_app.command("pack")
+@_friendly
+def data_pack(
+    source: Annotated[Path, typer.Argument(help="CSV/JSONL manifest, or a folder of class folders")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    seed: int = 0,
+    maxcount: int = 1000,
+    max_bad_fraction: float = 0.01,
+    label_map: Annotated[Optional[str], typer.Option(help="JSON {old: new} merging classes")] = None,
+) -> None:
+    """Pack user data (manifest or class folders) into shards."""
+    from jointspace.data.manifest import pack_folder, pack_manifest
+
+    mapping = json.loads(label_map) if label_map else None
+    kw = dict(label_map=mapping, seed=seed, maxcount=maxcount, max_bad_fraction=max_bad_fraction)
+    info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
+    counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
+    console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows")
+
+
+@data_app.command("inspect")
+@_friendly
+def data_inspect(
+    root: Annotated[Path, typer.Argument(help="shard folder")],
+    grid: Annotated[Optional[Path], typer.Option(help="also write a PNG grid of samples per class")] = None,
+) -> None:
+    """Counts per class and split, modality shapes, corrupt samples."""
+    from jointspace.data.manifest import class_grid, format_inspection, inspect_shards
+
+    result = inspect_shards(root)
+    console.print(format_inspection(result))
+    if grid is not None:
+        class_grid(root, "train", grid)
+        console.print(f"grid: {grid}")
+
+
+@app.command()
+@_friendly
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set train.epochs=5")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run from its latest checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+) -> None:
+    """Train a joint space."""
+    from jointspace.config import load_config
+    from jointspace.train.loop import train as run_train
+
+    cfg = load_config(config, set_ or [])
+    run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
+    console.print(f"done: {run_dir}")
+
+
+@app.command("eval")
+@_friendly
+def eval_(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    split: Annotated[Optional[str], typer.Option(help="split to evaluate (default: the config's)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="shard folder (default: the run's)")] = None,
+    device: str = "auto",
+) -> None:
+    """Retrieval (every modality pair), zero-shot and linear-probe metrics -> eval.json."""
+    from jointspace.evaluate.runner import evaluate_run
+    from jointspace.viz.report import metrics_table
+
+    result = evaluate_run(run, split, data, device)
+    console.print(metrics_table(result))
+
+
+@app.command()
+@_friendly
+def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
+    """Plots and one HTML report for an evaluated run."""
+    from jointspace.viz.report import write_report
+
+    console.print(f"report: {write_report(run)}")
+
+
+@app.command()
+@_friendly
+def demo(
+    name: str = "digits",
+    output_dir: Annotated[str, typer.Option(help="where runs go")] = "runs",
+    data_dir: Annotated[str, typer.Option(help="where the generated shards go")] = "data/digits",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="config override")] = None,
+) -> None:
+    """Generate the digits set, train a joint space, evaluate it and write the report."""
+    from jointspace.config import load_config
+    from jointspace.evaluate.runner import evaluate_run
+    from jointspace.train.loop import train as run_train
+    from jointspace.viz.report import metrics_table, write_report
+
+    t0 = time.time()
+    overrides = [f"name={name}", f"output_dir={output_dir}", f"data.path={data_dir}", *(set_ or [])]
+    cfg = load_config(builtin_config("digits"), overrides)
+    run_dir = run_train(cfg, overwrite=True)
+    result = evaluate_run(run_dir)
+    path = write_report(run_dir)
+    console.print(metrics_table(result))
+    console.print(f"report: {path}   ({time.time() - t0:.0f}s in all)")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

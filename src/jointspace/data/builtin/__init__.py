@@ -1,0 +1,50 @@
+"""Embedded datasets, generated offline: `digits` (real) and `shapes` (procedural RGB + LiDAR)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from jointspace.data.shards import write_dataset
+
+BUILTIN = ("digits", "shapes")
+SHAPES_SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def _shapes_splits(n: int, seed: int) -> dict[str, Iterator[dict]]:
+    from jointspace.data.builtin import shapes
+
+    def samples(split: str, count: int, split_seed: int) -> Iterator[dict]:
+        for i, scene in enumerate(shapes.generate(count, split_seed)):
+            yield {"key": f"shapes-{split}-{i:05d}", "image": scene["image"], "lidar": scene["lidar"],
+                   "text": scene["caption"], "label": scene["label"], "meta": scene["meta"]}
+
+    out = {}
+    for j, (split, frac) in enumerate(SHAPES_SPLIT.items()):
+        split_seed = int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
+        out[split] = samples(split, int(round(n * frac)), split_seed)
+    return out
+
+
+def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = None, maxcount: int = 1000) -> dict:
+    """Generate a built-in dataset as shards under `out_dir`; returns its dataset.json content."""
+    if name == "digits":
+        from jointspace.data.builtin import digits
+
+        limit = None if n is None else max(1, n // 3)
+        return write_dataset(out_dir, digits.generate(seed, limit), digits.MODALITIES, digits.CLASS_NAMES,
+                             {**digits.info(), "seed": seed}, maxcount=maxcount)
+    if name == "shapes":
+        from jointspace.data.builtin import shapes
+
+        classes = shapes.class_names()
+        extra = {
+            "name": "shapes", "source": "procedural scenes (jointspace.data.builtin.shapes)", "seed": seed,
+            "prompt_templates": shapes.prompt_templates(),
+            "zero_shot_prompts": {c: shapes.zero_shot_prompts(c) for c in classes},
+        }
+        return write_dataset(out_dir, _shapes_splits(n or 3000, seed),
+                             {"image": "image", "lidar": "range", "text": "text"}, classes, extra, maxcount=maxcount)
+    raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")

@@ -1,0 +1,201 @@
+"""Write and read WebDataset `.tar` shards; corrupt shards and samples are skipped and counted."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+INFO_FILE = "dataset.json"
+SPLITS = ("train", "val", "test")
+
+
+class DataError(RuntimeError):
+    """Input data is missing or too corrupt to use; the message names the files."""
+
+
+# ---- encoding: one file per modality inside a sample, the extension says how it decodes ----
+
+def encode_value(kind: str, value: Any) -> tuple[str, bytes]:
+    """Encode one modality value to (extension, bytes) by its kind."""
+    if kind == "image":
+        if isinstance(value, (str, Path)):
+            path = Path(value)
+            return path.suffix.lstrip(".").lower().replace("jpeg", "jpg"), path.read_bytes()
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(value, dtype=np.uint8)).save(buf, format="PNG")
+        return "png", buf.getvalue()
+    if kind == "text":
+        return "txt", str(value).encode("utf-8")
+    if isinstance(value, (str, Path)):
+        value = np.load(value, allow_pickle=False)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value, dtype=np.float32), allow_pickle=False)
+    return "npy", buf.getvalue()
+
+
+def decode_value(ext: str, data: bytes) -> Any:
+    """Decode one stored file by its extension (png/jpg -> uint8 array, txt -> str, npy -> array)."""
+    if ext in ("png", "jpg", "jpeg", "webp", "bmp"):
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+        return arr
+    if ext in ("txt", "caption"):
+        return data.decode("utf-8")
+    if ext == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    if ext == "cls":
+        return int(data.decode("ascii").strip())
+    if ext == "json":
+        return json.loads(data.decode("utf-8"))
+    raise ValueError(f"unknown extension .{ext}")
+
+
+# ---- writing ----
+
+def write_dataset(
+    out_dir: str | Path,
+    splits: dict[str, Iterable[dict]],
+    modalities: dict[str, str],
+    class_names: list[str],
+    extra_info: dict | None = None,
+    maxcount: int = 1000,
+) -> dict:
+    """Write samples per split into `out_dir/<split>/shard-NNNNNN.tar` plus `dataset.json`.
+
+    A sample is a dict with `key`, one entry per modality (kinds: image/text/sequence/range),
+    `label` (int) and optional `meta` (dict). The folder appears atomically when complete.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    info: dict = {"modalities": modalities, "class_names": list(class_names), "splits": {}}
+    info.update(extra_info or {})
+    try:
+        for split, samples in splits.items():
+            (tmp / split).mkdir()
+            counts: dict[str, int] = {}
+            n = 0
+            pattern = str(tmp / split / "shard-%06d.tar")
+            with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
+                for sample in samples:
+                    record = {"__key__": str(sample["key"]), "cls": str(int(sample["label"])).encode()}
+                    for name, kind in modalities.items():
+                        if name in sample and sample[name] is not None:
+                            ext, data = encode_value(kind, sample[name])
+                            record[f"{name}.{ext}"] = data
+                    if sample.get("meta") is not None:
+                        record["json"] = json.dumps(sample["meta"]).encode()
+                    sink.write(record)
+                    label = int(sample["label"])
+                    counts[str(label)] = counts.get(str(label), 0) + 1
+                    n += 1
+            shards = sorted(p.name for p in (tmp / split).glob("*.tar"))
+            info["splits"][split] = {"n_samples": n, "shards": shards, "class_counts": counts}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def read_info(root: str | Path) -> dict:
+    """Read `dataset.json` of a shard folder."""
+    path = Path(root) / INFO_FILE
+    if not path.exists():
+        raise DataError(f"{root}: not a jointspace shard folder (no {INFO_FILE}); see `jointspace data synth`")
+    return json.loads(path.read_text())
+
+
+def split_urls(root: str | Path, split: str) -> list[str]:
+    """Shard paths of one split."""
+    folder = Path(root) / split
+    urls = sorted(str(p) for p in folder.glob("*.tar"))
+    if not urls:
+        raise DataError(f"{folder}: no .tar shards for split {split!r}")
+    return urls
+
+
+# ---- reading ----
+
+@dataclass
+class ReadStats:
+    """Counts of what reading a split kept and skipped."""
+
+    n_ok: int = 0
+    n_bad: int = 0
+    n_expected: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def n_missing(self) -> int:
+        lost = (self.n_expected - self.n_ok) if self.n_expected is not None else self.n_bad
+        return max(lost, self.n_bad)
+
+    @property
+    def bad_fraction(self) -> float:
+        total = max(self.n_ok + self.n_missing, 1)
+        return self.n_missing / total
+
+    def record(self, what: str) -> None:
+        self.n_bad += 1
+        if len(self.errors) < 50:
+            self.errors.append(what)
+
+    def check(self, max_bad_fraction: float, where: str) -> None:
+        """Raise DataError when the skipped fraction exceeds the threshold."""
+        if self.bad_fraction > max_bad_fraction:
+            shown = "\n  ".join(self.errors[:10])
+            raise DataError(
+                f"{where}: {self.n_missing} of {self.n_ok + self.n_missing} samples unreadable "
+                f"({self.bad_fraction:.1%} > max_bad_fraction {max_bad_fraction:.1%}):\n  {shown}"
+            )
+
+
+def iter_samples(urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
+    """Yield decoded samples {key, label, meta, <modality>: value}; skips and counts corrupt ones."""
+
+    def handler(exn: Exception) -> bool:
+        where = next((a for a in exn.args if isinstance(a, str) and a.endswith(".tar")), "?")
+        stats.record(f"{where}: {type(exn).__name__}: {exn.args[0] if exn.args else ''}")
+        return True
+
+    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+    for raw in pipeline:
+        key = raw.get("__key__", "?")
+        try:
+            sample: dict[str, Any] = {"key": key, "meta": {}}
+            for name, data in raw.items():
+                if name.startswith("__"):
+                    continue
+                base, _, ext = name.rpartition(".")
+                if not base:  # "cls", "json"
+                    base, ext = name, name
+                if base == "cls":
+                    sample["label"] = decode_value("cls", data)
+                elif base == "json":
+                    sample["meta"] = decode_value("json", data)
+                elif modalities is None or base in modalities:
+                    sample[base] = decode_value(ext, data)
+            missing = [m for m in (modalities or []) if m not in sample]
+            if missing or "label" not in sample:
+                raise ValueError(f"missing {missing or ['label']}")
+        except Exception as exn:  # noqa: BLE001 - any undecodable sample is skipped and counted
+            stats.record(f"{raw.get('__url__', '?')}:{key}: {type(exn).__name__}: {exn}")
+            continue
+        stats.n_ok += 1
+        yield sample

@@ -1,0 +1,51 @@
+"""Embedding whole splits and class prompts with a trained model."""
+
+from __future__ import annotations
+
+import torch
+
+from jointspace.data.dataset import SplitData
+from jointspace.data.transforms import make_tokenizer
+from jointspace.model import JointModel
+
+
+@torch.no_grad()
+def embed_split(model: JointModel, data: SplitData, batch_size: int = 512,
+                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """L2-normalised embeddings [N, D] per modality of the split (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in data.kinds if m in model.towers}
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+        for m in out:
+            out[m].append(model.encode(m, batch).float().cpu())
+    model.train(was_training)
+    return {m: torch.cat(v) for m, v in out.items()}
+
+
+@torch.no_grad()
+def embed_class_prompts(model: JointModel, text_modality: str, prompts: list[list[str]], context_length: int,
+                        device: torch.device | str = "cpu") -> torch.Tensor:
+    """One embedding per class: the normalised mean of its prompts' embeddings (CLIP prompt ensembling)."""
+    was_training = model.training
+    model.eval()
+    tok = make_tokenizer(context_length)
+    rows = []
+    for class_prompts in prompts:
+        emb = model.encode(text_modality, {text_modality: tok(class_prompts).to(device)}).float().mean(0)
+        rows.append(torch.nn.functional.normalize(emb, dim=0).cpu())
+    model.train(was_training)
+    return torch.stack(rows)
+
+
+def class_prompts(info: dict) -> list[list[str]] | None:
+    """Prompts per class from dataset.json: explicit `zero_shot_prompts`, else templates x class names."""
+    names = info.get("class_names") or []
+    if not names:
+        return None
+    if info.get("zero_shot_prompts"):
+        return [info["zero_shot_prompts"][n] for n in names]
+    templates = info.get("prompt_templates") or ["{}", "a {}", "a photo of a {}"]
+    return [[t.format(n) for t in templates] for n in names]

@@ -1,0 +1,160 @@
+"""Chunked cross-modal retrieval metrics: Recall@K, mAP@K and rank statistics.
+
+Similarity is the dot product (embeddings are assumed L2-normalised). Queries are processed in
+chunks of ``chunk_size`` rows so memory stays O(chunk_size * Ng); the full Nq x Ng similarity
+matrix is never built.
+
+Tie convention (deterministic, independent of gallery order): a positive's rank is
+``1 + number of gallery items with strictly greater similarity``. Equivalently, within a group of
+tied similarities positives are ordered before negatives, so ties resolve in the positive's favour.
+mAP@K uses the same ordering, so ``R@1`` and the first term of AP always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["retrieval_metrics", "retrieval_report"]
+
+
+def _positive_mask(
+    start: int,
+    n_rows: int,
+    n_gallery: int,
+    query_labels: Tensor | None,
+    gallery_labels: Tensor | None,
+    device: torch.device,
+) -> Tensor:
+    """Boolean positives for query rows [start, start + n_rows) against the whole gallery: [c, Ng]."""
+    if query_labels is None or gallery_labels is None:
+        query_idx = torch.arange(start, start + n_rows, device=device)
+        gallery_idx = torch.arange(n_gallery, device=device)
+        return query_idx.unsqueeze(1) == gallery_idx.unsqueeze(0)
+    return query_labels[start : start + n_rows].unsqueeze(1) == gallery_labels.unsqueeze(0)
+
+
+def _first_positive_rank(sim: Tensor, pos: Tensor) -> Tensor:
+    """1-based rank of the best-ranked positive per row: [c] (meaningless for rows without positives)."""
+    best_pos_sim = sim.masked_fill(~pos, -math.inf).amax(dim=1, keepdim=True)  # [c, 1]
+    return 1 + (sim > best_pos_sim).sum(dim=1)
+
+
+def _average_precision_at_k(sim: Tensor, pos: Tensor, n_pos: Tensor, k: int) -> Tensor:
+    """AP@k per row with positives-first tie-breaking: [c]."""
+    top_sim, top_idx = sim.topk(k, dim=1)  # [c, k], sorted descending
+    top_rel = pos.gather(1, top_idx)  # [c, k]
+    # topk's order inside a tie group is arbitrary; recompute relevance per position as if each tie
+    # group were sorted positives-first. Every item strictly above top_sim[:, i] lies inside the top-k,
+    # so group starts and (non-boundary) group positive counts can be read off the top-k alone.
+    group_start = (top_sim.unsqueeze(1) > top_sim.unsqueeze(2)).sum(dim=2)  # [c, k]
+    same_group = top_sim.unsqueeze(1) == top_sim.unsqueeze(2)  # [c, k, k]
+    group_pos = (same_group & top_rel.unsqueeze(1)).sum(dim=2)  # [c, k]
+    # The last group may continue past position k; count its positives over the whole row.
+    boundary_sim = top_sim[:, -1:]  # [c, 1]
+    boundary_pos = (pos & (sim == boundary_sim)).sum(dim=1, keepdim=True)  # [c, 1]
+    group_pos = torch.where(top_sim == boundary_sim, boundary_pos, group_pos)
+    position = torch.arange(k, device=sim.device).unsqueeze(0)  # [1, k]
+    rel = (position - group_start < group_pos).to(sim.dtype)  # [c, k]
+    precision = rel.cumsum(dim=1) / (position + 1)  # P@1..P@k
+    denom = n_pos.clamp(min=1, max=k).to(sim.dtype)
+    return (precision * rel).sum(dim=1) / denom
+
+
+def _median(values: Tensor) -> float:
+    """Median that averages the two middle values for even lengths (numpy convention)."""
+    ordered = values.sort().values
+    n = ordered.numel()
+    return float(ordered[(n - 1) // 2] + ordered[n // 2]) / 2.0
+
+
+def retrieval_metrics(
+    query_emb: Tensor,
+    gallery_emb: Tensor,
+    query_labels: Tensor | None = None,
+    gallery_labels: Tensor | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+    map_k: int = 10,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Recall@k, mAP@map_k, median/mean first-positive rank of queries [Nq, D] against a gallery [Ng, D].
+
+    With labels, gallery item j is a positive for query i iff their labels are equal (class-level; a
+    query hits at k if any positive is in its top-k). Without labels, query i's only positive is gallery
+    item i (instance-level; requires Nq == Ng). Queries with no positive are excluded from every metric;
+    ``n_queries`` reports how many were scored. See the module docstring for the tie convention.
+    """
+    if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
+        raise ValueError(
+            f"expected [Nq, D] and [Ng, D], got {tuple(query_emb.shape)}, {tuple(gallery_emb.shape)}"
+        )
+    if (query_labels is None) != (gallery_labels is None):
+        raise ValueError("pass both query_labels and gallery_labels, or neither")
+    if chunk_size < 1 or map_k < 1 or any(k < 1 for k in ks):
+        raise ValueError("chunk_size, map_k and every k must be >= 1")
+    n_query, n_gallery = query_emb.shape[0], gallery_emb.shape[0]
+    device = query_emb.device
+    if query_labels is None:
+        if n_query != n_gallery:
+            raise ValueError(f"instance-level retrieval needs Nq == Ng, got {n_query} and {n_gallery}")
+    else:
+        assert gallery_labels is not None
+        if query_labels.shape != (n_query,) or gallery_labels.shape != (n_gallery,):
+            raise ValueError("labels must be 1-D and match the number of embeddings")
+        query_labels, gallery_labels = query_labels.to(device), gallery_labels.to(device)
+
+    dtype = torch.float64 if query_emb.dtype == torch.float64 else torch.float32
+    gallery = gallery_emb.to(device=device, dtype=dtype)
+    k_ap = min(map_k, n_gallery)
+    ranks, aps = [], []
+    for start in range(0, n_query, chunk_size):
+        query = query_emb[start : start + chunk_size].to(dtype)  # [c, D]
+        sim = query @ gallery.T  # [c, Ng]
+        pos = _positive_mask(start, query.shape[0], n_gallery, query_labels, gallery_labels, device)
+        n_pos = pos.sum(dim=1)  # [c]
+        valid = n_pos > 0
+        if k_ap > 0:
+            ap = _average_precision_at_k(sim, pos, n_pos, k_ap)
+        else:
+            ap = torch.zeros(query.shape[0], dtype=dtype, device=device)
+        ranks.append(_first_positive_rank(sim, pos)[valid].cpu())
+        aps.append(ap[valid].cpu())
+
+    rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)  # [Nq_valid]
+    ap_all = torch.cat(aps) if aps else torch.zeros(0, dtype=torch.float64)
+    n_valid = rank.numel()
+    out: dict[str, float] = {}
+    if n_valid == 0:
+        out.update({f"R@{k}": math.nan for k in ks})
+        out.update({f"mAP@{map_k}": math.nan, "median_rank": math.nan, "mean_rank": math.nan})
+    else:
+        out.update({f"R@{k}": float((rank <= k).double().mean()) for k in ks})
+        out[f"mAP@{map_k}"] = float(ap_all.double().mean())
+        out["median_rank"] = _median(rank.double())
+        out["mean_rank"] = float(rank.double().mean())
+    out["n_queries"] = float(n_valid)
+    return out
+
+
+def retrieval_report(
+    emb: dict[str, Tensor],
+    labels: Tensor | None,
+    pairs: Iterable[tuple[str, str]] | None = None,
+    **kw: object,
+) -> dict[str, dict[str, float]]:
+    """Retrieval metrics keyed "a->b" for every ordered modality pair (or just ``pairs``).
+
+    ``emb`` maps modality name to paired embeddings [N, D] (row i of every modality is the same item);
+    ``labels`` [N] are shared across modalities (None: instance-level). ``kw`` goes to retrieval_metrics.
+    """
+    if pairs is None:
+        pairs = [(a, b) for a in emb for b in emb if a != b]
+    report: dict[str, dict[str, float]] = {}
+    for a, b in pairs:
+        if a not in emb or b not in emb:
+            raise KeyError(f"unknown modality in pair ({a!r}, {b!r}); have {sorted(emb)}")
+        report[f"{a}->{b}"] = retrieval_metrics(emb[a], emb[b], labels, labels, **kw)  # type: ignore[arg-type]
+    return report

@@ -1,0 +1,82 @@
+"""Evaluate a finished run on a split: retrieval for every modality pair, zero-shot, linear probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jointspace.data.dataset import SplitData, load_split
+from jointspace.data.shards import read_info
+from jointspace.evaluate.classify import linear_probe, zero_shot_classify
+from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split
+from jointspace.evaluate.retrieval import retrieval_report
+from jointspace.runs import EVAL, load_run, resolve_device
+
+PREVIEW_LIMIT = 2000  # samples whose raw inputs are kept in the embeddings file for galleries
+
+
+def _load(cfg, root: Path, split: str, keep_raw: bool) -> SplitData:
+    return load_split(root, split, cfg.data.modalities, cfg.data.image_size, cfg.data.context_length,
+                      cfg.data.max_frames, cfg.data.max_bad_fraction, keep_raw=keep_raw)
+
+
+def _save_embeddings(path: Path, emb: dict[str, torch.Tensor], data: SplitData) -> None:
+    arrays: dict[str, np.ndarray] = {f"emb_{m}": e.numpy().astype(np.float32) for m, e in emb.items()}
+    arrays["labels"] = data.labels.numpy().astype(np.int64)
+    arrays["keys"] = np.array(data.keys)
+    arrays["class_names"] = np.array(data.class_names or [str(i) for i in range(int(data.labels.max()) + 1)])
+    for m, texts in data.captions.items():
+        arrays["captions"] = np.array(texts)
+        break
+    n = min(len(data), PREVIEW_LIMIT)
+    for m, values in data.raw.items():
+        first = values[:n]
+        if data.kinds[m] == "sequence":  # pad variable-length sequences
+            frames = max(len(v) for v in first)
+            out = np.zeros((n, frames, first[0].shape[-1]), dtype=np.float32)
+            for i, v in enumerate(first):
+                out[i, : len(v)] = v
+            arrays[f"preview_{m}"] = out
+        else:
+            arrays[f"preview_{m}"] = np.stack(first)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str | None = None,
+                 device: str = "auto") -> dict:
+    """Compute and write `eval.json` and `eval/embeddings_<split>.npz`; returns the eval dict."""
+    run_dir = Path(run_dir)
+    cfg, model, info = load_run(run_dir)
+    dev = resolve_device(device)
+    model.to(dev)
+    split = split or cfg.eval.split
+    root = Path(data_path or cfg.data.path)
+    data = _load(cfg, root, split, keep_raw=True)
+    emb = embed_split(model, data, device=dev)
+    labels = data.labels if cfg.eval.positives == "label" else None
+    result: dict = {
+        "split": split, "n_samples": len(data), "modalities": list(emb), "positives": cfg.eval.positives,
+        "skipped_samples": data.stats.n_missing,
+        "retrieval": retrieval_report(emb, labels, ks=tuple(cfg.eval.ks), map_k=cfg.eval.map_k,
+                                      chunk_size=cfg.eval.chunk_size),
+    }
+    dataset_info = read_info(root)
+    text_mod = next((m for m, k in data.kinds.items() if k == "text"), None)
+    prompts = class_prompts(dataset_info)
+    if cfg.eval.zero_shot and text_mod and prompts:
+        class_emb = embed_class_prompts(model, text_mod, prompts, cfg.data.context_length, dev)
+        result["zero_shot"] = {m: zero_shot_classify(e, class_emb, data.labels, ks=(1, 5))
+                               for m, e in emb.items() if m != text_mod}
+    if cfg.eval.linear_probe:
+        train = _load(cfg, root, "train", keep_raw=False)
+        train_emb = embed_split(model, train, device=dev)
+        result["linear_probe"] = {m: linear_probe(train_emb[m], train.labels, emb[m], data.labels) for m in emb}
+    (run_dir / "eval").mkdir(exist_ok=True)
+    _save_embeddings(run_dir / "eval" / f"embeddings_{split}.npz", emb, data)
+    (run_dir / EVAL).write_text(json.dumps(result, indent=2))
+    return result

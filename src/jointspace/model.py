@@ -1,0 +1,81 @@
+"""JointModel: one tower + projection head per modality, and a learnable logit scale."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jointspace.config import ModelConfig
+from jointspace.towers import build_tower
+from jointspace.towers.heads import build_head
+
+# Default tower per modality kind when the config names none.
+DEFAULT_TOWERS = {"image": "cnn", "text": "transformer", "sequence": "frames_cnn", "range": "range_cnn"}
+
+
+class JointModel(nn.Module):
+    """Embeds any of its modalities into one L2-normalised space."""
+
+    def __init__(self, towers: dict[str, nn.Module], embed_dim: int, head_kind: str = "linear",
+                 head_hidden: int = 256, head_dropout: float = 0.0, init_temperature: float = 0.07,
+                 learn_temperature: bool = True, max_logit_scale: float = 100.0):
+        super().__init__()
+        self.towers = nn.ModuleDict(towers)
+        self.heads = nn.ModuleDict(
+            {m: build_head(t.out_dim, embed_dim, head_kind, head_hidden, head_dropout) for m, t in towers.items()}
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)),
+                                        requires_grad=learn_temperature)
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by the SigLIP loss only
+        self.embed_dim = embed_dim
+        self.max_log_scale = math.log(max_logit_scale)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.towers)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to max_logit_scale as in CLIP."""
+        return self.logit_scale.clamp(max=self.max_log_scale).exp()
+
+    def encode(self, modality: str, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        """Embed one modality of a batch: [B, embed_dim]."""
+        feats = self.towers[modality](batch[modality], batch.get(f"{modality}_len"))
+        emb = self.heads[modality](feats)
+        return F.normalize(emb.float(), dim=-1) if normalize else emb
+
+    def forward(self, batch: dict[str, torch.Tensor], modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
+        return {m: self.encode(m, batch) for m in (modalities or self.modalities) if m in batch}
+
+
+def build_model(cfg: ModelConfig, kinds: dict[str, str], image_channels: int | None = None,
+                context_length: int | None = None, image_size: int | None = None) -> JointModel:
+    """Build towers for every modality (config entry or the default for its kind)."""
+    towers = {}
+    for name, kind in kinds.items():
+        tcfg = cfg.towers.get(name)
+        tower_name = tcfg.name if tcfg else DEFAULT_TOWERS[kind]
+        params = dict(tcfg.params) if tcfg else {}
+        if kind == "image" and image_channels is not None and tower_name in ("cnn", "vit"):
+            params.setdefault("in_chans", image_channels)
+        if kind == "image" and image_size is not None and tower_name == "vit":
+            params.setdefault("img_size", image_size)
+        if kind == "text" and context_length is not None and tower_name == "transformer":
+            params.setdefault("context_length", context_length)
+        try:
+            towers[name] = build_tower(tower_name, **params)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model.towers.{name}: {err}") from None
+    unknown = [m for m in cfg.towers if m not in kinds]
+    if unknown:
+        raise ValueError(f"model.towers: {unknown} are not modalities of this run ({', '.join(kinds)})")
+    return JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
+                      cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,86 @@
+"""Image towers: a small configurable CNN and a small ViT (timm)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from jointspace.towers.registry import register_tower
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be batch/group/none, got {kind!r}")
+
+
+class ConvNet(nn.Module):
+    """Stages of (conv-norm-ReLU) x2 with downsampling by MaxPool2d or a strided conv; avg-pooled."""
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        channels: tuple[int, ...] = (32, 64, 128),
+        downsample: str = "maxpool",
+        norm: str = "batch",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if downsample not in ("maxpool", "stride"):
+            raise ValueError(f"downsample must be maxpool or stride, got {downsample!r}")
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        for i, c in enumerate(channels):
+            stride = 2 if (downsample == "stride" and i > 0) else 1
+            if downsample == "maxpool" and i > 0:
+                layers.append(nn.MaxPool2d(2))
+            layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), _norm(norm, c), nn.ReLU()]
+            layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), _norm(norm, c), nn.ReLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.drop = nn.Dropout(dropout)
+        self.out_dim = c_in
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map [B, C, h, w] before pooling."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.drop(self.features(x).mean(dim=(2, 3)))
+
+
+@register_tower("cnn")
+def cnn(in_chans: int = 3, channels: tuple[int, ...] = (32, 64, 128), downsample: str = "maxpool",
+        norm: str = "batch", dropout: float = 0.0) -> ConvNet:
+    """Scratch CNN for small images."""
+    return ConvNet(in_chans, tuple(channels), downsample, norm, dropout)
+
+
+class TimmViT(nn.Module):
+    """A timm VisionTransformer returning the pooled token."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        self.out_dim = vit.num_features
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vit(x)
+
+
+@register_tower("vit")
+def vit(img_size: int = 32, patch_size: int = 4, in_chans: int = 3, width: int = 96, depth: int = 4,
+        heads: int = 4, mlp_ratio: float = 2.0, global_pool: str = "avg") -> TimmViT:
+    """Small ViT built with timm's VisionTransformer (no pretrained weights)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0, embed_dim=width,
+        depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, global_pool=global_pool,
+        class_token=global_pool == "token",
+    )
+    return TimmViT(model)

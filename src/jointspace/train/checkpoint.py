@@ -1,0 +1,172 @@
+"""Atomic checkpoints: safetensors for tensors, JSON for the rest; `latest.json` moves last.
+
+A checkpoint is a folder `checkpoints/<name>/` with `model.safetensors`, `optimizer.safetensors`
+(optimizer moments + torch RNG state) and `state.json`. It is written into a temporary folder,
+fsynced and renamed into place; only then is `latest.json` atomically replaced to point at it.
+A crash (even kill -9) at any moment leaves `latest.json` naming a complete checkpoint.
+Nothing here unpickles: loading untrusted files cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically (tmp file + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors save of detached, contiguous CPU copies."""
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"state.{pid}.{name}"] = val
+            else:
+                scalars.setdefault(str(pid), {})[name] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of optimizer_to_flat: an optimizer state_dict."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("state."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = val
+    for pid, vals in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(vals)
+    # JSON turned tuples (betas) into lists; put them back so the state equals the saved one
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Current RNG states: torch's as tensors, python's and numpy's as JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[int(x) if i != 2 else float(x) for i, x in enumerate(np_state[2:])]],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restore RNG states saved by rng_state."""
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npm = meta["numpy"]
+    np.random.set_state((npm[0], np.array(npm[1], dtype=np.uint32), int(npm[2]), int(npm[3]), float(npm[4])))
+
+
+def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: dict, keep: int = 2) -> Path:
+    """Write checkpoint `name` atomically, point latest.json at it, prune to the newest `keep`."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=ckpt_dir))
+    try:
+        save_tensors(model.state_dict(), tmp / "model.safetensors")
+        extra: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        if optimizer is not None:
+            extra, meta["optimizer"] = optimizer_to_flat(optimizer)
+        rng_t, meta["rng"] = rng_state()
+        extra.update(rng_t)
+        save_tensors(extra, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, **meta}))
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        final = ckpt_dir / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(ckpt_dir / LATEST, json.dumps({"name": name}))
+    _prune(ckpt_dir, keep, protect=name)
+    return final
+
+
+def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
+    done = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime)
+    for old in done[:-keep]:
+        if old.name != protect:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_dir.glob(".*.tmp-*"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint latest.json names, or None."""
+    pointer = ckpt_dir / LATEST
+    if not pointer.exists():
+        return None
+    path = ckpt_dir / json.loads(pointer.read_text())["name"]
+    return path if path.exists() else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = True) -> dict:
+    """Load weights (strict), optimizer and RNG state; returns state.json's content."""
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    state = json.loads((path / "state.json").read_text())
+    extra = load_file(str(path / "optimizer.safetensors"))
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(optimizer_from_flat(extra, state["optimizer"]))
+    if restore_rng and "rng" in state:
+        set_rng_state(extra, state["rng"])
+    return state

@@ -1,0 +1,211 @@
+"""The training loop: AdamW + warmup/cosine, AMP, accumulation with cached negatives, clipping,
+checkpoints every N epochs, exact resume, and a hard stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from jointspace.config import RunConfig, save_config
+from jointspace.data.dataset import SplitData, epoch_batches, load_split, steps_per_epoch
+from jointspace.data.shards import read_info
+from jointspace.evaluate.embed import embed_split
+from jointspace.evaluate.retrieval import retrieval_metrics
+from jointspace.losses import BindingLoss, binding_pairs, positive_mask
+from jointspace.model import JointModel, count_parameters
+from jointspace.runs import CONFIG, WEIGHTS, build_from_info, resolve_device, write_run_info
+from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from jointspace.train.optim import build_optimizer, build_scheduler
+from jointspace.train.tracking import Tracker
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the run stopped without writing a checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for the configured precision ('auto': bf16 on a CUDA GPU that has it, else off)."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None]:
+    """dataset.json info, and the train and validation splits (synthesising a built-in set if asked)."""
+    root = Path(cfg.data.path)
+    if not root.exists() and cfg.data.synth:
+        from jointspace.data.builtin import synthesize
+
+        synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
+    info = read_info(root)
+    kw = dict(modalities=cfg.data.modalities, image_size=cfg.data.image_size, context_length=cfg.data.context_length,
+              max_frames=cfg.data.max_frames, max_bad_fraction=cfg.data.max_bad_fraction)
+    train = load_split(root, "train", **kw)
+    val = load_split(root, "val", **kw) if (root / "val").exists() else None
+    return info, train, val
+
+
+def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[dict], pos_mask,
+                         amp_ctx) -> tuple[torch.Tensor, dict]:
+    """Backward over micro-batches with negatives from the whole accumulated batch (open_clip accum_freq).
+
+    Features of all micro-batches are first computed without grad; each micro-batch is then re-encoded
+    with grad and the loss over the full batch is back-propagated through its slice only. Summed, these
+    give the gradient of the full-batch loss; the temperature gets its gradient once.
+    """
+    bias = model.logit_bias
+    if len(micro) == 1:
+        with amp_ctx:
+            emb = model(micro[0])
+            loss, parts = loss_fn(emb, model.scale(), pos_mask, bias)
+        loss.backward()
+        return loss.detach(), parts
+    with torch.no_grad(), amp_ctx:
+        cached = [model(mb) for mb in micro]
+    for j, mb in enumerate(micro):
+        with amp_ctx:
+            fresh = model(mb)
+            emb = {m: torch.cat([fresh[m] if k == j else cached[k][m] for k in range(len(micro))]) for m in fresh}
+            scale = model.scale() if j == 0 else model.scale().detach()
+            loss, parts = loss_fn(emb, scale, pos_mask, bias if j == 0 else bias.detach())
+        loss.backward()
+    return loss.detach(), parts
+
+
+@torch.no_grad()
+def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunConfig, device) -> dict:
+    """Validation loss (full split as one batch per 512) and R@1 for the trained pairs."""
+    emb = embed_split(model, data, device=device)
+    labels = data.labels
+    out: dict[str, float] = {}
+    losses = []
+    for start in range(0, len(data), 512):
+        sl = slice(start, start + 512)
+        batch = {"label": labels[sl], **{m: data.inputs[m][sl] for m in data.inputs}}
+        mask = positive_mask(batch, cfg.loss.positives, _text_key(data))
+        loss, _ = loss_fn({m: e[sl] for m, e in emb.items()}, model.scale().cpu(), mask, model.logit_bias.cpu())
+        losses.append(float(loss))
+    out["loss"] = float(np.mean(losses))
+    by_label = cfg.loss.positives == "label"
+    for a, b in loss_fn.pairs:
+        for q, g in ((a, b), (b, a)):
+            r = retrieval_metrics(emb[q], emb[g], labels if by_label else None, labels if by_label else None, ks=(1,))
+            out[f"{q}->{g}/R@1"] = r["R@1"]
+    return out
+
+
+def _text_key(data: SplitData) -> str | None:
+    return next((m for m, k in data.kinds.items() if k == "text"), None)
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+    """Train a joint space as configured; returns the run folder."""
+    run_dir = cfg.run_dir
+    if run_dir.exists() and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{run_dir} exists: pass --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.seed)
+
+    info, train_data, val_data = prepare_data(cfg)
+    kinds = train_data.kinds
+    image_channels = next((int(train_data.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
+    run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": train_data.class_names,
+                "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
+    model = build_from_info(cfg, run_info).to(device)
+    pairs = binding_pairs(list(kinds), cfg.loss.anchor, cfg.loss.pairs)
+    loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
+    text_key = _text_key(train_data)
+
+    batch_size = cfg.train.batch_size
+    n_steps_epoch = steps_per_epoch(len(train_data), batch_size)
+    if n_steps_epoch == 0:
+        raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train_data)} training samples")
+    total_steps = n_steps_epoch * cfg.train.epochs
+    optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+    ckpt_dir = run_dir / "checkpoints"
+
+    start_epoch, step = 0, 0
+    if resume:
+        latest = latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
+        state = load_checkpoint(latest, model, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"], state["step"]
+    else:
+        save_config(cfg, run_dir / CONFIG)
+        write_run_info(run_dir, run_info)
+    tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
+    amp_ctx = autocast(device, cfg.train.amp)
+    train_data.inputs = {k: v.to(device) for k, v in train_data.inputs.items()}
+    train_data.labels = train_data.labels.to(device)
+
+    print(f"run {run_dir}: {len(train_data)} train samples, modalities {list(kinds)}, pairs {pairs}, "
+          f"{count_parameters(model, trainable_only=True):,} trainable parameters, device {device}")
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), disable=not show_progress)
+    t0 = time.time()
+    with progress:
+        task = progress.add_task("train", total=total_steps, completed=step, epoch=start_epoch, loss=float("nan"))
+        for epoch in range(start_epoch, cfg.train.epochs):
+            model.train()
+            for idx in epoch_batches(len(train_data), batch_size, cfg.seed, epoch):
+                idx = idx.to(device)
+                full = train_data.batch(idx)
+                mask = positive_mask(full, cfg.loss.positives, text_key)
+                micro = [train_data.batch(i) for i in idx.chunk(cfg.train.accum_steps)]
+                optimizer.zero_grad(set_to_none=True)
+                loss, parts = accumulated_backward(model, loss_fn, micro, mask, amp_ctx)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+                if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
+                    tracker.close()
+                    last = latest_checkpoint(ckpt_dir)
+                    raise NonFiniteLossError(
+                        f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} at step {step + 1} (epoch {epoch + 1}); "
+                        f"stopped without saving. Last good checkpoint: {last or 'none yet'}")
+                optimizer.step()
+                scheduler.step()
+                with torch.no_grad():
+                    model.logit_scale.clamp_(max=model.max_log_scale)
+                step += 1
+                progress.update(task, advance=1, epoch=epoch + 1, loss=float(loss))
+                if step % cfg.train.log_every == 0 or step == total_steps:
+                    tracker.log({"step": step, "epoch": round(step / n_steps_epoch, 4), "split": "train", "loss": float(loss),
+                                 "lr": scheduler.get_last_lr()[0], "temperature": float(1 / model.scale().detach()),
+                                 **{f"loss/{k}": float(v) for k, v in parts.items()}})
+            done = epoch + 1
+            if val_data is not None and (done % cfg.train.eval_every == 0 or done == cfg.train.epochs):
+                tracker.log({"step": step, "epoch": done, "split": "val", **validate(model, loss_fn, val_data, cfg, device)})
+            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs:
+                save_checkpoint(ckpt_dir, f"epoch_{done:04d}", model, optimizer,
+                                {"epoch": done, "step": step, "scheduler": scheduler.state_dict()},
+                                keep=cfg.train.keep_checkpoints)
+    tracker.close()
+    save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
+    (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
+    (run_dir / "train_summary.json").write_text(json.dumps({"steps": step, "seconds": round(time.time() - t0, 2),
+                                                            "samples_per_second": round(step * batch_size / max(time.time() - t0, 1e-9), 1)}))
+    return run_dir

@@ -1,0 +1,48 @@
+"""Metric logging: JSONL always, plus TensorBoard (default) or W&B in offline mode."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class Tracker:
+    """Writes each record to metrics.jsonl and to the chosen tracker."""
+
+    def __init__(self, run_dir: Path, kind: str = "tensorboard", config: dict | None = None, name: str = "run"):
+        self.path = run_dir / "metrics.jsonl"
+        self.kind = kind
+        self._tb = None
+        self._wandb = None
+        if kind == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+        elif kind == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("tracker: wandb is not installed (pip install wandb)") from None
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self._wandb = wandb.init(project="jointspace", name=name, dir=str(run_dir), config=config or {},
+                                     mode="offline")
+
+    def log(self, record: dict) -> None:
+        """Append one record {step, epoch, split, metric: value...}."""
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        step = int(record["step"])
+        scalars = {k: v for k, v in record.items() if k not in ("step", "epoch", "split") and isinstance(v, (int, float))}
+        prefix = record.get("split", "train")
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

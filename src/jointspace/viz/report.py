@@ -1,0 +1,272 @@
+"""Self-contained HTML report (and CLI metrics table) for a training/evaluation run directory."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RECALL_COLS = [
+    ("R@1", "R@1"),
+    ("R@5", "R@5"),
+    ("R@10", "R@10"),
+    ("mAP@10", "mAP@10"),
+    ("median_rank", "MedR"),
+]
+PREFERRED_PAIRS = [("text", "image"), ("image", "text"), ("audio", "image"), ("text", "audio")]
+MAX_GRIDS = 6
+
+
+def fmt(v: object, key: str = "") -> str:
+    """Format a metric value: ranks with 1 decimal, rates with 3 decimals, missing as '-'."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "-" if v is None else str(v)
+    if key.endswith("rank"):
+        return f"{v:.1f}"
+    if key.startswith("n_"):
+        return str(int(v))
+    return f"{v:.3f}"
+
+
+def load_metrics(path: Path) -> list[dict]:
+    """Read metrics.jsonl, skipping blank or malformed lines; [] when missing."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def load_embeddings(path: Path) -> dict[str, np.ndarray]:
+    """Load an embeddings npz into a plain dict (no pickles); {} when missing."""
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _probe_rows(ev: dict) -> list[tuple[str, str, str, str]]:
+    """Rows (modality, zero-shot top1, zero-shot top5, linear probe) for all modalities with any result."""
+    zs = ev.get("zero_shot") or {}
+    lp = ev.get("linear_probe") or {}
+    rows = []
+    for m in list(dict.fromkeys([*zs, *lp])):
+        z = zs.get(m) or {}
+        p = lp.get(m)
+        p = p.get("accuracy", p.get("top1")) if isinstance(p, dict) else p
+        rows.append((m, fmt(z.get("top1")), fmt(z.get("top5")), fmt(p)))
+    return rows
+
+
+def _recall_rows(ev: dict) -> list[list[str]]:
+    """Rows [pair, R@1, R@5, R@10, mAP@10, MedR] for each ordered pair in eval['retrieval']."""
+    ret = ev.get("retrieval") or {}
+    return [[pair] + [fmt(m.get(k), k) for k, _ in RECALL_COLS] for pair, m in ret.items()]
+
+
+def _plain_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """Render a fixed-width text table."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(
+            x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(map(str, r), widths))
+        )
+
+    sep = "-" * len(line(header))
+    return "\n".join([title, sep, line(header), sep, *map(line, rows), sep])
+
+
+def _render(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """Render a table with rich when available, else as plain text."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return _plain_table(title, header, rows)
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    buf = io.StringIO()
+    Console(file=buf, width=160, color_system=None, force_terminal=False).print(t)
+    return buf.getvalue().rstrip()
+
+
+def metrics_table(eval: dict) -> str:
+    """Plain-text retrieval table (plus zero-shot / linear-probe table when present) for an eval dict."""
+    head = f"split={eval.get('split', '?')}  n_samples={eval.get('n_samples', '?')}"
+    parts = [head, _render("Retrieval", ["pair"] + [h for _, h in RECALL_COLS], _recall_rows(eval))]
+    probe = _probe_rows(eval)
+    if probe:
+        parts.append(
+            _render(
+                "Classification",
+                ["modality", "zero-shot top1", "zero-shot top5", "linear probe"],
+                [list(r) for r in probe],
+            )
+        )
+    return "\n".join(parts)
+
+
+def select_pairs(modalities: list[str], max_grids: int = MAX_GRIDS) -> list[tuple[str, str]]:
+    """Choose ordered (query, gallery) pairs for retrieval grids: the usual pairs first, then cover the rest."""
+    mods = list(dict.fromkeys(modalities))
+    pairs = [p for p in PREFERRED_PAIRS if p[0] in mods and p[1] in mods]
+    covered = {m for p in pairs for m in p}
+    anchor = next((a for a in ("image", "text") if a in mods), None)
+    for m in mods:
+        if m in covered:
+            continue
+        partners = [anchor] if anchor and anchor != m else [o for o in mods if o != m]
+        for o in partners:
+            pairs += [(m, o), (o, m)]
+        covered |= {m, *partners}
+    pairs = list(dict.fromkeys(p for p in pairs if p[0] != p[1]))
+    return pairs[:max_grids]
+
+
+def centroid_confusion(data: dict, mod: str, ref: str = "text") -> np.ndarray:
+    """Confusion matrix of classifying ``mod`` embeddings by nearest ``ref`` class centroid (cosine)."""
+    labels = np.asarray(data["labels"])
+    n_cls = max(len(data.get("class_names", [])), int(labels.max()) + 1)
+    r = data[f"emb_{ref}"].astype(np.float64)
+    cent = np.zeros((n_cls, r.shape[1]))
+    np.add.at(cent, labels, r)
+    cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+    sims = data[f"emb_{mod}"].astype(np.float64) @ cent.T
+    sims[:, np.bincount(labels, minlength=n_cls) == 0] = -np.inf
+    cm = np.zeros((n_cls, n_cls), dtype=np.int64)
+    np.add.at(cm, (labels, sims.argmax(axis=1)), 1)
+    return cm
+
+
+def _img(path: Path, alt: str) -> str:
+    """An <img> tag with the PNG embedded as a base64 data URI."""
+    b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}"><figcaption>'
+        f'{html.escape(alt)} (<a href="plots/{html.escape(path.name)}">{html.escape(path.name)}</a>)'
+        "</figcaption></figure>"
+    )
+
+
+def _html_table(header: list[str], rows: list[list[str]], cls: str) -> str:
+    """An escaped HTML table."""
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}
+td:not(:first-child){text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f0f0}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{font-size:.85em;color:#666}
+.meta{color:#555}.note{color:#888;font-style:italic}"""
+
+
+def write_report(
+    run_dir: Path, split: str = "test", method: str = "umap", max_points: int = 2000, seed: int = 0
+) -> Path:
+    """Render plots into RUN/plots/ and a self-contained RUN/report.html; return the html path."""
+    from jointspace.viz.plots import plot_confusion, plot_curves, plot_retrieval_grid, plot_umap
+
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    ev_path = run_dir / "eval.json"
+    ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else {}
+    records = load_metrics(run_dir / "metrics.jsonl")
+    data = load_embeddings(run_dir / "eval" / f"embeddings_{split}.npz")
+    mods = [k.removeprefix("emb_") for k in data if k.startswith("emb_")]
+    name = run_dir.resolve().name
+    esc = html.escape
+    body = [
+        f"<h1>Run report: {esc(name)}</h1>",
+        (
+            f'<p class="meta">split: {esc(str(ev.get("split", split)))} &middot; samples: '
+            f"{esc(str(ev.get('n_samples', '?')))} &middot; modalities: "
+            f"{esc(', '.join(ev.get('modalities', mods)))}</p>"
+        ),
+    ]
+
+    body.append("<h2>Cross-modal retrieval</h2>")
+    rrows = _recall_rows(ev)
+    body.append(
+        _html_table(["pair"] + [h for _, h in RECALL_COLS], rrows, "recall")
+        if rrows
+        else '<p class="note">no retrieval results in eval.json</p>'
+    )
+    prows = _probe_rows(ev)
+    if prows:
+        body.append("<h2>Zero-shot and linear-probe classification</h2>")
+        body.append(
+            _html_table(
+                ["modality", "zero-shot top1", "zero-shot top5", "linear probe"],
+                [list(r) for r in prows],
+                "probe",
+            )
+        )
+
+    body.append("<h2>Training curves</h2>")
+    if records:
+        body.append(_img(plot_curves(records, plots / "curves.png"), "loss, R@1, learning rate, temperature"))
+    else:
+        body.append('<p class="note">metrics.jsonl missing or empty</p>')
+
+    labels = data.get("labels")
+    class_names = [str(c) for c in data.get("class_names", [])]
+    if mods and labels is not None:
+        body.append("<h2>Joint embedding map</h2>")
+        emb = {m: data[f"emb_{m}"] for m in mods}
+        p = plot_umap(
+            emb, labels, class_names, plots / "umap.png", max_points=max_points, seed=seed, method=method
+        )
+        body.append(_img(p, "joint 2-D projection; colour = class, marker = modality"))
+        if "text" in mods and len(mods) > 1:
+            body.append("<h2>Nearest text-centroid classification</h2>")
+            for m in [m for m in mods if m != "text"][:4]:
+                cm = centroid_confusion(data, m)
+                acc = np.trace(cm) / max(1, cm.sum())
+                p = plot_confusion(
+                    cm,
+                    class_names,
+                    plots / f"confusion_{m}.png",
+                    title=f"{m} vs. text class centroids (acc {acc:.3f})",
+                )
+                body.append(_img(p, f"{m}: predicted class = nearest text class centroid"))
+        pairs = select_pairs(mods)
+        if pairs:
+            body.append("<h2>Retrieval examples</h2>")
+            body.append(
+                '<p class="note">green = same class as query, red = different; numbers are cosine '
+                "similarities</p>"
+            )
+        for q, g in pairs:
+            p = plot_retrieval_grid(data, q, g, plots / f"retrieval_{q}_to_{g}.png")
+            body.append(_img(p, f"{q} \u2192 {g}"))
+    else:
+        body.append(f'<p class="note">no embeddings found at eval/embeddings_{esc(split)}.npz</p>')
+
+    doc = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(name)} report</title>'
+        f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    out = run_dir / "report.html"
+    out.write_text(doc, encoding="utf-8")
+    log.info("wrote %s", out)
+    return out

@@ -1,0 +1,36 @@
+import pytest
+
+from jointspace.config import ConfigError, apply_overrides, config_from_dict, load_config, save_config
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr_typo: 0.1\n")
+    with pytest.raises(ConfigError, match=r"train\.lr_typo: unknown field"):
+        load_config(path)
+
+
+def test_bad_value_names_field():
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        config_from_dict({"train": {"batch_size": "lots"}})
+    with pytest.raises(ConfigError, match=r"loss\.name"):
+        config_from_dict({"loss": {"name": "triplet-ish"}})
+
+
+def test_unknown_override_is_named():
+    with pytest.raises(ConfigError, match=r"model\.nope"):
+        load_config(None, ["model.nope=1"])
+
+
+def test_overrides_parse_yaml_values():
+    raw = apply_overrides({}, ["train.epochs=7", "data.modalities=[image, text]", "loss.anchor=null", "name=x"])
+    cfg = config_from_dict(raw)
+    assert cfg.train.epochs == 7 and cfg.data.modalities == ["image", "text"] and cfg.loss.anchor is None
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "model.towers.image.name=vit"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg

@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jointspace.losses import BindingLoss, binding_pairs, clip_loss, positive_mask, siglip_loss
+
+
+def _reference_multi_positive(a, b, scale, mask):
+    """Plain loops: for each anchor, mean over its positives of -log softmax; both directions averaged."""
+    n, m = a.shape[0], b.shape[0]
+    sim = [[scale * float(a[i] @ b[j]) for j in range(m)] for i in range(n)]
+
+    def direction(s, msk):
+        total = 0.0
+        for i, row in enumerate(s):
+            lse = math.log(sum(math.exp(x) for x in row))
+            pos = [j for j in range(len(row)) if msk[i][j]]
+            total += sum(lse - row[j] for j in pos) / len(pos)
+        return total / len(s)
+
+    sim_t = [[sim[i][j] for i in range(n)] for j in range(m)]
+    mask_t = [[mask[i][j] for i in range(n)] for j in range(m)]
+    return 0.5 * (direction(sim, mask) + direction(sim_t, mask_t))
+
+
+def _emb(n, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=-1)
+
+
+def test_clip_loss_identity_matches_reference_and_open_clip_form():
+    a, b = _emb(6, seed=1), _emb(6, seed=2)
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    got = clip_loss(a, b, scale)
+    eye = [[i == j for j in range(6)] for i in range(6)]
+    assert got.item() == pytest.approx(_reference_multi_positive(a, b, 10.0, eye), rel=1e-10)
+    logits = scale * a @ b.T
+    labels = torch.arange(6)
+    open_clip_form = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    assert got.item() == pytest.approx(open_clip_form.item(), rel=1e-12)
+
+
+def test_clip_loss_label_mask_matches_reference():
+    a, b = _emb(7, seed=3), _emb(7, seed=4)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3])
+    mask = positive_mask({"label": labels}, "label")
+    assert mask.sum() == 7 + 2 * 3 + 2  # three 0s, two 1s
+    got = clip_loss(a, b, torch.tensor(5.0, dtype=torch.float64), mask)
+    ref = _reference_multi_positive(a, b, 5.0, mask.tolist())
+    assert got.item() == pytest.approx(ref, rel=1e-10)
+    assert got.item() != pytest.approx(clip_loss(a, b, torch.tensor(5.0, dtype=torch.float64)).item())
+
+
+def test_caption_mask_compares_token_rows():
+    ids = torch.tensor([[1, 5, 2], [1, 5, 2], [1, 6, 2]])
+    mask = positive_mask({"text": ids}, "caption", "text")
+    assert mask.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    assert positive_mask({}, "instance") is None
+
+
+def test_siglip_matches_reference():
+    a, b = _emb(5, seed=5), _emb(5, seed=6)
+    t, bias = 3.0, -1.5
+    mask = torch.eye(5, dtype=torch.bool)
+    mask[0, 3] = True
+    got = siglip_loss(a, b, torch.tensor(t, dtype=torch.float64), torch.tensor(bias, dtype=torch.float64), mask)
+    ref = 0.0
+    for i in range(5):
+        for j in range(5):
+            z = 1.0 if mask[i, j] else -1.0
+            ref += math.log(1 + math.exp(-z * (t * float(a[i] @ b[j]) + bias)))
+    assert got.item() == pytest.approx(ref / 5, rel=1e-10)
+
+
+def test_binding_pairs_and_weights():
+    mods = ["image", "text", "audio"]
+    assert binding_pairs(mods, anchor="image") == [("image", "text"), ("image", "audio")]
+    assert binding_pairs(mods) == [("image", "text"), ("image", "audio"), ("text", "audio")]
+    assert binding_pairs(mods, pairs=[("text", "audio")]) == [("text", "audio")]
+    with pytest.raises(ValueError, match="anchor"):
+        binding_pairs(mods, anchor="lidar")
+    emb = {m: _emb(4, seed=i) for i, m in enumerate(mods)}
+    scale = torch.tensor(4.0, dtype=torch.float64)
+    loss_fn = BindingLoss(binding_pairs(mods, anchor="image"), weights={"audio": 0.5})
+    total, parts = loss_fn(emb, scale, None)
+    expect = clip_loss(emb["image"], emb["text"], scale) + 0.5 * clip_loss(emb["image"], emb["audio"], scale)
+    assert total.item() == pytest.approx(expect.item(), rel=1e-12)
+    assert set(parts) == {"image-text", "image-audio"}

@@ -1,0 +1,96 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jointspace.losses import BindingLoss
+from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint
+from jointspace.train.loop import NonFiniteLossError, accumulated_backward, train
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_resume_continues_exactly(tiny_cfg):
+    """4 epochs straight == 2 epochs, then resume from the epoch-2 checkpoint for 2 more."""
+    cfg = tiny_cfg("train.keep_checkpoints=10", "model.towers.audio.params.dropout=0.2", epochs=4)
+    full = train(cfg, show_progress=False)
+    # A copy of the run as if it had been stopped after epoch 2.
+    half = full.parent / "half"
+    shutil.copytree(full, half)
+    (half / "model.safetensors").unlink()
+    (half / "checkpoints" / "latest.json").write_text(json.dumps({"name": "epoch_0002"}))
+    for name in ("epoch_0003", "epoch_0004"):
+        shutil.rmtree(half / "checkpoints" / name)
+    resumed = train(cfg.model_copy(update={"name": "half"}), resume=True, show_progress=False)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    assert any((a[k] - load_file(str(full / "checkpoints/epoch_0002/model.safetensors"))[k]).abs().max() > 1e-4
+               for k in a if a[k].is_floating_point())
+
+
+def test_existing_run_is_not_overwritten_silently(tiny_cfg):
+    cfg = tiny_cfg(epochs=1)
+    train(cfg, show_progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, show_progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg(epochs=3)
+    calls = {"n": 0}
+    real_forward = BindingLoss.forward
+
+    def flaky(self, *args, **kwargs):
+        loss, parts = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 5 else loss), parts  # 3 steps/epoch: NaN at step 5 (the val pass also counts)
+
+    monkeypatch.setattr(BindingLoss, "forward", flaky)
+    with pytest.raises(NonFiniteLossError, match=r"(?s)step 5 \(epoch 2\).*epoch_0001"):
+        train(cfg, show_progress=False)
+    ckpt = latest_checkpoint(cfg.run_dir / "checkpoints")
+    assert ckpt is not None and ckpt.name == "epoch_0001"
+    assert not (cfg.run_dir / "model.safetensors").exists()
+    from jointspace.runs import build_from_info, read_run_info
+
+    model = build_from_info(cfg, read_run_info(cfg.run_dir))
+    state = load_checkpoint(ckpt, model)
+    assert state["step"] == 3 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_accumulation_keeps_all_negatives(tiny_cfg):
+    """Gradients with 4 micro-batches equal one full-batch backward (norm layers without batch stats)."""
+    from jointspace.data.dataset import load_split
+    from jointspace.losses import positive_mask
+    from jointspace.runs import build_from_info
+
+    cfg = tiny_cfg("model.towers.image.params.norm=group", "model.towers.audio.params.norm=group",
+                   "model.towers.audio.params.dropout=0.0")
+    data = load_split(cfg.data.path, "train", cfg.data.modalities, cfg.data.image_size, cfg.data.context_length)
+    info = {"kinds": data.kinds, "image_channels": 1}
+    torch.manual_seed(0)
+    model = build_from_info(cfg, info).double()
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in data.batch(torch.arange(32)).items()}
+    mask = positive_mask(batch, "label")
+    loss_fn = BindingLoss([("image", "text"), ("image", "audio")])
+
+    import contextlib
+
+    def grads(n_micro):
+        model.zero_grad()
+        micro = [{k: v[i] for k, v in batch.items()} for i in torch.arange(32).chunk(n_micro)]
+        loss, _ = accumulated_backward(model, loss_fn, micro, mask, contextlib.nullcontext())
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss1, g1 = grads(1)
+    loss4, g4 = grads(4)
+    torch.testing.assert_close(loss1, loss4, atol=1e-10, rtol=0)
+    assert g1.keys() == g4.keys() and "logit_scale" in g1
+    for n in g1:
+        torch.testing.assert_close(g1[n], g4[n], atol=1e-8, rtol=1e-6, msg=n)
