@@ -7,7 +7,7 @@ import json
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -47,7 +47,7 @@ def data_synth(
     name: Annotated[str, typer.Argument(help="digits (real: images + spoken digits + captions) or shapes (RGB + LiDAR)")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     seed: int = 0,
-    n: Annotated[Optional[int], typer.Option(help="number of samples (default: the whole set / 3000)")] = None,
+    n: Annotated[int | None, typer.Option(help="number of samples (default: the whole set / 3000)")] = None,
     maxcount: Annotated[int, typer.Option(help="samples per shard")] = 1000,
 ) -> None:
     """Write a built-in dataset as train/val/test WebDataset shards."""
@@ -67,13 +67,13 @@ def data_pack(
     seed: int = 0,
     maxcount: int = 1000,
     max_bad_fraction: float = 0.01,
-    label_map: Annotated[Optional[str], typer.Option(help="JSON {old: new} merging classes")] = None,
+    label_map: Annotated[str | None, typer.Option(help="JSON {old: new} merging classes")] = None,
 ) -> None:
     """Pack user data (manifest or class folders) into shards."""
     from jointspace.data.manifest import pack_folder, pack_manifest
 
     mapping = json.loads(label_map) if label_map else None
-    kw = dict(label_map=mapping, seed=seed, maxcount=maxcount, max_bad_fraction=max_bad_fraction)
+    kw = {"label_map": mapping, "seed": seed, "maxcount": maxcount, "max_bad_fraction": max_bad_fraction}
     info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
     console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows")
@@ -83,7 +83,7 @@ def data_pack(
 @_friendly
 def data_inspect(
     root: Annotated[Path, typer.Argument(help="shard folder")],
-    grid: Annotated[Optional[Path], typer.Option(help="also write a PNG grid of samples per class")] = None,
+    grid: Annotated[Path | None, typer.Option(help="also write a PNG grid of samples per class")] = None,
 ) -> None:
     """Counts per class and split, modality shapes, corrupt samples."""
     from jointspace.data.manifest import class_grid, format_inspection, inspect_shards
@@ -99,7 +99,7 @@ def data_inspect(
 @_friendly
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, e.g. --set train.epochs=5")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=5")] = None,
     resume: Annotated[bool, typer.Option(help="continue the run from its latest checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
 ) -> None:
@@ -116,8 +116,8 @@ def train(
 @_friendly
 def eval_(
     run: Annotated[Path, typer.Argument(help="run folder")],
-    split: Annotated[Optional[str], typer.Option(help="split to evaluate (default: the config's)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="shard folder (default: the run's)")] = None,
+    split: Annotated[str | None, typer.Option(help="split to evaluate (default: the config's)")] = None,
+    data: Annotated[str | None, typer.Option(help="shard folder (default: the run's)")] = None,
     device: str = "auto",
 ) -> None:
     """Retrieval (every modality pair), zero-shot and linear-probe metrics -> eval.json."""
@@ -143,7 +143,7 @@ def demo(
     name: str = "digits",
     output_dir: Annotated[str, typer.Option(help="where runs go")] = "runs",
     data_dir: Annotated[str, typer.Option(help="where the generated shards go")] = "data/digits",
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="config override")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override")] = None,
 ) -> None:
     """Generate the digits set, train a joint space, evaluate it and write the report."""
     from jointspace.config import load_config

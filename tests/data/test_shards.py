@@ -1,5 +1,7 @@
+import functools
 import io
 import json
+import operator
 import tarfile
 
 import numpy as np
@@ -100,7 +102,7 @@ def test_epoch_batches_depend_only_on_seed_and_epoch():
     b = [b.tolist() for b in epoch_batches(50, 8, seed=3, epoch=2)]
     c = [b.tolist() for b in epoch_batches(50, 8, seed=3, epoch=3)]
     assert a == b and a != c and len(a) == 6 and all(len(x) == 8 for x in a)
-    flat = torch.tensor(sum(a, []))
+    flat = torch.tensor(functools.reduce(operator.iadd, a, []))
     assert len(flat.unique()) == 48
 
 

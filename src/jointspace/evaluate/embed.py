@@ -19,8 +19,8 @@ def embed_split(model: JointModel, data: SplitData, batch_size: int = 512,
     for start in range(0, len(data), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(data)))
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-        for m in out:
-            out[m].append(model.encode(m, batch).float().cpu())
+        for m, chunks in out.items():
+            chunks.append(model.encode(m, batch).float().cpu())
     model.train(was_training)
     return {m: torch.cat(v) for m, v in out.items()}
 

@@ -51,7 +51,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
                  device: str = "auto") -> dict:
     """Compute and write `eval.json` and `eval/embeddings_<split>.npz`; returns the eval dict."""
     run_dir = Path(run_dir)
-    cfg, model, info = load_run(run_dir)
+    cfg, model, _info = load_run(run_dir)
     dev = resolve_device(device)
     model.to(dev)
     split = split or cfg.eval.split

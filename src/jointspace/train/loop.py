@@ -55,8 +55,8 @@ def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None]:
 
         synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
     info = read_info(root)
-    kw = dict(modalities=cfg.data.modalities, image_size=cfg.data.image_size, context_length=cfg.data.context_length,
-              max_frames=cfg.data.max_frames, max_bad_fraction=cfg.data.max_bad_fraction)
+    kw = {"modalities": cfg.data.modalities, "image_size": cfg.data.image_size, "context_length": cfg.data.context_length,
+              "max_frames": cfg.data.max_frames, "max_bad_fraction": cfg.data.max_bad_fraction}
     train = load_split(root, "train", **kw)
     val = load_split(root, "val", **kw) if (root / "val").exists() else None
     return info, train, val

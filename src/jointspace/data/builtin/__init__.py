@@ -24,7 +24,7 @@ def _shapes_splits(n: int, seed: int) -> dict[str, Iterator[dict]]:
     out = {}
     for j, (split, frac) in enumerate(SHAPES_SPLIT.items()):
         split_seed = int(np.random.SeedSequence([seed, j]).generate_state(1)[0])
-        out[split] = samples(split, int(round(n * frac)), split_seed)
+        out[split] = samples(split, round(n * frac), split_seed)
     return out
 
 

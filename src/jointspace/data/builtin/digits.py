@@ -51,8 +51,8 @@ def _split_indices(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLIT_FRACTIONS}
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_train = int(round(len(idx) * SPLIT_FRACTIONS["train"]))
-        n_val = int(round(len(idx) * SPLIT_FRACTIONS["val"]))
+        n_train = round(len(idx) * SPLIT_FRACTIONS["train"])
+        n_val = round(len(idx) * SPLIT_FRACTIONS["val"])
         parts["train"].append(idx[:n_train])
         parts["val"].append(idx[n_train : n_train + n_val])
         parts["test"].append(idx[n_train + n_val :])
