@@ -86,7 +86,7 @@ def data_inspect(
     grid: Annotated[Path | None, typer.Option(help="also write a PNG grid of samples per class")] = None,
 ) -> None:
     """Counts per class and split, modality shapes, corrupt samples."""
-    from jointspace.data.manifest import class_grid, format_inspection, inspect_shards
+    from jointspace.data.inspect import class_grid, format_inspection, inspect_shards
 
     result = inspect_shards(root)
     console.print(format_inspection(result))
