@@ -1,0 +1,100 @@
+"""Two CPU processes under torchrun (gloo) give the same gradients as one process on the full batch."""
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+from safetensors.torch import load_file
+
+from jointspace.losses import BindingLoss, positive_mask
+
+WORKER = textwrap.dedent("""
+    import sys, torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from safetensors.torch import save_file
+    from jointspace.losses import BindingLoss, positive_mask
+    from jointspace.train.distributed import cleanup, gather_no_grad, init_distributed, shard_batch
+    sys.path.insert(0, sys.argv[1])
+    from common import make_model, make_batch
+
+    info = init_distributed("cpu")
+    for case in sys.argv[2:]:
+        kind, local, mode = case.split(",")
+        model = make_model()
+        model.bias.requires_grad_(kind == "siglip")  # DDP waits for every trainable parameter's gradient
+        ddp = DDP(model)
+        x, y, labels = make_batch()
+        idx = shard_batch(torch.arange(len(labels)), info)
+        emb = ddp(x[idx], y[idx])
+        glabels = gather_no_grad(labels[idx])
+        mask = positive_mask({"label": glabels}, mode)
+        loss_fn = BindingLoss([("a", "b")], kind, rank=info.rank, world_size=info.world_size, local_loss=local == "1")
+        loss, _ = loss_fn(emb, model.scale(), mask, model.bias)
+        loss.backward()
+        if info.is_main:
+            grads = {n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}
+            save_file(grads, f"{sys.argv[1]}/{case.replace(',', '_')}.safetensors")
+    cleanup(info)
+""")
+
+COMMON = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fa = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+            self.fb = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+            self.log_scale = torch.nn.Parameter(torch.tensor(2.0))
+            self.bias = torch.nn.Parameter(torch.tensor(-1.0))
+
+        def scale(self):
+            return self.log_scale.exp()
+
+        def forward(self, x, y):
+            return {"a": F.normalize(self.fa(x), dim=-1), "b": F.normalize(self.fb(y), dim=-1)}
+
+    def make_model():
+        torch.manual_seed(0)
+        return Pair().double()
+
+    def make_batch():
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(12, 6, generator=g, dtype=torch.float64)
+        y = torch.randn(12, 5, generator=g, dtype=torch.float64)
+        labels = torch.tensor([0, 1, 2, 0, 1, 3, 2, 0, 4, 1, 3, 0])  # positives straddle the two ranks
+        return x, y, labels
+""")
+
+
+CASES = [("infonce", False, "label"), ("infonce", True, "label"), ("infonce", True, "instance"),
+         ("siglip", False, "label")]
+
+
+def test_two_process_gradients_match_single_process(tmp_path):
+    (tmp_path / "common.py").write_text(COMMON)
+    (tmp_path / "worker.py").write_text(WORKER)
+    cases = [f"{k},{int(loc)},{m}" for k, loc, m in CASES]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", str(tmp_path / "worker.py"), str(tmp_path), *cases]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(tmp_path))
+    for (kind, local, mode), case in zip(CASES, cases):
+        ddp_grads = load_file(str(tmp_path / f"{case.replace(',', '_')}.safetensors"))
+        model = common.make_model()
+        x, y, labels = common.make_batch()
+        loss, _ = BindingLoss([("a", "b")], kind)(model(x, y), model.scale(),
+                                                  positive_mask({"label": labels}, mode), model.bias)
+        loss.backward()
+        expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert ddp_grads.keys() == expected.keys() and "log_scale" in expected
+        for name, grad in expected.items():
+            assert torch.allclose(ddp_grads[name], grad, atol=1e-5, rtol=1e-5), (case, name, ddp_grads[name] - grad)
+    sys.modules.pop("common", None)
