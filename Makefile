@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := offline
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean test-deps bench-search
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,8 +26,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jointspace demo
 
-test: $(STAMP)
+# tests/serve/test_browser.py drives Debian's headless Chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
+
+bench-search: $(STAMP)
+	$(BIN)/python bench/search.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

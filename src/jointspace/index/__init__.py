@@ -1,0 +1,1 @@
+"""Search a joint space: FAISS index + SQLite metadata, query encoding, index building."""

@@ -1,0 +1,193 @@
+"""Embed every sample of chosen modalities of shard splits with a trained run into an IndexStore."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+from PIL import Image
+
+from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.index.query import Encoder
+from jointspace.index.store import IndexStore, IndexStoreError, index_ivf
+
+EXACT_MAX = 50_000  # below this many vectors the index is exact (IndexFlatIP)
+DEFAULT_NPROBE_FRACTION = 1 / 256  # IVF: probe nlist/256 lists (at least 8); bench/search.py: recall 1.0 at 1M
+PREVIEW_KINDS = ("image", "range", "sequence")  # first of these a sample has becomes its thumbnail
+PREVIEW_MIN, PREVIEW_MAX = 64, 128
+
+
+@dataclass
+class Embedded:
+    """Vectors [N, D] with one item per row, PNG previews per sample key, and read statistics."""
+
+    vectors: np.ndarray
+    items: list[dict]
+    previews: dict[str, bytes] = field(default_factory=dict)
+    stats: ReadStats = field(default_factory=ReadStats)
+
+
+def choose_factory(n_vectors: int, factory: str = "auto") -> str:
+    """FAISS factory string: exact (`Flat`) below EXACT_MAX vectors, `IVF{nlist},Flat` above."""
+    if factory != "auto":
+        return factory
+    if n_vectors < EXACT_MAX:
+        return "Flat"
+    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n_vectors)))},Flat"
+
+
+def default_search_params(index: faiss.Index, factory: str) -> dict:
+    """Search knobs stored with an index: nprobe for IVF, efSearch for HNSW."""
+    ivf = index_ivf(index)
+    if ivf is not None:
+        return {"nprobe": max(8, round(ivf.nlist * DEFAULT_NPROBE_FRACTION))}
+    return {"efSearch": 128} if "HNSW" in factory.upper() else {}
+
+
+def preview_png(kind: str, value: np.ndarray) -> bytes:
+    """A small PNG of an image, a range image or feature frames (upscaled to >= 64 px, at most 128)."""
+    arr = np.asarray(value)
+    if kind != "image":
+        x = arr.T if kind == "sequence" else arr  # frames: time runs left to right
+        x = x.astype(np.float32)
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        arr = np.nan_to_num((x - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+    img = Image.fromarray(arr.astype(np.uint8))
+    side = max(img.size)
+    if side < PREVIEW_MIN:
+        f = math.ceil(PREVIEW_MIN / side)
+        img = img.resize((img.width * f, img.height * f), Image.NEAREST)
+    img.thumbnail((PREVIEW_MAX, PREVIEW_MAX))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _batches(root: Path, splits: list[str], modalities: list[str], stats: ReadStats,
+             batch_size: int) -> Iterator[list[tuple[dict, str, str]]]:
+    """Batches of (sample, split, source) read shard by shard; samples missing a modality are counted."""
+    batch: list[tuple[dict, str, str]] = []
+    for split in splits:
+        for url in split_urls(root, split):
+            for sample in iter_samples([url], stats):
+                missing = [m for m in modalities if m not in sample]
+                if missing:
+                    stats.n_ok -= 1  # iter_samples counted it as good
+                    stats.record(f"{url}:{sample['key']}: missing {missing}")
+                    continue
+                source = sample["meta"].get("source") or sample["meta"].get("path") or f"{url}#{sample['key']}"
+                batch.append((sample, split, str(source)))
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch
+
+
+def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = None,
+                 modalities: list[str] | None = None, batch_size: int = 256, max_bad_fraction: float = 0.01,
+                 progress: Callable[[int], None] | None = None) -> Embedded:
+    """Embed every sample of `splits` (default: all) in each of `modalities` (default: the model's)."""
+    root = Path(root)
+    info = read_info(root)
+    kinds, class_names = info["modalities"], list(info.get("class_names", []))
+    splits = splits or list(info.get("splits", {}))
+    modalities = modalities or [m for m in encoder.kinds if m in kinds]
+    bad = [m for m in modalities if m not in kinds or m not in encoder.kinds]
+    if bad:
+        raise DataError(f"{root}: modalities {bad} are not in both the data ({', '.join(kinds)}) "
+                        f"and the model ({', '.join(encoder.kinds)})")
+    text_mod = next((m for m, k in kinds.items() if k == "text"), None)
+    preview_mod = next((m for kind in PREVIEW_KINDS for m, k in kinds.items() if k == kind), None)
+    stats = ReadStats(n_expected=sum(info.get("splits", {}).get(s, {}).get("n_samples", 0) for s in splits) or None)
+    chunks: list[np.ndarray] = []
+    items: list[dict] = []
+    previews: dict[str, bytes] = {}
+    for batch in _batches(root, splits, modalities, stats, batch_size):
+        for m in modalities:
+            chunks.append(encoder.encode(m, [s[m] for s, _, _ in batch], check=False))
+            for s, split, source in batch:
+                label = s.get("label")
+                items.append({"key": s["key"], "modality": m, "label": label, "split": split, "source": source,
+                              "label_name": class_names[label] if label is not None and 0 <= label < len(class_names)
+                              else None, "caption": s.get(text_mod) if text_mod else None})
+        if preview_mod:
+            for s, _, _ in batch:
+                if preview_mod in s:
+                    previews[s["key"]] = preview_png(kinds[preview_mod], s[preview_mod])
+        if progress:
+            progress(len(batch))
+    stats.check(max_bad_fraction, str(root))
+    if not items:
+        raise DataError(f"{root}: no readable samples in splits {splits}")
+    return Embedded(np.concatenate(chunks), items, previews, stats)
+
+
+def new_store(vectors: np.ndarray, factory: str = "auto", meta: dict | None = None, seed: int = 0) -> IndexStore:
+    """An empty IndexStore for these vectors: factory chosen by their number, trained on a sample of them."""
+    fac = choose_factory(len(vectors), factory)
+    store = IndexStore.create(vectors.shape[1], fac, meta)
+    store.meta["search"] = default_search_params(store.index, fac)
+    if store.needs_training:
+        ivf = index_ivf(store.index)
+        n_train = min(len(vectors), 40 * (int(ivf.nlist) if ivf is not None else 256))
+        sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), n_train, replace=False))]
+        try:
+            store.train(sample)
+        except RuntimeError as err:
+            raise IndexStoreError(f"factory {fac!r}: training on {n_train} vectors failed: "
+                                  f"{str(err).strip().splitlines()[-1]}") from None
+    return store
+
+
+def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits: list[str] | None = None,
+                modalities: list[str] | None = None, factory: str = "auto", batch_size: int = 256,
+                device: str = "cpu", overwrite: bool = False, encoder: Encoder | None = None,
+                progress: Callable[[int], None] | None = None, nprobe: int | None = None) -> IndexStore:
+    """Embed shards with a run, build a FAISS index chosen by size (or `factory`) and save it atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    enc = encoder or Encoder.from_run(run_dir, device)
+    cfg = enc.cfg
+    emb = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress)
+    meta = {"fingerprint": enc.fingerprint, "run_dir": str(enc.run_dir), "run_name": cfg.name,
+            "kinds": enc.kinds, "data_path": str(Path(shards).resolve()),
+            "splits_indexed": sorted({it["split"] for it in emb.items}),
+            "modalities_indexed": sorted({it["modality"] for it in emb.items})}
+    store = new_store(emb.vectors, factory, meta)
+    if nprobe is not None and "nprobe" in store.meta["search"]:
+        store.meta["search"]["nprobe"] = int(nprobe)
+    store.add(emb.vectors, emb.items, emb.previews)
+    store.meta["n_bad_samples"] = emb.stats.n_missing
+    store.save(out)
+    return store
+
+
+def open_for_run(index_dir: str | Path, run_dir: str | Path | None = None,
+                 device: str = "cpu") -> tuple[IndexStore, Encoder]:
+    """Open an index and the model that built it (or `run_dir`), refusing a different model."""
+    store = IndexStore.open(index_dir)
+    run = Path(run_dir or store.meta.get("run_dir") or "")
+    if not str(run) or not (run / "model.safetensors").exists():
+        raise FileNotFoundError(f"{index_dir}: built by run {store.meta.get('run_dir')!r}, which is not there; "
+                                "pass --run with that run (or a copy of it)")
+    enc = Encoder.from_run(run, device)
+    store.check_model(enc.fingerprint, run)
+    return store, enc
+
+
+def add_shards(index_dir: str | Path, shards: str | Path, splits: list[str] | None = None,
+               modalities: list[str] | None = None, run_dir: str | Path | None = None, replace: bool = False,
+               batch_size: int = 256, device: str = "cpu") -> int:
+    """Embed more shards with the index's own model, add them and save atomically; returns items added."""
+    store, enc = open_for_run(index_dir, run_dir, device)
+    emb = embed_shards(enc, shards, splits, modalities, batch_size, enc.cfg.data.max_bad_fraction)
+    store.add(emb.vectors, emb.items, emb.previews, replace=replace)
+    store.save()
+    return len(emb.items)

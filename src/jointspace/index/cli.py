@@ -1,0 +1,178 @@
+"""Command line for search: `index build|add|delete|info`, `search`, `serve` (mounted by jointspace.cli)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect a search index (FAISS + SQLite).")
+console = Console()
+WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="metadata filter key=value, repeatable "
+                                                    "(keys: key, modality, label, label_name, caption, source, split)")]
+SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="split to index, repeatable (default: all)")]
+ModalityOpt = Annotated[list[str] | None, typer.Option("--modality", help="modality to index, repeatable "
+                                                       "(default: every modality of the model in the data)")]
+
+
+def _friendly(fn):
+    """Expected user errors -> one red line and exit code 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jointspace.config import ConfigError
+        from jointspace.data.shards import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@index_app.command("build")
+@_friendly
+def index_build(
+    run: Annotated[Path, typer.Argument(help="trained run folder")],
+    shards: Annotated[Path, typer.Argument(help="shard folder (dataset.json + split/*.tar)")],
+    out: Annotated[Path, typer.Option("--out", help="index folder to write")],
+    split: SplitOpt = None,
+    modality: ModalityOpt = None,
+    factory: Annotated[str, typer.Option(help="'auto' (exact below 50k vectors, IVF above) or a FAISS factory "
+                                         "string, e.g. Flat, IVF1024,Flat, HNSW32, IVF4096,PQ32")] = "auto",
+    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists searched per query (default: "
+                                               "nlist/256, at least 8); more = better recall, slower")] = None,
+    batch_size: int = 256,
+    device: str = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
+) -> None:
+    """Embed every sample of the chosen splits and modalities into a new index, written atomically."""
+    from jointspace.index.build import build_index
+
+    t0 = time.time()
+    store = build_index(run, shards, out, split, modality, factory, batch_size, device, overwrite, nprobe=nprobe)
+    s = store.stats()
+    console.print(f"wrote {out}: {s['n_items']} items ({s['n_samples']} samples; {s['modalities']}), "
+                  f"{s['factory']} {s['search'] or ''}, model {s['fingerprint'][:12]} in {time.time() - t0:.1f}s")
+
+
+@index_app.command("add")
+@_friendly
+def index_add(
+    index: Annotated[Path, typer.Argument(help="index folder")],
+    shards: Annotated[Path, typer.Argument(help="shard folder to add")],
+    split: SplitOpt = None,
+    modality: ModalityOpt = None,
+    run: Annotated[Path | None, typer.Option(help="the index's run, if it moved (fingerprint-checked)")] = None,
+    replace: Annotated[bool, typer.Option(help="replace items whose key/modality is already indexed")] = False,
+    device: str = "cpu",
+) -> None:
+    """Embed more samples with the index's own model and add them."""
+    from jointspace.index.build import add_shards
+
+    n = add_shards(index, shards, split, modality, run, replace, device=device)
+    console.print(f"added {n} items to {index}")
+
+
+@index_app.command("delete")
+@_friendly
+def index_delete(
+    index: Annotated[Path, typer.Argument(help="index folder")],
+    keys: Annotated[list[str] | None, typer.Argument(help="sample keys to delete (all their modalities)")] = None,
+    where: WhereOpt = None,
+) -> None:
+    """Delete items by sample key(s) and/or metadata filter (both given: items matching both)."""
+    from jointspace.index.store import IndexStore
+
+    store = IndexStore.open(index)
+    n = store.delete(keys or None, where or None)
+    store.save()
+    console.print(f"deleted {n} items from {index}; {store.n_items} left")
+
+
+@index_app.command("info")
+@_friendly
+def index_info(index: Annotated[Path, typer.Argument(help="index folder")]) -> None:
+    """Counts per modality and split, factory, dimension and the model fingerprint."""
+    from jointspace.index.store import IndexStore
+
+    console.print_json(json.dumps(IndexStore.open(index).stats()))
+
+
+@_friendly
+def search(
+    index: Annotated[Path, typer.Argument(help="index folder")],
+    text: Annotated[str | None, typer.Option(help="text query")] = None,
+    image: Annotated[Path | None, typer.Option(help="image file query (PNG/JPEG/...)")] = None,
+    audio: Annotated[Path | None, typer.Option(help=".npy feature frames [T, F] (e.g. MFCCs)")] = None,
+    lidar: Annotated[Path | None, typer.Option(help=".npy range image [H, W]")] = None,
+    vector: Annotated[Path | None, typer.Option(help=".npy raw vector [D]")] = None,
+    modality: Annotated[str | None, typer.Option(help="query modality name, if the model has several "
+                                                 "of the kind")] = None,
+    k: Annotated[int, typer.Option(min=1, help="results")] = 10,
+    where: WhereOpt = None,
+    target: Annotated[str | None, typer.Option(help="only results of this modality (= --where modality=...)")] = None,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists to search (default: the index's)")] = None,
+    run: Annotated[Path | None, typer.Option(help="the index's run, if it moved (fingerprint-checked)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Search an index with a text, image, audio, LiDAR or vector query; any modality in, any out."""
+    from jointspace.index.build import open_for_run
+    from jointspace.index.query import parse_vector, read_npy
+    from jointspace.index.store import IndexStore
+
+    given = {n: v for n, v in (("text", text), ("image", image), ("audio", audio), ("lidar", lidar),
+                               ("vector", vector)) if v is not None}
+    if len(given) != 1:
+        raise typer.BadParameter(f"give exactly one of --text, --image, --audio, --lidar, --vector (got {list(given)})")
+    (flag, value), = given.items()
+    where = list(where or []) + ([f"modality={target}"] if target else [])
+    if flag == "vector":
+        store = IndexStore.open(index)
+        q = parse_vector(read_npy(value, str(value)), store.dim, str(value))
+    else:
+        store, enc = open_for_run(index, run)
+        q = enc.encode(modality or flag, [value]) if flag == "text" else enc.encode_file(modality or flag, value)
+    hits = store.search(q, k, where or None, nprobe=nprobe)[0]
+    if as_json:
+        console.print_json(json.dumps(hits))
+        return
+    table = Table(title=f"{flag}: {value}")
+    for col in ("#", "score", "key", "modality", "label", "split", "caption"):
+        table.add_column(col, no_wrap=col != "caption")
+    for i, h in enumerate(hits, 1):
+        table.add_row(str(i), f"{h['score']:.4f}", h["key"], h["modality"], str(h["label_name"] or h["label"]),
+                      h["split"] or "", (h["caption"] or "")[:60])
+    console.print(table)
+
+
+@_friendly
+def serve(
+    index: Annotated[Path, typer.Argument(help="index folder")],
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    port: int = 8000,
+    run: Annotated[Path | None, typer.Option(help="the index's run, if it moved (fingerprint-checked)")] = None,
+    token: Annotated[str | None, typer.Option(envvar="JOINTSPACE_TOKEN",
+                                              help="require 'Authorization: Bearer TOKEN'")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body")] = 8.0,
+    max_k: int = 100,
+    max_batch: int = 32,
+) -> None:
+    """Serve the index over HTTP: POST /search, GET /items/{key}, /healthz, /stats, /docs and a web page."""
+    import uvicorn
+
+    from jointspace.serve.app import create_app
+
+    app = create_app(index, run, token, int(max_upload_mb * 1024 * 1024), max_k, max_batch)
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        console.print(f"[yellow]warning:[/] serving on {host} without a token: anyone who can reach it can search")
+    console.print(f"serving {index} on http://{host}:{port}/ (API docs: /docs, schema: /openapi.json)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

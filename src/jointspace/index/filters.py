@@ -1,0 +1,53 @@
+"""Metadata filters (`label=3`, `{"split": ["val", "test"]}`) parsed and checked against the item columns."""
+
+from __future__ import annotations
+
+MAX_VALUES = 1000  # values in one filter, all keys together
+WHERE_TYPES: dict[str, type] = {"key": str, "modality": str, "label": int, "label_name": str, "caption": str,
+                                "source": str, "split": str}
+
+
+class IndexStoreError(ValueError):
+    """An index folder, filter or item is wrong; the message names the file, key or field."""
+
+
+def parse_where(where: dict | list[str] | tuple[str, ...] | None) -> dict[str, list]:
+    """`["label=3", "split=test"]` or `{"label": 3, "split": ["val", "test"]}` -> {column: [values]}."""
+    if not where:
+        return {}
+    if isinstance(where, (list, tuple)):
+        pairs = []
+        for item in where:
+            if not isinstance(item, str) or "=" not in item:
+                raise IndexStoreError(f"where {item!r}: expected key=value, e.g. label=3")
+            pairs.append(tuple(s.strip() for s in item.split("=", 1)))
+    elif isinstance(where, dict):
+        pairs = [(k, x) for k, v in where.items() for x in (v if isinstance(v, list) else [v])]
+    else:
+        raise IndexStoreError(f"where: expected an object like {{\"label\": 3}}, got {type(where).__name__}")
+    if len(pairs) > MAX_VALUES:
+        raise IndexStoreError(f"where: {len(pairs)} values is more than {MAX_VALUES}")
+    out: dict[str, list] = {}
+    for key, value in pairs:
+        if key not in WHERE_TYPES:
+            raise IndexStoreError(f"where: unknown key {key!r} (known: {', '.join(WHERE_TYPES)})")
+        typ = WHERE_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise IndexStoreError(f"where {key}: expected a {typ.__name__}, got {type(value).__name__}")
+        try:
+            value = typ(value)
+        except ValueError:
+            raise IndexStoreError(f"where {key}: expected a {typ.__name__}, got {str(value)[:80]!r}") from None
+        if typ is int and not -(2**63) <= value < 2**63:
+            raise IndexStoreError(f"where {key}: {value} is out of the 64-bit integer range")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def sql_where(conds: dict[str, list]) -> tuple[str, list]:
+    """WHERE clause (columns come from WHERE_TYPES only) and its parameters."""
+    parts, params = [], []
+    for key, values in conds.items():
+        parts.append(f"{key} IN ({','.join('?' * len(values))})")
+        params += values
+    return (" WHERE " + " AND ".join(parts)) if parts else "", params

@@ -1,0 +1,1 @@
+"""HTTP search service (FastAPI) and its web page."""

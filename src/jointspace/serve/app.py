@@ -1,0 +1,205 @@
+"""FastAPI search service over an index folder: POST /search, items, thumbnails, health, stats, web page."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from jointspace.index.query import Encoder, QueryError, parse_vector
+from jointspace.index.store import IndexStore, IndexStoreError
+from jointspace.serve.parsing import BadRequest, Query, SearchIn, SearchRequest, parse_search
+
+STATIC = Path(str(resources.files("jointspace") / "serve" / "static"))
+JSON_SCHEMA = SearchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+JSON_DEFS = JSON_SCHEMA.pop("$defs", {})
+BEARER = HTTPBearer(auto_error=False, description="needed when the server was started with a token")
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "image (PNG/JPEG/...) or .npy array"},
+        "text": {"type": "string", "description": "text query (instead of a file)"},
+        "modality": {"type": "string", "description": "modality of the file: image, audio, lidar or a name"},
+        "k": {"type": "integer", "default": 10},
+        "where": {"type": "string", "description": 'filter: "label=3&split=test" or a JSON object'},
+    },
+}
+
+
+class Hit(BaseModel):
+    """One result: an item (sample x modality) and its inner-product score."""
+
+    key: str
+    modality: str
+    score: float
+    label: int | None = None
+    label_name: str | None = None
+    caption: str | None = None
+    source: str | None = None
+    split: str | None = None
+    has_thumbnail: bool = False
+
+
+class Result(BaseModel):
+    query: str
+    hits: list[Hit]
+
+
+class SearchOut(BaseModel):
+    results: list[Result]
+    took_ms: float
+
+
+class StatusCounter:
+    """Pure ASGI middleware counting responses by status class (for /stats)."""
+
+    def __init__(self, app, counts: Counter):
+        self.app, self.counts = app, counts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.counts[f"{message['status'] // 100}xx"] += 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def _fastapi(**kwargs) -> FastAPI:
+    """FastAPI whose /docs and /redoc load their assets from this server when fastapi-offline is installed."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:  # /docs then loads Swagger UI from a CDN; /openapi.json works either way
+        return FastAPI(**kwargs)
+    return FastAPIOffline(**kwargs)
+
+
+def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: str | None = None,
+               max_upload_bytes: int = 8 * 1024 * 1024, max_k: int = 100, max_batch: int = 32,
+               device: str = "cpu", load_model: bool = True) -> FastAPI:
+    """The service for one index; the model is the index's own run (or `run_dir`, fingerprint-checked)."""
+    store = IndexStore.open(index_dir)
+    encoder, model_note = None, None
+    run = Path(run_dir) if run_dir else Path(store.meta.get("run_dir") or "")
+    if not load_model:
+        model_note = "started without a model: only vector queries work"
+    elif str(run) and (run / "model.safetensors").exists():
+        encoder = Encoder.from_run(run, device)
+        store.check_model(encoder.fingerprint, run)
+    elif run_dir is not None:
+        raise FileNotFoundError(f"{run_dir}: no model.safetensors; is it a finished jointspace run?")
+    else:
+        model_note = f"run {store.meta.get('run_dir')!r} not found: only vector queries work"
+    encode_lock = threading.Lock()
+    counts: Counter = Counter()
+    started = time.time()
+
+    def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        if token and (creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode())):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    app = _fastapi(title="jointspace search", version="1",
+                   description="Search a joint embedding space with text, images, audio (.npy) or vectors.")
+    app.add_middleware(StatusCounter, counts=counts)
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": err.detail}, status_code=err.status)
+
+    @app.exception_handler(QueryError)
+    @app.exception_handler(IndexStoreError)
+    async def _bad_query(request: Request, err: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    def embed(q: Query) -> np.ndarray:
+        if q.vector is not None:
+            return parse_vector(q.vector, store.dim)
+        if encoder is None:
+            raise QueryError(f"this server has no model ({model_note}); send a vector")
+        with encode_lock:
+            if q.text is not None:
+                return encoder.encode(q.modality or "text", [q.text])
+            if q.modality is None:
+                raise QueryError(f"file {q.filename!r}: say its modality (one of {', '.join(encoder.kinds)})")
+            if encoder.kinds.get(encoder.resolve(q.modality)) == "text":
+                raise QueryError(f"file {q.filename!r}: modality {q.modality!r} is text; send the text itself")
+            return encoder.encode_file(q.modality, q.file or b"", q.filename)
+
+    def run_search(req: SearchRequest) -> SearchOut:
+        t0 = time.perf_counter()
+        vectors = np.concatenate([embed(q) for q in req.queries])
+        hits = store.search(vectors, req.k, req.where)
+        results = [Result(query=q.describe(), hits=[Hit(**h) for h in hs]) for q, hs in zip(req.queries, hits)]
+        return SearchOut(results=results, took_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    @app.post("/search", response_model=SearchOut, dependencies=[Depends(auth)],
+              responses={400: {"description": "bad query"}, 413: {"description": "upload too large"},
+                         415: {"description": "not JSON or multipart"}, 422: {"description": "invalid fields"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": JSON_SCHEMA},
+                  "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}})
+    async def search(request: Request) -> SearchOut:
+        """Top-k items for a text, vector, uploaded image/.npy, or a batch of queries; `where` filters."""
+        req = await parse_search(request, max_upload_bytes, max_k, max_batch)
+        return await run_in_threadpool(run_search, req)
+
+    @app.get("/items/{key}", dependencies=[Depends(auth)])
+    def item(key: str) -> dict:
+        """Metadata of one sample and the modalities it is indexed under."""
+        found = store.get(key)
+        if found is None:
+            raise HTTPException(404, f"item {key!r}: not in the index")
+        return found
+
+    @app.get("/items/{key}/thumbnail", dependencies=[Depends(auth)], response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such item or preview"}})
+    def thumbnail(key: str) -> Response:
+        """PNG preview of a sample (its image, range image or feature frames)."""
+        png = store.preview(key)
+        if png is None:
+            raise HTTPException(404, f"item {key!r}: no thumbnail")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        """Liveness: the index is loaded."""
+        return {"status": "ok", "n_items": store.n_items}
+
+    @app.get("/stats", dependencies=[Depends(auth)])
+    def stats() -> dict:
+        """Index counts, model, limits and responses served by status class."""
+        return {**store.stats(), "model": str(encoder.run_dir) if encoder else None, "model_note": model_note,
+                "query_modalities": encoder.kinds if encoder else {},
+                "limits": {"max_upload_bytes": max_upload_bytes, "max_k": max_k, "max_batch": max_batch},
+                "auth": bool(token), "uptime_s": round(time.time() - started, 1), "responses": dict(counts)}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    plain_openapi = app.openapi
+
+    def openapi() -> dict:  # the JSON body's sub-models live in components, where its $refs point
+        schema = plain_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(JSON_DEFS)
+        return schema
+
+    app.openapi = openapi
+    app.state.store, app.state.encoder = store, encoder
+    return app
