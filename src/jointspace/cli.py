@@ -1,4 +1,4 @@
-"""The `jointspace` command line: demo, data, train, eval, report."""
+"""The `jointspace` command line: demo, data, train, eval, report, classify, metric, compare, cilp."""
 
 from __future__ import annotations
 
@@ -12,9 +12,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from jointspace.index.cli import index_app, search, serve
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, pack and inspect WebDataset shards.")
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
+app.command()(search)
+app.command()(serve)
 console = Console()
 
 
@@ -130,6 +135,24 @@ def eval_(
 
 @app.command()
 @_friendly
+def embed(
+    run: Annotated[Path, typer.Argument(help="run folder")],
+    shards: Annotated[Path, typer.Argument(help="shard folder to embed")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    split: Annotated[str, typer.Option(help="split of the shard folder")] = "test",
+    format_: Annotated[str, typer.Option("--format", help="npy or parquet")] = "npy",
+    device: str = "auto",
+) -> None:
+    """Write embeddings (+ keys, labels) per modality of a shard folder's split."""
+    from jointspace.evaluate.export import export_embeddings
+
+    meta = export_embeddings(run, shards, out, split, format_, device)
+    dims = ", ".join(f"{m}: {d}-d" for m, d in meta["dims"].items())
+    console.print(f"wrote {out} ({meta['n_samples']} samples of {split}; {dims}; {format_})")
+
+
+@app.command()
+@_friendly
 def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     """Plots and one HTML report for an evaluated run."""
     from jointspace.viz.report import write_report
@@ -159,6 +182,93 @@ def demo(
     path = write_report(run_dir)
     console.print(metrics_table(result))
     console.print(f"report: {path}   ({time.time() - t0:.0f}s in all)")
+
+
+TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="tensorboard (default), wandb (offline) or none")]
+
+
+def _overrides(set_: list[str] | None, tracker: str | None) -> list[str]:
+    return [*(set_ or []), *([f"tracker={tracker}"] if tracker else [])]
+
+
+@app.command()
+@_friendly
+def classify(
+    config: Annotated[Path, typer.Argument(help="YAML config with a fusion section")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set fusion.kind=early")] = None,
+    tracker: TrackerOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+) -> None:
+    """Train and test a fusion classifier (early / intermediate / late / transformer) over data.modalities."""
+    from jointspace.config import load_config
+    from jointspace.train.classifier import train_classifier
+
+    cfg = load_config(config, _overrides(set_, tracker))
+    run_dir = train_classifier(cfg, overwrite=overwrite)
+    s = json.loads((run_dir / "done.json").read_text())
+    console.print((run_dir / f"classification_{cfg.eval.split}.txt").read_text())
+    console.print(f"done: {run_dir}  test top-1 {s['test_accuracy']:.4f}, val loss {s['val_loss']:.4f}, "
+                  f"{s['n_params']:,} parameters, {s['seconds_per_epoch']:.2f} s/epoch")
+
+
+@app.command()
+@_friendly
+def metric(
+    config: Annotated[Path, typer.Argument(help="YAML config with a metric section")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set metric.loss.name=ArcFaceLoss")] = None,
+    tracker: TrackerOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+) -> None:
+    """Metric learning of one tower (pytorch-metric-learning loss + miner), k-NN accuracy and a UMAP."""
+    from jointspace.config import load_config
+    from jointspace.train.metric import train_metric
+
+    run_dir = train_metric(load_config(config, _overrides(set_, tracker)), overwrite=overwrite)
+    s = json.loads((run_dir / "done.json").read_text())
+    console.print(f"done: {run_dir}  k-NN accuracy {s['test_accuracy']:.4f}, precision@1 {s['precision_at_1']:.4f}, "
+                  f"MAP@R {s['mean_average_precision_at_r']:.4f}, val loss {s['val_loss']:.4f}")
+
+
+@app.command()
+@_friendly
+def compare(
+    grid: Annotated[Path, typer.Argument(help="grid YAML: base config, variants, seeds")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override for every run")] = None,
+    tracker: TrackerOpt = None,
+) -> None:
+    """Run a grid of variants x seeds (finished runs are skipped) -> comparison.md/.csv/.png."""
+    from jointspace.compare import run_grid
+
+    try:
+        grid_dir = run_grid(grid, _overrides(set_, tracker), log=console.print)
+    except RuntimeError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    console.print((grid_dir / "comparison.md").read_text())
+    console.print(f"written: {grid_dir}/comparison.md, comparison.csv, comparison.png")
+
+
+@app.command()
+@_friendly
+def cilp(
+    config: Annotated[Path, typer.Argument(help="YAML config (contrastive image<->LiDAR + cilp section)")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override")] = None,
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="seeds to run (repeat); default: the config's")] = None,
+    tracker: TrackerOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing run folders")] = False,
+) -> None:
+    """CILP: contrastive RGB<->LiDAR pretraining, RGB->LiDAR projector (MSE), LiDAR classifier used from RGB."""
+    from jointspace.cilp import cilp_table, run_cilp
+    from jointspace.config import load_config
+
+    cfg = load_config(config, _overrides(set_, tracker))
+    rows = []
+    for seed in seeds or [cfg.seed]:
+        one = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name}-s{seed}" if seeds else cfg.name})
+        rows.append(run_cilp(one, overwrite=overwrite)["table"])
+        console.print(cilp_table(rows[-1:]))
+    if len(rows) > 1:
+        console.print(cilp_table(rows))
 
 
 def main() -> None:  # pragma: no cover

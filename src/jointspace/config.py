@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -15,6 +15,13 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """One shard folder mixed into the train split; `weight` upsamples it (with data.resampled)."""
+
+    path: str
+    weight: float = Field(1.0, gt=0.0)
 
 
 class DataConfig(_Strict):
@@ -27,11 +34,33 @@ class DataConfig(_Strict):
     context_length: int = 16
     max_frames: int = 96
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    label_map: dict[str, str] = Field(default_factory=dict)  # {old class name: new class name}: merge classes
+    sources: list[SourceConfig] = Field(default_factory=list)  # train split from several shard folders
+    resampled: bool = False  # draw each epoch's samples with replacement, P ∝ source weight x size
+    samples_per_epoch: int | None = Field(None, ge=1)  # with resampled (default: all sources' sizes summed)
+
+    @model_validator(mode="after")
+    def _weights_need_resampling(self) -> DataConfig:
+        if not self.resampled and any(s.weight != 1.0 for s in self.sources):
+            raise ValueError("data.sources weights other than 1 need data.resampled: true")
+        return self
+
+
+class LoraSettings(_Strict):
+    """LoRA adapters (peft) on a tower: rank, scale alpha/r, and module-name suffixes to adapt."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] | None = None  # default: the tower's attention output projections
 
 
 class TowerConfig(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    freeze: bool = False  # locked tower (LiT): no parameter of it trains; only its head does
+    lora: LoraSettings | None = None  # adapters train, the tower's own weights stay frozen
+    grad_checkpointing: bool = False  # recompute activations in backward (less memory, more compute)
 
 
 class HeadConfig(_Strict):
@@ -86,6 +115,62 @@ class EvalConfig(_Strict):
     linear_probe: bool = True
 
 
+class FusionConfig(_Strict):
+    """A classifier fusing the run's modalities (`data.modalities`); towers come from `model.towers`."""
+
+    kind: Literal["early", "intermediate", "late", "transformer"] = "late"
+    size: tuple[int, int] | None = None  # early/intermediate: common HxW (default: the first modality's)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64])  # early/intermediate CNN stages
+    downsample: Literal["maxpool", "stride"] | None = None  # conv stems/towers (None: maxpool / towers' own)
+    norm: Literal["batch", "group", "none"] = "batch"
+    merge: Literal["concat", "add", "multiply"] = "concat"  # intermediate: how feature maps are merged
+    merge_stage: int = Field(1, ge=1)  # intermediate: per-modality stages before the merge
+    combine: Literal["embedding", "logits"] = "embedding"  # late: concat embeddings, or mean of logits
+    token_dim: int = Field(64, ge=8)  # transformer: width of the modality tokens
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    hidden: int = Field(0, ge=0)  # classifier MLP hidden width (0: linear classifier)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class ComponentConfig(_Strict):
+    """A pytorch-metric-learning class by name, with its constructor parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricConfig(_Strict):
+    """Metric learning of one tower with pytorch-metric-learning: loss x miner x distance x reducer."""
+
+    modality: str | None = None  # default: the first of data.modalities
+    loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="TripletMarginLoss",
+                                                                          params={"margin": 0.2}))
+    miner: ComponentConfig | None = Field(default_factory=lambda: ComponentConfig(
+        name="TripletMarginMiner", params={"margin": 0.2, "type_of_triplets": "hard"}))
+    distance: ComponentConfig | None = None  # shared by loss and miner
+    reducer: ComponentConfig | None = None
+    loss_lr: float | None = Field(None, gt=0.0)  # lr of the loss's own parameters (ArcFace W); default train.lr
+    knn_k: int = Field(5, ge=1)
+    plot: Literal["umap", "pca", "none"] = "umap"
+
+
+class CILPConfig(_Strict):
+    """CILP stages after contrastive pretraining: projector source->target (MSE), classifier on target."""
+
+    source: str = "image"
+    target: str = "lidar"
+    projector_hidden: int = Field(512, ge=1)
+    projector_epochs: int = Field(200, ge=1)
+    projector_lr: float = Field(3e-3, gt=0.0)
+    classifier_hidden: int = Field(256, ge=0)  # 0: linear classifier on the target embedding
+    classifier_epochs: int = Field(200, ge=1)
+    classifier_lr: float = Field(3e-3, gt=0.0)
+    batch_size: int = Field(128, ge=2)
+    weight_decay: float = Field(1e-4, ge=0.0)
+
+
 class RunConfig(_Strict):
     name: str = "run"
     seed: int = 0
@@ -96,6 +181,9 @@ class RunConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    metric: MetricConfig = Field(default_factory=MetricConfig)
+    cilp: CILPConfig = Field(default_factory=CILPConfig)
 
     @field_validator("name")
     @classmethod
@@ -106,6 +194,39 @@ class RunConfig(_Strict):
 
     @property
     def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class VariantConfig(_Strict):
+    """One named variant of a comparison grid: overrides of the base config (dotted key -> value)."""
+
+    name: str
+    task: Literal["classify", "metric"] | None = None  # default: the grid's
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain folder name")
+        return v
+
+
+class GridConfig(_Strict):
+    """`jointspace compare`: base config x variants x seeds."""
+
+    name: str = "grid"
+    output_dir: str = "runs"
+    task: Literal["classify", "metric"] = "classify"
+    base: str | dict[str, Any] = Field(default_factory=dict)  # a config file (relative to the grid) or a mapping
+    set: dict[str, Any] = Field(default_factory=dict)  # overrides for every variant
+    variants: list[VariantConfig] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    isolate: bool = True  # each run in a fresh process: clean peak-memory numbers, no state leaks
+    jobs: int = Field(1, ge=1)  # runs at once (with isolate); timings then share the CPU
+
+    @property
+    def grid_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
 
@@ -167,3 +288,24 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def save_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config as YAML."""
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    """Load a `jointspace compare` grid file; errors name the field."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such grid file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        grid = GridConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(path))) from None
+    names = [v.name for v in grid.variants]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{path}: variants: duplicate names {dup}")
+    return grid

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jointspace.config import ModelConfig
-from jointspace.towers import build_tower
+from jointspace.config import ModelConfig, TowerConfig
+from jointspace.towers import build_tower, tower_tokenizer
 from jointspace.towers.heads import build_head
+from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
 
 # Default tower per modality kind when the config names none.
 DEFAULT_TOWERS = {"image": "cnn", "text": "transformer", "sequence": "frames_cnn", "range": "range_cnn"}
@@ -32,10 +33,18 @@ class JointModel(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by the SigLIP loss only
         self.embed_dim = embed_dim
         self.max_log_scale = math.log(max_logit_scale)
+        self.locked: list[str] = []  # towers kept in eval mode (set by build_model from `freeze`)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.towers)
+
+    def train(self, mode: bool = True) -> JointModel:
+        """As nn.Module.train, but locked towers (`freeze: true`) stay in eval mode (norm statistics, dropout)."""
+        super().train(mode)
+        for m in self.locked:
+            self.towers[m].eval()
+        return self
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to max_logit_scale as in CLIP."""
@@ -67,13 +76,38 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], image_channels: int | N
             params.setdefault("context_length", context_length)
         try:
             towers[name] = build_tower(tower_name, **params)
+            if tcfg is not None:
+                tune_tower(towers[name], tcfg)
         except (TypeError, ValueError) as err:
             raise ValueError(f"model.towers.{name}: {err}") from None
     unknown = [m for m in cfg.towers if m not in kinds]
     if unknown:
         raise ValueError(f"model.towers: {unknown} are not modalities of this run ({', '.join(kinds)})")
-    return JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
-                      cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale)
+    model = JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
+                       cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale)
+    model.locked = [m for m, t in cfg.towers.items() if m in towers and t.freeze]
+    return model
+
+
+def tune_tower(tower: nn.Module, tcfg: TowerConfig) -> None:
+    """Apply a tower config's freezing, LoRA adapters and gradient checkpointing, in place."""
+    if tcfg.freeze and tcfg.lora:
+        raise ValueError("freeze and lora exclude each other (with lora only the adapters train)")
+    if tcfg.freeze:
+        freeze(tower)
+    if tcfg.lora:
+        targets = list(tcfg.lora.targets or getattr(tower, "default_lora_targets", ()))
+        if not targets:
+            raise ValueError(f"lora: tower {tcfg.name!r} has no default targets; set lora.targets")
+        apply_lora(tower, targets, tcfg.lora.r, tcfg.lora.alpha, tcfg.lora.dropout)
+    if tcfg.grad_checkpointing:
+        enable_grad_checkpointing(tower, tcfg.name)
+
+
+def text_tokenizers(cfg: ModelConfig) -> dict[str, str]:
+    """Modality -> tokenizer spec for towers that read their own tokenizer's ids (others: OpenCLIP BPE)."""
+    specs = {m: tower_tokenizer(t.name, t.params) for m, t in cfg.towers.items()}
+    return {m: s for m, s in specs.items() if s is not None}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

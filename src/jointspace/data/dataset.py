@@ -25,6 +25,7 @@ class SplitData:
     captions: dict[str, list[str]] = field(default_factory=dict)
     raw: dict[str, list[np.ndarray]] = field(default_factory=dict)
     stats: ReadStats = field(default_factory=ReadStats)
+    source_sizes: list[int] = field(default_factory=list)  # consecutive blocks from data.sources (empty: one)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,16 +52,17 @@ class SplitData:
 
 
 def to_inputs(
-    values: dict[str, list], kinds: dict[str, str], image_size: int, context_length: int, max_frames: int
+    values: dict[str, list], kinds: dict[str, str], image_size: int, context_length: int, max_frames: int,
+    tokenizers: dict[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Convert decoded per-modality lists into model input tensors by kind."""
+    """Convert decoded per-modality lists into model input tensors by kind (text: `tokenizers[name]` spec)."""
     inputs: dict[str, torch.Tensor] = {}
     for name, vals in values.items():
         kind = kinds[name]
         if kind == "image":
             inputs[name] = T.image_to_tensor(vals, image_size)
         elif kind == "text":
-            inputs[name] = T.make_tokenizer(context_length)(vals)
+            inputs[name] = T.make_tokenizer(context_length, (tokenizers or {}).get(name))(vals)
         elif kind == "sequence":
             inputs[name], inputs[f"{name}_len"] = T.sequence_to_tensor(vals, max_frames)
         elif kind == "range":
@@ -79,8 +81,13 @@ def load_split(
     max_frames: int = 96,
     max_bad_fraction: float = 0.01,
     keep_raw: bool = False,
+    label_map: dict[str, str] | None = None,
+    tokenizers: dict[str, str] | None = None,
 ) -> SplitData:
-    """Read and decode one split; fails (naming files) past `max_bad_fraction` unreadable samples."""
+    """Read and decode one split; fails (naming files) past `max_bad_fraction` unreadable samples.
+
+    `label_map` {old class name: new} merges classes; `tokenizers` {text modality: spec} picks the
+    tokenizer of a text tower (default OpenCLIP BPE)."""
     info = read_info(root)
     kinds = info["modalities"]
     unknown = [m for m in modalities if m not in kinds]
@@ -98,15 +105,81 @@ def load_split(
     if not labels:
         raise DataError(f"{root}/{split}: no readable samples")
     sub_kinds = {m: kinds[m] for m in modalities}
+    class_names, label_t = list(info.get("class_names", [])), torch.tensor(labels, dtype=torch.long)
+    if label_map:
+        class_names, label_t = apply_label_map(class_names, label_t, label_map, f"{root}/{split}")
     return SplitData(
-        inputs=to_inputs(values, sub_kinds, image_size, context_length, max_frames),
-        labels=torch.tensor(labels, dtype=torch.long),
+        inputs=to_inputs(values, sub_kinds, image_size, context_length, max_frames, tokenizers),
+        labels=label_t,
         keys=keys,
         kinds=sub_kinds,
-        class_names=list(info.get("class_names", [])),
+        class_names=class_names,
         captions={m: values[m] for m in modalities if kinds[m] == "text"},
         raw={m: values[m] for m in modalities if kinds[m] != "text"} if keep_raw else {},
         stats=stats,
+    )
+
+
+def merged_class_names(class_names: list[str], label_map: dict[str, str]) -> list[str]:
+    """Class names after a label map, in order of first appearance (merged classes become one)."""
+    return list(dict.fromkeys(label_map.get(n, n) for n in class_names))
+
+
+def apply_label_map(class_names: list[str], labels: torch.Tensor, label_map: dict[str, str],
+                    where: str = "data") -> tuple[list[str], torch.Tensor]:
+    """Merge classes: (new class names, labels re-indexed into them); unknown old names fail naming them."""
+    unknown = [k for k in label_map if k not in class_names]
+    if unknown:
+        raise DataError(f"{where}: data.label_map names classes {unknown} that the dataset does not have "
+                        f"(has: {', '.join(class_names) or 'no class names'})")
+    new_names = merged_class_names(class_names, label_map)
+    lookup = torch.tensor([new_names.index(label_map.get(n, n)) for n in class_names], dtype=torch.long)
+    return new_names, lookup[labels]
+
+
+def remap_info(info: dict, label_map: dict[str, str] | None) -> dict:
+    """dataset.json content as seen through a label map: merged class names and zero-shot prompts."""
+    if not label_map:
+        return info
+    names = list(info.get("class_names", []))
+    new_names = merged_class_names(names, label_map)
+    out = {**info, "class_names": new_names}
+    prompts = info.get("zero_shot_prompts")
+    if prompts:  # a merged class is described by all its old classes' prompts (prompt ensembling)
+        merged: dict[str, list[str]] = {n: [] for n in new_names}
+        for old in names:
+            merged[label_map.get(old, old)] += [q for q in prompts.get(old, []) if q not in merged[label_map.get(old, old)]]
+        out["zero_shot_prompts"] = merged
+    return out
+
+
+def concat_splits(parts: list[SplitData], class_names: list[str] | None = None) -> SplitData:
+    """One SplitData of several (same modalities); classes unified by name (`class_names` first),
+    images expanded to common channels."""
+    first = parts[0]
+    for part in parts[1:]:
+        if part.kinds != first.kinds:
+            raise DataError(f"data.sources: modalities differ ({part.kinds} vs {first.kinds})")
+    names = list(dict.fromkeys([*(class_names or []), *(n for part in parts for n in part.class_names)]))
+    labels = []
+    for part in parts:
+        if part.class_names:
+            lookup = torch.tensor([names.index(n) for n in part.class_names], dtype=torch.long)
+            labels.append(lookup[part.labels])
+        else:
+            labels.append(part.labels)
+    inputs = {}
+    for k in first.inputs:
+        tensors = [part.inputs[k] for part in parts]
+        if first.kinds.get(k) == "image":
+            c = max(t.shape[1] for t in tensors)
+            tensors = [t.expand(-1, c, -1, -1) if t.shape[1] == 1 else t for t in tensors]
+        inputs[k] = torch.cat(tensors)
+    stats = ReadStats(n_ok=sum(p.stats.n_ok for p in parts), n_bad=sum(p.stats.n_bad for p in parts))
+    return SplitData(
+        inputs=inputs, labels=torch.cat(labels), keys=[k for p in parts for k in p.keys], kinds=first.kinds,
+        class_names=names, captions={m: [c for p in parts for c in p.captions[m]] for m in first.captions},
+        raw={m: [r for p in parts for r in p.raw[m]] for m in first.raw}, stats=stats,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -45,9 +46,38 @@ def range_to_tensor(arrays: list[np.ndarray], max_range: float | None = None) ->
     return (torch.log1p(x.clamp(min=0)) / np.log1p(scale))[:, None]
 
 
-def make_tokenizer(context_length: int) -> Callable[[list[str]], torch.Tensor]:
-    """A real BPE tokenizer (OpenCLIP's, shipped inside the package): texts -> ids [N, L]."""
+def make_tokenizer(context_length: int, spec: str | None = None) -> Callable[[list[str]], torch.Tensor]:
+    """texts -> ids [N, L]. `spec` None: OpenCLIP's BPE (shipped in the package); `hf:<folder>`: that
+    Hugging Face tokenizer, padded with its pad id; `openclip:<model>`: that open_clip model's tokenizer."""
+    if spec is None:
+        tok = _bpe_tokenizer(context_length)  # building it reads the BPE merges: once per process
+        return lambda texts: tok(list(texts), context_length=context_length)
+    kind, _, name = spec.partition(":")
+    if kind == "hf":
+        return _hf_tokenizer(name, context_length)
+    if kind == "openclip":
+        import open_clip
+
+        oc_tok = open_clip.get_tokenizer(name)
+        return lambda texts: oc_tok(list(texts), context_length=context_length)
+    raise ValueError(f"tokenizer {spec!r}: expected hf:<folder> or openclip:<model>")
+
+
+@functools.lru_cache(maxsize=8)
+def _bpe_tokenizer(context_length: int):
     from open_clip.tokenizer import SimpleTokenizer
 
-    tok = SimpleTokenizer(context_length=context_length)
-    return lambda texts: tok(list(texts), context_length=context_length)
+    return SimpleTokenizer(context_length=context_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_tokenizer(folder: str, context_length: int) -> Callable[[list[str]], torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        out = tok(list(texts), padding="max_length", truncation=True, max_length=context_length, return_tensors="pt")
+        return out["input_ids"].long()
+
+    return encode

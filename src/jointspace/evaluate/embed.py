@@ -27,11 +27,11 @@ def embed_split(model: JointModel, data: SplitData, batch_size: int = 512,
 
 @torch.no_grad()
 def embed_class_prompts(model: JointModel, text_modality: str, prompts: list[list[str]], context_length: int,
-                        device: torch.device | str = "cpu") -> torch.Tensor:
+                        device: torch.device | str = "cpu", tokenizer: str | None = None) -> torch.Tensor:
     """One embedding per class: the normalised mean of its prompts' embeddings (CLIP prompt ensembling)."""
     was_training = model.training
     model.eval()
-    tok = make_tokenizer(context_length)
+    tok = make_tokenizer(context_length, tokenizer)  # the text tower's own (None: OpenCLIP BPE)
     rows = []
     for class_prompts in prompts:
         emb = model.encode(text_modality, {text_modality: tok(class_prompts).to(device)}).float().mean(0)

@@ -8,19 +8,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.data.dataset import SplitData, load_split
+from jointspace.data.dataset import SplitData, load_split, remap_info
 from jointspace.data.shards import read_info
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
 from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split
 from jointspace.evaluate.retrieval import retrieval_report
+from jointspace.model import text_tokenizers
 from jointspace.runs import EVAL, load_run, resolve_device
 
 PREVIEW_LIMIT = 2000  # samples whose raw inputs are kept in the embeddings file for galleries
 
 
 def _load(cfg, root: Path, split: str, keep_raw: bool) -> SplitData:
-    return load_split(root, split, cfg.data.modalities, cfg.data.image_size, cfg.data.context_length,
-                      cfg.data.max_frames, cfg.data.max_bad_fraction, keep_raw=keep_raw)
+    from jointspace.train.loop import split_kwargs  # label map and tokenizers as in training
+
+    return load_split(root, split, **split_kwargs(cfg), keep_raw=keep_raw)
 
 
 def _save_embeddings(path: Path, emb: dict[str, torch.Tensor], data: SplitData) -> None:
@@ -65,11 +67,12 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
         "retrieval": retrieval_report(emb, labels, ks=tuple(cfg.eval.ks), map_k=cfg.eval.map_k,
                                       chunk_size=cfg.eval.chunk_size),
     }
-    dataset_info = read_info(root)
+    dataset_info = remap_info(read_info(root), cfg.data.label_map)
     text_mod = next((m for m, k in data.kinds.items() if k == "text"), None)
     prompts = class_prompts(dataset_info)
     if cfg.eval.zero_shot and text_mod and prompts:
-        class_emb = embed_class_prompts(model, text_mod, prompts, cfg.data.context_length, dev)
+        class_emb = embed_class_prompts(model, text_mod, prompts, cfg.data.context_length, dev,
+                                        tokenizer=text_tokenizers(cfg.model).get(text_mod))
         result["zero_shot"] = {m: zero_shot_classify(e, class_emb, data.labels, ks=(1, 5))
                                for m, e in emb.items() if m != text_mod}
     if cfg.eval.linear_probe:

@@ -19,7 +19,11 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNet(nn.Module):
-    """Stages of (conv-norm-ReLU) x2 with downsampling by MaxPool2d or a strided conv; avg-pooled."""
+    """Stages of (conv-norm-ReLU) x2 with downsampling by MaxPool2d or a strided conv; avg-pooled.
+
+    Every stage but the first halves the resolution (the first too with `first_downsample`, used when
+    the net continues another one's stages, as the shared trunk of intermediate fusion).
+    """
 
     def __init__(
         self,
@@ -28,6 +32,7 @@ class ConvNet(nn.Module):
         downsample: str = "maxpool",
         norm: str = "batch",
         dropout: float = 0.0,
+        first_downsample: bool = False,
     ):
         super().__init__()
         if downsample not in ("maxpool", "stride"):
@@ -35,8 +40,9 @@ class ConvNet(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_chans
         for i, c in enumerate(channels):
-            stride = 2 if (downsample == "stride" and i > 0) else 1
-            if downsample == "maxpool" and i > 0:
+            down = i > 0 or first_downsample  # first_downsample: also halve before stage 0 (a later trunk)
+            stride = 2 if (downsample == "stride" and down) else 1
+            if downsample == "maxpool" and down:
                 layers.append(nn.MaxPool2d(2))
             layers += [nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), _norm(norm, c), nn.ReLU()]
             layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), _norm(norm, c), nn.ReLU()]
@@ -55,9 +61,9 @@ class ConvNet(nn.Module):
 
 @register_tower("cnn")
 def cnn(in_chans: int = 3, channels: tuple[int, ...] = (32, 64, 128), downsample: str = "maxpool",
-        norm: str = "batch", dropout: float = 0.0) -> ConvNet:
+        norm: str = "batch", dropout: float = 0.0, first_downsample: bool = False) -> ConvNet:
     """Scratch CNN for small images."""
-    return ConvNet(in_chans, tuple(channels), downsample, norm, dropout)
+    return ConvNet(in_chans, tuple(channels), downsample, norm, dropout, first_downsample)
 
 
 class TimmViT(nn.Module):

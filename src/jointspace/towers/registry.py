@@ -8,15 +8,22 @@ from collections.abc import Callable
 from torch import nn
 
 _TOWERS: dict[str, Callable[..., nn.Module]] = {}
+_TOKENIZERS: dict[str, Callable[[dict], str]] = {}
 
 
-def register_tower(name: str) -> Callable:
-    """Decorator: register a tower builder under `name`."""
+def register_tower(name: str, tokenizer: Callable[[dict], str] | None = None) -> Callable:
+    """Decorator: register a tower builder under `name`.
+
+    `tokenizer(params)` gives the spec of the tokenizer a text tower needs (see data.transforms.make_tokenizer);
+    towers without one read OpenCLIP's BPE ids.
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _TOWERS:
             raise ValueError(f"tower {name!r} registered twice")
         _TOWERS[name] = fn
+        if tokenizer is not None:
+            _TOKENIZERS[name] = tokenizer
         return fn
 
     return wrap
@@ -41,3 +48,9 @@ def build_tower(name: str, **params) -> nn.Module:
     if not hasattr(tower, "out_dim"):
         raise TypeError(f"tower {name!r} has no out_dim")
     return tower
+
+
+def tower_tokenizer(name: str, params: dict) -> str | None:
+    """Tokenizer spec the tower `name` built with `params` reads its ids with (None: OpenCLIP BPE)."""
+    fn = _TOKENIZERS.get(name)
+    return fn(params) if fn is not None else None

@@ -15,13 +15,15 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jointspace.config import RunConfig, save_config
-from jointspace.data.dataset import SplitData, epoch_batches, load_split, steps_per_epoch
+from jointspace.data.dataset import SplitData, load_split
 from jointspace.data.shards import read_info
+from jointspace.data.sources import TrainSampler, load_sources
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
 from jointspace.losses import BindingLoss, binding_pairs, positive_mask
-from jointspace.model import JointModel, count_parameters
+from jointspace.model import JointModel, text_tokenizers
 from jointspace.runs import CONFIG, WEIGHTS, build_from_info, resolve_device, write_run_info
+from jointspace.towers.lora import parameter_summary
 from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
 from jointspace.train.optim import build_optimizer, build_scheduler
 from jointspace.train.tracking import Tracker
@@ -55,11 +57,21 @@ def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None]:
 
         synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
     info = read_info(root)
-    kw = {"modalities": cfg.data.modalities, "image_size": cfg.data.image_size, "context_length": cfg.data.context_length,
-              "max_frames": cfg.data.max_frames, "max_bad_fraction": cfg.data.max_bad_fraction}
-    train = load_split(root, "train", **kw)
+    kw = split_kwargs(cfg)
+    if cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
+        train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
+    else:
+        train = load_split(root, "train", **kw)
     val = load_split(root, "val", **kw) if (root / "val").exists() else None
     return info, train, val
+
+
+def split_kwargs(cfg: RunConfig) -> dict:
+    """load_split keyword arguments a run's config implies (sizes, label map, the text towers' tokenizers)."""
+    d = cfg.data
+    return {"modalities": d.modalities, "image_size": d.image_size, "context_length": d.context_length,
+            "max_frames": d.max_frames, "max_bad_fraction": d.max_bad_fraction, "label_map": d.label_map or None,
+            "tokenizers": text_tokenizers(cfg.model)}
 
 
 def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[dict], pos_mask,
@@ -139,9 +151,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     text_key = _text_key(train_data)
 
     batch_size = cfg.train.batch_size
-    n_steps_epoch = steps_per_epoch(len(train_data), batch_size)
+    sampler = TrainSampler.from_config(cfg.data, train_data)
+    n_steps_epoch = sampler.n_samples // batch_size
     if n_steps_epoch == 0:
-        raise ValueError(f"train.batch_size={batch_size} exceeds the {len(train_data)} training samples")
+        raise ValueError(f"train.batch_size={batch_size} exceeds the {sampler.n_samples} training samples per epoch")
     total_steps = n_steps_epoch * cfg.train.epochs
     optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
@@ -164,7 +177,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     train_data.labels = train_data.labels.to(device)
 
     print(f"run {run_dir}: {len(train_data)} train samples, modalities {list(kinds)}, pairs {pairs}, "
-          f"{count_parameters(model, trainable_only=True):,} trainable parameters, device {device}")
+          f"device {device}\n  {parameter_summary(model)}")
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), disable=not show_progress)
     t0 = time.time()
@@ -172,7 +185,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         task = progress.add_task("train", total=total_steps, completed=step, epoch=start_epoch, loss=float("nan"))
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
-            for idx in epoch_batches(len(train_data), batch_size, cfg.seed, epoch):
+            for idx in sampler.batches(batch_size, cfg.seed, epoch):
                 idx = idx.to(device)
                 full = train_data.batch(idx)
                 mask = positive_mask(full, cfg.loss.positives, text_key)

