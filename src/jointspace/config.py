@@ -103,6 +103,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=1)  # epochs
     checkpoint_every: int = Field(1, ge=1)  # epochs
     keep_checkpoints: int = Field(2, ge=1)
+    local_loss: bool = False  # data parallel: score local anchors against the gathered batch (open_clip)
+    compile: bool = False  # torch.compile the forward pass
+    channels_last: bool = False  # NHWC memory format on CUDA
 
 
 class EvalConfig(_Strict):

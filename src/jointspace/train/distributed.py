@@ -71,6 +71,20 @@ def shard_batch(idx: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return idx.chunk(info.world_size)[info.rank]
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when data-parallel, else the model itself."""
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def cleanup(info: DistInfo) -> None:
     """Leave the process group."""
     if info.enabled and dist.is_initialized():

@@ -25,6 +25,7 @@ from jointspace.model import JointModel, text_tokenizers
 from jointspace.runs import CONFIG, WEIGHTS, build_from_info, resolve_device, write_run_info
 from jointspace.towers.lora import parameter_summary
 from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from jointspace.train.distributed import DistInfo, barrier, cleanup, init_distributed, shard_batch, wrap_ddp
 from jointspace.train.optim import build_optimizer, build_scheduler
 from jointspace.train.tracking import Tracker
 
@@ -49,13 +50,19 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None]:
-    """dataset.json info, and the train and validation splits (synthesising a built-in set if asked)."""
+def ensure_dataset(cfg: RunConfig) -> Path:
+    """The shard folder, synthesised first when it is missing and `data.synth` names a built-in set."""
     root = Path(cfg.data.path)
     if not root.exists() and cfg.data.synth:
         from jointspace.data.builtin import synthesize
 
         synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
+    return root
+
+
+def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None]:
+    """dataset.json info, and the train and validation splits (synthesising a built-in set if asked)."""
+    root = ensure_dataset(cfg)
     info = read_info(root)
     kw = split_kwargs(cfg)
     if cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
@@ -75,29 +82,32 @@ def split_kwargs(cfg: RunConfig) -> dict:
 
 
 def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[dict], pos_mask,
-                         amp_ctx) -> tuple[torch.Tensor, dict]:
+                         amp_ctx, forward_model: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """Backward over micro-batches with negatives from the whole accumulated batch (open_clip accum_freq).
 
     Features of all micro-batches are first computed without grad; each micro-batch is then re-encoded
     with grad and the loss over the full batch is back-propagated through its slice only. Summed, these
-    give the gradient of the full-batch loss; the temperature gets its gradient once.
+    give the gradient of the full-batch loss; the temperature gets its gradient once. `forward_model`
+    (DDP / compiled wrapper of `model`) runs the forward passes; DDP syncs gradients on the last one.
     """
+    fwd = forward_model or model
     bias = model.logit_bias
     if len(micro) == 1:
         with amp_ctx:
-            emb = model(micro[0])
+            emb = fwd(micro[0])
             loss, parts = loss_fn(emb, model.scale(), pos_mask, bias)
         loss.backward()
         return loss.detach(), parts
     with torch.no_grad(), amp_ctx:
         cached = [model(mb) for mb in micro]
     for j, mb in enumerate(micro):
-        with amp_ctx:
-            fresh = model(mb)
+        sync = contextlib.nullcontext() if j == len(micro) - 1 or not hasattr(fwd, "no_sync") else fwd.no_sync()
+        with sync, amp_ctx:
+            fresh = fwd(mb)
             emb = {m: torch.cat([fresh[m] if k == j else cached[k][m] for k in range(len(micro))]) for m in fresh}
             scale = model.scale() if j == 0 else model.scale().detach()
             loss, parts = loss_fn(emb, scale, pos_mask, bias if j == 0 else bias.detach())
-        loss.backward()
+            loss.backward()
     return loss.detach(), parts
 
 
@@ -127,30 +137,61 @@ def _text_key(data: SplitData) -> str | None:
     return next((m for m, k in data.kinds.items() if k == "text"), None)
 
 
-def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
-    """Train a joint space as configured; returns the run folder."""
+def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
     run_dir = cfg.run_dir
     if run_dir.exists() and not resume:
         if not overwrite:
             raise FileExistsError(f"{run_dir} exists: pass --resume to continue it or --overwrite to replace it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, dist_info: DistInfo) -> bool:
+    """True when loss and gradient norm are finite on every rank."""
+    ok = torch.tensor(float(torch.isfinite(loss) and torch.isfinite(grad_norm)))
+    if dist_info.enabled:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+    """Train a joint space as configured; returns the run folder. Under torchrun, trains data-parallel."""
+    device = resolve_device(cfg.train.device)
+    dist_info = init_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    main = dist_info.is_main
+    if main:
+        run_dir = _prepare_run_dir(cfg, resume, overwrite)
+    barrier(dist_info)
+    run_dir = cfg.run_dir
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
     seed_everything(cfg.seed)
 
+    if main:  # a built-in set is synthesised once
+        ensure_dataset(cfg)
+    barrier(dist_info)
     info, train_data, val_data = prepare_data(cfg)
     kinds = train_data.kinds
     image_channels = next((int(train_data.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
     run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": train_data.class_names,
                 "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
     model = build_from_info(cfg, run_info).to(device)
+    model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     pairs = binding_pairs(list(kinds), cfg.loss.anchor, cfg.loss.pairs)
-    loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
+    loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
+                          cfg.train.local_loss)
+    val_loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
     text_key = _text_key(train_data)
 
-    batch_size = cfg.train.batch_size
+    batch_size = cfg.train.batch_size  # global batch, split over ranks
+    if batch_size % (dist_info.world_size * cfg.train.accum_steps):
+        raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
+                         f"({dist_info.world_size} x {cfg.train.accum_steps})")
     sampler = TrainSampler.from_config(cfg.data, train_data)
     n_steps_epoch = sampler.n_samples // batch_size
     if n_steps_epoch == 0:
@@ -168,18 +209,25 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         state = load_checkpoint(latest, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
-    else:
+    elif main:
         save_config(cfg, run_dir / CONFIG)
         write_run_info(run_dir, run_info)
-    tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
+    if dist_info.enabled:
+        torch.manual_seed(cfg.seed * 1000 + dist_info.rank + step)  # different dropout per rank
+    tracker = Tracker(run_dir, cfg.tracker if main else "none", cfg.model_dump(mode="json"), cfg.name, enabled=main)
     amp_ctx = autocast(device, cfg.train.amp)
     train_data.inputs = {k: v.to(device) for k, v in train_data.inputs.items()}
     train_data.labels = train_data.labels.to(device)
+    forward_model = wrap_ddp(model, dist_info, device)
+    if cfg.train.compile:
+        forward_model = torch.compile(forward_model)
 
-    print(f"run {run_dir}: {len(train_data)} train samples, modalities {list(kinds)}, pairs {pairs}, "
-          f"device {device}\n  {parameter_summary(model)}")
+    if main:
+        print(f"run {run_dir}: {len(train_data)} train samples, modalities {list(kinds)}, pairs {pairs}, "
+              f"device {device}, world size {dist_info.world_size}\n  {parameter_summary(model)}")
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), disable=not show_progress)
+                        TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+                        disable=not (show_progress and main))
     t0 = time.time()
     with progress:
         task = progress.add_task("train", total=total_steps, completed=step, epoch=start_epoch, loss=float("nan"))
@@ -187,13 +235,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
             model.train()
             for idx in sampler.batches(batch_size, cfg.seed, epoch):
                 idx = idx.to(device)
-                full = train_data.batch(idx)
-                mask = positive_mask(full, cfg.loss.positives, text_key)
-                micro = [train_data.batch(i) for i in idx.chunk(cfg.train.accum_steps)]
+                mask = positive_mask(train_data.batch(idx), cfg.loss.positives, text_key)  # global positives
+                local = shard_batch(idx, dist_info)
+                micro = [train_data.batch(i) for i in local.chunk(cfg.train.accum_steps)]
                 optimizer.zero_grad(set_to_none=True)
-                loss, parts = accumulated_backward(model, loss_fn, micro, mask, amp_ctx)
+                loss, parts = accumulated_backward(model, loss_fn, micro, mask, amp_ctx, forward_model)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
-                if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
+                if not _all_finite(loss, grad_norm, dist_info):
                     tracker.close()
                     last = latest_checkpoint(ckpt_dir)
                     raise NonFiniteLossError(
@@ -210,15 +258,21 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
                                  "lr": scheduler.get_last_lr()[0], "temperature": float(1 / model.scale().detach()),
                                  **{f"loss/{k}": float(v) for k, v in parts.items()}})
             done = epoch + 1
-            if val_data is not None and (done % cfg.train.eval_every == 0 or done == cfg.train.epochs):
-                tracker.log({"step": step, "epoch": done, "split": "val", **validate(model, loss_fn, val_data, cfg, device)})
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs:
+            if main and val_data is not None and (done % cfg.train.eval_every == 0 or done == cfg.train.epochs):
+                tracker.log({"step": step, "epoch": done, "split": "val",
+                             **validate(model, val_loss_fn, val_data, cfg, device)})
+            if main and (done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs):
                 save_checkpoint(ckpt_dir, f"epoch_{done:04d}", model, optimizer,
                                 {"epoch": done, "step": step, "scheduler": scheduler.state_dict()},
                                 keep=cfg.train.keep_checkpoints)
+            barrier(dist_info)
     tracker.close()
-    save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
-    (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
-    (run_dir / "train_summary.json").write_text(json.dumps({"steps": step, "seconds": round(time.time() - t0, 2),
-                                                            "samples_per_second": round(step * batch_size / max(time.time() - t0, 1e-9), 1)}))
+    if main:
+        seconds = max(time.time() - t0, 1e-9)
+        save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
+        (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
+        (run_dir / "train_summary.json").write_text(json.dumps(
+            {"steps": step, "seconds": round(seconds, 2), "world_size": dist_info.world_size,
+             "samples_per_second": round((step - start_epoch * n_steps_epoch) * batch_size / seconds, 1)}))
+    cleanup(dist_info)
     return run_dir

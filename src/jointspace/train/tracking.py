@@ -10,8 +10,11 @@ from pathlib import Path
 class Tracker:
     """Writes each record to metrics.jsonl and to the chosen tracker."""
 
-    def __init__(self, run_dir: Path, kind: str = "tensorboard", config: dict | None = None, name: str = "run"):
+    def __init__(self, run_dir: Path, kind: str = "tensorboard", config: dict | None = None, name: str = "run",
+                 enabled: bool = True):
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled  # False on every data-parallel rank but the first
+        kind = kind if enabled else "none"
         self.kind = kind
         self._tb = None
         self._wandb = None
@@ -30,6 +33,8 @@ class Tracker:
 
     def log(self, record: dict) -> None:
         """Append one record {step, epoch, split, metric: value...}."""
+        if not self.enabled:
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         step = int(record["step"])
