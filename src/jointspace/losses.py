@@ -143,11 +143,10 @@ class BindingLoss(nn.Module):
 # ------------------------------------------------------------------ metric learning (pytorch-metric-learning)
 def _pml_class(module, name: str, field: str):
     """A class of a pytorch-metric-learning module by name; unknown names list the choices."""
-    cls = getattr(module, name, None)
-    if not isinstance(cls, type):
-        known = sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type))
+    known = sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type))
+    if name not in known:
         raise ValueError(f"{field}: unknown {module.__name__} class {name!r}; choose from {', '.join(known)}")
-    return cls
+    return getattr(module, name)
 
 
 def _pml_build(cls, params: dict, field: str, **extra):
