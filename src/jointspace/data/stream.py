@@ -1,0 +1,105 @@
+"""Streaming shards for data that does not fit in memory: split by node and worker, optional
+resampling of shards, batches collated per batch (no per-sample tensor work), and exact
+mid-epoch resume by counting the batches already consumed.
+
+Order is a pure function of (seed, epoch, rank, world size, worker count): shards are shuffled
+(or drawn with replacement when `resampled`) by (seed, epoch), rank r takes shards r, r+W, ...,
+worker w of that rank takes every n-th of those, and each worker yields whole batches. The
+DataLoader takes batches from workers round-robin, so batch k of an epoch comes from worker
+k mod n. To resume after k batches, DataLoader worker w plays the part of worker (w + k) mod n
+(so the first batch comes from the right one) and skips that worker's first ceil((k - role) / n)
+batches. Exact while the workers' shares have equal batch counts (as many shards per worker, of
+equal size); otherwise the tail of the epoch may be ordered differently, never lost or repeated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from jointspace.data.dataset import to_inputs
+from jointspace.data.shards import ReadStats, iter_samples
+
+
+def epoch_shards(urls: list[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                 resampled: bool = False) -> list[str]:
+    """This rank's shards for an epoch: shuffled (or drawn with replacement) by (seed, epoch), then strided."""
+    rng = np.random.default_rng([seed, epoch])
+    if resampled:
+        order = rng.integers(0, len(urls), size=len(urls))
+    else:
+        order = rng.permutation(len(urls))
+    mine = [urls[i] for i in order][rank::world_size]
+    if not mine:
+        raise ValueError(f"{len(urls)} shards cannot feed {world_size} ranks: write more, smaller shards")
+    return mine
+
+
+class ShardStream(IterableDataset):
+    """Yields collated batches {modality: tensor, "label", "key"} from a rank's share of the shards."""
+
+    def __init__(self, urls: list[str], kinds: dict[str, str], batch_size: int, seed: int = 0, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1, resampled: bool = False, skip_batches: int = 0,
+                 image_size: int = 32, context_length: int = 16, max_frames: int = 96,
+                 tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0):
+        super().__init__()
+        self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.resampled, self.skip_batches, self.shuffle_buffer = resampled, skip_batches, shuffle_buffer
+        self.convert = {"image_size": image_size, "context_length": context_length, "max_frames": max_frames,
+                        "tokenizers": tokenizers}
+        self.stats = ReadStats()
+
+    def _worker(self) -> tuple[int, int]:
+        """(role, number of workers): the worker whose place in the epoch this DataLoader worker takes."""
+        info = get_worker_info()
+        wid, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        return (wid + self.skip_batches) % n, n
+
+    def samples(self) -> Iterator[dict]:
+        """Decoded samples of this rank and worker, in their deterministic order."""
+        wid, n_workers = self._worker()
+        shards = epoch_shards(self.urls, self.seed, self.epoch, self.rank, self.world_size, self.resampled)
+        mine = shards[wid::n_workers]
+        stream = iter_samples(mine, self.stats, list(self.kinds))
+        if self.shuffle_buffer <= 1:
+            yield from stream
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
+        buf: list[dict] = []
+        for s in stream:
+            buf.append(s)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(int(rng.integers(len(buf))))
+        while buf:
+            yield buf.pop(int(rng.integers(len(buf))))
+
+    def collate(self, samples: list[dict]) -> dict:
+        """One batch of decoded samples -> tensors, converted per modality in one go."""
+        values = {m: [s[m] for s in samples] for m in self.kinds}
+        batch: dict = to_inputs(values, self.kinds, **self.convert)
+        batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+        batch["key"] = [s["key"] for s in samples]
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        wid, n_workers = self._worker()
+        skip = max(0, math.ceil((self.skip_batches - wid) / n_workers))
+        pending: list[dict] = []
+        made = 0
+        for sample in self.samples():
+            pending.append(sample)
+            if len(pending) == self.batch_size:
+                if made >= skip:
+                    yield self.collate(pending)
+                made += 1
+                pending = []
+
+
+def stream_loader(stream: ShardStream, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over whole batches (the stream batches itself); partial last batches are dropped."""
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
