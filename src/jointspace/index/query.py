@@ -104,10 +104,8 @@ def _first_in_channels(tower: nn.Module) -> int | None:
 
 def _tokenizer_specs(cfg: RunConfig) -> dict[str, str]:
     """Text modality -> tokenizer spec of towers that bring their own tokenizer (as training used them)."""
-    try:
-        from jointspace.model import text_tokenizers
-    except ImportError:  # a spine whose text towers all read OpenCLIP BPE ids
-        return {}
+    from jointspace.model import text_tokenizers
+
     return text_tokenizers(cfg.model)
 
 
