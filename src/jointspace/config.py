@@ -38,6 +38,9 @@ class DataConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)  # train split from several shard folders
     resampled: bool = False  # draw each epoch's samples with replacement, P ∝ source weight x size
     samples_per_epoch: int | None = Field(None, ge=1)  # with resampled (default: all sources' sizes summed)
+    streaming: bool = False  # read the train split shard by shard instead of decoding it into memory
+    num_workers: int = Field(0, ge=0)  # DataLoader workers of the streaming path
+    shuffle_buffer: int = Field(1000, ge=0)  # streaming: samples shuffled within a buffer of this size
 
     @model_validator(mode="after")
     def _weights_need_resampling(self) -> DataConfig:
@@ -103,6 +106,7 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=1)  # epochs
     checkpoint_every: int = Field(1, ge=1)  # epochs
     keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # also checkpoint mid-epoch (exact resume)
     local_loss: bool = False  # data parallel: score local anchors against the gathered batch (open_clip)
     compile: bool = False  # torch.compile the forward pass
     channels_last: bool = False  # NHWC memory format on CUDA

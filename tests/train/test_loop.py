@@ -94,3 +94,25 @@ def test_accumulation_keeps_all_negatives(tiny_cfg):
     assert g1.keys() == g4.keys() and "logit_scale" in g1
     for n in g1:
         torch.testing.assert_close(g1[n], g4[n], atol=1e-8, rtol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_mid_epoch_resume_is_exact(tiny_cfg, streaming):
+    """Stopped after step 4 of 6 (mid epoch 2) and resumed == trained straight through."""
+    cfg = tiny_cfg("train.checkpoint_every_steps=2", "train.keep_checkpoints=10",
+                   "model.towers.audio.params.dropout=0.2", f"data.streaming={str(streaming).lower()}",
+                   "data.shuffle_buffer=20", name=f"mid{int(streaming)}", epochs=2)
+    full = train(cfg, show_progress=False)
+    names = sorted(p.name for p in (full / "checkpoints").iterdir() if p.is_dir())
+    assert "step_0000004" in names and "epoch_0001" in names
+    half = full.parent / f"mid{int(streaming)}_half"
+    shutil.copytree(full, half)
+    (half / "model.safetensors").unlink()
+    (half / "checkpoints" / "latest.json").write_text(json.dumps({"name": "step_0000004"}))
+    resumed = train(cfg.model_copy(update={"name": half.name}), resume=True, show_progress=False)
+    a, b = _weights(full), _weights(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["split"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6, 5, 6]  # the copy's log, then the resumed steps

@@ -101,5 +101,10 @@ class ShardStream(IterableDataset):
 
 
 def stream_loader(stream: ShardStream, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over whole batches (the stream batches itself); partial last batches are dropped."""
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    """A DataLoader over whole batches (the stream batches itself); partial last batches are dropped.
+
+    It gets a generator of its own: the default one would draw from the global RNG on every epoch,
+    which would shift dropout masks after a mid-epoch resume.
+    """
+    gen = torch.Generator().manual_seed(stream.seed * 100_003 + stream.epoch)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False, generator=gen)

@@ -17,15 +17,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from jointspace.config import RunConfig, save_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.data.shards import read_info
-from jointspace.data.sources import TrainSampler, load_sources
+from jointspace.data.sources import load_sources
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
 from jointspace.losses import BindingLoss, binding_pairs, positive_mask
 from jointspace.model import JointModel, text_tokenizers
 from jointspace.runs import CONFIG, WEIGHTS, build_from_info, resolve_device, write_run_info
 from jointspace.towers.lora import parameter_summary
+from jointspace.train.batches import InMemoryBatches, StreamedBatches
 from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
-from jointspace.train.distributed import DistInfo, barrier, cleanup, init_distributed, shard_batch, wrap_ddp
+from jointspace.train.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
 from jointspace.train.optim import build_optimizer, build_scheduler
 from jointspace.train.tracking import Tracker
 
@@ -60,12 +61,16 @@ def ensure_dataset(cfg: RunConfig) -> Path:
     return root
 
 
-def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None]:
-    """dataset.json info, and the train and validation splits (synthesising a built-in set if asked)."""
+def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData | None, SplitData | None]:
+    """dataset.json info, and the train (None when streamed) and validation splits."""
     root = ensure_dataset(cfg)
     info = read_info(root)
     kw = split_kwargs(cfg)
-    if cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
+    if cfg.data.streaming:
+        if cfg.data.sources:
+            raise ValueError("data.sources: not supported with data.streaming yet")
+        train = None
+    elif cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
         train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
     else:
         train = load_split(root, "train", **kw)
@@ -174,9 +179,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         ensure_dataset(cfg)
     barrier(dist_info)
     info, train_data, val_data = prepare_data(cfg)
-    kinds = train_data.kinds
-    image_channels = next((int(train_data.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
-    run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": train_data.class_names,
+    ref = train_data if train_data is not None else val_data
+    if ref is None:
+        raise ValueError(f"{cfg.data.path}: streaming needs a val split to read modality shapes from")
+    kinds = ref.kinds
+    image_channels = next((int(ref.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
+    run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": ref.class_names,
                 "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
     model = build_from_info(cfg, run_info).to(device)
     model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
@@ -186,44 +194,46 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
                           cfg.train.local_loss)
     val_loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
-    text_key = _text_key(train_data)
+    text_key = _text_key(ref)
 
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
         raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
                          f"({dist_info.world_size} x {cfg.train.accum_steps})")
-    sampler = TrainSampler.from_config(cfg.data, train_data)
-    n_steps_epoch = sampler.n_samples // batch_size
-    if n_steps_epoch == 0:
-        raise ValueError(f"train.batch_size={batch_size} exceeds the {sampler.n_samples} training samples per epoch")
+    if train_data is None:
+        batches = StreamedBatches(cfg, kinds, text_tokenizers(cfg.model), dist_info, device, text_key)
+    else:
+        batches = InMemoryBatches(cfg, train_data, dist_info, device, text_key)
+    n_steps_epoch = batches.steps_per_epoch
+    if n_steps_epoch <= 0:
+        raise ValueError(f"train.batch_size={batch_size} exceeds the training samples of one epoch")
     total_steps = n_steps_epoch * cfg.train.epochs
     optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     ckpt_dir = run_dir / "checkpoints"
 
-    start_epoch, step = 0, 0
+    start_epoch, step, skip = 0, 0, 0
     if resume:
         latest = latest_checkpoint(ckpt_dir)
         if latest is None:
             raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
         state = load_checkpoint(latest, model, optimizer)
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"], state["step"]
+        start_epoch, step, skip = state["epoch"], state["step"], state.get("batch_in_epoch", 0)
     elif main:
         save_config(cfg, run_dir / CONFIG)
         write_run_info(run_dir, run_info)
+    start_step = step
     if dist_info.enabled:
         torch.manual_seed(cfg.seed * 1000 + dist_info.rank + step)  # different dropout per rank
     tracker = Tracker(run_dir, cfg.tracker if main else "none", cfg.model_dump(mode="json"), cfg.name, enabled=main)
     amp_ctx = autocast(device, cfg.train.amp)
-    train_data.inputs = {k: v.to(device) for k, v in train_data.inputs.items()}
-    train_data.labels = train_data.labels.to(device)
     forward_model = wrap_ddp(model, dist_info, device)
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
 
     if main:
-        print(f"run {run_dir}: {len(train_data)} train samples, modalities {list(kinds)}, pairs {pairs}, "
+        print(f"run {run_dir}: {n_steps_epoch * batch_size} train samples per epoch, modalities {list(kinds)}, pairs {pairs}, "
               f"device {device}, world size {dist_info.world_size}\n  {parameter_summary(model)}")
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
@@ -233,11 +243,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         task = progress.add_task("train", total=total_steps, completed=step, epoch=start_epoch, loss=float("nan"))
         for epoch in range(start_epoch, cfg.train.epochs):
             model.train()
-            for idx in sampler.batches(batch_size, cfg.seed, epoch):
-                idx = idx.to(device)
-                mask = positive_mask(train_data.batch(idx), cfg.loss.positives, text_key)  # global positives
-                local = shard_batch(idx, dist_info)
-                micro = [train_data.batch(i) for i in local.chunk(cfg.train.accum_steps)]
+            for local, mask in batches.epoch(epoch, skip if epoch == start_epoch else 0):
+                rows = torch.arange(len(local["label"]), device=device).chunk(cfg.train.accum_steps)
+                micro = [{k: v[r] for k, v in local.items()} for r in rows]
                 optimizer.zero_grad(set_to_none=True)
                 loss, parts = accumulated_backward(model, loss_fn, micro, mask, amp_ctx, forward_model)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
@@ -257,6 +265,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
                     tracker.log({"step": step, "epoch": round(step / n_steps_epoch, 4), "split": "train", "loss": float(loss),
                                  "lr": scheduler.get_last_lr()[0], "temperature": float(1 / model.scale().detach()),
                                  **{f"loss/{k}": float(v) for k, v in parts.items()}})
+                in_epoch = step - epoch * n_steps_epoch
+                every = cfg.train.checkpoint_every_steps
+                if main and every and step % every == 0 and in_epoch < n_steps_epoch:
+                    save_checkpoint(ckpt_dir, f"step_{step:07d}", model, optimizer,
+                                    {"epoch": epoch, "step": step, "batch_in_epoch": in_epoch,
+                                     "scheduler": scheduler.state_dict()}, keep=cfg.train.keep_checkpoints)
             done = epoch + 1
             if main and val_data is not None and (done % cfg.train.eval_every == 0 or done == cfg.train.epochs):
                 tracker.log({"step": step, "epoch": done, "split": "val",
@@ -273,6 +287,6 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
         (run_dir / "train_summary.json").write_text(json.dumps(
             {"steps": step, "seconds": round(seconds, 2), "world_size": dist_info.world_size,
-             "samples_per_second": round((step - start_epoch * n_steps_epoch) * batch_size / seconds, 1)}))
+             "samples_per_second": round((step - start_step) * batch_size / seconds, 1)}))
     cleanup(dist_info)
     return run_dir
