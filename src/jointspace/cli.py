@@ -191,6 +191,11 @@ def _overrides(set_: list[str] | None, tracker: str | None) -> list[str]:
     return [*(set_ or []), *([f"tracker={tracker}"] if tracker else [])]
 
 
+def _print_table(text: str) -> None:
+    """Print a Markdown / plain-text table as is (no wrapping, no markup)."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
 @app.command()
 @_friendly
 def classify(
@@ -206,7 +211,7 @@ def classify(
     cfg = load_config(config, _overrides(set_, tracker))
     run_dir = train_classifier(cfg, overwrite=overwrite)
     s = json.loads((run_dir / "done.json").read_text())
-    console.print((run_dir / f"classification_{cfg.eval.split}.txt").read_text())
+    _print_table((run_dir / f"classification_{cfg.eval.split}.txt").read_text())
     console.print(f"done: {run_dir}  test top-1 {s['test_accuracy']:.4f}, val loss {s['val_loss']:.4f}, "
                   f"{s['n_params']:,} parameters, {s['seconds_per_epoch']:.2f} s/epoch")
 
@@ -244,7 +249,7 @@ def compare(
     except RuntimeError as err:
         console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(1) from None
-    console.print((grid_dir / "comparison.md").read_text())
+    _print_table((grid_dir / "comparison.md").read_text())
     console.print(f"written: {grid_dir}/comparison.md, comparison.csv, comparison.png")
 
 
@@ -266,9 +271,9 @@ def cilp(
     for seed in seeds or [cfg.seed]:
         one = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name}-s{seed}" if seeds else cfg.name})
         rows.append(run_cilp(one, overwrite=overwrite)["table"])
-        console.print(cilp_table(rows[-1:]))
+        _print_table(cilp_table(rows[-1:]))
     if len(rows) > 1:
-        console.print(cilp_table(rows))
+        _print_table(cilp_table(rows))
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,222 @@
+"""Fusion classifiers over any set of modalities: early, intermediate, late and transformer fusion.
+
+Every model maps a batch dict (modality name -> tensor, as `SplitData.batch` gives) to class logits
+[B, n_classes]; `features(batch)` is the fused representation the classifier reads.
+
+- early: spatial inputs resized to one HxW, channels stacked, one CNN (input-level fusion).
+- intermediate: a CNN stem per modality, feature maps merged (concat / add / multiply) after
+  `merge_stage` stages, then shared later stages.
+- late: a tower + projection head per modality; the embeddings are concatenated before one classifier,
+  or each has its own classifier and the logits are averaged.
+- transformer: each tower's embedding becomes a token (+ a learned modality embedding); a small
+  nn.TransformerEncoder reads [CLS, tokens] and the CLS output is classified.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jointspace.config import FusionConfig, ModelConfig, TowerConfig
+from jointspace.model import DEFAULT_TOWERS, build_model
+from jointspace.towers.image import ConvNet
+
+SPATIAL_KINDS = ("image", "range")
+CONV_TOWERS = ("cnn", "range_cnn")
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of [B, C, H, W] to `size` (no-op when it already has it)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
+                                                                      align_corners=False)
+
+
+def _classifier(in_dim: int, n_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
+    """Linear classifier, or a one-hidden-layer MLP when `hidden` > 0."""
+    if hidden <= 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_classes))
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, n_classes))
+
+
+class FusionClassifier(nn.Module):
+    """Common interface: `features(batch) -> [B, D]`, `forward(batch) -> logits [B, n_classes]`."""
+
+    modalities: list[str]
+    classifier: nn.Module
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.features(batch))
+
+
+class EarlyFusion(FusionClassifier):
+    """Input-level fusion: resize every spatial input to `size`, stack channels, one CNN."""
+
+    def __init__(self, in_chans: dict[str, int], size: tuple[int, int], n_classes: int,
+                 channels: list[int], downsample: str = "maxpool", norm: str = "batch", hidden: int = 0,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.modalities = list(in_chans)
+        self.size = tuple(size)
+        self.cnn = ConvNet(sum(in_chans.values()), tuple(channels), downsample, norm)
+        self.classifier = _classifier(self.cnn.out_dim, n_classes, hidden, dropout)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([_resize(batch[m], self.size) for m in self.modalities], dim=1)  # [B, sum C, H, W]
+        return self.cnn(x)
+
+
+class IntermediateFusion(FusionClassifier):
+    """Per-modality CNN stems for the first `merge_stage` stages, merged, then shared stages."""
+
+    def __init__(self, in_chans: dict[str, int], size: tuple[int, int], n_classes: int, channels: list[int],
+                 merge: str = "concat", merge_stage: int = 1, downsample: str = "maxpool",
+                 norm: str = "batch", hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        if not 1 <= merge_stage <= len(channels):
+            raise ValueError(f"fusion.merge_stage must be in [1, {len(channels)}] (len(fusion.channels)), "
+                             f"got {merge_stage}")
+        if merge not in ("concat", "add", "multiply"):
+            raise ValueError(f"fusion.merge must be concat/add/multiply, got {merge!r}")
+        self.modalities = list(in_chans)
+        self.size = tuple(size)
+        self.merge = merge
+        stem_channels = tuple(channels[:merge_stage])
+        self.stems = nn.ModuleDict({m: ConvNet(c, stem_channels, downsample, norm)
+                                    for m, c in in_chans.items()})
+        width = stem_channels[-1] * (len(in_chans) if merge == "concat" else 1)
+        self.trunk = ConvNet(width, tuple(channels[merge_stage:]), downsample, norm, first_downsample=True)
+        self.classifier = _classifier(self.trunk.out_dim, n_classes, hidden, dropout)
+
+    def merged_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The merged feature map [B, C', h, w] at the merge stage."""
+        maps = [self.stems[m].forward_features(_resize(batch[m], self.size)) for m in self.modalities]
+        if self.merge == "concat":
+            return torch.cat(maps, dim=1)
+        out = maps[0]
+        for x in maps[1:]:
+            out = out + x if self.merge == "add" else out * x
+        return out
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.trunk(self.merged_map(batch))
+
+
+class ModalityEncoders(nn.Module):
+    """One tower + projection head per modality (the JointModel parts): `{modality: [B, embed_dim]}`."""
+
+    def __init__(self, towers: nn.ModuleDict, heads: nn.ModuleDict, locked: list[str] | None = None):
+        super().__init__()
+        self.towers, self.heads = towers, heads
+        self.locked = list(locked or [])  # frozen towers (`freeze: true`) stay in eval mode
+
+    def train(self, mode: bool = True) -> ModalityEncoders:
+        super().train(mode)
+        for m in self.locked:
+            self.towers[m].eval()
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {m: self.heads[m](t(batch[m], batch.get(f"{m}_len"))) for m, t in self.towers.items()}
+
+
+class LateFusion(FusionClassifier):
+    """Per-modality towers; combine embeddings (concat -> classifier) or logits (mean over modalities)."""
+
+    def __init__(self, towers: ModalityEncoders, embed_dim: int, n_classes: int, combine: str = "embedding",
+                 hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        if combine not in ("embedding", "logits"):
+            raise ValueError(f"fusion.combine must be embedding or logits, got {combine!r}")
+        self.encoders = towers
+        self.modalities = list(towers.towers)
+        self.combine = combine
+        if combine == "embedding":
+            self.classifier = _classifier(embed_dim * len(self.modalities), n_classes, hidden, dropout)
+        else:
+            self.classifiers = nn.ModuleDict({m: _classifier(embed_dim, n_classes, hidden, dropout)
+                                              for m in self.modalities})
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.encoders(batch)
+        return torch.cat([emb[m] for m in self.modalities], dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.combine == "embedding":
+            return self.classifier(self.features(batch))
+        emb = self.encoders(batch)
+        return torch.stack([self.classifiers[m](emb[m]) for m in self.modalities]).mean(0)
+
+
+class TransformerFusion(FusionClassifier):
+    """Modality tokens (tower embedding + modality embedding) and a CLS token through a TransformerEncoder."""
+
+    def __init__(self, towers: ModalityEncoders, token_dim: int, n_classes: int, layers: int = 2,
+                 heads: int = 4, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.encoders = towers
+        self.modalities = list(towers.towers)
+        self.modality_embed = nn.Parameter(torch.randn(len(self.modalities), token_dim) * 0.02)
+        self.cls = nn.Parameter(torch.zeros(1, 1, token_dim))
+        block = nn.TransformerEncoderLayer(token_dim, heads, 2 * token_dim, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(token_dim)
+        self.classifier = _classifier(token_dim, n_classes, hidden, dropout)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        emb = self.encoders(batch)
+        tokens = torch.stack([emb[m] for m in self.modalities], dim=1) + self.modality_embed  # [B, M, D]
+        x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return self.ln(self.encoder(x))[:, 0]
+
+
+def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], in_chans: dict[str, int], embed_dim: int,
+                   downsample: str | None = None, image_size: int | None = None) -> ModalityEncoders:
+    """Towers + heads as the contrastive model builds them (`model.towers`), `downsample` forced if given."""
+    towers: dict[str, TowerConfig] = {}
+    for m, kind in kinds.items():
+        tcfg = mcfg.towers.get(m) or TowerConfig(name=DEFAULT_TOWERS[kind])
+        params = dict(tcfg.params)
+        if downsample is not None and tcfg.name in CONV_TOWERS:
+            params["downsample"] = downsample
+        if tcfg.name == "range_cnn":
+            params.setdefault("in_chans", in_chans.get(m, 1))
+        towers[m] = tcfg.model_copy(update={"params": params})  # keeps freeze / lora / grad_checkpointing
+    image = next((m for m, k in kinds.items() if k == "image"), None)
+    joint = build_model(mcfg.model_copy(update={"towers": towers, "embed_dim": embed_dim}), kinds,
+                        image_channels=in_chans.get(image) if image else None,
+                        image_size=image_size if image else None)
+    return ModalityEncoders(joint.towers, joint.heads, getattr(joint, "locked", None))
+
+
+def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
+                 input_shapes: dict[str, tuple[int, ...]], n_classes: int) -> FusionClassifier:
+    """Build the configured fusion classifier for modalities `kinds` (name -> kind) with per-sample
+    input shapes `input_shapes` (name -> (C, H, W) for spatial modalities)."""
+    mods = list(kinds)
+    in_chans = {m: int(input_shapes[m][0]) for m in mods if kinds[m] in SPATIAL_KINDS}
+    if fcfg.kind in ("early", "intermediate"):
+        flat = [m for m in mods if kinds[m] not in SPATIAL_KINDS]
+        if flat:
+            raise ValueError(f"fusion.kind={fcfg.kind} needs spatial inputs [C, H, W]; {flat} are not "
+                             f"(use late or transformer fusion)")
+        size = tuple(fcfg.size) if fcfg.size else tuple(int(s) for s in input_shapes[mods[0]][-2:])
+        down, f = fcfg.downsample or "maxpool", fcfg
+        if fcfg.kind == "early":
+            return EarlyFusion(in_chans, size, n_classes, f.channels, down, f.norm, f.hidden, f.dropout)
+        return IntermediateFusion(in_chans, size, n_classes, f.channels, f.merge, f.merge_stage, down, f.norm,
+                                  f.hidden, f.dropout)
+    image_size = next((int(input_shapes[m][-1]) for m in mods if kinds[m] == "image"), None)
+    if fcfg.kind == "late":
+        towers = build_encoders(mcfg, kinds, in_chans, mcfg.embed_dim, fcfg.downsample, image_size)
+        return LateFusion(towers, mcfg.embed_dim, n_classes, fcfg.combine, fcfg.hidden, fcfg.dropout)
+    if fcfg.kind == "transformer":
+        towers = build_encoders(mcfg, kinds, in_chans, fcfg.token_dim, fcfg.downsample, image_size)
+        return TransformerFusion(towers, fcfg.token_dim, n_classes, fcfg.layers, fcfg.heads, fcfg.hidden,
+                                 fcfg.dropout)
+    raise ValueError(f"fusion.kind must be early/intermediate/late/transformer, got {fcfg.kind!r}")

@@ -1,0 +1,82 @@
+"""`jointspace compare`: a tiny grid runs, tabulates, and a second run skips the finished runs."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from jointspace.cli import app
+from jointspace.compare import _is_current, expand_grid, run_grid
+from jointspace.config import ConfigError, load_grid
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    from jointspace.data.builtin import synthesize
+
+    root = tmp_path_factory.mktemp("shards") / "shapes"
+    synthesize("shapes", root, seed=0, n=84, maxcount=100)
+    return root
+
+
+def _grid(tmp_path, shapes_dir, variants):
+    base = {"tracker": "none", "data": {"path": str(shapes_dir), "modalities": ["image", "lidar"], "image_size": 16},
+            "model": {"embed_dim": 8, "towers": {"image": {"name": "cnn", "params": {"channels": [4, 8]}},
+                                                 "lidar": {"name": "range_cnn", "params": {"channels": [4, 8]}}}},
+            "fusion": {"channels": [4, 8], "size": [16, 16]},
+            "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 0, "checkpoint_every": 1}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    grid = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "task": "classify", "base": "base.yaml",
+            "isolate": False, "seeds": [0, 1], "set": {"train.lr": 0.003}, "variants": variants}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_runs_tabulates_and_resumes(tmp_path, shapes_dir):
+    variants = [{"name": "early", "set": {"fusion.kind": "early"}},
+                {"name": "late", "set": {"fusion.kind": "late", "fusion.combine": "logits"}}]
+    path = _grid(tmp_path, shapes_dir, variants)
+    log: list[str] = []
+    grid_dir = run_grid(path, log=log.append)
+    assert sum(x.startswith("done ") for x in log) == 4 and not any(x.startswith("skip") for x in log)
+    rows = list(csv.DictReader((grid_dir / "comparison.csv").open()))
+    assert [r["variant"] for r in rows] == ["early", "late"] and all(r["n_seeds"] == "2" for r in rows)
+    for key in ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb"):
+        assert all(r[f"{key}_mean"] not in ("", "nan") and r[f"{key}_std"] != "" for r in rows), key
+    assert int(rows[0]["n_params"]) > 0
+    md = (grid_dir / "comparison.md").read_text()
+    assert "| early |" in md and "± " in md and (grid_dir / "comparison.png").stat().st_size > 0
+    assert len(list(csv.DictReader((grid_dir / "runs.csv").open()))) == 4
+    done = grid_dir / "runs" / "early-s0" / "done.json"
+    stamp = done.stat().st_mtime_ns
+
+    # second run, through the command line: everything finished -> all skipped, the table printed again
+    result = CliRunner().invoke(app, ["compare", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skip ") == 4 and "done " not in result.output and "| late |" in result.output
+    assert done.stat().st_mtime_ns == stamp
+
+    # an unfinished run (no done marker) runs again, the rest is skipped
+    (grid_dir / "runs" / "late-s1" / "done.json").unlink()
+    log.clear()
+    run_grid(path, log=log.append)
+    assert [x.split(":")[0] for x in log if x.startswith("done ")] == ["done late-s1"]
+    assert json.loads((grid_dir / "grid.json").read_text())["ran"] == 1
+
+    # a finished run whose config no longer matches the grid is not current
+    runs = expand_grid(load_grid(path), path)
+    cfg = next(c for v, t, c in runs if c.name == "early-s0")
+    assert _is_current(cfg)
+    assert not _is_current(cfg.model_copy(update={"fusion": cfg.fusion.model_copy(update={"downsample": "stride"})}))
+
+
+def test_grid_errors_name_the_field(tmp_path, shapes_dir):
+    path = _grid(tmp_path, shapes_dir, [{"name": "x", "set": {"fusion.knid": "early"}}])
+    with pytest.raises(ConfigError, match=r"variant x.*fusion.knid: unknown field"):
+        run_grid(path)
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "variants": [{"name": "a"}, {"name": "a"}]}))
+    with pytest.raises(ConfigError, match="duplicate"):
+        run_grid(path)
