@@ -4,7 +4,6 @@ checkpoints and tracking as the contrastive loop; test top-k, confusion matrix a
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.train.checkpoint import save_checkpoint, save_tensors
 from jointspace.train.common import (
     PeakMemory,
+    clip_or_stop,
     load_splits,
     n_classes_of,
     progress_bar,
@@ -28,7 +28,7 @@ from jointspace.train.common import (
     to_device,
     write_done,
 )
-from jointspace.train.loop import NonFiniteLossError, autocast, seed_everything
+from jointspace.train.loop import autocast, seed_everything
 from jointspace.train.optim import build_optimizer, build_scheduler
 from jointspace.train.tracking import Tracker
 
@@ -98,12 +98,7 @@ def train_classifier(cfg: RunConfig, overwrite: bool = False, show_progress: boo
                     part = F.cross_entropy(logits, batch["label"], label_smoothing=smoothing)
                     (part * len(micro) / len(idx)).backward()
                     loss = loss + part.detach().cpu() * len(micro) / len(idx)
-                clip = cfg.train.grad_clip or math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
-                    tracker.close()
-                    raise NonFiniteLossError(f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} "
-                                             f"at step {step + 1} (epoch {epoch + 1})")
+                clip_or_stop(model.parameters(), loss, cfg.train.grad_clip, step, epoch, tracker)
                 optimizer.step()
                 scheduler.step()
                 step += 1

@@ -15,7 +15,8 @@ from jointspace.config import RunConfig, save_config
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
 from jointspace.runs import CONFIG
 from jointspace.train.checkpoint import atomic_write_text
-from jointspace.train.loop import prepare_data, split_kwargs
+from jointspace.train.loop import NonFiniteLossError, prepare_data, split_kwargs
+from jointspace.train.tracking import Tracker
 
 DONE = "done.json"
 
@@ -59,6 +60,17 @@ def progress_bar(show: bool) -> Progress:
     return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"),
                     TimeRemainingColumn(), disable=not show)
+
+
+def clip_or_stop(params, loss: torch.Tensor, grad_clip: float | None, step: int, epoch: int,
+                 tracker: Tracker) -> torch.Tensor:
+    """Clip gradients; on a non-finite loss or gradient norm close the tracker and raise (nothing saved)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
+        tracker.close()
+        raise NonFiniteLossError(f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} "
+                                 f"at step {step + 1} (epoch {epoch + 1})")
+    return grad_norm
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.train.checkpoint import save_checkpoint, save_tensors
 from jointspace.train.common import (
     PeakMemory,
+    clip_or_stop,
     load_splits,
     n_classes_of,
     progress_bar,
@@ -31,7 +31,7 @@ from jointspace.train.common import (
     to_device,
     write_done,
 )
-from jointspace.train.loop import NonFiniteLossError, autocast, seed_everything
+from jointspace.train.loop import autocast, seed_everything
 from jointspace.train.optim import build_optimizer, build_scheduler
 from jointspace.train.tracking import Tracker
 
@@ -144,11 +144,7 @@ def train_metric(cfg: RunConfig, overwrite: bool = False, show_progress: bool = 
                 optimizer.zero_grad(set_to_none=True)
                 batch = to_device(train_data.batch(idx), device)
                 loss, mined = metric_step(model, modality, loss_fn, miner, batch, amp_ctx)
-                grad_norm = torch.nn.utils.clip_grad_norm_(both.parameters(), cfg.train.grad_clip or math.inf)
-                if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
-                    tracker.close()
-                    raise NonFiniteLossError(f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} "
-                                             f"at step {step + 1} (epoch {epoch + 1})")
+                clip_or_stop(both.parameters(), loss, cfg.train.grad_clip, step, epoch, tracker)
                 optimizer.step()
                 scheduler.step()
                 step += 1
