@@ -53,3 +53,13 @@ def test_cli_classify_with_wandb_offline(shapes_dir, tmp_path, monkeypatch):
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline and any(offline[0].glob("*.wandb"))
     assert yaml.safe_load((run / "config.yaml").read_text())["tracker"] == "wandb"
+
+
+def test_classifier_draws_batches_from_weighted_sources(shapes_dir, tmp_path):
+    """data.sources + data.resampled: epochs have samples_per_epoch samples drawn by source weight."""
+    run = train_classifier(_cfg(shapes_dir, tmp_path, "tracker=none", "train.epochs=1", "data.resampled=true",
+                                "data.samples_per_epoch=48",
+                                f"data.sources=[{{path: {shapes_dir}}}, {{path: {shapes_dir}, weight: 3}}]"),
+                           show_progress=False)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3]

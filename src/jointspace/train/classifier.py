@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from jointspace.config import RunConfig
-from jointspace.data.dataset import SplitData, epoch_batches
+from jointspace.data.dataset import SplitData
+from jointspace.data.sources import TrainSampler
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.fusion import FusionClassifier, build_fusion
 from jointspace.model import count_parameters
@@ -71,7 +72,8 @@ def train_classifier(cfg: RunConfig, overwrite: bool = False, show_progress: boo
     write_run_info(run_dir, {"task": "classify", "kinds": kinds, "class_names": train_data.class_names,
                              "input_shapes": {m: list(train_data.inputs[m].shape[1:]) for m in kinds},
                              "data_path": cfg.data.path, "n_params": n_params})
-    n_steps_epoch = steps_or_fail(len(train_data), cfg.train.batch_size)
+    sampler = TrainSampler.from_config(cfg.data, train_data)  # data.sources weights with data.resampled
+    n_steps_epoch = steps_or_fail(sampler.n_samples, cfg.train.batch_size)
     total_steps = n_steps_epoch * cfg.train.epochs
     optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
@@ -88,7 +90,7 @@ def train_classifier(cfg: RunConfig, overwrite: bool = False, show_progress: boo
         for epoch in range(cfg.train.epochs):
             model.train()
             t0 = time.perf_counter()
-            for idx in epoch_batches(len(train_data), cfg.train.batch_size, cfg.seed, epoch):
+            for idx in sampler.batches(cfg.train.batch_size, cfg.seed, epoch):
                 optimizer.zero_grad(set_to_none=True)
                 loss = torch.zeros(())
                 for micro in idx.chunk(cfg.train.accum_steps):
