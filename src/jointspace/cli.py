@@ -1,4 +1,4 @@
-"""The `jointspace` command line: demo, data, train, eval, report, classify, metric, compare, cilp."""
+"""The `jointspace` command line: demo, data, train, eval, report, classify, metric, compare, cilp, augment."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from jointspace.augment.cli import augment_app
 from jointspace.index.cli import index_app, search, serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, pack and inspect WebDataset shards.")
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
+app.add_typer(augment_app, name="augment")
 app.command()(search)
 app.command()(serve)
 console = Console()
@@ -82,6 +84,23 @@ def data_pack(
     info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
     console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows")
+
+
+@data_app.command("subsample")
+@_friendly
+def data_subsample(
+    root: Annotated[Path, typer.Argument(help="shard folder")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    keep: Annotated[list[str], typer.Option("--keep", help="CLASS=FRACTION of that class to keep, repeatable")],
+    split: str = "train",
+    seed: int = 0,
+) -> None:
+    """Copy a shard folder with some classes of one split thinned out (class-imbalance experiments)."""
+    from jointspace.data.subsample import parse_keep, subsample_classes
+
+    info = subsample_classes(root, out, parse_keep(keep), split, seed)
+    counts = info["splits"][split]["class_counts"]
+    console.print(f"wrote {out}; {split} class counts {counts}")
 
 
 @data_app.command("inspect")

@@ -1,0 +1,103 @@
+"""Command line for generative augmentation: `augment train|sample|fix` (mounted by jointspace.cli)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+augment_app = typer.Typer(no_args_is_help=True, help="Diffusion models for augmentation: train, sample, fix a run.")
+console = Console()
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="augment YAML (default: built-in defaults)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.steps=500")]
+
+
+def _friendly(fn):
+    """Expected user errors -> one red line and exit code 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from jointspace.config import ConfigError
+        from jointspace.data.shards import DataError
+        from jointspace.train.loop import NonFiniteLossError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as err:
+            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@augment_app.command("train")
+@_friendly
+def augment_train(
+    data: Annotated[str | None, typer.Option("--data", help="shard folder (default: the config's data.path)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue the run from its latest checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+) -> None:
+    """Train a small class-conditional diffusion model (UNet2DModel, DDPM) on a shard folder's images."""
+    from jointspace.augment.config import load_augment_config
+    from jointspace.augment.train import train_diffusion
+
+    cfg = load_augment_config(config, [*([f"data.path={data}"] if data else []), *(set_ or [])])
+    console.print(f"done: {train_diffusion(cfg, resume=resume, overwrite=overwrite)}")
+
+
+@augment_app.command("sample")
+@_friendly
+def augment_sample(
+    model: Annotated[Path, typer.Argument(help="`augment train` run folder, or a local diffusers pipeline folder")],
+    out: Annotated[Path, typer.Option("--out", help="output folder: <class>/<i>.png, samples.json, grid.png")],
+    n_per_class: Annotated[int, typer.Option(min=1, help="images per class")] = 16,
+    guidance: Annotated[float, typer.Option(min=0.0, help="classifier-free guidance scale (0: unconditional)")] = 2.0,
+    steps: Annotated[int, typer.Option(min=1, help="denoising steps")] = 50,
+    scheduler: Annotated[str, typer.Option(help="ddpm or ddim")] = "ddim",
+    seed: int = 0,
+    class_: Annotated[list[str] | None, typer.Option("--class", help="class to sample, repeatable (default: all); "
+                                                     "a pipeline folder takes its class names from here")] = None,
+    prompt: Annotated[str, typer.Option(help="text-to-image pipelines: prompt template of a class")] = "a photo of {}",
+    grid_guidance: Annotated[str, typer.Option(help="guidance values of the grid, comma-separated")] = "0,1,2,4",
+    grid_steps: Annotated[str, typer.Option(help="step counts of the grid, comma-separated")] = "10,25,50",
+    device: str = "auto",
+) -> None:
+    """Generate N images per class, plus grid.png exploring guidance x steps at the same seed."""
+    from jointspace.augment.sample import class_ids, load_sampler, settings_grid, write_samples
+
+    sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt)
+    ids = class_ids(sampler, class_ if (model / "run.json").exists() else None)
+    images = {c: sampler.sample_class(c, n_per_class, guidance, steps, scheduler, seed) for c in ids}
+    settings = {"model": str(model), "guidance": guidance, "steps": steps, "scheduler": scheduler, "seed": seed}
+    n = write_samples(out, images, sampler.class_names, settings)
+    gs = [float(x) for x in grid_guidance.split(",") if x.strip()]
+    ss = [int(x) for x in grid_steps.split(",") if x.strip()]
+    grid = settings_grid(sampler, ids, gs, ss, scheduler, seed, out / "grid.png")
+    console.print(f"wrote {n} images to {out}; grid {grid}")
+
+
+@augment_app.command("fix")
+@_friendly
+def augment_fix(
+    run: Annotated[Path, typer.Argument(help="classifier run folder (`jointspace classify`)")],
+    diffusion: Annotated[Path | None, typer.Option(help="diffusion run or pipeline folder (default: train one "
+                                                   "on the run's data into OUT/diffusion)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (default: RUN-fix next to RUN)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="redo a finished fix folder")] = False,
+) -> None:
+    """Find the run's worst classes, generate images of them, retrain with them mixed in, compare before/after."""
+    from jointspace.augment.config import load_augment_config
+    from jointspace.augment.fix import FIX_MD, run_fix
+
+    cfg = load_augment_config(config, set_ or [])
+    result = run_fix(run, cfg, diffusion, out, overwrite, log=console.print)
+    folder = Path(result["out"])
+    console.print((folder / FIX_MD).read_text(), soft_wrap=True, markup=False, highlight=False)
+    console.print(f"written: {folder}/fix.md, fix.json, report.html")

@@ -1,0 +1,188 @@
+"""Seeded sampling: a trained class-conditional UNet with classifier-free guidance, or any local diffusers
+pipeline folder; PNGs per class and a grid over guidance x steps."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jointspace.augment.model import load_diffusion, make_scheduler
+from jointspace.runs import RUN_INFO, resolve_device
+
+
+def _generator(seed: int, class_id: int, chunk: int) -> torch.Generator:
+    """Each (seed, class, chunk) draws its own noise: a class's images do not depend on the other classes asked."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, class_id, chunk]).generate_state(1)[0]))
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images [N, C, H, W] in [-1, 1] -> uint8 [N, H, W] (one channel) or [N, H, W, C]."""
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+class ClassSampler:
+    """Class-conditional sampling from an `augment train` run; class id `null_class` is unconditional."""
+
+    def __init__(self, unet: torch.nn.Module, scheduler_config: dict, class_names: list[str], null_class: int,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.unet = unet.to(self.device).eval()
+        self.scheduler_config = scheduler_config
+        self.class_names = list(class_names)
+        self.null_class = null_class
+        self.shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> ClassSampler:
+        _cfg, unet, info = load_diffusion(run_dir)
+        return cls(unet, info["scheduler"], info["class_names"], info["null_class"], resolve_device(device))
+
+    @torch.no_grad()
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Noise prediction with classifier-free guidance: eps_u + g (eps_c - eps_u)."""
+        if guidance == 1.0:
+            return self.unet(x, t, class_labels=labels).sample
+        null = torch.full_like(labels, self.null_class)
+        if guidance == 0.0:
+            return self.unet(x, t, class_labels=null).sample
+        eps_c, eps_u = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    @torch.no_grad()
+    def sample_class(self, class_id: int, n: int, guidance: float = 2.0, steps: int = 50, scheduler: str = "ddim",
+                     seed: int = 0, batch_size: int = 256) -> np.ndarray:
+        """`n` uint8 images of one class; the same arguments give the same images."""
+        if not 0 <= class_id < len(self.class_names):
+            raise ValueError(f"class id {class_id} out of range (model has {len(self.class_names)} classes)")
+        out = []
+        for chunk, start in enumerate(range(0, n, batch_size)):
+            m = min(batch_size, n - start)
+            gen = _generator(seed, class_id, chunk)
+            sched = make_scheduler(scheduler, self.scheduler_config)
+            sched.set_timesteps(steps)
+            x = torch.randn((m, *self.shape), generator=gen) * sched.init_noise_sigma
+            labels = torch.full((m,), class_id, dtype=torch.long, device=self.device)
+            x = x.to(self.device)
+            for t in sched.timesteps:
+                eps = self._eps(sched.scale_model_input(x, t), t.to(self.device), labels, guidance)
+                x = sched.step(eps.cpu(), t, x.cpu(), generator=gen).prev_sample.to(self.device)
+            out.append(to_uint8(x))
+        return np.concatenate(out)
+
+
+class PipelineSampler:
+    """A local diffusers pipeline folder (`save_pretrained` output, e.g. Stable Diffusion weights you have).
+
+    Text-to-image pipelines get one prompt per class (`prompt_template`), class-label pipelines (DiT) the
+    class id, unconditional pipelines (DDPM) the same unconditioned images for every class."""
+
+    def __init__(self, path: str | Path, class_names: Sequence[str] | None = None, device: str = "auto",
+                 prompt_template: str = "a photo of {}"):
+        from diffusers import DiffusionPipeline
+
+        try:
+            self.pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: not a loadable diffusers pipeline folder: {err}") from None
+        self.device = resolve_device(device)
+        self.pipe.to(self.device)
+        if hasattr(self.pipe, "set_progress_bar_config"):
+            self.pipe.set_progress_bar_config(disable=True)
+        params = inspect.signature(self.pipe.__call__).parameters
+        self.mode = "prompt" if "prompt" in params else "class_labels" if "class_labels" in params else "unconditional"
+        self.class_names = list(class_names or (["unconditional"] if self.mode == "unconditional" else []))
+        if not self.class_names:
+            raise ValueError(f"{path}: a {self.mode} pipeline needs class names (--class)")
+        self.prompt_template = prompt_template
+        self._base_scheduler = self.pipe.scheduler.config
+
+    def sample_class(self, class_id: int, n: int, guidance: float = 2.0, steps: int = 50, scheduler: str = "ddim",
+                     seed: int = 0, batch_size: int = 256) -> np.ndarray:
+        """`n` uint8 images of one class from the pipeline; the same arguments give the same images."""
+        self.pipe.scheduler = make_scheduler(scheduler, self._base_scheduler)
+        out = []
+        for chunk, start in enumerate(range(0, n, batch_size)):
+            m = min(batch_size, n - start)
+            kw: dict = {"generator": _generator(seed, class_id, chunk), "num_inference_steps": steps,
+                        "output_type": "np"}
+            if self.mode == "prompt":
+                kw.update(prompt=[self.prompt_template.format(self.class_names[class_id])] * m, guidance_scale=guidance)
+            elif self.mode == "class_labels":
+                kw.update(class_labels=[class_id] * m, guidance_scale=guidance)
+            else:
+                kw.update(batch_size=m)
+            images = np.asarray(self.pipe(**kw).images)  # [m, H, W, C] floats in [0, 1]
+            out.append(np.round(np.clip(images, 0, 1) * 255).astype(np.uint8))
+        arr = np.concatenate(out)
+        return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def load_sampler(path: str | Path, device: str = "auto", class_names: Sequence[str] | None = None,
+                 prompt_template: str = "a photo of {}") -> ClassSampler | PipelineSampler:
+    """An `augment train` run folder, or a local diffusers pipeline folder (model_index.json)."""
+    path = Path(path)
+    if (path / RUN_INFO).exists():
+        return ClassSampler.from_run(path, device)
+    if (path / "model_index.json").exists():
+        return PipelineSampler(path, class_names, device, prompt_template)
+    raise FileNotFoundError(f"{path}: neither an augment run (run.json) nor a diffusers pipeline (model_index.json)")
+
+
+def class_ids(sampler: ClassSampler | PipelineSampler, names: Sequence[str] | None) -> list[int]:
+    """Indices of the named classes (all when `names` is empty); unknown names fail naming them."""
+    if not names:
+        return list(range(len(sampler.class_names)))
+    unknown = [n for n in names if n not in sampler.class_names]
+    if unknown:
+        raise ValueError(f"classes {unknown} unknown to the model (has: {', '.join(sampler.class_names)})")
+    return [sampler.class_names.index(n) for n in names]
+
+
+def write_samples(out: Path, images: dict[int, np.ndarray], class_names: Sequence[str], settings: dict) -> int:
+    """PNGs `out/<class>/<i>.png` and `out/samples.json`; returns the number of images."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for c, arr in images.items():
+        folder = out / class_names[c]
+        folder.mkdir(exist_ok=True)
+        for i, img in enumerate(arr):
+            Image.fromarray(img).save(folder / f"{i:05d}.png")
+            n += 1
+    (out / "samples.json").write_text(json.dumps({**settings, "classes": [class_names[c] for c in images],
+                                                  "n_images": n}, indent=2))
+    return n
+
+
+def settings_grid(sampler: ClassSampler | PipelineSampler, classes: list[int], guidances: Sequence[float],
+                  steps: Sequence[int], scheduler: str, seed: int, path: Path, n_per_class: int = 2) -> Path:
+    """A PNG with one panel per (guidance, steps): `n_per_class` images of each class, same seed everywhere."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(guidances), len(steps), squeeze=False,
+                             figsize=(1.0 + 0.45 * len(classes) * len(steps), 0.6 + 0.5 * n_per_class * len(guidances)))
+    for i, g in enumerate(guidances):
+        for j, s in enumerate(steps):
+            rows = [sampler.sample_class(c, n_per_class, g, s, scheduler, seed) for c in classes]
+            panel = np.concatenate([np.concatenate(list(r), axis=0) for r in rows], axis=1)  # classes side by side
+            ax = axes[i][j]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"guidance {g:g}, {s} steps", fontsize=8)
+    fig.suptitle(f"{scheduler}, seed {seed}; columns: {', '.join(sampler.class_names[c] for c in classes)}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
