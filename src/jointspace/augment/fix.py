@@ -29,6 +29,15 @@ from jointspace.runs import CONFIG, WEIGHTS, read_run_info
 FIX_JSON, FIX_MD = "fix.json", "fix.md"
 
 
+def classifier_info(run_dir: Path) -> dict:
+    """run.json of a classifier run; other runs fail saying what is needed."""
+    info = read_run_info(run_dir)
+    if info.get("task") != "classify":
+        raise ValueError(f"{run_dir}: augment fix needs a classifier run (`jointspace classify`), "
+                         f"this one is {info.get('task') or 'a contrastive run'}")
+    return info
+
+
 def analyse_run(run_dir: Path) -> dict:
     """Per-class recall and the most confused (true, predicted) pairs of a classifier run on its val split
     (train when it has none: the test split stays unseen until the before/after table)."""
@@ -37,10 +46,7 @@ def analyse_run(run_dir: Path) -> dict:
     from jointspace.train.classifier import build_classifier, predict
     from jointspace.train.loop import split_kwargs
 
-    info = read_run_info(run_dir)
-    if info.get("task") != "classify":
-        raise ValueError(f"{run_dir}: augment fix needs a classifier run (`jointspace classify`), "
-                         f"this one is {info.get('task') or 'a contrastive run'}")
+    info = classifier_info(run_dir)
     cfg = load_config(run_dir / CONFIG)
     split = "val" if (Path(cfg.data.path) / "val").exists() else "train"
     data = load_split(cfg.data.path, split, **split_kwargs(cfg))
@@ -150,6 +156,7 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
 
     t0 = time.time()
     run_dir = Path(run_dir)
+    classifier_info(run_dir)
     out = Path(out) if out else run_dir.parent / f"{run_dir.name}-fix"
     if (out / FIX_JSON).exists() and not overwrite:
         raise FileExistsError(f"{out} holds a finished fix: pass --overwrite to redo it")

@@ -141,7 +141,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
                                       tc.label_dropout, tc.hflip)
                 if not torch.isfinite(loss):
                     latest = latest_checkpoint(ckpt_dir)
-                    raise NonFiniteLossError(f"non-finite loss {float(loss)} at step {step + 1}; last good "
+                    raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at step {step + 1}; last good "
                                              f"checkpoint: {latest or 'none yet'} (resume with --resume)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
