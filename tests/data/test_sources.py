@@ -91,3 +91,38 @@ def test_training_with_sources_resampling_and_label_map(tiny_cfg, digits_dir):
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 3  # 48 samples / batch 16
     result = evaluate_run(run)
     assert result["n_samples"] > 0 and "zero_shot" in result
+
+
+def test_streaming_with_sources_matches_in_memory_classes_without_a_val_split(tiny_cfg, digits_dir, tmp_path):
+    """data.streaming + data.sources (+ resampling, label map): the same class names and label mapping as
+    the in-memory path, and a dataset without a val split streams (shapes read from the shards)."""
+    import json
+    import shutil
+
+    from jointspace.train.batches import StreamedBatches
+    from jointspace.train.distributed import DistInfo
+    from jointspace.train.loop import train
+
+    no_val = tmp_path / "digits_no_val"
+    shutil.copytree(digits_dir, no_val)
+    shutil.rmtree(no_val / "val")
+    common = [f"data.path={no_val}", f"data.sources=[{{path: {no_val}}}, {{path: {digits_dir}, weight: 3}}]",
+              "data.resampled=true", "data.samples_per_epoch=64", "data.label_map={zero: small, one: small}",
+              "eval.linear_probe=false"]
+    streamed = tiny_cfg(*common, "data.streaming=true", name="stream_mix", epochs=1)
+    in_memory = tiny_cfg(*common, name="mem_mix", epochs=1)
+    info = json.loads((train(streamed, show_progress=False) / "run.json").read_text())
+    ref = json.loads((train(in_memory, show_progress=False) / "run.json").read_text())
+    assert info["class_names"] == ref["class_names"] and info["class_names"][0] == "small"
+    assert info["kinds"] == ref["kinds"] and info["image_channels"] == ref["image_channels"]
+    metrics = [json.loads(x) for x in (streamed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["split"] == "train"] == [1, 2, 3, 4]  # 64 samples / batch 16
+
+    # the streamed labels are the in-memory ones: same tokens -> same merged label
+    batches = StreamedBatches(streamed, {}, DistInfo(), torch.device("cpu"), NAMES)
+    mem = load_sources(in_memory.data, "train", NAMES, modalities=["image", "text"])
+    label_of = {tuple(t.tolist()): int(y) for t, y in zip(mem.inputs["text"], mem.labels, strict=True)}
+    seen = [(tuple(t.tolist()), int(y)) for batch, _ in batches.epoch(0)
+            for t, y in zip(batch["text"], batch["label"], strict=True)]
+    assert len(seen) == 64 and all(label_of[t] == y for t, y in seen)
+    assert {y for _, y in seen} >= {0}  # "small" (zero + one) is drawn

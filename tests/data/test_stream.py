@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
+import torch
 
 from jointspace.data.shards import split_urls, write_dataset
-from jointspace.data.stream import ShardStream, epoch_shards, stream_loader
+from jointspace.data.stream import (
+    ShardStream,
+    epoch_shards,
+    resampled_shards,
+    shard_probabilities,
+    stream_loader,
+)
 
 MODS = {"image": "image", "text": "text"}
 
@@ -52,9 +59,53 @@ def test_batches_are_tensors(shards):
     assert batch["label"].dtype.is_floating_point is False and len(batch["key"]) == 6
 
 
-def test_resampled_draws_with_replacement(shards):
-    draws = [tuple(epoch_shards(shards, seed=0, epoch=e, resampled=True)) for e in range(5)]
-    assert any(len(set(d)) < len(d) for d in draws)  # some shard drawn twice
-    assert epoch_shards(shards, 0, 0, resampled=True) == epoch_shards(shards, 0, 0, resampled=True)
+def test_resampled_shards_draw_with_replacement_by_probability(shards):
+    def draw(n, **kw):
+        gen = resampled_shards(shards, **{"probs": None, "seed": 0, "epoch": 0, **kw})
+        return [next(gen) for _ in range(n)]
+
+    first = draw(len(shards))
+    assert len(set(first)) < len(first)  # some shard drawn twice within one pass
+    assert draw(50) == draw(50)  # a pure function of (seed, epoch, rank, worker)
+    assert draw(50) != draw(50, worker=1) and draw(50) != draw(50, rank=1) and draw(50) != draw(50, epoch=1)
+    probs = [0.0] * len(shards)
+    probs[0], probs[1] = 3.0, 1.0  # unnormalised weights are fine
+    picks = draw(4000, probs=probs)
+    assert set(picks) == {shards[0], shards[1]}
+    assert abs(picks.count(shards[0]) / 4000 - 0.75) < 0.03
     with pytest.raises(ValueError, match="cannot feed"):
         epoch_shards(shards[:1], 0, 0, rank=1, world_size=2)
+
+
+def test_shard_probabilities_follow_weight_times_size():
+    # source 0: 100 samples in 4 shards, weight 1; source 1: 50 samples in 1 shard, weight 4
+    probs = shard_probabilities([100, 50], [1.0, 4.0], [4, 1])
+    assert len(probs) == 5 and abs(sum(probs) - 1) < 1e-12
+    assert abs(sum(probs[:4]) - 1 / 3) < 1e-12 and abs(probs[4] - 2 / 3) < 1e-12
+
+
+def test_resampled_stream_resumes_exactly(shards):
+    def stream(skip):
+        return ShardStream(shards, MODS, batch_size=4, seed=3, epoch=1, resampled=True, skip_batches=skip,
+                           image_size=4, shuffle_buffer=10)
+
+    def take(loader, n):
+        it = iter(loader)
+        return [next(it)["key"] for _ in range(n)]
+
+    for workers in (0, 2):
+        full = take(stream_loader(stream(0), workers), 30)  # longer than one pass over the shards: endless
+        assert take(stream_loader(stream(7), workers), 23) == full[7:]
+
+
+def test_label_lookup_reindexes_by_shard_and_expands_grey(shards):
+    lookup = {u: np.array([4, 3, 2, 1, 0]) for u in shards[:6]}  # the other shards keep their labels
+    plain = ShardStream(shards, MODS, batch_size=96, image_size=4)
+    mapped = ShardStream(shards, MODS, batch_size=96, image_size=4, label_lookup=lookup, image_channels=3)
+    a, b = next(iter(stream_loader(plain))), next(iter(stream_loader(mapped)))
+    assert a["key"] == b["key"]
+    first_half = {f"k{i:03d}" for i in range(48)}  # shards are written in key order, 8 per shard
+    for key, la, lb in zip(a["key"], a["label"].tolist(), b["label"].tolist(), strict=True):
+        assert lb == (4 - la if key in first_half else la)
+    assert a["image"].shape[1] == 1 and b["image"].shape[1] == 3
+    assert torch.equal(b["image"][:, 2], a["image"][:, 0])

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from jointspace.config import DataConfig
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
+from jointspace.data.shards import read_info
 
 
 def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None = None,
@@ -27,6 +29,23 @@ def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None
                                                         "data.sources")
     data.source_sizes = [len(p) for p in parts]
     return data
+
+
+def source_label_lookups(data_cfg: DataConfig, class_names: list[str] | None = None
+                         ) -> tuple[list[str], list[np.ndarray | None]]:
+    """Without decoding anything: the train split's class names, unified over `data.sources` (or just
+    `data.path`) by name with `class_names` first and then label-mapped, as `load_sources` makes them,
+    and per source the array that re-indexes its stored labels into them (None: kept as stored)."""
+    paths = [s.path for s in data_cfg.sources] or [data_cfg.path]
+    own = [list(read_info(p).get("class_names", [])) for p in paths]
+    names = list(dict.fromkeys([*(class_names or []), *(n for part in own for n in part)]))
+    final = names
+    to_final = np.arange(len(names))
+    if data_cfg.label_map and names:
+        final, mapped = apply_label_map(names, torch.arange(len(names)), data_cfg.label_map, "data.sources")
+        to_final = mapped.numpy()
+    lookups = [to_final[[names.index(n) for n in part]] if part else None for part in own]
+    return final, lookups
 
 
 def source_mass(sizes: list[int], weights: list[float]) -> torch.Tensor:

@@ -2,9 +2,12 @@
 resampling of shards, batches collated per batch (no per-sample tensor work), and exact
 mid-epoch resume by counting the batches already consumed.
 
-Order is a pure function of (seed, epoch, rank, world size, worker count): shards are shuffled
-(or drawn with replacement when `resampled`) by (seed, epoch), rank r takes shards r, r+W, ...,
-worker w of that rank takes every n-th of those, and each worker yields whole batches. The
+Order is a pure function of (seed, epoch, rank, world size, worker count): shards are shuffled by
+(seed, epoch), rank r takes shards r, r+W, ..., worker w of that rank takes every n-th of those, and
+each worker yields whole batches. With `resampled`, every (rank, worker) instead draws an endless
+sequence of shards with replacement from its own (seed, epoch, rank, worker) generator, with
+probabilities `shard_probs` (the `data.sources` weights, as webdataset's ResampledShards with
+upsampling); the epoch is then as long as the caller takes batches. The
 DataLoader takes batches from workers round-robin, so batch k of an epoch comes from worker
 k mod n. To resume after k batches, DataLoader worker w plays the part of worker (w + k) mod n
 (so the first batch comes from the right one) and skips that worker's first ceil((k - role) / n)
@@ -15,7 +18,7 @@ equal size); otherwise the tail of the epoch may be ordered differently, never l
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,18 +28,33 @@ from jointspace.data.dataset import to_inputs
 from jointspace.data.shards import ReadStats, iter_samples
 
 
-def epoch_shards(urls: list[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 resampled: bool = False) -> list[str]:
-    """This rank's shards for an epoch: shuffled (or drawn with replacement) by (seed, epoch), then strided."""
-    rng = np.random.default_rng([seed, epoch])
-    if resampled:
-        order = rng.integers(0, len(urls), size=len(urls))
-    else:
-        order = rng.permutation(len(urls))
+def epoch_shards(urls: list[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[str]:
+    """This rank's shards for an epoch: shuffled by (seed, epoch), then strided over ranks."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(urls))
     mine = [urls[i] for i in order][rank::world_size]
     if not mine:
         raise ValueError(f"{len(urls)} shards cannot feed {world_size} ranks: write more, smaller shards")
     return mine
+
+
+def resampled_shards(urls: list[str], probs: list[float] | None, seed: int, epoch: int, rank: int = 0,
+                     worker: int = 0) -> Iterator[str]:
+    """Endless draw of shards with replacement, P(url i) = probs[i] (uniform when None); a pure function
+    of (seed, epoch, rank, worker), so every worker of every rank reads its own sequence."""
+    p = None if probs is None else np.asarray(probs, dtype=np.float64) / np.sum(probs)
+    rng = np.random.default_rng([seed, epoch, rank, worker, 1])
+    while True:
+        for i in rng.choice(len(urls), size=len(urls), p=p):
+            yield urls[i]
+
+
+def shard_probabilities(sizes: list[int], weights: list[float], n_shards: list[int]) -> list[float]:
+    """Per-shard draw probability so that source i gets weight_i x size_i of the samples (its shards
+    taken as equally sized): the streaming counterpart of `data.sources.source_mass`."""
+    per_shard = [w * n / k for w, n, k in zip(weights, sizes, n_shards, strict=True)]
+    probs = [p for p, k in zip(per_shard, n_shards, strict=True) for _ in range(k)]
+    total = sum(probs)
+    return [p / total for p in probs]
 
 
 class ShardStream(IterableDataset):
@@ -45,9 +63,12 @@ class ShardStream(IterableDataset):
     def __init__(self, urls: list[str], kinds: dict[str, str], batch_size: int, seed: int = 0, epoch: int = 0,
                  rank: int = 0, world_size: int = 1, resampled: bool = False, skip_batches: int = 0,
                  image_size: int = 32, context_length: int = 16, max_frames: int = 96,
-                 tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0):
+                 tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0,
+                 shard_probs: list[float] | None = None, label_lookup: dict[str, np.ndarray | None] | None = None,
+                 image_channels: int | None = None):
         super().__init__()
         self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
+        self.shard_probs, self.label_lookup, self.image_channels = shard_probs, label_lookup, image_channels
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.resampled, self.skip_batches, self.shuffle_buffer = resampled, skip_batches, shuffle_buffer
         self.convert = {"image_size": image_size, "context_length": context_length, "max_frames": max_frames,
@@ -63,9 +84,11 @@ class ShardStream(IterableDataset):
     def samples(self) -> Iterator[dict]:
         """Decoded samples of this rank and worker, in their deterministic order."""
         wid, n_workers = self._worker()
-        shards = epoch_shards(self.urls, self.seed, self.epoch, self.rank, self.world_size, self.resampled)
-        mine = shards[wid::n_workers]
-        stream = iter_samples(mine, self.stats, list(self.kinds))
+        if self.resampled:
+            mine = resampled_shards(self.urls, self.shard_probs, self.seed, self.epoch, self.rank, wid)
+        else:
+            mine = epoch_shards(self.urls, self.seed, self.epoch, self.rank, self.world_size)[wid::n_workers]
+        stream = self._read(mine)
         if self.shuffle_buffer <= 1:
             yield from stream
             return
@@ -78,10 +101,27 @@ class ShardStream(IterableDataset):
         while buf:
             yield buf.pop(int(rng.integers(len(buf))))
 
+    def _read(self, shards: Iterable[str]) -> Iterator[dict]:
+        """Samples of these shards in order; labels re-indexed by their shard's `label_lookup` (the
+        classes of several `data.sources` unified by name)."""
+        if self.label_lookup is None and isinstance(shards, list):
+            yield from iter_samples(shards, self.stats, list(self.kinds))
+            return
+        for url in shards:  # one at a time: a resampled stream of shards is endless
+            lookup = (self.label_lookup or {}).get(url)
+            for sample in iter_samples([url], self.stats, list(self.kinds)):
+                if lookup is not None:
+                    sample["label"] = int(lookup[sample["label"]])
+                yield sample
+
     def collate(self, samples: list[dict]) -> dict:
-        """One batch of decoded samples -> tensors, converted per modality in one go."""
+        """One batch of decoded samples -> tensors, converted per modality in one go (grey images
+        expanded to `image_channels` when sources mix grey and colour)."""
         values = {m: [s[m] for s in samples] for m in self.kinds}
         batch: dict = to_inputs(values, self.kinds, **self.convert)
+        for m, kind in self.kinds.items():
+            if kind == "image" and self.image_channels and batch[m].shape[1] == 1 < self.image_channels:
+                batch[m] = batch[m].expand(-1, self.image_channels, -1, -1).contiguous()
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["key"] = [s["key"] for s in samples]
         return batch

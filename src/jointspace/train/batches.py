@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData
-from jointspace.data.shards import read_info, split_urls
-from jointspace.data.sources import TrainSampler
-from jointspace.data.stream import ShardStream, stream_loader
+from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.data.sources import TrainSampler, source_label_lookups
+from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
 from jointspace.losses import positive_mask
 from jointspace.train.distributed import DistInfo, gather_no_grad, shard_batch
 
@@ -44,25 +45,65 @@ class InMemoryBatches:
 
 
 class StreamedBatches:
-    """Each rank streams its own shards; labels (and captions) are gathered for the global mask."""
+    """Each rank streams its own shards; labels (and captions) are gathered for the global mask.
 
-    def __init__(self, cfg: RunConfig, kinds: dict[str, str], tokenizers: dict[str, str], dist_info: DistInfo,
-                 device: torch.device, text_key: str | None):
-        self.cfg, self.kinds, self.tokenizers = cfg, kinds, tokenizers
-        self.dist, self.device, self.text_key = dist_info, device, text_key
-        self.urls = split_urls(cfg.data.path, "train")
-        n_samples = read_info(cfg.data.path)["splits"]["train"]["n_samples"]
+    The train split is `data.path`'s, or the shards of every `data.sources` folder with their classes
+    unified by name (as the in-memory path does) and, with `data.resampled`, drawn in proportion to
+    weight x size. Modalities and image channels are read from the first sample of each source.
+    """
+
+    def __init__(self, cfg: RunConfig, tokenizers: dict[str, str], dist_info: DistInfo, device: torch.device,
+                 class_names: list[str] | None = None):
+        d = cfg.data
+        self.cfg, self.tokenizers, self.dist, self.device = cfg, tokenizers, dist_info, device
+        paths = [s.path for s in d.sources] or [d.path]
+        infos = [read_info(p) for p in paths]
+        stored = infos[0]["modalities"]
+        self.kinds = {m: stored[m] for m in d.modalities if m in stored}
+        for p, info in zip(paths, infos, strict=True):
+            missing = [m for m in d.modalities if m not in info["modalities"]]
+            if missing:
+                raise DataError(f"{p}: modalities {missing} not in this dataset (has: {', '.join(info['modalities'])})")
+            if {m: info["modalities"][m] for m in self.kinds} != self.kinds:
+                raise DataError(f"data.sources: modalities differ ({info['modalities']} vs {stored})")
+        self.text_key = next((m for m, k in self.kinds.items() if k == "text"), None)
+        per_source = [split_urls(p, "train") for p in paths]
+        self.urls = [u for urls in per_source for u in urls]
+        sizes = [info["splits"]["train"]["n_samples"] for info in infos]
+        self.class_names, lookups = source_label_lookups(d, class_names)
+        remap = d.label_map or d.sources
+        self.label_lookup = ({u: lk for urls, lk in zip(per_source, lookups, strict=True) for u in urls}
+                             if remap else None)
+        weights = [s.weight for s in d.sources] or [1.0]
+        self.shard_probs = shard_probabilities(sizes, weights, [len(u) for u in per_source])
+        self.image_channels = self._image_channels(per_source)
         self.local_batch = cfg.train.batch_size // dist_info.world_size
-        # whole batches every rank can fill, even if its shards hold fewer samples than the average
-        per_rank = n_samples // dist_info.world_size
-        self.steps_per_epoch = max(0, per_rank // self.local_batch - (1 if dist_info.enabled else 0))
+        if d.resampled:  # endless streams: every rank can fill as many batches as the epoch asks for
+            n_samples = d.samples_per_epoch or sum(sizes)
+            self.steps_per_epoch = n_samples // cfg.train.batch_size
+        else:  # whole batches every rank can fill, even if its shards hold fewer samples than the average
+            per_rank = sum(sizes) // dist_info.world_size
+            self.steps_per_epoch = max(0, per_rank // self.local_batch - (1 if dist_info.enabled else 0))
+
+    def _image_channels(self, per_source: list[list[str]]) -> int | None:
+        """Channels of the image modality: the most over the first sample of every source."""
+        image = next((m for m, k in self.kinds.items() if k == "image"), None)
+        if image is None:
+            return None
+        channels = 1
+        for urls in per_source:
+            sample = next(iter_samples(urls[:1], ReadStats(), list(self.kinds)), None)
+            if sample is not None:
+                channels = max(channels, 1 if np.asarray(sample[image]).ndim == 2 else np.asarray(sample[image]).shape[-1])
+        return channels
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask) per step, from step `skip` on."""
         d = self.cfg.data
         stream = ShardStream(self.urls, self.kinds, self.local_batch, self.cfg.seed, epoch, self.dist.rank,
                              self.dist.world_size, d.resampled, skip, d.image_size, d.context_length, d.max_frames,
-                             self.tokenizers, d.shuffle_buffer)
+                             self.tokenizers, d.shuffle_buffer, shard_probs=self.shard_probs,
+                             label_lookup=self.label_lookup, image_channels=self.image_channels)
         step = skip
         for batch in stream_loader(stream, d.num_workers):
             if step >= self.steps_per_epoch:

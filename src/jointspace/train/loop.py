@@ -67,8 +67,6 @@ def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData | None, SplitData | No
     info = read_info(root)
     kw = split_kwargs(cfg)
     if cfg.data.streaming:
-        if cfg.data.sources:
-            raise ValueError("data.sources: not supported with data.streaming yet")
         train = None
     elif cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
         train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
@@ -179,12 +177,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         ensure_dataset(cfg)
     barrier(dist_info)
     info, train_data, val_data = prepare_data(cfg)
-    ref = train_data if train_data is not None else val_data
-    if ref is None:
-        raise ValueError(f"{cfg.data.path}: streaming needs a val split to read modality shapes from")
-    kinds = ref.kinds
-    image_channels = next((int(ref.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
-    run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": ref.class_names,
+    if train_data is None:
+        batches = StreamedBatches(cfg, text_tokenizers(cfg.model), dist_info, device, info.get("class_names"))
+        kinds, image_channels, class_names = batches.kinds, batches.image_channels, batches.class_names
+    else:
+        kinds, class_names = train_data.kinds, train_data.class_names
+        image_channels = next((int(train_data.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
+    run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": class_names,
                 "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
     model = build_from_info(cfg, run_info).to(device)
     model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
@@ -194,15 +193,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
                           cfg.train.local_loss)
     val_loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
-    text_key = _text_key(ref)
+    text_key = next((m for m, k in kinds.items() if k == "text"), None)
 
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
         raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
                          f"({dist_info.world_size} x {cfg.train.accum_steps})")
-    if train_data is None:
-        batches = StreamedBatches(cfg, kinds, text_tokenizers(cfg.model), dist_info, device, text_key)
-    else:
+    if train_data is not None:
         batches = InMemoryBatches(cfg, train_data, dist_info, device, text_key)
     n_steps_epoch = batches.steps_per_epoch
     if n_steps_epoch <= 0:
