@@ -14,6 +14,8 @@ import torch
 from jointspace.augment.model import load_diffusion, make_scheduler
 from jointspace.runs import RUN_INFO, resolve_device
 
+GRID_STREAM = 2**31 - 1  # the noise stream of grid panels (not a class id)
+
 
 def _generator(seed: int, class_id: int, chunk: int) -> torch.Generator:
     """Each (seed, class, chunk) draws its own noise: a class's images do not depend on the other classes asked."""
@@ -55,25 +57,26 @@ class ClassSampler:
         return eps_u + guidance * (eps_c - eps_u)
 
     @torch.no_grad()
+    def denoise(self, labels: list[int], guidance: float, steps: int, scheduler: str,
+                gen: torch.Generator) -> np.ndarray:
+        """uint8 images of the given class ids, one batch, all noise drawn from `gen`."""
+        sched = make_scheduler(scheduler, self.scheduler_config)
+        sched.set_timesteps(steps)
+        x = (torch.randn((len(labels), *self.shape), generator=gen) * sched.init_noise_sigma).to(self.device)
+        y = torch.tensor(labels, dtype=torch.long, device=self.device)
+        for t in sched.timesteps:
+            eps = self._eps(sched.scale_model_input(x, t), t.to(self.device), y, guidance)
+            x = sched.step(eps.cpu(), t, x.cpu(), generator=gen).prev_sample.to(self.device)
+        return to_uint8(x)
+
     def sample_class(self, class_id: int, n: int, guidance: float = 2.0, steps: int = 50, scheduler: str = "ddim",
                      seed: int = 0, batch_size: int = 256) -> np.ndarray:
         """`n` uint8 images of one class; the same arguments give the same images."""
         if not 0 <= class_id < len(self.class_names):
             raise ValueError(f"class id {class_id} out of range (model has {len(self.class_names)} classes)")
-        out = []
-        for chunk, start in enumerate(range(0, n, batch_size)):
-            m = min(batch_size, n - start)
-            gen = _generator(seed, class_id, chunk)
-            sched = make_scheduler(scheduler, self.scheduler_config)
-            sched.set_timesteps(steps)
-            x = torch.randn((m, *self.shape), generator=gen) * sched.init_noise_sigma
-            labels = torch.full((m,), class_id, dtype=torch.long, device=self.device)
-            x = x.to(self.device)
-            for t in sched.timesteps:
-                eps = self._eps(sched.scale_model_input(x, t), t.to(self.device), labels, guidance)
-                x = sched.step(eps.cpu(), t, x.cpu(), generator=gen).prev_sample.to(self.device)
-            out.append(to_uint8(x))
-        return np.concatenate(out)
+        return np.concatenate([self.denoise([class_id] * min(batch_size, n - start), guidance, steps, scheduler,
+                                            _generator(seed, class_id, chunk))
+                               for chunk, start in enumerate(range(0, n, batch_size))])
 
 
 class PipelineSampler:
@@ -173,7 +176,12 @@ def settings_grid(sampler: ClassSampler | PipelineSampler, classes: list[int], g
                              figsize=(1.0 + 0.45 * len(classes) * len(steps), 0.6 + 0.5 * n_per_class * len(guidances)))
     for i, g in enumerate(guidances):
         for j, s in enumerate(steps):
-            rows = [sampler.sample_class(c, n_per_class, g, s, scheduler, seed) for c in classes]
+            if isinstance(sampler, ClassSampler):  # every class in one batch, the same noise in every panel
+                flat = sampler.denoise([c for c in classes for _ in range(n_per_class)], g, s, scheduler,
+                                       _generator(seed, GRID_STREAM, 0))
+                rows = [flat[k * n_per_class:(k + 1) * n_per_class] for k in range(len(classes))]
+            else:
+                rows = [sampler.sample_class(c, n_per_class, g, s, scheduler, seed) for c in classes]
             panel = np.concatenate([np.concatenate(list(r), axis=0) for r in rows], axis=1)  # classes side by side
             ax = axes[i][j]
             ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=255)
