@@ -22,3 +22,14 @@ def diffusion_run(digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("augment")
     cfg = load_augment_config(None, tiny_augment_overrides(digits_dir, out))
     return train_diffusion(cfg, show_progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster than two fighting a busy machine's other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
