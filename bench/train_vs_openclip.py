@@ -5,7 +5,9 @@ ViT-B-32) is trained by `open_clip_train` (open_clip_torch's trainer) and by joi
 `openclip_image` + `openclip_text` towers of that config, CLIP's instance-level InfoNCE), each in its
 own process, from the same samples written as shards for each (same PNG and caption bytes, same
 order), with the same batch, threads, AdamW settings, warmup + constant LR, grad clip and fp32 (bf16
-autocast on CUDA).
+autocast on CUDA). jointspace runs twice: with its default data path (the train split decoded once
+into memory at start-up) and with `data.streaming: true` (shards decoded and tokenised batch by
+batch every epoch, no DataLoader workers), which does the same per-epoch data work as open_clip_train.
 
 Two phases, so that a machine shared with other jobs (load drifting over minutes) biases no trainer:
 1. speed: `--rounds` rounds; in each, every trainer runs `--probe-seconds` of timed steps, the order
@@ -67,12 +69,15 @@ def model_config(work: Path, arch: str) -> tuple[str, Path | None, dict]:
     return arch, None, open_clip.get_model_config(arch)
 
 
-def jointspace_config(args, name: str, cfg: dict, js_dir: Path, run_root: Path) -> dict:
-    """The jointspace run config matching open_clip_train's settings."""
+def jointspace_config(args, name: str, cfg: dict, js_dir: Path, run_root: Path, streaming: bool = False) -> dict:
+    """The jointspace run config matching open_clip_train's settings; `streaming`: decode the shards
+    batch by batch every epoch (as open_clip_train does) instead of once into memory."""
     return {
-        "name": "jointspace", "seed": 0, "output_dir": str(run_root), "tracker": "none",
+        "name": "jointspace-streaming" if streaming else "jointspace", "seed": 0, "output_dir": str(run_root),
+        "tracker": "none",
         "data": {"path": str(js_dir), "modalities": ["image", "text"],
-                 "image_size": cfg["vision_cfg"]["image_size"], "context_length": cfg["text_cfg"]["context_length"]},
+                 "image_size": cfg["vision_cfg"]["image_size"], "context_length": cfg["text_cfg"]["context_length"],
+                 **({"streaming": True, "num_workers": 0, "shuffle_buffer": 1000} if streaming else {})},
         "model": {"embed_dim": cfg["embed_dim"],
                   "towers": {"image": {"name": "openclip_image", "params": {"model": name}},
                              "text": {"name": "openclip_text", "params": {"model": name}}}},
@@ -162,7 +167,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on CPU, bf16 on CUDA")
     ap.add_argument("--work-dir", type=Path, default=Path("runs/bench_train"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=["jointspace", "open_clip"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["jointspace", "jointspace-streaming", "open_clip"])
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # open_clip's "no pretrained weights loaded" when building for evaluation
     args.precision = args.precision or ("fp32" if args.device == "cpu" else "bf16")
@@ -188,6 +193,14 @@ def main() -> None:
         specs["jointspace"] = ("jointspace", lambda tag: {
             **common, "trainer": "jointspace", "config": str(cfg_path),
             "weights": str(run_root / "jointspace" / "model.safetensors")})
+    if "jointspace-streaming" not in args.skip:
+        run_root = work / "runs"
+        stream_cfg = work / "jointspace-streaming.yaml"
+        stream_cfg.write_text(yaml.safe_dump(
+            jointspace_config(args, name, cfg, prepared["js"], run_root, streaming=True), sort_keys=False))
+        specs["jointspace (streaming)"] = ("jointspace-streaming", lambda tag: {
+            **common, "trainer": "jointspace", "config": str(stream_cfg),
+            "weights": str(run_root / "jointspace-streaming" / "model.safetensors")})
     if "open_clip" not in args.skip:
         logs = work / "oc_logs"
         for w in args.oc_workers:
@@ -225,7 +238,7 @@ def main() -> None:
 
     test, labels_test = bd.load_test(prepared, size, ctx, name)
     for label, res in budget_runs.items():
-        emb = (bd.embed_jointspace(Path(res["weights"]).parent, test, args.device) if label == "jointspace"
+        emb = (bd.embed_jointspace(Path(res["weights"]).parent, test, args.device) if label.startswith("jointspace")
                else bd.embed_open_clip(res["weights"], name, test, args.device))
         res["recall"] = bd.recall_at_1(emb, labels_test)
     print_table(args, name, prepared, speed, runs, budget_runs)
@@ -237,7 +250,7 @@ def main() -> None:
 
 def print_table(args, name: str, prepared: dict, speed: dict, runs: dict, budget_runs: dict) -> None:
     """One markdown table, with the settings above it and the acceptance check below."""
-    oc = [label for label in speed if label != "jointspace"]
+    oc = [label for label in speed if not label.startswith("jointspace")]
     best_oc = max(oc, key=lambda label: speed[label]) if oc else None
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}; {args.device}; "
           f"model {name}; data {args.data} ({prepared['n_train']} train, {prepared['n_test']} test); "
