@@ -135,3 +135,43 @@ def recall_at_1(emb: dict, labels: torch.Tensor) -> dict:
     """R@1 image->text and text->image (label-level hits, see LEVEL)."""
     return {f"{q}->{g}": retrieval_metrics(emb[q], emb[g], labels, labels, ks=(1,))["R@1"]
             for q, g in (("image", "text"), ("text", "image"))}
+
+
+def model_step_speed(name: str, batch_size: int, context_length: int, image_size: int, device: str,
+                     precision: str, seconds: float = 15.0) -> float:
+    """samples/s of the bare training step: open_clip's model and ClipLoss, torch AdamW and a grad clip
+    on random tensors already on the device, no data at all: the ceiling either trainer can reach."""
+    import time
+
+    import open_clip
+
+    gen = torch.Generator().manual_seed(0)
+    model = open_clip.create_model(name).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = open_clip.ClipLoss()
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    texts = torch.randint(1, 49408, (batch_size, context_length), generator=gen).to(device)
+    amp = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
+           else torch.autocast(device, enabled=False))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            img, txt, scale = model(images, texts)[:3]
+            loss = loss_fn(img, txt, scale)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    step()
+    sync()
+    n, t0 = 0, time.time()
+    while time.time() - t0 < seconds or n < 2:
+        step()
+        n += 1
+    sync()
+    return n * batch_size / (time.time() - t0)

@@ -219,11 +219,17 @@ def main() -> None:
         return res
 
     labels = list(specs)
+    ceiling = []
     for r in range(args.rounds):
         print(f"speed round {r + 1}/{args.rounds}", flush=True)
+        ceiling.append(bd.model_step_speed(name, args.batch_size, ctx, size, args.device, args.precision,
+                                           seconds=min(args.probe_seconds, 15.0)))
         for label in labels[r % len(labels):] + labels[:r % len(labels)]:
             run(label, f"{specs[label][0]}-speed{r}", budget_s=args.probe_seconds, weights=None)
     speed = {label: median([x["samples_per_second"] for x in runs[label]]) for label in labels if runs[label]}
+    if ceiling:
+        print(f"model step alone (open_clip model, ClipLoss, AdamW on random tensors, no data): "
+              f"{median(ceiling):.1f} samples/s (median of {len(ceiling)}; {min(ceiling):.1f}-{max(ceiling):.1f})")
     print(f"quality: {args.budget_seconds:.0f} s of training each", flush=True)
     budget_runs = {}
     for label in labels:
@@ -242,9 +248,12 @@ def main() -> None:
                else bd.embed_open_clip(res["weights"], name, test, args.device))
         res["recall"] = bd.recall_at_1(emb, labels_test)
     print_table(args, name, prepared, speed, runs, budget_runs)
+    if ceiling:
+        print(f"ceiling: the model step alone, with no data at all, runs at {median(ceiling):.1f} samples/s")
     print(f"load average at the end: {load_average()}")
     (work / "results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "samples_per_second": speed, "speed_runs": runs,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "samples_per_second": speed,
+         "model_step_alone_samples_per_second": ceiling, "speed_runs": runs,
          "budget_runs": budget_runs}, indent=2, default=str))
 
 
