@@ -67,3 +67,18 @@ def test_fix_picks_worst_classes_and_refuses_contrastive_runs(tmp_path):
     (run / "run.json").write_text(json.dumps({"kinds": {"image": "image"}}))
     result = CliRunner().invoke(app, ["augment", "fix", str(run)])
     assert result.exit_code == 2 and "needs a classifier run" in result.output
+
+
+def test_generated_shards_borrow_other_modalities(digits_dir, tmp_path):
+    """A multi-modality run: generated images come with text and audio of real samples of their class."""
+    import numpy as np
+
+    from jointspace.augment.fix import write_generated
+    from jointspace.data.dataset import load_split
+
+    cfg = load_config(None, [f"data.path={digits_dir}", "data.modalities=[image, text, audio]"])
+    images = {"seven": np.full((3, 8, 8), 200, dtype=np.uint8)}
+    assert write_generated(tmp_path / "gen", images, cfg, "image", {"generated": True}) == 3
+    data = load_split(tmp_path / "gen", "train", ["image", "text", "audio"], image_size=8)
+    assert data.labels.tolist() == [7, 7, 7] and all("seven" in c for c in data.captions["text"])
+    assert data.inputs["audio"].shape[0] == 3 and data.inputs["image"].shape == (3, 1, 8, 8)
