@@ -54,7 +54,7 @@ def test_cli_fix_end_to_end(imbalanced_run, tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.output
 
 
-def test_fix_picks_worst_classes_and_refuses_contrastive_runs(tmp_path):
+def test_fix_picks_worst_classes_and_refuses_unfinished_runs(tmp_path):
     from jointspace.augment.fix import pick_targets
 
     analysis = {"recall": {"a": 0.9, "b": 0.1, "c": 0.1, "d": None}, "support": {"a": 5, "b": 9, "c": 3, "d": 0}}
@@ -66,7 +66,7 @@ def test_fix_picks_worst_classes_and_refuses_contrastive_runs(tmp_path):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"kinds": {"image": "image"}}))
     result = CliRunner().invoke(app, ["augment", "fix", str(run)])
-    assert result.exit_code == 2 and "needs a classifier run" in result.output
+    assert result.exit_code == 2 and "needs a finished classifier run" in result.output
 
 
 def test_generated_shards_borrow_other_modalities(digits_dir, tmp_path):
@@ -82,3 +82,41 @@ def test_generated_shards_borrow_other_modalities(digits_dir, tmp_path):
     data = load_split(tmp_path / "gen", "train", ["image", "text", "audio"], image_size=8)
     assert data.labels.tolist() == [7, 7, 7] and all("seven" in c for c in data.captions["text"])
     assert data.inputs["audio"].shape[0] == 3 and data.inputs["image"].shape == (3, 1, 8, 8)
+
+
+def test_fix_on_a_contrastive_run_judges_retrieval(tiny_cfg, diffusion_run, tmp_path):
+    """A contrastive image+text+audio run: targets from image->text class-level R@1 on val, retrained by the
+    contrastive loop with the generated shards mixed in, the same measure before and after."""
+    import numpy as np
+
+    from jointspace.augment.config import load_augment_config
+    from jointspace.augment.fix import analyse_split, run_fix
+    from jointspace.train.loop import train
+
+    run = train(tiny_cfg("loss.positives=label", name="contrastive", epochs=1),
+                show_progress=False)
+    aug = load_augment_config(None, [*tiny_augment_overrides("ignored", tmp_path / "unused", steps=4),
+                                     "fix.worst=2", "fix.n_per_class=4", "fix.oversample_control=false"])
+    result = run_fix(run, aug, diffusion=diffusion_run, out=tmp_path / "fix", log=lambda _: None)
+    assert result["task"] == "contrastive" and result["measure"] == "image->text R@1 (class-level)"
+    assert len(result["targets"]) == 2 and set(result["runs"]) == {"before", "generated"}
+    recall = result["analysis"]["recall"]
+    assert sorted(recall[c] for c in result["targets"]) == sorted(v for v in recall.values() if v is not None)[:2]
+    retrained = load_config(tmp_path / "fix" / "contrastive-generated" / "config.yaml")
+    assert len(retrained.data.sources) == 2 and (tmp_path / "fix" / "contrastive-generated" / "model.safetensors").exists()
+    # the "before" row is the same measure recomputed by hand: top-1 text of each test image, same class?
+    from jointspace.data.dataset import load_split
+    from jointspace.evaluate.embed import embed_split
+    from jointspace.runs import load_run
+    from jointspace.train.loop import split_kwargs
+
+    cfg, model, _ = load_run(run)
+    data = load_split(cfg.data.path, cfg.eval.split, **split_kwargs(cfg))
+    emb = embed_split(model, data)
+    hit = (data.labels[(emb["image"] @ emb["text"].T).argmax(1)] == data.labels).numpy()
+    assert result["runs"]["before"]["accuracy"] == pytest.approx(hit.mean())
+    for c in result["targets"]:
+        k = data.class_names.index(c)
+        assert result["runs"]["before"]["recall"][c] == pytest.approx(hit[data.labels.numpy() == k].mean())
+    assert analyse_split(run, cfg.eval.split)["accuracy"] == pytest.approx(float(np.mean(hit)))
+    assert "R@1" in (tmp_path / "fix" / "fix.md").read_text()

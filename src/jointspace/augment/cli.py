@@ -84,7 +84,7 @@ def augment_sample(
 @augment_app.command("fix")
 @_friendly
 def augment_fix(
-    run: Annotated[Path, typer.Argument(help="classifier run folder (`jointspace classify`)")],
+    run: Annotated[Path, typer.Argument(help="classifier run (`jointspace classify`) or contrastive run (`jointspace train`) folder")],
     diffusion: Annotated[Path | None, typer.Option(help="diffusion run or pipeline folder (default: train one "
                                                    "on the run's data into OUT/diffusion)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (default: RUN-fix next to RUN)")] = None,

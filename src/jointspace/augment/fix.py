@@ -1,5 +1,10 @@
-"""`augment fix RUN`: find a classifier run's worst classes on its validation split, generate images of them,
-pack those as an extra shard source, retrain the same config with it mixed in, and compare before/after.
+"""`augment fix RUN`: find a run's worst classes on its validation split, generate images of them, pack
+those as an extra shard source, retrain the same config with it mixed in, and compare before/after.
+
+A classifier run (`jointspace classify`) is judged by its predictions; a contrastive run (`jointspace
+train`) by retrieval: each image query's nearest item of the paired modality (text if there is one)
+counts as a hit when it is of the query's class, so a class's recall is its image queries' class-level
+R@1 and "accuracy" is that R@1 over all queries.
 
 The retrained runs keep the original number of samples per epoch (so the same number of steps); the
 generated source gets `fix.upsample` x its size of the sampling mass. A control run mixes in the real
@@ -29,38 +34,58 @@ from jointspace.runs import CONFIG, WEIGHTS, read_run_info
 FIX_JSON, FIX_MD = "fix.json", "fix.md"
 
 
-def classifier_info(run_dir: Path) -> dict:
-    """run.json of a classifier run; other runs fail saying what is needed."""
+def run_task(run_dir: Path) -> str:
+    """'classify' or 'contrastive' (a finished run of either); anything else fails saying what is needed."""
     info = read_run_info(run_dir)
-    if info.get("task") != "classify":
-        raise ValueError(f"{run_dir}: augment fix needs a classifier run (`jointspace classify`), "
-                         f"this one is {info.get('task') or 'a contrastive run'}")
-    return info
+    task = info.get("task") or "contrastive"
+    if task not in ("classify", "contrastive") or not (run_dir / WEIGHTS).exists():
+        raise ValueError(f"{run_dir}: augment fix needs a finished classifier run (`jointspace classify`) or "
+                         f"contrastive run (`jointspace train`); this one is {task}"
+                         + ("" if (run_dir / WEIGHTS).exists() else f" without {WEIGHTS}"))
+    return task
+
+
+def _val_split(cfg: RunConfig) -> str:
+    """val, or train when there is none: the test split stays unseen until the before/after table."""
+    return "val" if (Path(cfg.data.path) / "val").exists() else "train"
+
+
+def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
+    """(image query modality, gallery modality) a contrastive run is judged by: text first, else the next one."""
+    image = next((m for m, k in kinds.items() if k == "image"), None)
+    others = sorted((m for m in kinds if m != image), key=lambda m: kinds[m] != "text")
+    if image is None or not others:
+        raise ValueError(f"augment fix on a contrastive run needs an image modality and another one (has {kinds})")
+    return image, others[0]
+
+
+def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    """(predicted class, true class, class names, what was measured) for every sample of a split."""
+    from jointspace.train.loop import split_kwargs
+
+    cfg = load_config(run_dir / CONFIG)
+    data = load_split(cfg.data.path, split, **split_kwargs(cfg))
+    if run_task(run_dir) == "classify":
+        from safetensors.torch import load_file
+
+        from jointspace.train.classifier import build_classifier, predict
+
+        model = build_classifier(cfg, data)
+        model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
+        return predict(model, data, torch.device("cpu")).argmax(1), data.labels, data.class_names, "prediction"
+    from jointspace.evaluate.embed import embed_split
+    from jointspace.runs import load_run
+
+    _, model, info = load_run(run_dir)
+    query, gallery = retrieval_pair(info["kinds"])
+    emb = embed_split(model, data, device="cpu")
+    top1 = torch.cat([(emb[query][i:i + 1024] @ emb[gallery].T).argmax(1) for i in range(0, len(data), 1024)])
+    return data.labels[top1], data.labels, data.class_names, f"{query}->{gallery} R@1 (class-level)"
 
 
 def analyse_run(run_dir: Path) -> dict:
-    """Per-class recall and the most confused (true, predicted) pairs of a classifier run on its val split
-    (train when it has none: the test split stays unseen until the before/after table)."""
-    from safetensors.torch import load_file
-
-    from jointspace.train.classifier import build_classifier, predict
-    from jointspace.train.loop import split_kwargs
-
-    info = classifier_info(run_dir)
-    cfg = load_config(run_dir / CONFIG)
-    split = "val" if (Path(cfg.data.path) / "val").exists() else "train"
-    data = load_split(cfg.data.path, split, **split_kwargs(cfg))
-    model = build_classifier(cfg, data)
-    model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
-    preds = predict(model, data, torch.device("cpu")).argmax(1)
-    names = list(info["class_names"])
-    cm = confusion_matrix(preds, data.labels, len(names))
-    support = cm.sum(1)
-    recall = {n: float(cm[i, i] / support[i]) if support[i] else None for i, n in enumerate(names)}
-    off = [(int(cm[t, p]), names[t], names[p]) for t in range(len(names)) for p in range(len(names)) if t != p and cm[t, p]]
-    confused = [{"true": t, "predicted": p, "count": c} for c, t, p in sorted(off, reverse=True)[:10]]
-    return {"split": split, "recall": recall, "support": dict(zip(names, support.tolist(), strict=True)),
-            "accuracy": float(np.trace(cm) / max(1, cm.sum())), "most_confused": confused}
+    """Per-class recall, support and the most confused (true, predicted) pairs of a run on its val split."""
+    return analyse_split(run_dir, _val_split(load_config(run_dir / CONFIG)))
 
 
 def pick_targets(analysis: dict, worst: int, classes: list[str]) -> list[str]:
@@ -130,10 +155,30 @@ def retrain_config(cfg: RunConfig, name: str, out: Path, extra: Path, weight: fl
 
 
 def _run_metrics(run_dir: Path, split: str, targets: list[str]) -> dict:
-    rep = json.loads((run_dir / f"classification_{split}.json").read_text())
-    per = rep["per_class"]
-    return {"run": str(run_dir), "accuracy": rep["top1"], "macro_recall": per["macro avg"]["recall"],
-            "recall": {c: per[c]["recall"] for c in targets}}
+    """Accuracy, macro recall and the targets' recall on `split` (the classifier's report, or retrieval)."""
+    report = run_dir / f"classification_{split}.json"
+    if run_task(run_dir) == "classify" and report.exists():
+        per = json.loads(report.read_text())["per_class"]
+        return {"run": str(run_dir), "accuracy": json.loads(report.read_text())["top1"],
+                "macro_recall": per["macro avg"]["recall"], "recall": {c: per[c]["recall"] for c in targets}}
+    a = analyse_split(run_dir, split)
+    found = [r for r in a["recall"].values() if r is not None]
+    return {"run": str(run_dir), "accuracy": a["accuracy"], "macro_recall": float(np.mean(found)),
+            "recall": {c: a["recall"][c] for c in targets}}
+
+
+def analyse_split(run_dir: Path, split: str) -> dict:
+    """Per-class recall, support, accuracy and most confused pairs of a run on `split`: the classifier's
+    predictions, or for a contrastive run the class of each image query's top-1 retrieved item."""
+    preds, labels, names, measure = predictions(run_dir, split)
+    names = list(read_run_info(run_dir).get("class_names") or names)
+    cm = confusion_matrix(preds, labels, len(names))
+    support = cm.sum(1)
+    off = [(int(cm[t, p]), names[t], names[p]) for t in range(len(names)) for p in range(len(names)) if t != p and cm[t, p]]
+    return {"split": split, "measure": measure, "accuracy": float(np.trace(cm) / max(1, cm.sum())),
+            "recall": {n: float(cm[i, i] / support[i]) if support[i] else None for i, n in enumerate(names)},
+            "support": dict(zip(names, support.tolist(), strict=True)),
+            "most_confused": [{"true": t, "predicted": p, "count": c} for c, t, p in sorted(off, reverse=True)[:10]]}
 
 
 def train_sampler_model(aug: AugmentConfig, cfg: RunConfig, out: Path, log: Callable[[str], None]) -> Path:
@@ -153,10 +198,11 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """The whole loop; writes `out/fix.json`, `fix.md` and `report.html`, returns fix.json's content."""
     from jointspace.train.classifier import train_classifier
+    from jointspace.train.loop import train
 
     t0 = time.time()
     run_dir = Path(run_dir)
-    classifier_info(run_dir)
+    task = run_task(run_dir)
     out = Path(out) if out else run_dir.parent / f"{run_dir.name}-fix"
     if (out / FIX_JSON).exists() and not overwrite:
         raise FileExistsError(f"{out} holds a finished fix: pass --overwrite to redo it")
@@ -195,10 +241,14 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
     for label, extra, weight in plans:
         rcfg = retrain_config(cfg, f"{run_dir.name}-{label}", out, extra, weight, n_train, f.retrain_set)
         log(f"retraining with {extra.name} (weight {weight:.3g}) -> {rcfg.run_dir}")
-        train_classifier(rcfg, overwrite=True, show_progress=False)
+        if task == "classify":
+            train_classifier(rcfg, overwrite=True, show_progress=False)
+        else:
+            train(rcfg, overwrite=True, show_progress=False)
         runs[label] = _run_metrics(rcfg.run_dir, cfg.eval.split, targets)
 
-    result = {"run": str(run_dir), "out": str(out), "split": cfg.eval.split, "targets": targets, "analysis": analysis,
+    result = {"run": str(run_dir), "task": task, "out": str(out), "split": cfg.eval.split, "targets": targets,
+              "measure": analysis["measure"], "analysis": analysis,
               "n_generated": n_gen, "upsample": f.upsample, "samples_per_epoch": n_train, "generation": gen_meta,
               "runs": runs, "seconds": round(time.time() - t0, 1)}
     (out / FIX_JSON).write_text(json.dumps(result, indent=2))

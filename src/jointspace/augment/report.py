@@ -18,7 +18,8 @@ def _f(v: float | None) -> str:
 def fix_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per run, target recalls, accuracy, macro recall, and the change."""
     targets = result["targets"]
-    header = ["run", *(f"recall {c}" for c in targets), "accuracy", "macro recall"]
+    overall = "accuracy" if result.get("task", "classify") == "classify" else "R@1 (all queries)"
+    header = ["run", *(f"recall {c}" for c in targets), overall, "macro recall"]
     before = result["runs"]["before"]
     rows = []
     for key, m in result["runs"].items():
@@ -41,7 +42,8 @@ def fix_table(result: dict) -> str:
     header, rows = fix_rows(result)
     lines = [f"Targets (lowest {a['split']} recall): {why}. Most confused on {a['split']}: {conf}.",
              (f"{result['n_generated']} generated images, source weight {result['upsample']:g}, "
-              f"{result['samples_per_epoch']} samples per epoch in every retrained run. Metrics on {result['split']}:"),
+              f"{result['samples_per_epoch']} samples per epoch in every retrained run. Metrics on {result['split']} "
+              f"({result.get('measure', 'prediction')}):"),
              "", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
