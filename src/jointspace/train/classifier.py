@@ -75,7 +75,7 @@ def train_classifier(cfg: RunConfig, overwrite: bool = False, show_progress: boo
     sampler = TrainSampler.from_config(cfg.data, train_data)  # data.sources weights with data.resampled
     n_steps_epoch = steps_or_fail(sampler.n_samples, cfg.train.batch_size)
     total_steps = n_steps_epoch * cfg.train.epochs
-    optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
     amp_ctx = autocast(device, cfg.train.amp)

@@ -205,7 +205,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     if n_steps_epoch <= 0:
         raise ValueError(f"train.batch_size={batch_size} exceeds the training samples of one epoch")
     total_steps = n_steps_epoch * cfg.train.epochs
-    optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     ckpt_dir = run_dir / "checkpoints"
 

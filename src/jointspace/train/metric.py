@@ -119,7 +119,7 @@ def train_metric(cfg: RunConfig, overwrite: bool = False, show_progress: bool = 
     write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds,
                              "class_names": train_data.class_names, "input_shape": list(shape),
                              "data_path": cfg.data.path, "n_params": n_params})
-    optimizer = build_optimizer(model, cfg.train, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.train)
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
     if loss_params:  # e.g. ArcFace's class centres W
         optimizer.add_param_group({"params": loss_params, "lr": cfg.metric.loss_lr or cfg.train.lr,

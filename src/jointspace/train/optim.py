@@ -10,15 +10,29 @@ from torch import nn
 from jointspace.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW; parameters with ndim < 2 (norms, biases, logit scale) get no weight decay."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW; parameters with ndim < 2 (norms, biases, logit scale) get no weight decay.
+
+    `fused` None: torch's fused kernel wherever it has one for the parameters' device (CUDA and, since
+    torch 2.4, CPU), the per-tensor loop otherwise. The update is the same; on CPU the fused kernel does
+    one pass over each tensor instead of about ten elementwise passes (see BENCHMARKS.md)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **kwargs)
+    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": 1e-8}
+    if fused is None:
+        devices = {p.device.type for g in groups for p in g["params"]}
+        floating = all(p.is_floating_point() for g in groups for p in g["params"])
+        fused = floating and bool(devices) and devices <= {"cuda", "cpu"}
+        if fused:
+            try:
+                return torch.optim.AdamW(groups, fused=True, **kwargs)
+            except (RuntimeError, ValueError):  # a torch build without the kernel for this device/dtype
+                pass
+        return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, fused=True, **kwargs) if fused else torch.optim.AdamW(groups, **kwargs)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
