@@ -72,3 +72,29 @@ def test_efficientnet_lite0_from_package_weights():
         assert torch.equal(loaded[k], ref[k]), k
     with torch.no_grad():
         assert tower(torch.rand(2, 1, 8, 8) * 2 - 1).shape == (2, 1280)  # grayscale 8x8 -> 3 x 32 x 32
+
+
+def test_openclip_text_skips_padding_after_the_last_end_of_text(tiny_clip_file):
+    """The causal text tower runs only up to the batch's last end-of-text token: pooled features and
+    every gradient equal those of open_clip's own forward over the whole padded context (float64)."""
+    import open_clip
+
+    name, path, _ = tiny_clip_file
+    tower = build_tower("openclip_text", model=name, pretrained=path).double()
+    assert tower.trims_padding
+    ids = open_clip.get_tokenizer(name)(["a cube", "a large red cone on the left", "! ! !"], context_length=16)
+    assert int(ids.argmax(1).max()) + 1 < 16  # there is padding to skip
+    seen = []
+    hook = tower.text.transformer.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    trimmed = tower(ids)
+    hook.remove()
+    assert seen == [int(ids.argmax(1).max()) + 1]
+    full = tower.text(ids)  # open_clip's forward, all 16 positions
+    torch.testing.assert_close(trimmed, full, rtol=1e-12, atol=1e-12)
+    params = [p for p in tower.parameters() if p.requires_grad]
+    g_trim = torch.autograd.grad((trimmed * torch.arange(trimmed.shape[1])).sum(), params)
+    g_full = torch.autograd.grad((full * torch.arange(full.shape[1])).sum(), params)
+    for a, b in zip(g_trim, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    tower.text.use_pad_mask = True  # a tower that is not plain causal + end-of-text pooling is not trimmed
+    assert not tower.trims_padding

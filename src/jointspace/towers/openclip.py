@@ -76,7 +76,37 @@ class OpenCLIPText(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if ids.shape[1] > self.context_length:
             raise ValueError(f"{ids.shape[1]} tokens exceed the model's context length {self.context_length}")
+        if self.trims_padding:
+            return self._forward_trimmed(ids)
         return self.text(F.pad(ids, (0, self.context_length - ids.shape[1])))  # its causal mask has a fixed size
+
+    @property
+    def trims_padding(self) -> bool:
+        """True for a causal text tower pooled at its end-of-text token (CLIP's): positions after the last
+        end-of-text token of the batch can change neither the pooled output nor any gradient (causal
+        attention looks only backwards), so they need not be computed at all."""
+        t = self.text
+        return (getattr(t, "attn_mask", None) is not None and getattr(t, "cls_emb", True) is None
+                and not getattr(t, "use_pad_mask", True) and getattr(t, "pool_type", None) in ("argmax", "eos")
+                and not getattr(t, "output_tokens", True) and hasattr(t, "transformer"))
+
+    def _forward_trimmed(self, ids: torch.Tensor) -> torch.Tensor:
+        """open_clip's TextTransformer.forward on the first L positions only, L = 1 + the last end-of-text
+        position in the batch: the same pooled features and gradients as on the padded context, with
+        the text tower's cost cut by the share of padding (CLIP captions are mostly padding)."""
+        from open_clip.transformer import text_global_pool
+
+        t = self.text
+        eos = ids.argmax(1) if t.pool_type == "argmax" else (ids == t.eos_id).int().argmax(1)
+        n = int(eos.max()) + 1
+        ids = ids[:, :n]
+        cast = t.transformer.get_cast_dtype()
+        x = t.token_embedding(ids).to(cast) + t.positional_embedding[:n].to(cast)
+        x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:n, :n]))
+        pooled = text_global_pool(x, ids, pool_type=t.pool_type, eos_token_id=getattr(t, "eos_id", None))
+        if t.text_projection is None:
+            return pooled
+        return t.text_projection(pooled) if isinstance(t.text_projection, nn.Linear) else pooled @ t.text_projection
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.text.set_grad_checkpointing(enable)
