@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := offline
 
-.PHONY: demo test install lint clean test-deps bench-search
+.PHONY: demo test install lint clean test-deps bench-search bench-train
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: $(STAMP) test-deps
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search.py
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/train_vs_openclip.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
