@@ -230,3 +230,28 @@ def test_chunked_upload_over_the_limit_is_refused(client):
 
     r = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+
+
+def test_running_server_sees_index_changes(tiny_index, tmp_path):
+    """`index delete` (any save into the folder) is picked up by a running server without a restart; a
+    folder that stops being a valid index leaves the server on the version it has."""
+    from jointspace.index.store import IndexStore
+
+    folder = tmp_path / "live"
+    shutil.copytree(tiny_index, folder)
+    with TestClient(create_app(folder, load_model=False, reload_every_s=0)) as c:
+        n0 = c.get("/healthz").json()["n_items"]
+        vec = [1.0] * 16
+        first = c.post("/search", json={"vector": vec, "k": 3}).json()["results"][0]["hits"][0]["key"]
+        store = IndexStore.open(folder)
+        removed = store.delete(keys=[first])
+        store.save()
+        assert removed == 3 and c.get("/healthz").json()["n_items"] == n0 - removed  # its 3 modalities
+        keys = [h["key"] for h in c.post("/search", json={"vector": vec, "k": 3}).json()["results"][0]["hits"]]
+        assert first not in keys and c.get(f"/items/{first}").status_code == 404
+        assert c.get("/stats").json()["reloads"] == 1
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps({**meta, "format": "something-else"}))
+        assert c.get("/healthz").json()["n_items"] == n0 - removed  # kept the good version
+        stats = c.get("/stats").json()
+        assert stats["reloads"] == 1 and "format" in stats["reload_error"]

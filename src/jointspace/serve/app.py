@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from jointspace.index.query import Encoder, QueryError, parse_vector
-from jointspace.index.store import IndexStore, IndexStoreError
+from jointspace.index.store import META_FILE, IndexStore, IndexStoreError
 from jointspace.serve.parsing import BadRequest, Query, SearchIn, SearchRequest, parse_search
 
 STATIC = Path(str(resources.files("jointspace") / "serve" / "static"))
@@ -89,11 +89,54 @@ def _fastapi(**kwargs) -> FastAPI:
     return FastAPIOffline(**kwargs)
 
 
+class LiveStore:
+    """The index folder as the server sees it: reopened when `index add` / `index delete` (or a rebuild)
+    has swapped a new version in, checked at most every `every_s` seconds. A version that fails to open
+    or was built with another model is not taken; the server keeps answering from the one it has."""
+
+    def __init__(self, path: str | Path, every_s: float = 1.0):
+        self.path, self.every_s = Path(path), every_s
+        self.store = IndexStore.open(self.path)
+        self.version, self.checked = self._version(), time.monotonic()
+        self.check_model: tuple[str, Path] | None = None
+        self.reloads, self.reload_error = 0, None
+        self._lock = threading.Lock()
+
+    def _version(self) -> tuple[int, int] | None:
+        try:
+            st = (self.path / META_FILE).stat()
+        except OSError:  # mid-swap: the folder is being replaced
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def get(self) -> IndexStore:
+        """The current store, reopened first if the folder changed since it was opened."""
+        if time.monotonic() - self.checked < self.every_s:
+            return self.store
+        with self._lock:
+            self.checked = time.monotonic()
+            version = self._version()
+            if version is None or version == self.version:
+                return self.store
+            try:
+                fresh = IndexStore.open(self.path)
+                if self.check_model:
+                    fresh.check_model(*self.check_model)
+            except (IndexStoreError, OSError) as err:
+                self.reload_error = f"{type(err).__name__}: {err}"
+                return self.store  # retried when the folder changes again
+            self.store, self.version, self.reload_error = fresh, version, None
+            self.reloads += 1
+            return self.store
+
+
 def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: str | None = None,
                max_upload_bytes: int = 8 * 1024 * 1024, max_k: int = 100, max_batch: int = 32,
-               device: str = "cpu", load_model: bool = True) -> FastAPI:
-    """The service for one index; the model is the index's own run (or `run_dir`, fingerprint-checked)."""
-    store = IndexStore.open(index_dir)
+               device: str = "cpu", load_model: bool = True, reload_every_s: float = 1.0) -> FastAPI:
+    """The service for one index; the model is the index's own run (or `run_dir`, fingerprint-checked).
+    Changes written to the index folder (`index add` / `delete`) are picked up within `reload_every_s`."""
+    live = LiveStore(index_dir, reload_every_s)
+    store = live.store
     encoder, model_note = None, None
     run = Path(run_dir) if run_dir else Path(store.meta.get("run_dir") or "")
     if not load_model:
@@ -101,6 +144,7 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     elif str(run) and (run / "model.safetensors").exists():
         encoder = Encoder.from_run(run, device)
         store.check_model(encoder.fingerprint, run)
+        live.check_model = (encoder.fingerprint, run)
     elif run_dir is not None:
         raise FileNotFoundError(f"{run_dir}: no model.safetensors; is it a finished jointspace run?")
     else:
@@ -126,7 +170,7 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     async def _bad_query(request: Request, err: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
-    def embed(q: Query) -> np.ndarray:
+    def embed(q: Query, store: IndexStore) -> np.ndarray:
         if q.vector is not None:
             return parse_vector(q.vector, store.dim)
         if encoder is None:
@@ -142,7 +186,8 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
 
     def run_search(req: SearchRequest) -> SearchOut:
         t0 = time.perf_counter()
-        vectors = np.concatenate([embed(q) for q in req.queries])
+        store = live.get()
+        vectors = np.concatenate([embed(q, store) for q in req.queries])
         hits = store.search(vectors, req.k, req.where)
         results = [Result(query=q.describe(), hits=[Hit(**h) for h in hs]) for q, hs in zip(req.queries, hits)]
         return SearchOut(results=results, took_ms=round((time.perf_counter() - t0) * 1000, 3))
@@ -161,7 +206,7 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     @app.get("/items/{key}", dependencies=[Depends(auth)])
     def item(key: str) -> dict:
         """Metadata of one sample and the modalities it is indexed under."""
-        found = store.get(key)
+        found = live.get().get(key)
         if found is None:
             raise HTTPException(404, f"item {key!r}: not in the index")
         return found
@@ -170,7 +215,7 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
              responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such item or preview"}})
     def thumbnail(key: str) -> Response:
         """PNG preview of a sample (its image, range image or feature frames)."""
-        png = store.preview(key)
+        png = live.get().preview(key)
         if png is None:
             raise HTTPException(404, f"item {key!r}: no thumbnail")
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
@@ -178,12 +223,13 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     @app.get("/healthz")
     def healthz() -> dict:
         """Liveness: the index is loaded."""
-        return {"status": "ok", "n_items": store.n_items}
+        return {"status": "ok", "n_items": live.get().n_items}
 
     @app.get("/stats", dependencies=[Depends(auth)])
     def stats() -> dict:
         """Index counts, model, limits and responses served by status class."""
-        return {**store.stats(), "model": str(encoder.run_dir) if encoder else None, "model_note": model_note,
+        return {**live.get().stats(), "model": str(encoder.run_dir) if encoder else None, "model_note": model_note,
+                "reloads": live.reloads, "reload_error": live.reload_error,
                 "query_modalities": encoder.kinds if encoder else {},
                 "limits": {"max_upload_bytes": max_upload_bytes, "max_k": max_k, "max_batch": max_batch},
                 "auth": bool(token), "uptime_s": round(time.time() - started, 1), "responses": dict(counts)}
@@ -201,5 +247,5 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
         return schema
 
     app.openapi = openapi
-    app.state.store, app.state.encoder = store, encoder
+    app.state.live, app.state.encoder = live, encoder
     return app
