@@ -169,6 +169,12 @@ def test_top_k_indices_matches_bruteforce() -> None:
 def test_query_indices_deterministic() -> None:
     np.testing.assert_array_equal(query_indices(60, 6), [0, 12, 24, 35, 47, 59])
     np.testing.assert_array_equal(query_indices(3, 6), [0, 1, 2])
+    labels = np.repeat([7, 3, 5], 20)  # 60 samples in class blocks: evenly spaced would repeat classes
+    qi = query_indices(60, 3, labels)
+    assert sorted(labels[qi].tolist()) == [3, 5, 7] and qi.tolist() == [30, 50, 10]  # middle of each class
+    many = query_indices(60, 5, labels)
+    assert len(set(many.tolist())) == 5 and set(labels[many[:3]].tolist()) == {3, 5, 7}
+    assert len(set(labels[query_indices(60, 2, labels)].tolist())) == 2
 
 
 def test_retrieval_grid_lidar(tmp_path: Path) -> None:

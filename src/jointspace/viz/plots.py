@@ -185,9 +185,23 @@ def top_k_indices(
     return order, np.take_along_axis(sims, order, axis=1)
 
 
-def query_indices(n: int, n_queries: int) -> np.ndarray:
-    """Evenly spaced, deterministic query indices into [0, n)."""
-    return np.unique(np.linspace(0, n - 1, num=min(n, n_queries)).round().astype(int))
+def query_indices(n: int, n_queries: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """Deterministic query indices into [0, n): evenly spaced, or with `labels` one query from each of up
+    to `n_queries` classes (classes evenly spread over the sorted class ids, each its middle sample),
+    topped up with evenly spaced others when there are fewer classes than queries."""
+    spaced = np.unique(np.linspace(0, n - 1, num=min(n, n_queries)).round().astype(int))
+    if labels is None:
+        return spaced
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    pick = classes[np.unique(np.linspace(0, len(classes) - 1, num=min(len(classes), n_queries)).round().astype(int))]
+    chosen = [int(np.flatnonzero(labels == c)[len(np.flatnonzero(labels == c)) // 2]) for c in pick]
+    for i in [*spaced.tolist(), *range(n)]:  # evenly spaced first, then any
+        if len(chosen) >= min(n, n_queries):
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return np.array(chosen, dtype=int)
 
 
 def _trim_audio(a: np.ndarray) -> np.ndarray:
@@ -247,7 +261,7 @@ def plot_retrieval_grid(
     q_emb, g_emb = npz_data[f"emb_{query_mod}"], npz_data[f"emb_{gallery_mod}"]
     labels = np.asarray(npz_data["labels"])
     names = [str(c) for c in npz_data.get("class_names", [])]
-    qi = query_indices(len(q_emb), n_queries)
+    qi = query_indices(len(q_emb), n_queries, labels)
     same = query_mod == gallery_mod
     nn, sims = top_k_indices(q_emb[qi], g_emb, k, exclude=qi if same else None)
     k = nn.shape[1]
