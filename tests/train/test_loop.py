@@ -96,6 +96,36 @@ def test_accumulation_keeps_all_negatives(tiny_cfg):
         torch.testing.assert_close(g1[n], g4[n], atol=1e-8, rtol=1e-6, msg=n)
 
 
+def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(tiny_cfg):
+    """The no-grad caching pass leaves BatchNorm running statistics alone: after an accumulated step they
+    are those of the gradient passes only (one update per micro-batch), not of both passes."""
+    import contextlib
+    import copy
+
+    from jointspace.data.dataset import load_split
+    from jointspace.losses import positive_mask
+    from jointspace.runs import build_from_info
+
+    cfg = tiny_cfg()  # the image tower's CNN has BatchNorm
+    data = load_split(cfg.data.path, "train", cfg.data.modalities, cfg.data.image_size, cfg.data.context_length)
+    torch.manual_seed(0)
+    model = build_from_info(cfg, {"kinds": data.kinds, "image_channels": 1}).train()
+    reference = copy.deepcopy(model)
+    batch = data.batch(torch.arange(32))
+    micro = [{k: v[i] for k, v in batch.items()} for i in torch.arange(32).chunk(2)]
+    accumulated_backward(model, BindingLoss([("image", "text"), ("image", "audio")]), micro,
+                         positive_mask(batch, "label"), contextlib.nullcontext())
+    with torch.no_grad():
+        for mb in micro:  # what the gradient passes alone do to the statistics
+            reference(mb)
+    norms = [(n, b) for n, b in model.named_buffers() if "running" in n or "num_batches" in n]
+    assert norms and any("num_batches_tracked" in n for n, _ in norms)
+    ref = dict(reference.named_buffers())
+    for n, b in norms:
+        torch.testing.assert_close(b, ref[n], rtol=0, atol=1e-6, msg=n)
+    assert all(int(b) == 2 for n, b in norms if n.endswith("num_batches_tracked"))
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_mid_epoch_resume_is_exact(tiny_cfg, streaming):
     """Stopped after step 4 of 6 (mid epoch 2) and resumed == trained straight through."""

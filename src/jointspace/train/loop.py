@@ -84,6 +84,23 @@ def split_kwargs(cfg: RunConfig) -> dict:
             "tokenizers": text_tokenizers(cfg.model)}
 
 
+@contextlib.contextmanager
+def frozen_norm_stats(model: torch.nn.Module):
+    """BatchNorm layers still normalise with batch statistics but leave their running statistics (and
+    batch count) as they were: the no-grad pass that caches features must not count a micro-batch twice."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0  # running = (1 - 0) x running + 0 x batch
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
 def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[dict], pos_mask,
                          amp_ctx, forward_model: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict]:
     """Backward over micro-batches with negatives from the whole accumulated batch (open_clip accum_freq).
@@ -101,7 +118,7 @@ def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[di
             loss, parts = loss_fn(emb, model.scale(), pos_mask, bias)
         loss.backward()
         return loss.detach(), parts
-    with torch.no_grad(), amp_ctx:
+    with torch.no_grad(), amp_ctx, frozen_norm_stats(model):
         cached = [model(mb) for mb in micro]
     for j, mb in enumerate(micro):
         sync = contextlib.nullcontext() if j == len(micro) - 1 or not hasattr(fwd, "no_sync") else fwd.no_sync()
