@@ -178,6 +178,16 @@ class CILPConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0.0)
 
 
+class IndexConfig(_Strict):
+    """Defaults of `jointspace index build RUN` for this run's index (its flags override them)."""
+
+    factory: str = "auto"  # 'auto' (exact below 50k vectors, IVF above) or a FAISS factory string
+    nprobe: int | None = Field(None, ge=1)  # IVF lists searched per query (None: nlist/256, at least 8)
+    splits: list[str] = Field(default_factory=list)  # splits to index (empty: all)
+    modalities: list[str] = Field(default_factory=list)  # modalities to index (empty: all the model has)
+    batch_size: int = Field(256, ge=1)
+
+
 class RunConfig(_Strict):
     name: str = "run"
     seed: int = 0
@@ -191,6 +201,7 @@ class RunConfig(_Strict):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     metric: MetricConfig = Field(default_factory=MetricConfig)
     cilp: CILPConfig = Field(default_factory=CILPConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
 
     @field_validator("name")
     @classmethod

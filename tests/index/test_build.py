@@ -125,3 +125,32 @@ def test_cli_verbs(tiny_run, digits_dir, tmp_path):
     assert r.exit_code == 0 and "deleted" in r.output, r.output
     r = runner.invoke(app, ["index", "info", out])
     assert r.exit_code == 0 and json.loads(r.output)["n_samples"] < 60
+
+
+def test_cli_build_takes_its_defaults_from_the_run_config_index_section(tiny_run, digits_dir, tmp_path):
+    """`index:` in the run's config (factory, nprobe, splits, modalities) sets `index build`'s defaults;
+    flags override them; a wrong field there names itself."""
+    import yaml
+
+    from jointspace.config import ConfigError, load_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["index"] = {"factory": "IVF4,Flat", "nprobe": 2, "splits": ["val"], "modalities": ["image", "text"]}
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    app = typer.Typer()
+    app.add_typer(index_app, name="index")
+    app.command()(search)
+    r = CliRunner().invoke(app, ["index", "build", str(run), str(digits_dir), "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    meta = IndexStore.open(tmp_path / "a").stats()
+    assert meta["factory"] == "IVF4,Flat" and meta["search"] == {"nprobe": 2}
+    assert set(meta["modalities"]) == {"image", "text"} and set(meta["splits"]) == {"val"}
+    r = CliRunner().invoke(app, ["index", "build", str(run), str(digits_dir), "--out", str(tmp_path / "b"),
+                                 "--factory", "Flat", "--split", "test", "--modality", "audio"])
+    assert r.exit_code == 0, r.output
+    meta = IndexStore.open(tmp_path / "b").stats()
+    assert meta["factory"] == "Flat" and set(meta["modalities"]) == {"audio"} and set(meta["splits"]) == {"test"}
+    with pytest.raises(ConfigError, match="index.nprobes"):
+        load_config(run / "config.yaml", ["index.nprobes=3"])

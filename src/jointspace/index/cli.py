@@ -46,19 +46,28 @@ def index_build(
     out: Annotated[Path, typer.Option("--out", help="index folder to write")],
     split: SplitOpt = None,
     modality: ModalityOpt = None,
-    factory: Annotated[str, typer.Option(help="'auto' (exact below 50k vectors, IVF above) or a FAISS factory "
-                                         "string, e.g. Flat, IVF1024,Flat, HNSW32, IVF4096,PQ32")] = "auto",
-    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists searched per query (default: "
-                                               "nlist/256, at least 8); more = better recall, slower")] = None,
-    batch_size: int = 256,
+    factory: Annotated[str | None, typer.Option(help="'auto' (exact below 50k vectors, IVF above) or a FAISS "
+                                                "factory string, e.g. Flat, IVF1024,Flat, HNSW32, IVF4096,PQ32 "
+                                                "(default: the run config's index.factory, else auto)")] = None,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists searched per query (default: index.nprobe, "
+                                               "else nlist/256, at least 8); more = better recall, slower")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="default: index.batch_size (256)")] = None,
     device: str = "cpu",
     overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
 ) -> None:
-    """Embed every sample of the chosen splits and modalities into a new index, written atomically."""
+    """Embed every sample of the chosen splits and modalities into a new index, written atomically.
+    Settings not given as flags come from the `index:` section of the run's config."""
+    from jointspace.config import load_config
     from jointspace.index.build import build_index
+    from jointspace.runs import CONFIG
 
     t0 = time.time()
-    store = build_index(run, shards, out, split, modality, factory, batch_size, device, overwrite, nprobe=nprobe)
+    ic = load_config(run / CONFIG).index if (run / CONFIG).exists() else None
+    if ic is not None:
+        factory, nprobe = factory or ic.factory, nprobe or ic.nprobe
+        batch_size, split, modality = batch_size or ic.batch_size, split or ic.splits or None, modality or ic.modalities or None
+    store = build_index(run, shards, out, split, modality, factory or "auto", batch_size or 256, device, overwrite,
+                        nprobe=nprobe)
     s = store.stats()
     console.print(f"wrote {out}: {s['n_items']} items ({s['n_samples']} samples; {s['modalities']}), "
                   f"{s['factory']} {s['search'] or ''}, model {s['fingerprint'][:12]} in {time.time() - t0:.1f}s")
