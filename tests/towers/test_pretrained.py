@@ -98,3 +98,21 @@ def test_openclip_text_skips_padding_after_the_last_end_of_text(tiny_clip_file):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     tower.text.use_pad_mask = True  # a tower that is not plain causal + end-of-text pooling is not trimmed
     assert not tower.trims_padding
+
+
+def test_hf_text_skips_trailing_padding(tiny_bert_dir):
+    """Positions after the batch's longest caption are masked anyway: skipping them changes nothing."""
+    folder, _ = tiny_bert_dir
+    tower = build_tower("hf_text", path=str(folder)).double().eval()
+    ids = make_tokenizer(16, f"hf:{folder}")(["a cube", "a large red cone on the left"])
+    assert (ids[:, -4:] == tower.pad_id).all()  # padding to skip
+    seen = []
+    hook = tower.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]),
+                                                 with_kwargs=True)
+    out = tower(ids)
+    hook.remove()
+    assert seen[0] < 16
+    mask = (ids != tower.pad_id).long()
+    h = tower.model(input_ids=ids, attention_mask=mask).last_hidden_state  # the whole padded context
+    ref = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

@@ -46,6 +46,9 @@ class HFTextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         mask = ids != self.pad_id
+        # trailing padding shared by the whole batch is masked out of attention and pooling anyway: skip it
+        n = int((mask * torch.arange(1, ids.shape[1] + 1, device=ids.device)).amax()) if ids.numel() else 0
+        ids, mask = ids[:, : max(n, 1)], mask[:, : max(n, 1)]
         h = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         if self.pool == "cls":
             return h[:, 0]
