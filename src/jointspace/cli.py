@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from importlib import resources
@@ -13,6 +12,7 @@ import typer
 from rich.console import Console
 
 from jointspace.augment.cli import augment_app
+from jointspace.cli_errors import friendly
 from jointspace.index.cli import index_app, search, serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
@@ -23,24 +23,7 @@ app.add_typer(augment_app, name="augment")
 app.command()(search)
 app.command()(serve)
 console = Console()
-
-
-def _friendly(fn):
-    """Turn expected user errors into one red line and exit code 2, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from jointspace.config import ConfigError
-        from jointspace.data.shards import DataError
-        from jointspace.train.loop import NonFiniteLossError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, DataError, NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as err:
-            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
+_friendly = friendly(console)
 
 
 def builtin_config(name: str) -> Path:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -188,10 +190,31 @@ class IndexConfig(_Strict):
     batch_size: int = Field(256, ge=1)
 
 
-class RunConfig(_Strict):
+def plain_folder_name(v: str) -> str:
+    """A run or variant name becomes a folder: no path separators, not hidden, not empty."""
+    if not v or "/" in v or v.startswith("."):
+        raise ValueError("must be a plain folder name")
+    return v
+
+
+class RunFolder(_Strict):
+    """What every kind of run has: a name (its folder under `output_dir`) and a seed."""
+
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return plain_folder_name(v)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+class RunConfig(RunFolder):
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -202,17 +225,6 @@ class RunConfig(_Strict):
     metric: MetricConfig = Field(default_factory=MetricConfig)
     cilp: CILPConfig = Field(default_factory=CILPConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("must be a plain folder name")
-        return v
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
 
 
 class VariantConfig(_Strict):
@@ -225,9 +237,7 @@ class VariantConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("must be a plain folder name")
-        return v
+        return plain_folder_name(v)
 
 
 class GridConfig(_Strict):
@@ -279,28 +289,35 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
     """Validate a nested dict into a RunConfig; errors name every offending field."""
+    return validate_config(RunConfig, raw, source)
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """A YAML mapping from a file; a missing file, bad YAML or a non-mapping is a ConfigError naming the file."""
     try:
-        return RunConfig.model_validate(raw)
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what} file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return raw
+
+
+def validate_config(model: type[M], raw: dict, source: str) -> M:
+    """Validate a nested dict into `model`; errors name every offending field."""
+    try:
+        return model.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or defaults when `path` is None) and apply CLI overrides."""
-    raw: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        source = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+    raw = {} if path is None else read_yaml(path)
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source)
+    return config_from_dict(raw, "<defaults>" if path is None else str(path))
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
@@ -310,18 +327,7 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 def load_grid(path: str | Path) -> GridConfig:
     """Load a `jointspace compare` grid file; errors name the field."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such grid file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    try:
-        grid = GridConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, str(path))) from None
+    grid = validate_config(GridConfig, read_yaml(path, "grid"), str(path))
     names = [v.name for v in grid.variants]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

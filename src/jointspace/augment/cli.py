@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from jointspace.cli_errors import friendly
+
 augment_app = typer.Typer(no_args_is_help=True, help="Diffusion models for augmentation: train, sample, fix a run.")
 console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="augment YAML (default: built-in defaults)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.steps=500")]
-
-
-def _friendly(fn):
-    """Expected user errors -> one red line and exit code 2, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from jointspace.config import ConfigError
-        from jointspace.data.shards import DataError
-        from jointspace.train.loop import NonFiniteLossError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, DataError, NonFiniteLossError, FileExistsError, FileNotFoundError, ValueError) as err:
-            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
+_friendly = friendly(console)
 
 
 @augment_app.command("train")

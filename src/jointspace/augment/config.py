@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from jointspace.config import ConfigError, _format_errors, _Strict, apply_overrides
+from jointspace.config import RunFolder, _Strict, apply_overrides, read_yaml, validate_config
 
 
 class DiffusionDataConfig(_Strict):
@@ -78,46 +78,20 @@ class FixConfig(_Strict):
     retrain_set: list[str] = Field(default_factory=list)  # extra overrides for the retrained runs
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(RunFolder):
     name: str = "diffusion"
-    seed: int = 0
-    output_dir: str = "runs"
     data: DiffusionDataConfig = Field(default_factory=DiffusionDataConfig)
     model: UNetConfig = Field(default_factory=UNetConfig)
     train: DiffusionTrainConfig = Field(default_factory=DiffusionTrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     fix: FixConfig = Field(default_factory=FixConfig)
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not v or "/" in v or v.startswith("."):
-            raise ValueError("must be a plain folder name")
-        return v
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
 
 def load_augment_config(path: str | Path | None, overrides: list[str] | None = None) -> AugmentConfig:
     """Load an augment YAML (or defaults when `path` is None) with `a.b=value` overrides; errors name fields."""
-    raw: dict = {}
-    source = "<defaults>" if path is None else str(path)
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+    raw = {} if path is None else read_yaml(path)
     raw = apply_overrides(raw, overrides or [])
-    try:
-        return AugmentConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+    return validate_config(AugmentConfig, raw, "<defaults>" if path is None else str(path))
 
 
 def save_augment_config(cfg: AugmentConfig, path: Path) -> None:

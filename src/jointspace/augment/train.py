@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from torch import nn
 from jointspace.augment.config import AugmentConfig, save_augment_config
 from jointspace.augment.model import build_unet, load_images, scheduler_config, unet_kwargs
 from jointspace.data.dataset import epoch_batches
-from jointspace.runs import CONFIG, WEIGHTS, resolve_device, write_run_info
-from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir, resolve_device, write_run_info
+from jointspace.train.checkpoint import latest_checkpoint, resume_latest, save_checkpoint, save_tensors
 from jointspace.train.common import progress_bar, write_done
 from jointspace.train.loop import NonFiniteLossError
 from jointspace.train.optim import warmup_cosine
@@ -67,16 +66,6 @@ def diffusion_loss(unet: nn.Module, noise_sched, images: torch.Tensor, labels: t
     return F.mse_loss(pred.float(), noise.to(device))
 
 
-def _start(cfg: AugmentConfig, resume: bool, overwrite: bool) -> Path:
-    run_dir = cfg.run_dir
-    if run_dir.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} exists: pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = False,
                     show_progress: bool = True) -> Path:
     """Train the configured diffusion model on the images of `data.path`; returns the run folder.
@@ -87,7 +76,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
 
     t_start = time.time()
     tc = cfg.train
-    run_dir = _start(cfg, resume, overwrite)
+    run_dir = prepare_run_dir(cfg.run_dir, resume, overwrite)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
@@ -105,11 +94,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
     ckpt_dir = run_dir / "checkpoints"
     step = 0
     if resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
-        saved = load_checkpoint(latest, state, optimizer)
-        lr_sched.load_state_dict(saved["scheduler"])
+        saved = resume_latest(ckpt_dir, state, optimizer, lr_sched)
         step = saved["step"]
     else:
         save_augment_config(cfg, run_dir / CONFIG)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -12,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from jointspace.cli_errors import friendly
+
 index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect a search index (FAISS + SQLite).")
 console = Console()
 WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="metadata filter key=value, repeatable "
@@ -19,23 +20,7 @@ WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="metadata fi
 SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="split to index, repeatable (default: all)")]
 ModalityOpt = Annotated[list[str] | None, typer.Option("--modality", help="modality to index, repeatable "
                                                        "(default: every modality of the model in the data)")]
-
-
-def _friendly(fn):
-    """Expected user errors -> one red line and exit code 2, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from jointspace.config import ConfigError
-        from jointspace.data.shards import DataError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as err:
-            console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
-            raise typer.Exit(2) from None
-
-    return wrapper
+_friendly = friendly(console)
 
 
 @index_app.command("build")

@@ -170,3 +170,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     if restore_rng and "rng" in state:
         set_rng_state(extra, state["rng"])
     return state
+
+
+def resume_latest(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """Restore model, optimizer, RNG and LR scheduler from the latest checkpoint; returns its state.json."""
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
+    state = load_checkpoint(latest, model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    return state

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -22,10 +21,10 @@ from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
 from jointspace.losses import BindingLoss, binding_pairs, positive_mask
 from jointspace.model import JointModel, text_tokenizers
-from jointspace.runs import CONFIG, WEIGHTS, build_from_info, resolve_device, write_run_info
+from jointspace.runs import CONFIG, WEIGHTS, build_from_info, prepare_run_dir, resolve_device, write_run_info
 from jointspace.towers.lora import parameter_summary
 from jointspace.train.batches import InMemoryBatches, StreamedBatches
-from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_tensors
+from jointspace.train.checkpoint import latest_checkpoint, resume_latest, save_checkpoint, save_tensors
 from jointspace.train.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
 from jointspace.train.optim import build_optimizer, build_scheduler
 from jointspace.train.tracking import Tracker
@@ -157,16 +156,6 @@ def _text_key(data: SplitData) -> str | None:
     return next((m for m, k in data.kinds.items() if k == "text"), None)
 
 
-def _prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
-    run_dir = cfg.run_dir
-    if run_dir.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} exists: pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, dist_info: DistInfo) -> bool:
     """True when loss and gradient norm are finite on every rank."""
     ok = torch.tensor(float(torch.isfinite(loss) and torch.isfinite(grad_norm)))
@@ -183,7 +172,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         device = torch.device("cuda", dist_info.local_rank)
     main = dist_info.is_main
     if main:
-        run_dir = _prepare_run_dir(cfg, resume, overwrite)
+        run_dir = prepare_run_dir(cfg.run_dir, resume, overwrite)
     barrier(dist_info)
     run_dir = cfg.run_dir
     if cfg.train.num_threads:
@@ -228,11 +217,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
 
     start_epoch, step, skip = 0, 0, 0
     if resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
-        state = load_checkpoint(latest, model, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
+        state = resume_latest(ckpt_dir, model, optimizer, scheduler)
         start_epoch, step, skip = state["epoch"], state["step"], state.get("batch_in_epoch", 0)
     elif main:
         save_config(cfg, run_dir / CONFIG)

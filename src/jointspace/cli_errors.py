@@ -1,0 +1,31 @@
+"""How every command reports an expected user error: one red line naming it, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+
+
+def friendly(console: Console) -> Callable[[Callable], Callable]:
+    """Decorator for typer commands: config, data, non-finite-loss, file and value errors -> one line, exit 2."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            from jointspace.config import ConfigError
+            from jointspace.data.shards import DataError
+            from jointspace.train.loop import NonFiniteLossError
+
+            try:
+                return fn(*args, **kwargs)
+            except (ConfigError, DataError, NonFiniteLossError, FileExistsError, FileNotFoundError,
+                    ValueError) as err:
+                console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
+                raise typer.Exit(2) from None
+
+        return wrapper
+
+    return decorate
