@@ -88,7 +88,7 @@ class OpenCLIPText(nn.Module):
         t = self.text
         return (getattr(t, "attn_mask", None) is not None and getattr(t, "cls_emb", True) is None
                 and not getattr(t, "use_pad_mask", True) and getattr(t, "pool_type", None) in ("argmax", "eos")
-                and not getattr(t, "output_tokens", True) and hasattr(t, "transformer"))
+                and not getattr(t, "output_tokens", True) and hasattr(t, "transformer") and _has_text_pool())
 
     def _forward_trimmed(self, ids: torch.Tensor) -> torch.Tensor:
         """open_clip's TextTransformer.forward on the first L positions only, L = 1 + the last end-of-text
@@ -110,6 +110,13 @@ class OpenCLIPText(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.text.set_grad_checkpointing(enable)
+
+
+def _has_text_pool() -> bool:
+    """open_clip versions with `transformer.text_global_pool` (the pooling the trimmed forward reuses)."""
+    import open_clip.transformer
+
+    return hasattr(open_clip.transformer, "text_global_pool")
 
 
 @register_tower("openclip_image")
