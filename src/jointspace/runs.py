@@ -60,11 +60,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
-    """Create the run folder; an existing one is kept to resume, replaced with `overwrite`, else refused."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, can_resume: bool = True) -> Path:
+    """Create the run folder; an existing one is kept to resume, replaced with `overwrite`, else refused
+    (the error names the flags the command has: `can_resume` False for commands without --resume)."""
     if run_dir.exists() and not resume:
         if not overwrite:
-            raise FileExistsError(f"{run_dir} exists: pass --resume to continue it or --overwrite to replace it")
+            hint = "pass --resume to continue it or --overwrite to replace it" if can_resume else \
+                "pass --overwrite to replace it"
+            raise FileExistsError(f"{run_dir} exists: {hint}")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jointspace.config import RunConfig, save_config
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
-from jointspace.runs import CONFIG
+from jointspace.runs import CONFIG, prepare_run_dir
 from jointspace.train.checkpoint import atomic_write_text
 from jointspace.train.loop import NonFiniteLossError, prepare_data, split_kwargs
 from jointspace.train.tracking import Tracker
@@ -23,12 +22,7 @@ DONE = "done.json"
 
 def start_run(cfg: RunConfig, overwrite: bool = False) -> Path:
     """Create the run folder (refusing to replace one unless `overwrite`) and write the resolved config."""
-    run_dir = cfg.run_dir
-    if run_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} exists: pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir = prepare_run_dir(cfg.run_dir, resume=False, overwrite=overwrite, can_resume=False)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     save_config(cfg, run_dir / CONFIG)
