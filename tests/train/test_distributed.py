@@ -71,6 +71,18 @@ COMMON = textwrap.dedent("""
 """)
 
 
+# torchrun picks its rendezvous and store ports as free ports and binds them a moment later; another
+# process can take one in between. Only that failure is retried (once); any other failure stands.
+PORT_RACE = ("EADDRINUSE", "Address already in use", "address already in use")
+
+
+def run_torchrun(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 and any(s in proc.stderr for s in PORT_RACE):
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
 CASES = [("infonce", False, "label"), ("infonce", True, "label"), ("infonce", True, "instance"),
          ("siglip", False, "label")]
 
@@ -81,7 +93,7 @@ def test_two_process_gradients_match_single_process(tmp_path):
     cases = [f"{k},{int(loc)},{m}" for k, loc, m in CASES]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", str(tmp_path / "worker.py"), str(tmp_path), *cases]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240)
+    proc = run_torchrun(cmd, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sys.path.insert(0, str(tmp_path))
     try:
@@ -117,7 +129,7 @@ def test_torchrun_training_matches_single_process(tiny_cfg, tmp_path):
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
            "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Same loss at every step; weights equal but for the few elements whose gradient is ~0, where Adam's
     # normalisation (m / sqrt(v)) turns float-rounding differences into lr-sized steps.
@@ -145,7 +157,7 @@ def test_torchrun_streaming_training_runs(tiny_cfg, tmp_path):
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
            "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["split"] == "train"] == [1, 2, 3, 4]  # 2 steps/epoch, rank 0 only
