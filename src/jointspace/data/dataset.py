@@ -51,16 +51,22 @@ class SplitData:
         )
 
 
+def first_of_kind(kinds: dict[str, str], kind: str) -> str | None:
+    """The first modality of a kind ("image", "text", ...) in a {modality: kind} mapping, or None."""
+    return next((m for m, k in kinds.items() if k == kind), None)
+
+
 def to_inputs(
     values: dict[str, list], kinds: dict[str, str], image_size: int, context_length: int, max_frames: int,
-    tokenizers: dict[str, str] | None = None,
+    tokenizers: dict[str, str] | None = None, image_channels: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Convert decoded per-modality lists into model input tensors by kind (text: `tokenizers[name]` spec)."""
+    """Convert decoded per-modality lists into model input tensors by kind (text: `tokenizers[name]` spec;
+    images: at least `image_channels` channels)."""
     inputs: dict[str, torch.Tensor] = {}
     for name, vals in values.items():
         kind = kinds[name]
         if kind == "image":
-            inputs[name] = T.image_to_tensor(vals, image_size)
+            inputs[name] = T.image_to_tensor(vals, image_size, image_channels)
         elif kind == "text":
             inputs[name] = T.make_tokenizer(context_length, (tokenizers or {}).get(name))(vals)
         elif kind == "sequence":

@@ -68,11 +68,11 @@ class ShardStream(IterableDataset):
                  image_channels: int | None = None):
         super().__init__()
         self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
-        self.shard_probs, self.label_lookup, self.image_channels = shard_probs, label_lookup, image_channels
+        self.shard_probs, self.label_lookup = shard_probs, label_lookup or {}
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.resampled, self.skip_batches, self.shuffle_buffer = resampled, skip_batches, shuffle_buffer
         self.convert = {"image_size": image_size, "context_length": context_length, "max_frames": max_frames,
-                        "tokenizers": tokenizers}
+                        "tokenizers": tokenizers, "image_channels": image_channels}
         self.stats = ReadStats()
 
     def _worker(self) -> tuple[int, int]:
@@ -104,11 +104,8 @@ class ShardStream(IterableDataset):
     def _read(self, shards: Iterable[str]) -> Iterator[dict]:
         """Samples of these shards in order; labels re-indexed by their shard's `label_lookup` (the
         classes of several `data.sources` unified by name)."""
-        if self.label_lookup is None and isinstance(shards, list):
-            yield from iter_samples(shards, self.stats, list(self.kinds))
-            return
         for url in shards:  # one at a time: a resampled stream of shards is endless
-            lookup = (self.label_lookup or {}).get(url)
+            lookup = self.label_lookup.get(url)
             for sample in iter_samples([url], self.stats, list(self.kinds)):
                 if lookup is not None:
                     sample["label"] = int(lookup[sample["label"]])
@@ -119,9 +116,6 @@ class ShardStream(IterableDataset):
         expanded to `image_channels` when sources mix grey and colour)."""
         values = {m: [s[m] for s in samples] for m in self.kinds}
         batch: dict = to_inputs(values, self.kinds, **self.convert)
-        for m, kind in self.kinds.items():
-            if kind == "image" and self.image_channels and batch[m].shape[1] == 1 < self.image_channels:
-                batch[m] = batch[m].expand(-1, self.image_channels, -1, -1).contiguous()
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["key"] = [s["key"] for s in samples]
         return batch

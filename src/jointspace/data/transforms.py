@@ -12,8 +12,9 @@ import torch.nn.functional as F
 KINDS = ("image", "text", "sequence", "range")
 
 
-def image_to_tensor(arrays: list[np.ndarray], size: int) -> torch.Tensor:
-    """uint8 images [H, W] or [H, W, C] -> float [N, C, size, size] in [-1, 1]."""
+def image_to_tensor(arrays: list[np.ndarray], size: int, channels: int | None = None) -> torch.Tensor:
+    """uint8 images [H, W] or [H, W, C] -> float [N, C, size, size] in [-1, 1]; grey images are expanded
+    to the most channels in the batch, or to `channels` when that is more (sources mixing grey and colour)."""
     out = []
     for arr in arrays:
         t = torch.from_numpy(np.array(arr, dtype=np.float32))
@@ -21,7 +22,7 @@ def image_to_tensor(arrays: list[np.ndarray], size: int) -> torch.Tensor:
         if t.shape[-2:] != (size, size):
             t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False)[0]
         out.append(t)
-    channels = max(t.shape[0] for t in out)
+    channels = max(channels or 1, *(t.shape[0] for t in out))
     out = [t.expand(channels, -1, -1) if t.shape[0] == 1 else t for t in out]
     return torch.stack(out) / 127.5 - 1.0
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from jointspace.config import RunConfig
-from jointspace.data.dataset import SplitData
+from jointspace.data.dataset import SplitData, first_of_kind
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
@@ -66,7 +66,7 @@ class StreamedBatches:
                 raise DataError(f"{p}: modalities {missing} not in this dataset (has: {', '.join(info['modalities'])})")
             if {m: info["modalities"][m] for m in self.kinds} != self.kinds:
                 raise DataError(f"data.sources: modalities differ ({info['modalities']} vs {stored})")
-        self.text_key = next((m for m, k in self.kinds.items() if k == "text"), None)
+        self.text_key = first_of_kind(self.kinds, "text")
         per_source = [split_urls(p, "train") for p in paths]
         self.urls = [u for urls in per_source for u in urls]
         sizes = [info["splits"]["train"]["n_samples"] for info in infos]
@@ -87,15 +87,12 @@ class StreamedBatches:
 
     def _image_channels(self, per_source: list[list[str]]) -> int | None:
         """Channels of the image modality: the most over the first sample of every source."""
-        image = next((m for m, k in self.kinds.items() if k == "image"), None)
+        image = first_of_kind(self.kinds, "image")
         if image is None:
             return None
-        channels = 1
-        for urls in per_source:
-            sample = next(iter_samples(urls[:1], ReadStats(), list(self.kinds)), None)
-            if sample is not None:
-                channels = max(channels, 1 if np.asarray(sample[image]).ndim == 2 else np.asarray(sample[image]).shape[-1])
-        return channels
+        firsts = [next(iter_samples(urls[:1], ReadStats(), list(self.kinds)), None) for urls in per_source]
+        shapes = [np.shape(s[image]) for s in firsts if s is not None]
+        return max([1, *(shape[-1] for shape in shapes if len(shape) == 3)])
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask) per step, from step `skip` on."""
