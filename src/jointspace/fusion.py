@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.config import FusionConfig, ModelConfig, TowerConfig
+from jointspace.data.dataset import first_of_kind
 from jointspace.model import DEFAULT_TOWERS, build_model
 from jointspace.towers.image import ConvNet
 
@@ -187,7 +188,7 @@ def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], in_chans: dict[str,
         if tcfg.name == "range_cnn":
             params.setdefault("in_chans", in_chans.get(m, 1))
         towers[m] = tcfg.model_copy(update={"params": params})  # keeps freeze / lora / grad_checkpointing
-    image = next((m for m, k in kinds.items() if k == "image"), None)
+    image = first_of_kind(kinds, "image")
     joint = build_model(mcfg.model_copy(update={"towers": towers, "embed_dim": embed_dim}), kinds,
                         image_channels=in_chans.get(image) if image else None,
                         image_size=image_size if image else None)

@@ -10,6 +10,7 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
+from jointspace.data.dataset import first_of_kind
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
 
 # ---- inspecting ----
@@ -90,7 +91,7 @@ def class_grid(root: Path, split: str, out_png: Path, per_class: int = 8, max_cl
     from matplotlib.figure import Figure
 
     info = read_info(root)
-    image = next((m for m, k in info.get("modalities", {}).items() if k == "image"), None)
+    image = first_of_kind(info.get("modalities", {}), "image")
     if image is None:
         raise DataError(f"{root}: no image modality to show (has: {', '.join(info.get('modalities', {}))})")
     names = [str(c) for c in info.get("class_names", [])]

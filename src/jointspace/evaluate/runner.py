@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.data.dataset import SplitData, load_split, remap_info
+from jointspace.data.dataset import SplitData, first_of_kind, load_split, remap_info
 from jointspace.data.shards import read_info
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
 from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split
@@ -68,7 +68,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
                                       chunk_size=cfg.eval.chunk_size),
     }
     dataset_info = remap_info(read_info(root), cfg.data.label_map)
-    text_mod = next((m for m, k in data.kinds.items() if k == "text"), None)
+    text_mod = first_of_kind(data.kinds, "text")
     prompts = class_prompts(dataset_info)
     if cfg.eval.zero_shot and text_mod and prompts:
         class_emb = embed_class_prompts(model, text_mod, prompts, cfg.data.context_length, dev,

@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
+from jointspace.data.dataset import first_of_kind
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore, IndexStoreError, index_ivf
@@ -102,7 +103,7 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
     if bad:
         raise DataError(f"{root}: modalities {bad} are not in both the data ({', '.join(kinds)}) "
                         f"and the model ({', '.join(encoder.kinds)})")
-    text_mod = next((m for m, k in kinds.items() if k == "text"), None)
+    text_mod = first_of_kind(kinds, "text")
     preview_mod = next((m for kind in PREVIEW_KINDS for m, k in kinds.items() if k == kind), None)
     stats = ReadStats(n_expected=sum(info.get("splits", {}).get(s, {}).get("n_samples", 0) for s in splits) or None)
     chunks: list[np.ndarray] = []

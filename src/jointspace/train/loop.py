@@ -14,7 +14,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jointspace.config import RunConfig, save_config
-from jointspace.data.dataset import SplitData, load_split
+from jointspace.data.dataset import SplitData, first_of_kind, load_split
 from jointspace.data.shards import read_info
 from jointspace.data.sources import load_sources
 from jointspace.evaluate.embed import embed_split
@@ -153,7 +153,7 @@ def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunC
 
 
 def _text_key(data: SplitData) -> str | None:
-    return next((m for m, k in data.kinds.items() if k == "text"), None)
+    return first_of_kind(data.kinds, "text")
 
 
 def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, dist_info: DistInfo) -> bool:
@@ -199,7 +199,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
                           cfg.train.local_loss)
     val_loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
-    text_key = next((m for m, k in kinds.items() if k == "text"), None)
+    text_key = first_of_kind(kinds, "text")
 
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
