@@ -26,7 +26,7 @@ from jointspace.augment.config import AugmentConfig
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler
 from jointspace.config import RunConfig, apply_overrides, config_from_dict, load_config
-from jointspace.data.dataset import load_split
+from jointspace.data.dataset import first_of_kind, load_split
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.runs import CONFIG, WEIGHTS, read_run_info
@@ -52,7 +52,7 @@ def _val_split(cfg: RunConfig) -> str:
 
 def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
     """(image query modality, gallery modality) a contrastive run is judged by: text first, else the next one."""
-    image = next((m for m, k in kinds.items() if k == "image"), None)
+    image = first_of_kind(kinds, "image")
     others = sorted((m for m in kinds if m != image), key=lambda m: kinds[m] != "text")
     if image is None or not others:
         raise ValueError(f"augment fix on a contrastive run needs an image modality and another one (has {kinds})")
@@ -158,9 +158,10 @@ def _run_metrics(run_dir: Path, split: str, targets: list[str]) -> dict:
     """Accuracy, macro recall and the targets' recall on `split` (the classifier's report, or retrieval)."""
     report = run_dir / f"classification_{split}.json"
     if run_task(run_dir) == "classify" and report.exists():
-        per = json.loads(report.read_text())["per_class"]
-        return {"run": str(run_dir), "accuracy": json.loads(report.read_text())["top1"],
-                "macro_recall": per["macro avg"]["recall"], "recall": {c: per[c]["recall"] for c in targets}}
+        rep = json.loads(report.read_text())
+        per = rep["per_class"]
+        return {"run": str(run_dir), "accuracy": rep["top1"], "macro_recall": per["macro avg"]["recall"],
+                "recall": {c: per[c]["recall"] for c in targets}}
     a = analyse_split(run_dir, split)
     found = [r for r in a["recall"].values() if r is not None]
     return {"run": str(run_dir), "accuracy": a["accuracy"], "macro_recall": float(np.mean(found)),

@@ -22,17 +22,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = Non
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": 1e-8}
-    if fused is None:
-        devices = {p.device.type for g in groups for p in g["params"]}
-        floating = all(p.is_floating_point() for g in groups for p in g["params"])
-        fused = floating and bool(devices) and devices <= {"cuda", "cpu"}
-        if fused:
-            try:
-                return torch.optim.AdamW(groups, fused=True, **kwargs)
-            except (RuntimeError, ValueError):  # a torch build without the kernel for this device/dtype
-                pass
-        return torch.optim.AdamW(groups, **kwargs)
-    return torch.optim.AdamW(groups, fused=True, **kwargs) if fused else torch.optim.AdamW(groups, **kwargs)
+    params = decay + no_decay
+    auto = fused is None
+    if auto:
+        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # a torch build without the kernel for this device/dtype
+            if not auto:
+                raise
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
