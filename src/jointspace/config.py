@@ -35,6 +35,9 @@ class DataConfig(_Strict):
     image_size: int = 32
     context_length: int = 16
     max_frames: int = 96
+    max_points: int = Field(1024, ge=1)  # point clouds: longer clouds are thinned by an even stride
+    max_range: float | None = Field(None, gt=0.0)  # range images / point clouds: metres that map to 1
+    # (None: dataset.json's `max_range`, else the train split's largest range; recorded in run.json)
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     label_map: dict[str, str] = Field(default_factory=dict)  # {old class name: new class name}: merge classes
     sources: list[SourceConfig] = Field(default_factory=list)  # train split from several shard folders

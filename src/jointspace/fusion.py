@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.config import FusionConfig, ModelConfig, TowerConfig
-from jointspace.data.dataset import first_of_kind
-from jointspace.model import DEFAULT_TOWERS, build_model
+from jointspace.kinds import Prep, get_kind, input_channels, with_role
+from jointspace.model import build_towers, tower_config
+from jointspace.towers import tower_parameters
+from jointspace.towers.heads import build_head
 from jointspace.towers.image import ConvNet
-
-SPATIAL_KINDS = ("image", "range")
-CONV_TOWERS = ("cnn", "range_cnn")
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -176,48 +175,54 @@ class TransformerFusion(FusionClassifier):
         return self.ln(self.encoder(x))[:, 0]
 
 
-def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], in_chans: dict[str, int], embed_dim: int,
-                   downsample: str | None = None, image_size: int | None = None) -> ModalityEncoders:
-    """Towers + heads as the contrastive model builds them (`model.towers`), `downsample` forced if given."""
+def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], prep: Prep, embed_dim: int,
+                   downsample: str | None = None) -> ModalityEncoders:
+    """Towers + heads as the contrastive model builds them (`model.towers`); `downsample` forced on the
+    towers that take it, if given."""
     towers: dict[str, TowerConfig] = {}
     for m, kind in kinds.items():
-        tcfg = mcfg.towers.get(m) or TowerConfig(name=DEFAULT_TOWERS[kind])
-        params = dict(tcfg.params)
-        if downsample is not None and tcfg.name in CONV_TOWERS:
-            params["downsample"] = downsample
-        if tcfg.name == "range_cnn":
-            params.setdefault("in_chans", in_chans.get(m, 1))
-        towers[m] = tcfg.model_copy(update={"params": params})  # keeps freeze / lora / grad_checkpointing
-    image = first_of_kind(kinds, "image")
-    joint = build_model(mcfg.model_copy(update={"towers": towers, "embed_dim": embed_dim}), kinds,
-                        image_channels=in_chans.get(image) if image else None,
-                        image_size=image_size if image else None)
-    return ModalityEncoders(joint.towers, joint.heads, getattr(joint, "locked", None))
+        tcfg = tower_config(mcfg, m, kind, prep)
+        if downsample is not None and "downsample" in (tower_parameters(tcfg.name) or {}):
+            tcfg = tcfg.model_copy(update={"params": {**tcfg.params, "downsample": downsample}})
+        towers[m] = tcfg  # keeps freeze / lora / grad_checkpointing
+    built = build_towers(mcfg.model_copy(update={"towers": towers}), kinds, prep)
+    h = mcfg.head
+    heads = nn.ModuleDict({m: build_head(t.out_dim, embed_dim, h.kind, h.hidden, h.dropout) for m, t in built.items()})
+    return ModalityEncoders(nn.ModuleDict(built), heads, [m for m, t in towers.items() if t.freeze])
+
+
+def shapes_prep(kinds: dict[str, str], input_shapes: dict[str, tuple[int, ...]]) -> Prep:
+    """A Prep with the channels (and image size) that per-sample input shapes show."""
+    channels = input_channels({m: torch.empty((0, *input_shapes[m])) for m in kinds}, kinds)
+    picture = with_role(kinds, "picture")
+    size = int(input_shapes[picture][-1]) if picture else Prep.image_size
+    return Prep(image_size=size, channels=channels)
 
 
 def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
-                 input_shapes: dict[str, tuple[int, ...]], n_classes: int) -> FusionClassifier:
+                 input_shapes: dict[str, tuple[int, ...]], n_classes: int, prep: Prep | None = None) -> FusionClassifier:
     """Build the configured fusion classifier for modalities `kinds` (name -> kind) with per-sample
-    input shapes `input_shapes` (name -> (C, H, W) for spatial modalities)."""
+    input shapes `input_shapes` (name -> (C, H, W) for spatial modalities); `prep` is the data's."""
     mods = list(kinds)
-    in_chans = {m: int(input_shapes[m][0]) for m in mods if kinds[m] in SPATIAL_KINDS}
+    shown = shapes_prep(kinds, input_shapes)
+    prep = prep.updated(channels=shown.channels) if prep else shown
     if fcfg.kind in ("early", "intermediate"):
-        flat = [m for m in mods if kinds[m] not in SPATIAL_KINDS]
+        flat = [m for m in mods if not get_kind(kinds[m]).spatial]
         if flat:
             raise ValueError(f"fusion.kind={fcfg.kind} needs spatial inputs [C, H, W]; {flat} are not "
                              f"(use late or transformer fusion)")
+        in_chans = {m: int(input_shapes[m][0]) for m in mods}
         size = tuple(fcfg.size) if fcfg.size else tuple(int(s) for s in input_shapes[mods[0]][-2:])
         down, f = fcfg.downsample or "maxpool", fcfg
         if fcfg.kind == "early":
             return EarlyFusion(in_chans, size, n_classes, f.channels, down, f.norm, f.hidden, f.dropout)
         return IntermediateFusion(in_chans, size, n_classes, f.channels, f.merge, f.merge_stage, down, f.norm,
                                   f.hidden, f.dropout)
-    image_size = next((int(input_shapes[m][-1]) for m in mods if kinds[m] == "image"), None)
     if fcfg.kind == "late":
-        towers = build_encoders(mcfg, kinds, in_chans, mcfg.embed_dim, fcfg.downsample, image_size)
+        towers = build_encoders(mcfg, kinds, prep, mcfg.embed_dim, fcfg.downsample)
         return LateFusion(towers, mcfg.embed_dim, n_classes, fcfg.combine, fcfg.hidden, fcfg.dropout)
     if fcfg.kind == "transformer":
-        towers = build_encoders(mcfg, kinds, in_chans, fcfg.token_dim, fcfg.downsample, image_size)
+        towers = build_encoders(mcfg, kinds, prep, fcfg.token_dim, fcfg.downsample)
         return TransformerFusion(towers, fcfg.token_dim, n_classes, fcfg.layers, fcfg.heads, fcfg.hidden,
                                  fcfg.dropout)
     raise ValueError(f"fusion.kind must be early/intermediate/late/transformer, got {fcfg.kind!r}")

@@ -9,12 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.config import ModelConfig, TowerConfig
-from jointspace.towers import build_tower, tower_tokenizer
+from jointspace.kinds import Prep, get_kind
+from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
 from jointspace.towers.heads import build_head
 from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
-
-# Default tower per modality kind when the config names none.
-DEFAULT_TOWERS = {"image": "cnn", "text": "transformer", "sequence": "frames_cnn", "range": "range_cnn"}
 
 
 class JointModel(nn.Module):
@@ -60,29 +58,34 @@ class JointModel(nn.Module):
         return {m: self.encode(m, batch) for m in (modalities or self.modalities) if m in batch}
 
 
-def build_model(cfg: ModelConfig, kinds: dict[str, str], image_channels: int | None = None,
-                context_length: int | None = None, image_size: int | None = None) -> JointModel:
-    """Build towers for every modality (config entry or the default for its kind)."""
-    towers = {}
-    for name, kind in kinds.items():
-        tcfg = cfg.towers.get(name)
-        tower_name = tcfg.name if tcfg else DEFAULT_TOWERS[kind]
-        params = dict(tcfg.params) if tcfg else {}
-        if kind == "image" and image_channels is not None and tower_name in ("cnn", "vit"):
-            params.setdefault("in_chans", image_channels)
-        if kind == "image" and image_size is not None and tower_name == "vit":
-            params.setdefault("img_size", image_size)
-        if kind == "text" and context_length is not None and tower_name == "transformer":
-            params.setdefault("context_length", context_length)
-        try:
-            towers[name] = build_tower(tower_name, **params)
-            if tcfg is not None:
-                tune_tower(towers[name], tcfg)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"model.towers.{name}: {err}") from None
+def tower_config(cfg: ModelConfig, name: str, kind: str, prep: Prep) -> TowerConfig:
+    """The tower config of a modality (its config entry, else its kind's default tower), with the
+    parameters the data fixes (channels, sizes) filled in where the tower takes them and the config is silent."""
+    tcfg = cfg.towers.get(name) or TowerConfig(name=get_kind(kind).default_tower)
+    accepted = tower_parameters(tcfg.name) or {}
+    data_params = {k: v for k, v in get_kind(kind).tower_defaults(name, prep).items() if k in accepted}
+    return tcfg.model_copy(update={"params": {**data_params, **tcfg.params}})
+
+
+def build_towers(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None) -> dict[str, nn.Module]:
+    """One tower per modality, tuned (freeze / LoRA / checkpointing) as configured."""
     unknown = [m for m in cfg.towers if m not in kinds]
     if unknown:
         raise ValueError(f"model.towers: {unknown} are not modalities of this run ({', '.join(kinds)})")
+    towers = {}
+    for name, kind in kinds.items():
+        tcfg = tower_config(cfg, name, kind, prep or Prep())
+        try:
+            towers[name] = build_tower(tcfg.name, **tcfg.params)
+            tune_tower(towers[name], tcfg)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model.towers.{name}: {err}") from None
+    return towers
+
+
+def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None) -> JointModel:
+    """Build towers for every modality (config entry or the default for its kind) and their heads."""
+    towers = build_towers(cfg, kinds, prep)
     model = JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
                        cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale)
     model.locked = [m for m, t in cfg.towers.items() if m in towers and t.freeze]

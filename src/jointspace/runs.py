@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from jointspace.config import RunConfig, load_config
-from jointspace.model import JointModel, build_model
+from jointspace.data.dataset import SplitData, load_split
+from jointspace.kinds import Prep, with_role
+from jointspace.model import JointModel, build_model, text_tokenizers
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -33,10 +35,34 @@ def read_run_info(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def config_prep(cfg: RunConfig) -> Prep:
+    """The Prep a config implies before any data is seen (sizes, the text towers' tokenizers)."""
+    d = cfg.data
+    return Prep(image_size=d.image_size, context_length=d.context_length, max_frames=d.max_frames,
+                max_points=d.max_points, tokenizers=text_tokenizers(cfg.model))
+
+
+def run_prep(cfg: RunConfig, info: dict) -> Prep:
+    """How a run turns values into inputs: run.json's recorded `prep` over the config's sizes (runs
+    from before `prep` was recorded: their `image_channels`)."""
+    prep = Prep.from_json({**config_prep(cfg).to_json(), **(info.get("prep") or {})})
+    picture = with_role(info.get("kinds", {}), "picture")
+    if picture and picture not in prep.channels and info.get("image_channels"):
+        prep = prep.updated(channels={picture: int(info["image_channels"])})
+    return prep
+
+
+def load_run_split(cfg: RunConfig, info: dict, root: str | Path, split: str, modalities: list[str] | None = None,
+                   keep_raw: bool = False) -> SplitData:
+    """A split of any shard folder prepared exactly as the run's training data was (label map, Prep)."""
+    d = cfg.data
+    return load_split(root, split, modalities or d.modalities, max_bad_fraction=d.max_bad_fraction,
+                      keep_raw=keep_raw, label_map=d.label_map or None, prep=run_prep(cfg, info))
+
+
 def build_from_info(cfg: RunConfig, info: dict) -> JointModel:
     """Build the (untrained) model a run describes."""
-    return build_model(cfg.model, info["kinds"], image_channels=info.get("image_channels"),
-                       context_length=cfg.data.context_length, image_size=cfg.data.image_size)
+    return build_model(cfg.model, info["kinds"], run_prep(cfg, info))
 
 
 def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[RunConfig, JointModel, dict]:

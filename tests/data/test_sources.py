@@ -119,7 +119,7 @@ def test_streaming_with_sources_matches_in_memory_classes_without_a_val_split(ti
     assert [m["step"] for m in metrics if m["split"] == "train"] == [1, 2, 3, 4]  # 64 samples / batch 16
 
     # the streamed labels are the in-memory ones: same tokens -> same merged label
-    batches = StreamedBatches(streamed, {}, DistInfo(), torch.device("cpu"), NAMES)
+    batches = StreamedBatches(streamed, DistInfo(), torch.device("cpu"), NAMES)
     mem = load_sources(in_memory.data, "train", NAMES, modalities=["image", "text"])
     label_of = {tuple(t.tolist()): int(y) for t, y in zip(mem.inputs["text"], mem.labels, strict=True)}
     seen = [(tuple(t.tolist()), int(y)) for batch, _ in batches.epoch(0)

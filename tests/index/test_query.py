@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from jointspace.index import query as Q
+from jointspace.kinds import image as image_kind
 from jointspace.index.query import Encoder, QueryError, parse_vector, read_image, read_npy
 
 
@@ -32,7 +33,7 @@ def test_read_image_converts_channels_and_refuses_junk(monkeypatch):
         read_image(b"GIF89a but not really", 1, "up.png")
     with pytest.raises(QueryError, match="cut.png: not a readable image"):
         read_image(png(rgb)[:60], 1, "cut.png")
-    monkeypatch.setattr(Q, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(image_kind, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(QueryError, match="12x10 is larger than 100 pixels"):
         read_image(png(rgb), 3)
 

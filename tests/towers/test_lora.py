@@ -82,10 +82,11 @@ def test_lora_step_with_grad_checkpointing_keeps_base_weights(tiny_clip_file):
 
 def test_freeze_locks_tower_and_keeps_it_in_eval_mode():
     from jointspace.config import ModelConfig
+    from jointspace.kinds import Prep
     from jointspace.model import build_model
 
     cfg = ModelConfig(embed_dim=8, towers={"image": {"name": "cnn", "params": {"channels": [4]}, "freeze": True}})
-    model = build_model(cfg, {"image": "image", "text": "text"}, image_channels=1, context_length=8)
+    model = build_model(cfg, {"image": "image", "text": "text"}, Prep(channels={"image": 1}, context_length=8))
     model.train()
     assert not any(p.requires_grad for p in model.towers["image"].parameters())
     assert all(p.requires_grad for p in model.heads["image"].parameters())

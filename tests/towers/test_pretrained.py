@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jointspace.config import ModelConfig
-from jointspace.data.transforms import make_tokenizer
+from jointspace.kinds.text import make_tokenizer
 from jointspace.model import text_tokenizers
 from jointspace.towers import build_tower
 

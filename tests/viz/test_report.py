@@ -14,6 +14,7 @@ from jointspace.viz.plots import plot_retrieval_grid, plot_umap, query_indices, 
 from jointspace.viz.report import metrics_table, select_pairs, write_report
 
 MODS = ["image", "text", "audio"]
+KINDS = {"image": "image", "text": "text", "audio": "sequence", "lidar": "range"}
 CLASSES = ["cat", "dog", "bird"]
 N = 60
 
@@ -39,6 +40,7 @@ def _fake_npz(rng: np.random.Generator, n: int = N, dim: int = 16) -> dict[str, 
         ),
         preview_image=rng.integers(0, 255, size=(n, 28, 28), dtype=np.uint8),
         preview_audio=audio,
+        kinds=np.array(json.dumps({m: KINDS[m] for m in MODS})),
     )
     return data
 
@@ -183,14 +185,16 @@ def test_retrieval_grid_lidar(tmp_path: Path) -> None:
     data["emb_lidar"] = data.pop("emb_audio")
     data["preview_lidar"] = rng.uniform(0, 50, size=(20, 16, 128)).astype(np.float32)
     data["preview_image"] = rng.integers(0, 255, size=(20, 24, 24, 3), dtype=np.uint8)
+    data["kinds"] = np.array(json.dumps({m: KINDS[m] for m in ("image", "text", "lidar")}))
     out = plot_retrieval_grid(data, "lidar", "image", tmp_path / "g.png", n_queries=3, k=4)
     _check_pngs([out])
 
 
 def test_select_pairs() -> None:
-    assert select_pairs(MODS) == [("text", "image"), ("image", "text"), ("audio", "image"), ("text", "audio")]
-    assert select_pairs(["image", "lidar"]) == [("image", "lidar"), ("lidar", "image")]
-    pairs = select_pairs(["image", "text", "audio", "lidar"])
+    assert select_pairs(MODS, KINDS) == [("text", "image"), ("image", "text"), ("audio", "image"),
+                                         ("text", "audio")]
+    assert select_pairs(["image", "lidar"], KINDS) == [("image", "lidar"), ("lidar", "image")]
+    pairs = select_pairs(["image", "text", "audio", "lidar"], KINDS)
     assert ("lidar", "image") in pairs and len(pairs) == 6
     assert len(select_pairs(["a", "b", "c", "d"])) <= 6
 

@@ -26,9 +26,10 @@ from jointspace.augment.config import AugmentConfig
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler
 from jointspace.config import RunConfig, apply_overrides, config_from_dict, load_config
-from jointspace.data.dataset import first_of_kind, load_split
+from jointspace.data.dataset import load_split
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.classify import confusion_matrix
+from jointspace.kinds import get_kind, with_role
 from jointspace.runs import CONFIG, WEIGHTS, read_run_info
 
 FIX_JSON, FIX_MD = "fix.json", "fix.md"
@@ -52,8 +53,8 @@ def _val_split(cfg: RunConfig) -> str:
 
 def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
     """(image query modality, gallery modality) a contrastive run is judged by: text first, else the next one."""
-    image = first_of_kind(kinds, "image")
-    others = sorted((m for m in kinds if m != image), key=lambda m: kinds[m] != "text")
+    image = with_role(kinds, "picture")
+    others = sorted((m for m in kinds if m != image), key=lambda m: not get_kind(kinds[m]).captions)
     if image is None or not others:
         raise ValueError(f"augment fix on a contrastive run needs an image modality and another one (has {kinds})")
     return image, others[0]
@@ -211,7 +212,8 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
     cfg = load_config(run_dir / CONFIG)
     if cfg.data.label_map:
         raise ValueError(f"{run_dir}: data.label_map runs are not supported by augment fix yet")
-    image_key = next((m for m in cfg.data.modalities if read_info(cfg.data.path)["modalities"][m] == "image"), None)
+    stored = read_info(cfg.data.path)["modalities"]
+    image_key = with_role({m: stored[m] for m in cfg.data.modalities}, "picture")
     if image_key is None:
         raise ValueError(f"{run_dir}: data.modalities {cfg.data.modalities} hold no image modality to generate")
     analysis = analyse_run(run_dir)

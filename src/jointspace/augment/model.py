@@ -9,6 +9,7 @@ import torch
 
 from jointspace.augment.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.data.dataset import SplitData, load_split
+from jointspace.kinds import get_kind
 from jointspace.runs import CONFIG, RUN_INFO, WEIGHTS
 
 SCHEDULERS = ("ddpm", "ddim")
@@ -58,7 +59,7 @@ def load_images(cfg: DiffusionDataConfig) -> SplitData:
     """The split's images as [N, C, S, S] in [-1, 1] (C forced to `cfg.channels` when set) with labels."""
     data = load_split(cfg.path, cfg.split, [cfg.modality], image_size=cfg.image_size,
                       max_bad_fraction=cfg.max_bad_fraction)
-    if data.kinds[cfg.modality] != "image":
+    if not get_kind(data.kinds[cfg.modality]).picture:
         raise ValueError(f"data.modality={cfg.modality!r} of {cfg.path} is a {data.kinds[cfg.modality]}, not an image")
     x = data.inputs[cfg.modality]
     if cfg.channels and cfg.channels != x.shape[1]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.data import transforms as T
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.kinds import Prep, fit_prep, get_kind, input_channels, to_inputs
 
 
 @dataclass
@@ -26,6 +26,7 @@ class SplitData:
     raw: dict[str, list[np.ndarray]] = field(default_factory=dict)
     stats: ReadStats = field(default_factory=ReadStats)
     source_sizes: list[int] = field(default_factory=list)  # consecutive blocks from data.sources (empty: one)
+    prep: Prep = field(default_factory=Prep)  # how the values became `inputs` (fixed per run)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,34 +49,22 @@ class SplitData:
             captions={k: [v[i] for i in ii] for k, v in self.captions.items()},
             raw={k: [v[i] for i in ii] for k, v in self.raw.items()},
             stats=self.stats,
+            prep=self.prep,
         )
 
 
-def first_of_kind(kinds: dict[str, str], kind: str) -> str | None:
-    """The first modality of a kind ("image", "text", ...) in a {modality: kind} mapping, or None."""
-    return next((m for m, k in kinds.items() if k == kind), None)
-
-
-def to_inputs(
-    values: dict[str, list], kinds: dict[str, str], image_size: int, context_length: int, max_frames: int,
-    tokenizers: dict[str, str] | None = None, image_channels: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Convert decoded per-modality lists into model input tensors by kind (text: `tokenizers[name]` spec;
-    images: at least `image_channels` channels)."""
-    inputs: dict[str, torch.Tensor] = {}
-    for name, vals in values.items():
-        kind = kinds[name]
-        if kind == "image":
-            inputs[name] = T.image_to_tensor(vals, image_size, image_channels)
-        elif kind == "text":
-            inputs[name] = T.make_tokenizer(context_length, (tokenizers or {}).get(name))(vals)
-        elif kind == "sequence":
-            inputs[name], inputs[f"{name}_len"] = T.sequence_to_tensor(vals, max_frames)
-        elif kind == "range":
-            inputs[name] = T.range_to_tensor(vals)
-        else:
-            raise DataError(f"modality {name!r}: unknown kind {kind!r} (known: {', '.join(T.KINDS)})")
-    return inputs
+def recorded_range(prep: Prep, info: dict, kinds: dict[str, str], max_range: float | None) -> Prep:
+    """`prep` with max_range filled for ranged modalities it lacks: the config's value, else dataset.json's
+    `max_range` (a number, or {modality: number})."""
+    stored = info.get("max_range")
+    fill = {}
+    for m, kind in kinds.items():
+        if not get_kind(kind).ranged or m in prep.max_range:
+            continue
+        value = max_range if max_range is not None else (stored.get(m) if isinstance(stored, dict) else stored)
+        if value is not None:
+            fill[m] = float(value)
+    return prep.updated(max_range=fill) if fill else prep
 
 
 def load_split(
@@ -89,11 +78,16 @@ def load_split(
     keep_raw: bool = False,
     label_map: dict[str, str] | None = None,
     tokenizers: dict[str, str] | None = None,
+    max_range: float | None = None,
+    max_points: int = 1024,
+    prep: Prep | None = None,
 ) -> SplitData:
     """Read and decode one split; fails (naming files) past `max_bad_fraction` unreadable samples.
 
     `label_map` {old class name: new} merges classes; `tokenizers` {text modality: spec} picks the
-    tokenizer of a text tower (default OpenCLIP BPE)."""
+    tokenizer of a text tower (default OpenCLIP BPE). `prep` (a run's) fixes how values become tensors;
+    without it, the sizes given here are used and what normalisation still needs (a range modality's
+    `max_range`: `max_range`, else dataset.json's, else this split's largest) is fixed from the data."""
     info = read_info(root)
     kinds = info["modalities"]
     unknown = [m for m in modalities if m not in kinds]
@@ -111,18 +105,23 @@ def load_split(
     if not labels:
         raise DataError(f"{root}/{split}: no readable samples")
     sub_kinds = {m: kinds[m] for m in modalities}
+    prep = prep or Prep(image_size=image_size, context_length=context_length, max_frames=max_frames,
+                        max_points=max_points, tokenizers=dict(tokenizers or {}))
+    prep = fit_prep(values, sub_kinds, recorded_range(prep, info, sub_kinds, max_range))
+    inputs = to_inputs(values, sub_kinds, prep)
     class_names, label_t = list(info.get("class_names", [])), torch.tensor(labels, dtype=torch.long)
     if label_map:
         class_names, label_t = apply_label_map(class_names, label_t, label_map, f"{root}/{split}")
     return SplitData(
-        inputs=to_inputs(values, sub_kinds, image_size, context_length, max_frames, tokenizers),
+        inputs=inputs,
         labels=label_t,
         keys=keys,
         kinds=sub_kinds,
         class_names=class_names,
-        captions={m: values[m] for m in modalities if kinds[m] == "text"},
-        raw={m: values[m] for m in modalities if kinds[m] != "text"} if keep_raw else {},
+        captions={m: values[m] for m in modalities if get_kind(kinds[m]).captions},
+        raw={m: values[m] for m in modalities if not get_kind(kinds[m]).captions} if keep_raw else {},
         stats=stats,
+        prep=prep.updated(channels=input_channels(inputs, sub_kinds)),
     )
 
 
@@ -177,7 +176,7 @@ def concat_splits(parts: list[SplitData], class_names: list[str] | None = None) 
     inputs = {}
     for k in first.inputs:
         tensors = [part.inputs[k] for part in parts]
-        if first.kinds.get(k) == "image":
+        if tensors[0].ndim == 4:  # [N, C, H, W]: single-channel maps expanded to the others' channels
             c = max(t.shape[1] for t in tensors)
             tensors = [t.expand(-1, c, -1, -1) if t.shape[1] == 1 else t for t in tensors]
         inputs[k] = torch.cat(tensors)
@@ -186,6 +185,7 @@ def concat_splits(parts: list[SplitData], class_names: list[str] | None = None) 
         inputs=inputs, labels=torch.cat(labels), keys=[k for p in parts for k in p.keys], kinds=first.kinds,
         class_names=names, captions={m: [c for p in parts for c in p.captions[m]] for m in first.captions},
         raw={m: [r for p in parts for r in p.raw[m]] for m in first.raw}, stats=stats,
+        prep=first.prep.updated(channels=input_channels(inputs, first.kinds)),
     )
 
 

@@ -10,8 +10,8 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from jointspace.data.dataset import first_of_kind
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.kinds import with_role
 
 # ---- inspecting ----
 
@@ -91,7 +91,7 @@ def class_grid(root: Path, split: str, out_png: Path, per_class: int = 8, max_cl
     from matplotlib.figure import Figure
 
     info = read_info(root)
-    image = first_of_kind(info.get("modalities", {}), "image")
+    image = with_role(info.get("modalities", {}), "picture")
     if image is None:
         raise DataError(f"{root}: no image modality to show (has: {', '.join(info.get('modalities', {}))})")
     names = [str(c) for c in info.get("class_names", [])]

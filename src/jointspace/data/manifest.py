@@ -10,21 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from jointspace.data import shards
 from jointspace.data.shards import DataError, write_dataset
-from jointspace.data.transforms import KINDS
+from jointspace.kinds import KINDS, BadCell, get_kind, recognise_column
+from jointspace.kinds.image import IMAGE_EXTS
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # stored as is; other PIL formats are re-encoded
 RESERVED = ("label", "split", "key")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test", "testing": "test"}
-RANGE_WORDS = ("lidar", "depth", "range")
-
-
-class _Bad(Exception):
-    """One unusable row: "column: reason"."""
+_Bad = BadCell  # one unusable row: "column: reason"
 
 
 # ---- reading manifests and folders into records (where, {column: value}) ----
@@ -56,22 +51,16 @@ def read_manifest(path: Path) -> list[tuple[str, dict]]:
 
 
 def infer_modalities(records: list[tuple[str, dict]]) -> dict[str, str]:
-    """Guess modality columns: image/text by name, image/.npy paths by value (lidar/depth/range -> range)."""
+    """Guess modality columns: each kind recognises its columns by name or values (.npy columns named
+    lidar/depth/range -> range, points/cloud -> points, others -> sequence)."""
     out: dict[str, str] = {}
     for col in dict.fromkeys(k for _, rec in records for k in rec):
         if col in RESERVED or col.startswith("__"):
             continue
         vals = [v.lower() for _, rec in records if isinstance(v := rec.get(col), str) and v.strip()]
-
-        def share(exts: tuple[str, ...], vals: list[str] = vals) -> float:
-            return sum(v.endswith(exts) and "://" not in v for v in vals) / max(len(vals), 1)
-
-        if col.lower() in ("text", "caption"):
-            out[col] = "text"
-        elif col.lower() == "image" or share(IMAGE_EXTS) > 0.5:
-            out[col] = "image"
-        elif share((".npy",)) > 0.5:
-            out[col] = "range" if any(w in col.lower() for w in RANGE_WORDS) else "sequence"
+        kind = recognise_column(col, vals)
+        if kind is not None:
+            out[col] = kind
     return out
 
 
@@ -99,42 +88,11 @@ def folder_records(root: Path) -> list[tuple[str, dict]]:
 
 # ---- checking values ----
 
-def _resolve(value: Any, base: Path) -> Path:
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else base / path
-
-
 def check_value(kind: str, value: Any, base: Path, column: str) -> tuple[Any, Any]:
-    """Validate one cell; returns (value to write, shape signature) or raises _Bad naming the reason."""
+    """Validate one cell by its kind; returns (value to write, shape signature) or raises _Bad naming the reason."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise _Bad(f"{column}: empty value")
-    if kind == "text":
-        return str(value), None
-    if kind in ("sequence", "range") and isinstance(value, list):
-        try:
-            arr = out = np.asarray(value, dtype=np.float32)
-        except ValueError as err:
-            raise _Bad(f"{column}: not a numeric array ({err})") from None
-    else:
-        path = _resolve(value, base)
-        if not path.is_file():
-            raise _Bad(f"{column}: missing file {path}")
-        try:
-            if kind == "image":
-                with Image.open(path) as img:
-                    img.load()
-                    if path.suffix.lower() in IMAGE_EXTS:
-                        return path, None
-                    return np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB")), None
-            arr, out = np.load(path, allow_pickle=False), path
-        except Exception as err:  # noqa: BLE001 - any unreadable file makes the row bad
-            raise _Bad(f"{column}: unreadable {kind} file {path} ({type(err).__name__}: {err})") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.ndim != 2:
-        got = f"{arr.dtype} array of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
-        raise _Bad(f"{column}: expected a 2-D numeric array, got {got}")
-    if not np.isfinite(arr).all():
-        raise _Bad(f"{column}: non-finite values")
-    return out, (arr.shape[1] if kind == "sequence" else tuple(arr.shape))
+    return get_kind(kind).check_cell(value, base, column)
 
 
 def _sort_key(name: str) -> tuple:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -12,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import webdataset as wds
-from PIL import Image
+
+from jointspace.kinds import decode_file, get_kind
 
 INFO_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
@@ -24,42 +23,15 @@ class DataError(RuntimeError):
     """Input data is missing or too corrupt to use; the message names the files."""
 
 
-# ---- encoding: one file per modality inside a sample, the extension says how it decodes ----
-
-def encode_value(kind: str, value: Any) -> tuple[str, bytes]:
-    """Encode one modality value to (extension, bytes) by its kind."""
-    if kind == "image":
-        if isinstance(value, (str, Path)):
-            path = Path(value)
-            return path.suffix.lstrip(".").lower().replace("jpeg", "jpg"), path.read_bytes()
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(value, dtype=np.uint8)).save(buf, format="PNG")
-        return "png", buf.getvalue()
-    if kind == "text":
-        return "txt", str(value).encode("utf-8")
-    if isinstance(value, (str, Path)):
-        value = np.load(value, allow_pickle=False)
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(value, dtype=np.float32), allow_pickle=False)
-    return "npy", buf.getvalue()
-
+# ---- encoding: one file per modality inside a sample; each kind says how its values are stored ----
 
 def decode_value(ext: str, data: bytes) -> Any:
-    """Decode one stored file by its extension (png/jpg -> uint8 array, txt -> str, npy -> array)."""
-    if ext in ("png", "jpg", "jpeg", "webp", "bmp"):
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
-        return arr
-    if ext in ("txt", "caption"):
-        return data.decode("utf-8")
-    if ext == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
+    """Decode one stored file by its extension: `cls` and `json` here, modality files by their kind."""
     if ext == "cls":
         return int(data.decode("ascii").strip())
     if ext == "json":
         return json.loads(data.decode("utf-8"))
-    raise ValueError(f"unknown extension .{ext}")
+    return decode_file(ext, data)
 
 
 # ---- writing ----
@@ -74,7 +46,7 @@ def write_dataset(
 ) -> dict:
     """Write samples per split into `out_dir/<split>/shard-NNNNNN.tar` plus `dataset.json`.
 
-    A sample is a dict with `key`, one entry per modality (kinds: image/text/sequence/range),
+    A sample is a dict with `key`, one entry per modality (kinds: see `jointspace.kinds`),
     `label` (int) and optional `meta` (dict). The folder appears atomically when complete.
     """
     out_dir = Path(out_dir)
@@ -93,7 +65,7 @@ def write_dataset(
                     record = {"__key__": str(sample["key"]), "cls": str(int(sample["label"])).encode()}
                     for name, kind in modalities.items():
                         if name in sample and sample[name] is not None:
-                            ext, data = encode_value(kind, sample[name])
+                            ext, data = get_kind(kind).encode(sample[name])
                             record[f"{name}.{ext}"] = data
                     if sample.get("meta") is not None:
                         record["json"] = json.dumps(sample["meta"]).encode()

@@ -17,12 +17,15 @@ import torch
 from jointspace.config import DataConfig
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
 from jointspace.data.shards import read_info
+from jointspace.kinds import Prep
 
 
 def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None = None,
                  **load_kw) -> SplitData:
     """One split concatenated from every `data.sources` folder; classes unified by name, then label-mapped."""
-    parts = [load_split(s.path, split, **load_kw) for s in data_cfg.sources]
+    parts = [load_split(data_cfg.sources[0].path, split, **load_kw)]
+    fixed = Prep.from_json({**parts[0].prep.to_json(), "channels": {}})  # one normalisation for all sources
+    parts += [load_split(s.path, split, **{**load_kw, "prep": fixed}) for s in data_cfg.sources[1:]]
     data = concat_splits(parts, class_names)
     if data_cfg.label_map:
         data.class_names, data.labels = apply_label_map(data.class_names, data.labels, data_cfg.label_map,

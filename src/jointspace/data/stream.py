@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jointspace.data.dataset import to_inputs
 from jointspace.data.shards import ReadStats, iter_samples
+from jointspace.kinds import Prep, to_inputs, with_role
 
 
 def epoch_shards(urls: list[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[str]:
@@ -65,14 +65,16 @@ class ShardStream(IterableDataset):
                  image_size: int = 32, context_length: int = 16, max_frames: int = 96,
                  tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0,
                  shard_probs: list[float] | None = None, label_lookup: dict[str, np.ndarray | None] | None = None,
-                 image_channels: int | None = None):
+                 image_channels: int | None = None, prep: Prep | None = None):
         super().__init__()
         self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
         self.shard_probs, self.label_lookup = shard_probs, label_lookup or {}
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.resampled, self.skip_batches, self.shuffle_buffer = resampled, skip_batches, shuffle_buffer
-        self.convert = {"image_size": image_size, "context_length": context_length, "max_frames": max_frames,
-                        "tokenizers": tokenizers, "image_channels": image_channels}
+        picture = with_role(kinds, "picture")
+        self.prep = prep or Prep(image_size=image_size, context_length=context_length, max_frames=max_frames,
+                                 tokenizers=dict(tokenizers or {}),
+                                 channels={picture: image_channels} if picture and image_channels else {})
         self.stats = ReadStats()
 
     def _worker(self) -> tuple[int, int]:
@@ -112,10 +114,10 @@ class ShardStream(IterableDataset):
                 yield sample
 
     def collate(self, samples: list[dict]) -> dict:
-        """One batch of decoded samples -> tensors, converted per modality in one go (grey images
-        expanded to `image_channels` when sources mix grey and colour)."""
+        """One batch of decoded samples -> tensors, converted per modality in one go by the run's Prep
+        (grey images expanded to its channels when sources mix grey and colour)."""
         values = {m: [s[m] for s in samples] for m in self.kinds}
-        batch: dict = to_inputs(values, self.kinds, **self.convert)
+        batch: dict = to_inputs(values, self.kinds, self.prep)
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["key"] = [s["key"] for s in samples]
         return batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from jointspace.data.dataset import SplitData
-from jointspace.data.transforms import make_tokenizer
+from jointspace.kinds.text import make_tokenizer
 from jointspace.model import JointModel
 
 

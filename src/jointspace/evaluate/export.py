@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.data.dataset import load_split
 from jointspace.data.shards import DataError, read_info
 from jointspace.evaluate.embed import embed_split
-from jointspace.runs import load_run, resolve_device
+from jointspace.runs import load_run, load_run_split, resolve_device
 
 FORMATS = ("npy", "parquet")
 
@@ -50,18 +49,16 @@ def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, 
     npy: `<modality>.npy` [N, D] float32 (L2-normalised), `keys.npy`, `labels.npy`; parquet: `<modality>.parquet`
     with columns key, label, class_name, embedding. Modalities are the run's that the shards have.
     """
-    from jointspace.train.loop import split_kwargs  # the run's label map and tokenizers
-
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    cfg, model, _ = load_run(run_dir)
+    cfg, model, info = load_run(run_dir)
     have = read_info(shards)["modalities"]
     modalities = [m for m in cfg.data.modalities if m in have and m in model.towers]
     if not modalities:
         raise DataError(f"{shards}: none of the run's modalities ({', '.join(cfg.data.modalities)}) are in it "
                         f"(has: {', '.join(have)})")
     dev = resolve_device(device)
-    data = load_split(shards, split, **{**split_kwargs(cfg), "modalities": modalities})
+    data = load_run_split(cfg, info, shards, split, modalities)
     emb = embed_split(model.to(dev), data, batch_size=batch_size, device=dev)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,21 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.data.dataset import SplitData, first_of_kind, load_split, remap_info
+from jointspace.data.dataset import SplitData, remap_info
 from jointspace.data.shards import read_info
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
 from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split
 from jointspace.evaluate.retrieval import retrieval_report
+from jointspace.kinds import get_kind, with_role
 from jointspace.model import text_tokenizers
-from jointspace.runs import EVAL, load_run, resolve_device
+from jointspace.runs import EVAL, load_run, load_run_split, resolve_device
 
 PREVIEW_LIMIT = 2000  # samples whose raw inputs are kept in the embeddings file for galleries
-
-
-def _load(cfg, root: Path, split: str, keep_raw: bool) -> SplitData:
-    from jointspace.train.loop import split_kwargs  # label map and tokenizers as in training
-
-    return load_split(root, split, **split_kwargs(cfg), keep_raw=keep_raw)
 
 
 def _save_embeddings(path: Path, emb: dict[str, torch.Tensor], data: SplitData) -> None:
@@ -35,15 +30,8 @@ def _save_embeddings(path: Path, emb: dict[str, torch.Tensor], data: SplitData) 
         break
     n = min(len(data), PREVIEW_LIMIT)
     for m, values in data.raw.items():
-        first = values[:n]
-        if data.kinds[m] == "sequence":  # pad variable-length sequences
-            frames = max(len(v) for v in first)
-            out = np.zeros((n, frames, first[0].shape[-1]), dtype=np.float32)
-            for i, v in enumerate(first):
-                out[i, : len(v)] = v
-            arrays[f"preview_{m}"] = out
-        else:
-            arrays[f"preview_{m}"] = np.stack(first)
+        arrays[f"preview_{m}"] = get_kind(data.kinds[m]).stack_previews(values[:n])
+    arrays["kinds"] = np.array(json.dumps(data.kinds))
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
@@ -53,12 +41,12 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
                  device: str = "auto") -> dict:
     """Compute and write `eval.json` and `eval/embeddings_<split>.npz`; returns the eval dict."""
     run_dir = Path(run_dir)
-    cfg, model, _info = load_run(run_dir)
+    cfg, model, info = load_run(run_dir)
     dev = resolve_device(device)
     model.to(dev)
     split = split or cfg.eval.split
     root = Path(data_path or cfg.data.path)
-    data = _load(cfg, root, split, keep_raw=True)
+    data = load_run_split(cfg, info, root, split, keep_raw=True)
     emb = embed_split(model, data, device=dev)
     labels = data.labels if cfg.eval.positives == "label" else None
     result: dict = {
@@ -68,7 +56,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
                                       chunk_size=cfg.eval.chunk_size),
     }
     dataset_info = remap_info(read_info(root), cfg.data.label_map)
-    text_mod = first_of_kind(data.kinds, "text")
+    text_mod = with_role(data.kinds, "captions")
     prompts = class_prompts(dataset_info)
     if cfg.eval.zero_shot and text_mod and prompts:
         class_emb = embed_class_prompts(model, text_mod, prompts, cfg.data.context_length, dev,
@@ -76,7 +64,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
         result["zero_shot"] = {m: zero_shot_classify(e, class_emb, data.labels, ks=(1, 5))
                                for m, e in emb.items() if m != text_mod}
     if cfg.eval.linear_probe:
-        train = _load(cfg, root, "train", keep_raw=False)
+        train = load_run_split(cfg, info, root, "train")
         train_emb = embed_split(model, train, device=dev)
         result["linear_probe"] = {m: linear_probe(train_emb[m], train.labels, emb[m], data.labels) for m in emb}
     (run_dir / "eval").mkdir(exist_ok=True)

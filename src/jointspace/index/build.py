@@ -12,14 +12,13 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from jointspace.data.dataset import first_of_kind
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore, IndexStoreError, index_ivf
+from jointspace.kinds import get_kind, preview_modality, with_role
 
 EXACT_MAX = 50_000  # below this many vectors the index is exact (IndexFlatIP)
 DEFAULT_NPROBE_FRACTION = 1 / 256  # IVF: probe nlist/256 lists (at least 8); bench/search.py: recall 1.0 at 1M
-PREVIEW_KINDS = ("image", "range", "sequence")  # first of these a sample has becomes its thumbnail
 PREVIEW_MIN, PREVIEW_MAX = 64, 128
 
 
@@ -51,14 +50,8 @@ def default_search_params(index: faiss.Index, factory: str) -> dict:
 
 
 def preview_png(kind: str, value: np.ndarray) -> bytes:
-    """A small PNG of an image, a range image or feature frames (upscaled to >= 64 px, at most 128)."""
-    arr = np.asarray(value)
-    if kind != "image":
-        x = arr.T if kind == "sequence" else arr  # frames: time runs left to right
-        x = x.astype(np.float32)
-        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-        arr = np.nan_to_num((x - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
-    img = Image.fromarray(arr.astype(np.uint8))
+    """A small PNG of one value, as its kind previews it (upscaled to >= 64 px, at most 128)."""
+    img = Image.fromarray(get_kind(kind).preview(value))
     side = max(img.size)
     if side < PREVIEW_MIN:
         f = math.ceil(PREVIEW_MIN / side)
@@ -103,8 +96,8 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
     if bad:
         raise DataError(f"{root}: modalities {bad} are not in both the data ({', '.join(kinds)}) "
                         f"and the model ({', '.join(encoder.kinds)})")
-    text_mod = first_of_kind(kinds, "text")
-    preview_mod = next((m for kind in PREVIEW_KINDS for m, k in kinds.items() if k == kind), None)
+    text_mod = with_role(kinds, "captions")
+    preview_mod = preview_modality(kinds)
     stats = ReadStats(n_expected=sum(info.get("splits", {}).get(s, {}).get("n_samples", 0) for s in splits) or None)
     chunks: list[np.ndarray] = []
     items: list[dict] = []

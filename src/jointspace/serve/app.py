@@ -31,7 +31,7 @@ MULTIPART_SCHEMA = {
     "properties": {
         "file": {"type": "string", "format": "binary", "description": "image (PNG/JPEG/...) or .npy array"},
         "text": {"type": "string", "description": "text query (instead of a file)"},
-        "modality": {"type": "string", "description": "modality of the file: image, audio, lidar or a name"},
+        "modality": {"type": "string", "description": "modality of the file: a modality name, or a kind word (image, audio, lidar, points)"},
         "k": {"type": "integer", "default": 10},
         "where": {"type": "string", "description": 'filter: "label=3&split=test" or a JSON object'},
     },
@@ -158,7 +158,8 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     app = _fastapi(title="jointspace search", version="1",
-                   description="Search a joint embedding space with text, images, audio (.npy) or vectors.")
+                   description="Search a joint embedding space with text, files of any of its modalities "
+                               "(images, .npy frames, range images, point clouds) or vectors.")
     app.add_middleware(StatusCounter, counts=counts)
 
     @app.exception_handler(BadRequest)
@@ -180,8 +181,6 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
                 return encoder.encode(q.modality or "text", [q.text])
             if q.modality is None:
                 raise QueryError(f"file {q.filename!r}: say its modality (one of {', '.join(encoder.kinds)})")
-            if encoder.kinds.get(encoder.resolve(q.modality)) == "text":
-                raise QueryError(f"file {q.filename!r}: modality {q.modality!r} is text; send the text itself")
             return encoder.encode_file(q.modality, q.file or b"", q.filename)
 
     def run_search(req: SearchRequest) -> SearchOut:

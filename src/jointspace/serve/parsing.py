@@ -11,7 +11,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from jointspace.index.filters import IndexStoreError, parse_where
-from jointspace.index.query import MAX_TEXT_CHARS
+from jointspace.kinds.text import MAX_TEXT_CHARS
 
 WhereValue = StrictInt | StrictStr | list[StrictInt | StrictStr]
 

@@ -1,7 +1,7 @@
 """Pretrained text towers from Hugging Face model folders (no hub access): any BERT-style encoder, MiniLM.
 
 The tower tokenizes with its own tokenizer: its tokenizer spec (`hf:<folder>`) tells the data side
-(`data.transforms.make_tokenizer`) how to turn captions into ids; padding is the tokenizer's pad id,
+(`kinds.text.make_tokenizer`) how to turn captions into ids; padding is the tokenizer's pad id,
 from which the tower rebuilds the attention mask.
 """
 

@@ -14,7 +14,7 @@ _TOKENIZERS: dict[str, Callable[[dict], str]] = {}
 def register_tower(name: str, tokenizer: Callable[[dict], str] | None = None) -> Callable:
     """Decorator: register a tower builder under `name`.
 
-    `tokenizer(params)` gives the spec of the tokenizer a text tower needs (see data.transforms.make_tokenizer);
+    `tokenizer(params)` gives the spec of the tokenizer a text tower needs (see kinds.text.make_tokenizer);
     towers without one read OpenCLIP's BPE ids.
     """
 
@@ -48,6 +48,21 @@ def build_tower(name: str, **params) -> nn.Module:
     if not hasattr(tower, "out_dim"):
         raise TypeError(f"tower {name!r} has no out_dim")
     return tower
+
+
+def tower_parameters(name: str) -> dict[str, object] | None:
+    """Constructor parameters of tower `name` with their defaults (None when it takes any keyword)."""
+    if name not in _TOWERS:
+        raise ValueError(f"unknown tower {name!r}; registered: {', '.join(list_towers())}")
+    sig = inspect.signature(_TOWERS[name])
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in sig.parameters.items()}
+
+
+def tower_summary(name: str) -> str:
+    """The first line of a tower builder's docstring."""
+    return (inspect.getdoc(_TOWERS[name]) or "").splitlines()[0] if name in _TOWERS else ""
 
 
 def tower_tokenizer(name: str, params: dict) -> str | None:

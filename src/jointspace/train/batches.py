@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from jointspace.config import RunConfig
-from jointspace.data.dataset import SplitData, first_of_kind
+from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
+from jointspace.kinds import Prep, fit_prep, with_role
 from jointspace.losses import positive_mask
+from jointspace.runs import config_prep
 from jointspace.train.distributed import DistInfo, gather_no_grad, shard_batch
 
 Step = tuple[dict[str, torch.Tensor], torch.Tensor | None]
@@ -52,10 +54,10 @@ class StreamedBatches:
     weight x size. Modalities and image channels are read from the first sample of each source.
     """
 
-    def __init__(self, cfg: RunConfig, tokenizers: dict[str, str], dist_info: DistInfo, device: torch.device,
+    def __init__(self, cfg: RunConfig, dist_info: DistInfo, device: torch.device,
                  class_names: list[str] | None = None):
         d = cfg.data
-        self.cfg, self.tokenizers, self.dist, self.device = cfg, tokenizers, dist_info, device
+        self.cfg, self.dist, self.device = cfg, dist_info, device
         paths = [s.path for s in d.sources] or [d.path]
         infos = [read_info(p) for p in paths]
         stored = infos[0]["modalities"]
@@ -66,7 +68,7 @@ class StreamedBatches:
                 raise DataError(f"{p}: modalities {missing} not in this dataset (has: {', '.join(info['modalities'])})")
             if {m: info["modalities"][m] for m in self.kinds} != self.kinds:
                 raise DataError(f"data.sources: modalities differ ({info['modalities']} vs {stored})")
-        self.text_key = first_of_kind(self.kinds, "text")
+        self.text_key = with_role(self.kinds, "captions")
         per_source = [split_urls(p, "train") for p in paths]
         self.urls = [u for urls in per_source for u in urls]
         sizes = [info["splits"]["train"]["n_samples"] for info in infos]
@@ -76,7 +78,7 @@ class StreamedBatches:
                              if remap else None)
         weights = [s.weight for s in d.sources] or [1.0]
         self.shard_probs = shard_probabilities(sizes, weights, [len(u) for u in per_source])
-        self.image_channels = self._image_channels(per_source)
+        self.prep = self._prep(per_source, infos[0])
         self.local_batch = cfg.train.batch_size // dist_info.world_size
         if d.resampled:  # endless streams: every rank can fill as many batches as the epoch asks for
             n_samples = d.samples_per_epoch or sum(sizes)
@@ -85,22 +87,25 @@ class StreamedBatches:
             per_rank = sum(sizes) // dist_info.world_size
             self.steps_per_epoch = max(0, per_rank // self.local_batch - (1 if dist_info.enabled else 0))
 
-    def _image_channels(self, per_source: list[list[str]]) -> int | None:
-        """Channels of the image modality: the most over the first sample of every source."""
-        image = first_of_kind(self.kinds, "image")
-        if image is None:
-            return None
+    def _prep(self, per_source: list[list[str]], info: dict) -> Prep:
+        """The config's Prep with image channels (the most over the first sample of every source) and
+        max_range (the config's or dataset.json's, else the largest in those first samples) filled in."""
         firsts = [next(iter_samples(urls[:1], ReadStats(), list(self.kinds)), None) for urls in per_source]
-        shapes = [np.shape(s[image]) for s in firsts if s is not None]
-        return max([1, *(shape[-1] for shape in shapes if len(shape) == 3)])
+        firsts = [s for s in firsts if s is not None]
+        prep = recorded_range(config_prep(self.cfg), info, self.kinds, self.cfg.data.max_range)
+        prep = fit_prep({m: [s[m] for s in firsts] for m in self.kinds}, self.kinds, prep)
+        image = with_role(self.kinds, "picture")
+        if image is None:
+            return prep
+        shapes = [np.shape(s[image]) for s in firsts]
+        return prep.updated(channels={image: max([1, *(shape[-1] for shape in shapes if len(shape) == 3)])})
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask) per step, from step `skip` on."""
         d = self.cfg.data
         stream = ShardStream(self.urls, self.kinds, self.local_batch, self.cfg.seed, epoch, self.dist.rank,
-                             self.dist.world_size, d.resampled, skip, d.image_size, d.context_length, d.max_frames,
-                             self.tokenizers, d.shuffle_buffer, shard_probs=self.shard_probs,
-                             label_lookup=self.label_lookup, image_channels=self.image_channels)
+                             self.dist.world_size, d.resampled, skip, shuffle_buffer=d.shuffle_buffer,
+                             shard_probs=self.shard_probs, label_lookup=self.label_lookup, prep=self.prep)
         step = skip
         for batch in stream_loader(stream, d.num_workers):
             if step >= self.steps_per_epoch:

@@ -52,7 +52,7 @@ def predict(model: FusionClassifier, data: SplitData, device: torch.device, batc
 def build_classifier(cfg: RunConfig, data: SplitData) -> FusionClassifier:
     """The configured fusion classifier for the modalities and input shapes of `data`."""
     shapes = {m: tuple(data.inputs[m].shape[1:]) for m in data.kinds}
-    return build_fusion(cfg.fusion, cfg.model, data.kinds, shapes, n_classes_of(data))
+    return build_fusion(cfg.fusion, cfg.model, data.kinds, shapes, n_classes_of(data), data.prep)
 
 
 def train_classifier(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True) -> Path:
@@ -69,7 +69,8 @@ def train_classifier(cfg: RunConfig, overwrite: bool = False, show_progress: boo
     model = build_classifier(cfg, train_data).to(device)
     n_params = count_parameters(model)
     kinds = train_data.kinds
-    write_run_info(run_dir, {"task": "classify", "kinds": kinds, "class_names": train_data.class_names,
+    write_run_info(run_dir, {"task": "classify", "kinds": kinds, "prep": train_data.prep.to_json(),
+                             "class_names": train_data.class_names,
                              "input_shapes": {m: list(train_data.inputs[m].shape[1:]) for m in kinds},
                              "data_path": cfg.data.path, "n_params": n_params})
     sampler = TrainSampler.from_config(cfg.data, train_data)  # data.sources weights with data.resampled

@@ -32,7 +32,7 @@ def start_run(cfg: RunConfig, overwrite: bool = False) -> Path:
 def load_splits(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None, SplitData]:
     """dataset.json info and the train, val (None if absent) and evaluation (`eval.split`) splits."""
     info, train, val = prepare_data(cfg)
-    test = load_split(cfg.data.path, cfg.eval.split, **split_kwargs(cfg))  # label map, tokenizers: as train
+    test = load_split(cfg.data.path, cfg.eval.split, **split_kwargs(cfg), prep=train.prep)  # prepared as train
     return info, train, val, test
 
 

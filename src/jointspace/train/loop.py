@@ -14,11 +14,12 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jointspace.config import RunConfig, save_config
-from jointspace.data.dataset import SplitData, first_of_kind, load_split
+from jointspace.data.dataset import SplitData, load_split
 from jointspace.data.shards import read_info
 from jointspace.data.sources import load_sources
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
+from jointspace.kinds import Prep, with_role
 from jointspace.losses import BindingLoss, binding_pairs, positive_mask
 from jointspace.model import JointModel, text_tokenizers
 from jointspace.runs import CONFIG, WEIGHTS, build_from_info, prepare_run_dir, resolve_device, write_run_info
@@ -60,8 +61,9 @@ def ensure_dataset(cfg: RunConfig) -> Path:
     return root
 
 
-def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData | None, SplitData | None]:
-    """dataset.json info, and the train (None when streamed) and validation splits."""
+def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData | None, SplitData | None]:
+    """dataset.json info, and the train (None when streamed) and validation splits; validation is
+    prepared as the train split was (or as `prep`, the streamed train split's)."""
     root = ensure_dataset(cfg)
     info = read_info(root)
     kw = split_kwargs(cfg)
@@ -71,7 +73,8 @@ def prepare_data(cfg: RunConfig) -> tuple[dict, SplitData | None, SplitData | No
         train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
     else:
         train = load_split(root, "train", **kw)
-    val = load_split(root, "val", **kw) if (root / "val").exists() else None
+    fixed = train.prep if train is not None else prep
+    val = load_split(root, "val", **kw, prep=fixed) if (root / "val").exists() else None
     return info, train, val
 
 
@@ -80,7 +83,7 @@ def split_kwargs(cfg: RunConfig) -> dict:
     d = cfg.data
     return {"modalities": d.modalities, "image_size": d.image_size, "context_length": d.context_length,
             "max_frames": d.max_frames, "max_bad_fraction": d.max_bad_fraction, "label_map": d.label_map or None,
-            "tokenizers": text_tokenizers(cfg.model)}
+            "tokenizers": text_tokenizers(cfg.model), "max_range": d.max_range, "max_points": d.max_points}
 
 
 @contextlib.contextmanager
@@ -153,7 +156,7 @@ def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunC
 
 
 def _text_key(data: SplitData) -> str | None:
-    return first_of_kind(data.kinds, "text")
+    return with_role(data.kinds, "captions")
 
 
 def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor, dist_info: DistInfo) -> bool:
@@ -182,14 +185,17 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     if main:  # a built-in set is synthesised once
         ensure_dataset(cfg)
     barrier(dist_info)
-    info, train_data, val_data = prepare_data(cfg)
-    if train_data is None:
-        batches = StreamedBatches(cfg, text_tokenizers(cfg.model), dist_info, device, info.get("class_names"))
-        kinds, image_channels, class_names = batches.kinds, batches.image_channels, batches.class_names
+    streamed = None
+    if cfg.data.streaming:
+        streamed = StreamedBatches(cfg, dist_info, device, read_info(cfg.data.path).get("class_names"))
+    info, train_data, val_data = prepare_data(cfg, streamed.prep if streamed else None)
+    if streamed is not None:
+        batches, kinds, class_names, prep = streamed, streamed.kinds, streamed.class_names, streamed.prep
     else:
-        kinds, class_names = train_data.kinds, train_data.class_names
-        image_channels = next((int(train_data.inputs[m].shape[1]) for m, k in kinds.items() if k == "image"), None)
-    run_info = {"kinds": kinds, "image_channels": image_channels, "class_names": class_names,
+        kinds, class_names, prep = train_data.kinds, train_data.class_names, train_data.prep
+    picture = with_role(kinds, "picture")
+    run_info = {"kinds": kinds, "prep": prep.to_json(), "class_names": class_names,
+                "image_channels": prep.channels.get(picture) if picture else None,
                 "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
     model = build_from_info(cfg, run_info).to(device)
     model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
@@ -199,7 +205,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
                           cfg.train.local_loss)
     val_loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
-    text_key = first_of_kind(kinds, "text")
+    text_key = with_role(kinds, "captions")
 
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):

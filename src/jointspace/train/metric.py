@@ -15,7 +15,7 @@ from torch import nn
 
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData, epoch_batches
-from jointspace.fusion import SPATIAL_KINDS, ModalityEncoders, build_encoders
+from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
 from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
@@ -108,15 +108,13 @@ def train_metric(cfg: RunConfig, overwrite: bool = False, show_progress: bool = 
     _info, train_data, val_data, test_data = load_splits(cfg)
     kinds = train_data.kinds
     shape = tuple(train_data.inputs[modality].shape[1:])
-    in_chans = {modality: int(shape[0])} if kinds[modality] in SPATIAL_KINDS else {}
-    model = build_encoders(cfg.model, kinds, in_chans, cfg.model.embed_dim,
-                           image_size=int(shape[-1]) if kinds[modality] == "image" else None).to(device)
+    model = build_encoders(cfg.model, kinds, train_data.prep, cfg.model.embed_dim).to(device)
     n_classes = n_classes_of(train_data)
     loss_fn, miner = build_metric_loss(cfg.metric, cfg.model.embed_dim, n_classes)
     loss_fn = loss_fn.to(device)
     both = nn.ModuleDict({"model": model, "loss": loss_fn})  # what is optimised and checkpointed
     n_params = count_parameters(model)
-    write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds,
+    write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds, "prep": train_data.prep.to_json(),
                              "class_names": train_data.class_names, "input_shape": list(shape),
                              "data_path": cfg.data.path, "n_params": n_params})
     optimizer = build_optimizer(model, cfg.train)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import textwrap
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
+
+from jointspace.kinds import get_kind
+from jointspace.kinds.text import TextKind
 
 MARKERS = ["o", "s", "^", "D", "P", "X", "v", "*"]
 GOOD, BAD = "#1a9641", "#d7191c"
@@ -204,44 +207,24 @@ def query_indices(n: int, n_queries: int, labels: np.ndarray | None = None) -> n
     return np.array(chosen, dtype=int)
 
 
-def _trim_audio(a: np.ndarray) -> np.ndarray:
-    """Drop trailing all-zero (padding) frames of a [T, F] MFCC array."""
-    nz = np.flatnonzero(np.abs(a).sum(axis=1) > 0)
-    return a[: nz[-1] + 1] if len(nz) else a
+def npz_kinds(data: dict) -> dict[str, str]:
+    """{modality: kind} recorded in an embeddings file ({} for files written before kinds were recorded)."""
+    return json.loads(str(data["kinds"])) if "kinds" in data else {}
 
 
 def draw_item(ax: plt.Axes, data: dict, mod: str, i: int) -> None:
-    """Render sample i of modality mod (preview array or caption) into ax."""
-    prev = data.get(f"preview_{mod}")
-    if mod == "text" or prev is None:
-        caps = data.get("captions") if mod == "text" else None
+    """Render sample i of modality mod into ax, as its kind draws it (captions for text kinds)."""
+    kinds = npz_kinds(data)
+    kind = get_kind(kinds[mod]) if mod in kinds else None
+    prev = data.get("captions") if kind is not None and kind.captions else data.get(f"preview_{mod}")
+    if prev is None:
         keys = data.get("keys")
-        txt = (
-            str(caps[i]) if caps is not None else f"{mod} #{i}" + (f"\n{keys[i]}" if keys is not None else "")
-        )
-        ax.set_facecolor("#f7f7f7")
-        ax.text(
-            0.5,
-            0.5,
-            textwrap.fill(txt, 22)[:220],
-            ha="center",
-            va="center",
-            fontsize=7,
-            transform=ax.transAxes,
-            wrap=True,
-        )
-    else:
+        TextKind().draw(ax, f"{mod} #{i}" + (f"\n{keys[i]}" if keys is not None else ""))
+    elif kind is not None:
+        kind.draw(ax, prev[i])
+    else:  # an older file: draw the stored array as a picture
         p = np.asarray(prev[i])
-        if mod == "audio":
-            ax.imshow(_trim_audio(p.reshape(p.shape[0], -1)).T, aspect="auto", origin="lower", cmap="magma")
-        elif mod == "lidar":
-            ax.imshow(p if p.ndim == 2 else p[..., 0], aspect="auto", cmap="turbo")
-        elif p.ndim == 3 and p.shape[-1] in (3, 4):
-            ax.imshow(p)
-        else:
-            ax.imshow(
-                p.reshape(p.shape[0], -1), cmap="gray" if p.dtype == np.uint8 else "viridis", aspect="auto"
-            )
+        ax.imshow(p if p.ndim == 3 and p.shape[-1] in (3, 4) else p.reshape(p.shape[0], -1), aspect="auto")
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jointspace.kinds import with_role
+
 log = logging.getLogger(__name__)
 
 RECALL_COLS = [
@@ -20,7 +22,6 @@ RECALL_COLS = [
     ("mAP@10", "mAP@10"),
     ("median_rank", "MedR"),
 ]
-PREFERRED_PAIRS = [("text", "image"), ("image", "text"), ("audio", "image"), ("text", "audio")]
 MAX_GRIDS = 6
 
 
@@ -123,24 +124,24 @@ def metrics_table(eval: dict) -> str:
     return "\n".join(parts)
 
 
-def select_pairs(modalities: list[str], max_grids: int = MAX_GRIDS) -> list[tuple[str, str]]:
-    """Choose ordered (query, gallery) pairs for retrieval grids: the usual pairs first, then cover the rest."""
+def select_pairs(modalities: list[str], kinds: dict[str, str] | None = None,
+                 max_grids: int = MAX_GRIDS) -> list[tuple[str, str]]:
+    """Ordered (query, gallery) pairs for retrieval grids: caption <-> anchor (the picture modality, else
+    the first other) first, then each other modality -> anchor and caption -> it."""
     mods = list(dict.fromkeys(modalities))
-    pairs = [p for p in PREFERRED_PAIRS if p[0] in mods and p[1] in mods]
-    covered = {m for p in pairs for m in p}
-    anchor = next((a for a in ("image", "text") if a in mods), None)
-    for m in mods:
-        if m in covered:
+    kinds = {m: k for m, k in (kinds or {}).items() if m in mods}
+    caption = with_role(kinds, "captions")
+    others = [m for m in mods if m != caption]
+    anchor = with_role({m: kinds[m] for m in others if m in kinds}, "picture") or (others[0] if others else None)
+    pairs = [(caption, anchor), (anchor, caption)] if caption and anchor else []
+    for m in others:
+        if m == anchor:
             continue
-        partners = [anchor] if anchor and anchor != m else [o for o in mods if o != m]
-        for o in partners:
-            pairs += [(m, o), (o, m)]
-        covered |= {m, *partners}
-    pairs = list(dict.fromkeys(p for p in pairs if p[0] != p[1]))
-    return pairs[:max_grids]
+        pairs += [(m, anchor), (caption, m)] if caption else [(anchor, m), (m, anchor)]
+    return list(dict.fromkeys(p for p in pairs if p[0] != p[1]))[:max_grids]
 
 
-def centroid_confusion(data: dict, mod: str, ref: str = "text") -> np.ndarray:
+def centroid_confusion(data: dict, mod: str, ref: str) -> np.ndarray:
     """Confusion matrix of classifying ``mod`` embeddings by nearest ``ref`` class centroid (cosine)."""
     labels = np.asarray(data["labels"])
     n_cls = max(len(data.get("class_names", [])), int(labels.max()) + 1)
@@ -183,7 +184,7 @@ def write_report(
     run_dir: Path, split: str = "test", method: str = "umap", max_points: int = 2000, seed: int = 0
 ) -> Path:
     """Render plots into RUN/plots/ and a self-contained RUN/report.html; return the html path."""
-    from jointspace.viz.plots import plot_confusion, plot_curves, plot_retrieval_grid, plot_umap
+    from jointspace.viz.plots import npz_kinds, plot_confusion, plot_curves, plot_retrieval_grid, plot_umap
 
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -193,6 +194,8 @@ def write_report(
     records = load_metrics(run_dir / "metrics.jsonl")
     data = load_embeddings(run_dir / "eval" / f"embeddings_{split}.npz")
     mods = [k.removeprefix("emb_") for k in data if k.startswith("emb_")]
+    kinds = npz_kinds(data)
+    caption = with_role({m: k for m, k in kinds.items() if m in mods}, "captions")
     name = run_dir.resolve().name
     esc = html.escape
     body = [
@@ -237,19 +240,19 @@ def write_report(
             emb, labels, class_names, plots / "umap.png", max_points=max_points, seed=seed, method=method
         )
         body.append(_img(p, "joint 2-D projection; colour = class, marker = modality"))
-        if "text" in mods and len(mods) > 1:
-            body.append("<h2>Nearest text-centroid classification</h2>")
-            for m in [m for m in mods if m != "text"][:4]:
-                cm = centroid_confusion(data, m)
+        if caption and len(mods) > 1:
+            body.append(f"<h2>Nearest {esc(caption)}-centroid classification</h2>")
+            for m in [m for m in mods if m != caption][:4]:
+                cm = centroid_confusion(data, m, caption)
                 acc = np.trace(cm) / max(1, cm.sum())
                 p = plot_confusion(
                     cm,
                     class_names,
                     plots / f"confusion_{m}.png",
-                    title=f"{m} vs. text class centroids (acc {acc:.3f})",
+                    title=f"{m} vs. {caption} class centroids (acc {acc:.3f})",
                 )
-                body.append(_img(p, f"{m}: predicted class = nearest text class centroid"))
-        pairs = select_pairs(mods)
+                body.append(_img(p, f"{m}: predicted class = nearest {caption} class centroid"))
+        pairs = select_pairs(mods, kinds)
         if pairs:
             body.append("<h2>Retrieval examples</h2>")
             body.append(

@@ -1,0 +1,115 @@
+"""The registry of modality kinds: one module per kind, each owning all that is specific to its data.
+
+Adding a kind is a module with a `Kind` subclass and one `register` line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from jointspace.kinds.base import BadCell, Kind, Prep, QueryError
+from jointspace.kinds.image import ImageKind
+from jointspace.kinds.points import PointsKind
+from jointspace.kinds.range import RangeKind
+from jointspace.kinds.sequence import SequenceKind
+from jointspace.kinds.text import TextKind
+
+_KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    """Add a kind to the registry under its name."""
+    if kind.name in _KINDS:
+        raise ValueError(f"kind {kind.name!r} registered twice")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+register(ImageKind())
+register(TextKind())
+register(SequenceKind())
+register(RangeKind())
+register(PointsKind())
+
+KINDS = tuple(_KINDS)
+
+
+def get_kind(name: str) -> Kind:
+    """The registered kind `name`; unknown names raise ValueError listing the known ones."""
+    if name not in _KINDS:
+        raise ValueError(f"unknown modality kind {name!r} (known: {', '.join(_KINDS)})")
+    return _KINDS[name]
+
+
+def all_kinds() -> list[Kind]:
+    return list(_KINDS.values())
+
+
+def decode_file(ext: str, data: bytes) -> Any:
+    """Decode one stored file by its extension, with the kind that reads that extension."""
+    for kind in _KINDS.values():
+        if ext in kind.extensions:
+            return kind.decode(ext, data)
+    raise ValueError(f"unknown extension .{ext}")
+
+
+def recognise_column(column: str, values: list[str]) -> str | None:
+    """The kind of a manifest column by its name and values (fallback kinds last), or None."""
+    ordered = sorted(_KINDS.values(), key=lambda k: k.fallback)
+    return next((k.name for k in ordered if k.recognise(column, values)), None)
+
+
+def kind_for_alias(word: str) -> str | None:
+    """The kind a query word names ("audio", "lidar", "points", ...), or None."""
+    word = word.lower()
+    return next((k.name for k in _KINDS.values() if word == k.name or word in k.aliases), None)
+
+
+def with_role(kinds: dict[str, str], role: str) -> str | None:
+    """The first modality whose kind has `role` ("captions", "picture", "spatial") set, or None."""
+    return next((m for m, k in kinds.items() if getattr(get_kind(k), role)), None)
+
+
+def preview_modality(kinds: dict[str, str]) -> str | None:
+    """The modality whose values become a sample's thumbnail (lowest preview rank), or None."""
+    ranked = [(get_kind(k).preview_rank, m) for m, k in kinds.items() if get_kind(k).preview_rank is not None]
+    return min(ranked)[1] if ranked else None
+
+
+def to_inputs(values: dict[str, list], kinds: dict[str, str], prep: Prep) -> dict[str, torch.Tensor]:
+    """Decoded per-modality lists -> model input tensors, each by its kind."""
+    inputs: dict[str, torch.Tensor] = {}
+    for name, vals in values.items():
+        inputs.update(get_kind(kinds[name]).to_tensors(name, vals, prep))
+    return inputs
+
+
+def fit_prep(values: dict[str, list], kinds: dict[str, str], prep: Prep) -> Prep:
+    """Fix what each modality's normalisation still needs from these values (e.g. max_range)."""
+    for name, vals in values.items():
+        prep = get_kind(kinds[name]).fit(name, vals, prep)
+    return prep
+
+
+def input_channels(inputs: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict[str, int]:
+    """Channels of each modality's input tensor, where its kind has them."""
+    out = {}
+    for name, kind in kinds.items():
+        if name in inputs and (c := get_kind(kind).channels_of(inputs[name])) is not None:
+            out[name] = c
+    return out
+
+
+def describe() -> list[dict]:
+    """Registered kinds: name, extensions, aliases, default tower, roles."""
+    roles = ("spatial", "captions", "picture")
+    return [{"name": k.name, "extensions": list(k.extensions), "aliases": list(k.aliases),
+             "default_tower": k.default_tower, "roles": [r for r in roles if getattr(k, r)]}
+            for k in _KINDS.values()]
+
+
+__all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "all_kinds", "decode_file", "describe", "fit_prep",
+           "get_kind", "input_channels", "kind_for_alias", "preview_modality", "recognise_column", "register",
+           "to_inputs", "with_role"]

@@ -1,0 +1,215 @@
+"""What every modality kind provides, and `Prep`: how a run turns values into tensors (fixed per run).
+
+A kind owns everything about one sort of data: how a value is stored in a shard and read back, how a
+manifest column is recognised and checked, how a batch of values becomes tensors (with normalisation
+fixed per run), how a query file is parsed and checked, and how a sample is previewed and drawn.
+Nothing outside `kinds/` branches on a kind's name.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class QueryError(ValueError):
+    """A query cannot be encoded; the message names the modality, file or field."""
+
+
+class BadCell(Exception):
+    """One unusable manifest cell: "column: reason"."""
+
+
+MAX_ARRAY_VALUES = 4_000_000
+
+
+@dataclass
+class Prep:
+    """How values become model inputs, fixed for a run and recorded in its run.json: sizes shared by all
+    modalities, and per modality its input channels, tokenizer spec and metric range scale."""
+
+    image_size: int = 32
+    context_length: int = 16
+    max_frames: int = 96
+    max_points: int = 1024
+    channels: dict[str, int] = field(default_factory=dict)  # images: target channels; range: 1; points: 3|4
+    tokenizers: dict[str, str] = field(default_factory=dict)  # text modality -> spec (absent: OpenCLIP BPE)
+    max_range: dict[str, float] = field(default_factory=dict)  # range/points modality -> metres that map to 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict | None) -> Prep:
+        return cls(**{k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
+
+    def updated(self, **kw) -> Prep:
+        """A copy with fields replaced (dict fields merged)."""
+        out = Prep(**asdict(self))
+        for k, v in kw.items():
+            setattr(out, k, {**getattr(out, k), **v} if isinstance(v, dict) else v)
+        return out
+
+
+class Kind:
+    """Base class: subclasses set the attributes and override what differs."""
+
+    name: str = ""
+    extensions: tuple[str, ...] = ()  # stored file extensions read as this kind (the first is written)
+    aliases: tuple[str, ...] = ()  # words that name the kind in queries and manifest column names
+    default_tower: str = ""
+    spatial: bool = False  # inputs are [C, H, W] maps (early / intermediate fusion can stack them)
+    captions: bool = False  # values are captions: zero-shot prompts, caption positives, text tables
+    picture: bool = False  # values are pictures: class grids, generative augmentation
+    preview_rank: int | None = None  # lower ranks become a sample's thumbnail first; None: never
+    fallback: bool = False  # recognised only when no other kind claims a manifest column
+    ranged: bool = False  # values are metric distances, scaled by a per-run Prep.max_range
+
+    # ---- storage ----
+    def encode(self, value: Any) -> tuple[str, bytes]:
+        """One value -> (file extension, bytes) in a shard."""
+        raise NotImplementedError
+
+    def decode(self, ext: str, data: bytes) -> Any:
+        """Stored bytes -> value."""
+        raise NotImplementedError
+
+    # ---- manifests ----
+    def recognise(self, column: str, values: list[str]) -> bool:
+        """Whether a manifest column (its name, its lower-cased string values) holds this kind."""
+        return column.lower() in self.aliases
+
+    def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
+        """Validate one manifest cell: (value to store, shape signature that must agree over rows); raises BadCell."""
+        raise NotImplementedError
+
+    # ---- tensors ----
+    def fit(self, name: str, values: list, prep: Prep) -> Prep:
+        """Fill in what this modality's normalisation needs from a split's values (when not yet fixed)."""
+        return prep
+
+    def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
+        """A batch of values -> {name: tensor, ...} (also `<name>_len` for variable-length kinds)."""
+        raise NotImplementedError
+
+    def channels_of(self, tensor: torch.Tensor) -> int | None:
+        """Input channels a batch tensor of this kind has (recorded in Prep.channels), or None."""
+        return None
+
+    def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
+        """Tower constructor parameters the data fixes (used when the tower accepts them and the config
+        does not set them)."""
+        return {}
+
+    # ---- queries ----
+    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> Any:
+        """A query file (path or uploaded bytes) -> value; raises QueryError naming `label`."""
+        raise NotImplementedError
+
+    def check_query(self, name: str, value: Any, tower: nn.Module | None) -> None:
+        """Validate one raw query value before encoding; raises QueryError naming the modality."""
+
+    # ---- pictures ----
+    def preview(self, value: Any) -> np.ndarray:
+        """A 2-D (grey) or [H, W, 3] uint8 thumbnail of one value."""
+        raise NotImplementedError
+
+    def stack_previews(self, values: list) -> np.ndarray:
+        """Values kept for plots, stacked into one array (padded where lengths differ)."""
+        return np.stack([np.asarray(v) for v in values])
+
+    def draw(self, ax, value: np.ndarray) -> None:
+        """Draw one stacked preview value into a matplotlib axis."""
+        ax.imshow(self.preview(value), cmap="gray")
+
+
+# ---- helpers shared by the array kinds ----
+
+def save_npy(value: Any) -> tuple[str, bytes]:
+    """An array (or a path to a .npy file) -> ("npy", float32 .npy bytes)."""
+    if isinstance(value, (str, Path)):
+        value = np.load(value, allow_pickle=False)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(value, dtype=np.float32), allow_pickle=False)
+    return "npy", buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """.npy bytes -> array, never unpickling."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def read_npy_query(source: bytes | str | Path, label: str = "array") -> np.ndarray:
+    """Load a NumPy .npy array (path or bytes) without unpickling; finite float32."""
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+    if not data.startswith(b"\x93NUMPY"):
+        raise QueryError(f"{label}: not a .npy array (no NumPy header; save it with numpy.save)")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError) as err:
+        raise QueryError(f"{label}: not a .npy array ({type(err).__name__}: {err})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise QueryError(f"{label}: expected a numeric .npy array, got dtype {getattr(arr, 'dtype', type(arr))}")
+    if arr.size > MAX_ARRAY_VALUES:
+        raise QueryError(f"{label}: {arr.size} values is more than {MAX_ARRAY_VALUES}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise QueryError(f"{label}: contains NaN or infinite values")
+    return arr
+
+
+def resolve_path(value: Any, base: Path) -> Path:
+    """A manifest path, relative to the manifest's folder unless absolute."""
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def npy_share(values: list[str]) -> float:
+    """Share of values that are local .npy paths."""
+    return sum(v.endswith(".npy") and "://" not in v for v in values) / max(len(values), 1)
+
+
+def check_array_cell(value: Any, base: Path, column: str, kind: str) -> tuple[Any, np.ndarray]:
+    """A manifest cell holding an array (inline list or .npy path): (value to store, array); 2-D, finite."""
+    if isinstance(value, list):
+        try:
+            arr = out = np.asarray(value, dtype=np.float32)
+        except ValueError as err:
+            raise BadCell(f"{column}: not a numeric array ({err})") from None
+    else:
+        path = resolve_path(value, base)
+        if not path.is_file():
+            raise BadCell(f"{column}: missing file {path}")
+        try:
+            arr, out = np.load(path, allow_pickle=False), path
+        except Exception as err:  # noqa: BLE001 - any unreadable file makes the row bad
+            raise BadCell(f"{column}: unreadable {kind} file {path} ({type(err).__name__}: {err})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.ndim != 2:
+        got = f"{arr.dtype} array of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise BadCell(f"{column}: expected a 2-D numeric array, got {got}")
+    if not np.isfinite(arr).all():
+        raise BadCell(f"{column}: non-finite values")
+    return out, arr
+
+
+def scaled_grey(x: np.ndarray) -> np.ndarray:
+    """Any float array -> uint8 scaled to its own min..max."""
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    return np.nan_to_num((x - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+
+
+def first_conv_channels(tower: nn.Module | None) -> int | None:
+    """Input channels/features of a tower's first convolution or linear layer, if it has one."""
+    for module in (tower.modules() if tower is not None else ()):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            return int(module.in_channels)
+        if isinstance(module, nn.Linear):
+            return int(module.in_features)
+    return None

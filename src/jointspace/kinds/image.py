@@ -1,0 +1,128 @@
+"""Images: PNG/JPEG/WebP files in shards, uint8 [H, W] or [H, W, 3] values, [N, C, size, size] in [-1, 1]."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, resolve_path
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # stored as is; other PIL formats are re-encoded
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def image_to_tensor(arrays: list[np.ndarray], size: int, channels: int | None = None) -> torch.Tensor:
+    """uint8 images [H, W] or [H, W, C] -> float [N, C, size, size] in [-1, 1]. Grey images are expanded to
+    the most channels in the batch, or to `channels` when that is more; with `channels` 1, colour
+    images become their channel mean."""
+    out = []
+    for arr in arrays:
+        t = torch.from_numpy(np.array(arr, dtype=np.float32))
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        out.append(t)
+    width = max(channels or 1, *(t.shape[0] for t in out))
+    x = torch.stack([t.expand(width, -1, -1) if t.shape[0] == 1 else t for t in out]) / 127.5 - 1.0
+    if channels is not None and x.shape[1] > channels:
+        x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+    return x
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+
+
+def read_image(source: bytes | str | Path, channels: int, name: str = "image") -> np.ndarray:
+    """Decode an image file (path or bytes) to uint8 [H, W] (1 channel) or [H, W, 3]."""
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise QueryError(f"{name}: {img.width}x{img.height} is larger than {MAX_IMAGE_PIXELS} pixels")
+            img.load()
+            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+    except QueryError:
+        raise
+    except UnidentifiedImageError:
+        raise QueryError(f"{name}: not an image (no known image format)") from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        raise QueryError(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
+    return arr
+
+
+class ImageKind(Kind):
+    name = "image"
+    extensions = ("png", "jpg", "jpeg", "webp", "bmp")
+    aliases = ("image", "img", "picture", "photo")
+    default_tower = "cnn"
+    spatial = True
+    picture = True
+    preview_rank = 0
+
+    def encode(self, value: Any) -> tuple[str, bytes]:
+        if isinstance(value, (str, Path)):
+            path = Path(value)
+            return path.suffix.lstrip(".").lower().replace("jpeg", "jpg"), path.read_bytes()
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(value, dtype=np.uint8)).save(buf, format="PNG")
+        return "png", buf.getvalue()
+
+    def decode(self, ext: str, data: bytes) -> np.ndarray:
+        return decode_image(data)
+
+    def recognise(self, column: str, values: list[str]) -> bool:
+        share = sum(v.endswith(IMAGE_EXTS) and "://" not in v for v in values) / max(len(values), 1)
+        return column.lower() == "image" or share > 0.5
+
+    def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
+        path = resolve_path(value, base)
+        if not path.is_file():
+            raise BadCell(f"{column}: missing file {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if path.suffix.lower() in IMAGE_EXTS:
+                    return path, None
+                return np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB")), None
+        except Exception as err:  # noqa: BLE001 - any unreadable file makes the row bad
+            raise BadCell(f"{column}: unreadable image file {path} ({type(err).__name__}: {err})") from None
+
+    def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
+        arrays = [np.asarray(v)[..., :3] if np.ndim(v) == 3 else v for v in values]  # drop alpha
+        return {name: image_to_tensor(arrays, prep.image_size, prep.channels.get(name))}
+
+    def channels_of(self, tensor: torch.Tensor) -> int | None:
+        return int(tensor.shape[1])
+
+    def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
+        out: dict[str, Any] = {"img_size": prep.image_size}
+        if name in prep.channels:
+            out["in_chans"] = prep.channels[name]
+        return out
+
+    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> np.ndarray:
+        return read_image(source, int(prep.channels.get(name) or 3), label)
+
+    def check_query(self, name: str, value: Any, tower) -> None:
+        arr = np.asarray(value)
+        if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1 or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise QueryError(f"{name}: expected an image [H, W] or [H, W, 1|3|4], got shape {arr.shape}")
+
+    def preview(self, value: Any) -> np.ndarray:
+        return np.asarray(value).astype(np.uint8)
+
+    def draw(self, ax, value: np.ndarray) -> None:
+        p = np.asarray(value)
+        if p.ndim == 3 and p.shape[-1] in (3, 4):
+            ax.imshow(p)
+        else:
+            ax.imshow(p.reshape(p.shape[0], -1), cmap="gray" if p.dtype == np.uint8 else "viridis", aspect="auto")

@@ -1,0 +1,93 @@
+"""Text: UTF-8 captions in shards, token ids [N, context_length] from the text tower's tokenizer."""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jointspace.kinds.base import Kind, Prep, QueryError
+
+MAX_TEXT_CHARS = 2000
+
+
+def make_tokenizer(context_length: int, spec: str | None = None) -> Callable[[list[str]], torch.Tensor]:
+    """texts -> ids [N, L]. `spec` None: OpenCLIP's BPE (shipped in the package); `hf:<folder>`: that
+    Hugging Face tokenizer, padded with its pad id; `openclip:<model>`: that open_clip model's tokenizer."""
+    if spec is None:
+        tok = _bpe_tokenizer(context_length)  # building it reads the BPE merges: once per process
+        return lambda texts: tok(list(texts), context_length=context_length)
+    source, _, name = spec.partition(":")
+    if source == "hf":
+        return _hf_tokenizer(name, context_length)
+    if source == "openclip":
+        import open_clip
+
+        oc_tok = open_clip.get_tokenizer(name)
+        return lambda texts: oc_tok(list(texts), context_length=context_length)
+    raise ValueError(f"tokenizer {spec!r}: expected hf:<folder> or openclip:<model>")
+
+
+@functools.lru_cache(maxsize=8)
+def _bpe_tokenizer(context_length: int):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_tokenizer(folder: str, context_length: int) -> Callable[[list[str]], torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        out = tok(list(texts), padding="max_length", truncation=True, max_length=context_length, return_tensors="pt")
+        return out["input_ids"].long()
+
+    return encode
+
+
+class TextKind(Kind):
+    name = "text"
+    extensions = ("txt", "caption", "text")
+    aliases = ("text", "caption", "txt")
+    default_tower = "transformer"
+    captions = True
+
+    def encode(self, value: Any) -> tuple[str, bytes]:
+        return "txt", str(value).encode("utf-8")
+
+    def decode(self, ext: str, data: bytes) -> str:
+        return data.decode("utf-8")
+
+    def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
+        return str(value), None
+
+    def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
+        return {name: make_tokenizer(prep.context_length, prep.tokenizers.get(name))(list(values))}
+
+    def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
+        return {"context_length": prep.context_length}
+
+    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> str:
+        raise QueryError(f"{label}: {name} is text (a text modality: pass the text itself, not a file)")
+
+    def check_query(self, name: str, value: Any, tower) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise QueryError(f"{name}: expected a non-empty string")
+        if len(value) > MAX_TEXT_CHARS:
+            raise QueryError(f"{name}: text longer than {MAX_TEXT_CHARS} characters")
+
+    def stack_previews(self, values: list) -> np.ndarray:
+        return np.array([str(v) for v in values])
+
+    def draw(self, ax, value) -> None:
+        ax.set_facecolor("#f7f7f7")
+        ax.text(0.5, 0.5, textwrap.fill(str(value), 22)[:220], ha="center", va="center", fontsize=7,
+                transform=ax.transAxes, wrap=True)
