@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jointspace.index import query as Q
-from jointspace.kinds import image as image_kind
 from jointspace.index.query import Encoder, QueryError, parse_vector, read_image, read_npy
+from jointspace.kinds import image as image_kind
 
 
 def png(arr: np.ndarray) -> bytes:
