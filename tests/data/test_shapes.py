@@ -109,3 +109,15 @@ def test_prompts() -> None:
         assert all(s["caption"] in prompts for s in scenes if s["meta"]["shape"] == name)
     with pytest.raises(ValueError):
         shapes.zero_shot_prompts("torus")
+
+
+def test_point_cloud_is_the_range_image_in_3d():
+    """Each scene's points are hits of its own range image: their distances are range values, and the
+    cloud sizes differ (returns are dropped at random, as a sensor loses some)."""
+    scenes = [shapes.render_one(3, i) for i in range(4)]
+    for s in scenes:
+        dist = np.linalg.norm(s["points"], axis=1)
+        hits = s["lidar"][:, ::2][s["lidar"][:, ::2] < shapes.MAX_RANGE]
+        assert s["points"].shape[1] == 3 and 0 < len(dist) <= len(hits)
+        assert np.isin(np.round(dist, 3), np.round(hits, 3)).mean() > 0.99
+    assert len({len(s["points"]) for s in scenes}) > 1

@@ -117,7 +117,7 @@ def test_cli_verbs(tiny_run, digits_dir, tmp_path):
     assert r.exit_code == 0 and "audio" in r.output, r.output
     r = runner.invoke(app, ["search", out, "--text", "x", "--where", "colour=red"])
     assert r.exit_code == 2 and "unknown key 'colour'" in " ".join(r.output.split())
-    r = runner.invoke(app, ["search", out, "--image", str(tmp_path / "missing.png")])
+    r = runner.invoke(app, ["search", out, "--file", str(tmp_path / "missing.png"), "--modality", "image"])
     assert r.exit_code == 2 and "missing.png: no such file" in " ".join(r.output.split())
     r = runner.invoke(app, ["index", "delete", out, "digits-test-00000"])
     assert r.exit_code == 0 and "deleted 3 items" in r.output, r.output

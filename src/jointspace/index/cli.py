@@ -105,12 +105,12 @@ def index_info(index: Annotated[Path, typer.Argument(help="index folder")]) -> N
 def search(
     index: Annotated[Path, typer.Argument(help="index folder")],
     text: Annotated[str | None, typer.Option(help="text query")] = None,
-    image: Annotated[Path | None, typer.Option(help="image file query (PNG/JPEG/...)")] = None,
-    audio: Annotated[Path | None, typer.Option(help=".npy feature frames [T, F] (e.g. MFCCs)")] = None,
-    lidar: Annotated[Path | None, typer.Option(help=".npy range image [H, W]")] = None,
+    file: Annotated[Path | None, typer.Option(help="query file: an image, a .npy array (frames, range image, "
+                                              "point cloud), ...; read by its modality's kind")] = None,
+    modality: Annotated[str | None, typer.Option(help="modality of --file or --text: a name of the model's, or a "
+                                                 "kind word (image, audio, lidar, points); default: the one "
+                                                 "that reads the file's extension")] = None,
     vector: Annotated[Path | None, typer.Option(help=".npy raw vector [D]")] = None,
-    modality: Annotated[str | None, typer.Option(help="query modality name, if the model has several "
-                                                 "of the kind")] = None,
     k: Annotated[int, typer.Option(min=1, help="results")] = 10,
     where: WhereOpt = None,
     target: Annotated[str | None, typer.Option(help="only results of this modality (= --where modality=...)")] = None,
@@ -118,15 +118,14 @@ def search(
     run: Annotated[Path | None, typer.Option(help="the index's run, if it moved (fingerprint-checked)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
-    """Search an index with a text, image, audio, LiDAR or vector query; any modality in, any out."""
+    """Search an index with text, a file of any modality, or a vector; any modality in, any out."""
     from jointspace.index.build import open_for_run
     from jointspace.index.query import parse_vector, read_npy
     from jointspace.index.store import IndexStore
 
-    given = {n: v for n, v in (("text", text), ("image", image), ("audio", audio), ("lidar", lidar),
-                               ("vector", vector)) if v is not None}
+    given = {n: v for n, v in (("text", text), ("file", file), ("vector", vector)) if v is not None}
     if len(given) != 1:
-        raise typer.BadParameter(f"give exactly one of --text, --image, --audio, --lidar, --vector (got {list(given)})")
+        raise typer.BadParameter(f"give exactly one of --text, --file, --vector (got {list(given)})")
     (flag, value), = given.items()
     where = list(where or []) + ([f"modality={target}"] if target else [])
     if flag == "vector":
@@ -134,7 +133,10 @@ def search(
         q = parse_vector(read_npy(value, str(value)), store.dim, str(value))
     else:
         store, enc = open_for_run(index, run)
-        q = enc.encode(modality or flag, [value]) if flag == "text" else enc.encode_file(modality or flag, value)
+        if flag == "text":
+            q = enc.encode(modality or "text", [value])
+        else:
+            q = enc.encode_file(modality or enc.modality_for_file(value), value)
     hits = store.search(q, k, where or None, nprobe=nprobe)[0]
     if as_json:
         console.print_json(json.dumps(hits))

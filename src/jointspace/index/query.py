@@ -96,6 +96,15 @@ class Encoder:
         raise QueryError(f"unknown modality {name!r}; this model has: "
                          + ", ".join(f"{m} ({k})" for m, k in self.kinds.items()))
 
+    def modality_for_file(self, path: str | Path) -> str:
+        """The one modality whose kind reads files with this extension; else QueryError asking for it."""
+        ext = Path(path).suffix.lstrip(".").lower()
+        matches = [m for m, k in self.kinds.items() if ext in get_kind(k).extensions]
+        if len(matches) != 1:
+            raise QueryError(f"{path}: say its modality with --modality (this model has: "
+                             + ", ".join(f"{m} ({k})" for m, k in self.kinds.items()) + ")")
+        return matches[0]
+
     def check(self, modality: str, value) -> None:
         """Validate one raw value of a modality before encoding; raises QueryError naming it."""
         get_kind(self.kinds[modality]).check_query(modality, value, self.model.towers[modality])

@@ -22,7 +22,7 @@ RECALL_COLS = [
     ("mAP@10", "mAP@10"),
     ("median_rank", "MedR"),
 ]
-MAX_GRIDS = 6
+MAX_GRIDS = 8  # caption <-> anchor, then two per other modality: five modalities fit
 
 
 def fmt(v: object, key: str = "") -> str:

@@ -1,4 +1,5 @@
-"""Embedded datasets, generated offline: `digits` (real) and `shapes` (procedural RGB + LiDAR)."""
+"""Embedded datasets, generated offline: `digits` (real) and `shapes` (procedural RGB + LiDAR range image
+and point cloud + caption)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def _shapes_splits(n: int, seed: int) -> dict[str, Iterator[dict]]:
 
     def samples(split: str, count: int, split_seed: int) -> Iterator[dict]:
         for i, scene in enumerate(shapes.generate(count, split_seed)):
-            yield {"key": f"shapes-{split}-{i:05d}", "image": scene["image"], "lidar": scene["lidar"],
+            yield {"key": f"shapes-{split}-{i:05d}", "image": scene["image"], "lidar": scene["lidar"], "points": scene["points"],
                    "text": scene["caption"], "label": scene["label"], "meta": scene["meta"]}
 
     out = {}
@@ -44,7 +45,8 @@ def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = No
             "name": "shapes", "source": "procedural scenes (jointspace.data.builtin.shapes)", "seed": seed,
             "prompt_templates": shapes.prompt_templates(),
             "zero_shot_prompts": {c: shapes.zero_shot_prompts(c) for c in classes},
+            "max_range": shapes.MAX_RANGE,  # metres: the range image's no-hit value, and the points' reach
         }
         return write_dataset(out_dir, _shapes_splits(n or 3000, seed),
-                             {"image": "image", "lidar": "range", "text": "text"}, classes, extra, maxcount=maxcount)
+                             {"image": "image", "lidar": "range", "points": "points", "text": "text"}, classes, extra, maxcount=maxcount)
     raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")

@@ -3,7 +3,8 @@
 World frame: y up, ground plane y = 0, camera / LiDAR at (0, CAM_HEIGHT, 0) looking along +z, x to the
 right. Images are ray cast analytically (numpy, vectorised) with Lambert + ambient shading and a cast
 shadow; the LiDAR range image shares the scene. LiDAR row 0 is the highest zenith angle and column 0
-the leftmost azimuth, so the range image is laid out like the camera image.
+the leftmost azimuth, so the range image is laid out like the camera image. The point cloud is the same
+scan as 3-D points in the sensor frame: every hit of every other azimuth column (a variable count).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ LIDAR_AZIMUTH_DEG = (-30.0, 30.0)  # matches the camera's horizontal field of vi
 LIDAR_ZENITH_DEG = (-34.0, 2.0)
 MAX_RANGE = 20.0
 LIDAR_NOISE = 0.01
+POINT_DROPOUT = 0.1  # share of returns a point cloud loses (so clouds have different sizes)
 OBJECT_X = {"left": -1.65, "centre": 0.0, "right": 1.65}
 OBJECT_Z = 4.6
 SIZE_SCALE = {"small": 0.5, "large": 0.8}
@@ -255,6 +257,18 @@ def _render_lidar(scene: dict, shape: tuple[int, int], noise: np.ndarray, draw_o
     return np.where(hit, np.clip(t + noise, 0.0, MAX_RANGE), MAX_RANGE).astype(np.float32)
 
 
+def points_from_range(ranges: np.ndarray, rng: np.random.Generator | None = None, column_step: int = 2,
+                      dropout: float = POINT_DROPOUT) -> np.ndarray:
+    """The hits of a range image as points [N, 3] (x right, y up, z forward; metres from the sensor);
+    with `rng`, each return is lost with probability `dropout`, as a real sensor loses some."""
+    d = _lidar_rays(*ranges.shape)[:, ::column_step]
+    r = ranges[:, ::column_step]
+    hit = r < MAX_RANGE
+    if rng is not None:
+        hit &= rng.random(hit.shape) >= dropout
+    return (r[hit][:, None] * d[hit]).astype(np.float32)
+
+
 def render_scene(
     rng: np.random.Generator,
     image_size: int = 48,
@@ -265,13 +279,15 @@ def render_scene(
     draw_object: bool = True,
     return_mask: bool = False,
 ) -> dict:
-    """Render one random scene: {"image", "lidar", "caption", "label", "meta"} (+ "mask" if asked)."""
+    """Render one random scene: {"image", "lidar", "points", "caption", "label", "meta"} (+ "mask" if asked)."""
     scene = _sample(rng)
     noise = rng.normal(0.0, LIDAR_NOISE, tuple(lidar_shape))
     image, mask = _render_rgb(scene, image_size, supersample, draw_object)
+    lidar = _render_lidar(scene, tuple(lidar_shape), noise, draw_object)
     out = {
         "image": image,
-        "lidar": _render_lidar(scene, tuple(lidar_shape), noise, draw_object),
+        "lidar": lidar,
+        "points": points_from_range(lidar, rng),  # drawn after everything else: the rest is unchanged
         "caption": _fill(
             scene["template"], scene["shape"], scene["colour"], scene["size"], scene["position"]
         ),
