@@ -121,9 +121,9 @@ def run_open_clip(spec: dict, held: dict) -> int:
 
 
 def run_jointspace(spec: dict, held: dict) -> int:
-    """jointspace.train.loop.train(config), keeping the model it builds; returns the batch size."""
+    """jointspace.tasks.contrastive.train(config), keeping the model it builds; returns the batch size."""
     from jointspace.config import load_config
-    from jointspace.train import loop
+    from jointspace.tasks import contrastive as loop
 
     build = loop.build_from_info
 
@@ -146,7 +146,7 @@ def save_weights(spec: dict, held: dict) -> None:
     if spec["trainer"] == "open_clip":
         torch.save({"state_dict": state}, spec["weights"])
     else:
-        from jointspace.train.checkpoint import save_tensors
+        from jointspace.engine.checkpoint import save_tensors
 
         save_tensors(state, Path(spec["weights"]))
 

@@ -112,7 +112,7 @@ def train(
 ) -> None:
     """Train a joint space."""
     from jointspace.config import load_config
-    from jointspace.train.loop import train as run_train
+    from jointspace.tasks.contrastive import train as run_train
 
     cfg = load_config(config, set_ or [])
     run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
@@ -173,7 +173,7 @@ def demo(
     """Generate the digits set, train a joint space, evaluate it and write the report."""
     from jointspace.config import load_config
     from jointspace.evaluate.runner import evaluate_run
-    from jointspace.train.loop import train as run_train
+    from jointspace.tasks.contrastive import train as run_train
     from jointspace.viz.report import metrics_table, write_report
 
     t0 = time.time()
@@ -208,7 +208,7 @@ def classify(
 ) -> None:
     """Train and test a fusion classifier (early / intermediate / late / transformer) over data.modalities."""
     from jointspace.config import load_config
-    from jointspace.train.classifier import train_classifier
+    from jointspace.tasks.classify import train_classifier
 
     cfg = load_config(config, _overrides(set_, tracker))
     run_dir = train_classifier(cfg, overwrite=overwrite)
@@ -228,7 +228,7 @@ def metric(
 ) -> None:
     """Metric learning of one tower (pytorch-metric-learning loss + miner), k-NN accuracy and a UMAP."""
     from jointspace.config import load_config
-    from jointspace.train.metric import train_metric
+    from jointspace.tasks.metric import train_metric
 
     run_dir = train_metric(load_config(config, _overrides(set_, tracker)), overwrite=overwrite)
     s = json.loads((run_dir / "done.json").read_text())
@@ -265,8 +265,8 @@ def cilp(
     overwrite: Annotated[bool, typer.Option(help="replace existing run folders")] = False,
 ) -> None:
     """CILP: contrastive RGB<->LiDAR pretraining, RGB->LiDAR projector (MSE), LiDAR classifier used from RGB."""
-    from jointspace.cilp import cilp_table, run_cilp
     from jointspace.config import load_config
+    from jointspace.tasks.cilp import cilp_table, run_cilp
 
     cfg = load_config(config, _overrides(set_, tracker))
     rows = []

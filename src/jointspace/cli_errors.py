@@ -17,7 +17,7 @@ def friendly(console: Console) -> Callable[[Callable], Callable]:
         def wrapper(*args, **kwargs):
             from jointspace.config import ConfigError
             from jointspace.data.shards import DataError
-            from jointspace.train.loop import NonFiniteLossError
+            from jointspace.engine import NonFiniteLossError
 
             try:
                 return fn(*args, **kwargs)

@@ -33,7 +33,7 @@ import yaml
 
 from jointspace.config import ConfigError, GridConfig, RunConfig, apply_overrides, config_from_dict, load_grid
 from jointspace.runs import CONFIG
-from jointspace.train.common import read_done
+from jointspace.tasks.common import read_done
 
 METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb")
 
@@ -84,9 +84,9 @@ def run_one(task: str, cfg_raw: dict) -> dict:
     """Run one configuration (in this process) and return its summary; used by the grid's workers."""
     cfg = config_from_dict(cfg_raw)
     if task == "classify":
-        from jointspace.train.classifier import train_classifier as fit
+        from jointspace.tasks.classify import train_classifier as fit
     elif task == "metric":
-        from jointspace.train.metric import train_metric as fit
+        from jointspace.tasks.metric import train_metric as fit
     else:
         raise ValueError(f"task must be classify or metric, got {task!r}")
     return read_done(fit(cfg, overwrite=True, show_progress=False))

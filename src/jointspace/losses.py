@@ -118,7 +118,7 @@ class BindingLoss(nn.Module):
                 logit_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rows, gathered = None, emb
         if self.world_size > 1:
-            from jointspace.train.distributed import gather_with_grad
+            from jointspace.engine.distributed import gather_with_grad
 
             gathered = {m: gather_with_grad(e) for m, e in emb.items()}
             n = next(iter(emb.values())).shape[0]

@@ -17,7 +17,7 @@ def tiny_augment_overrides(data_path, out_dir, name="diffusion", steps=12) -> li
 def diffusion_run(digits_dir, tmp_path_factory):
     """A finished tiny `augment train` run folder."""
     from jointspace.augment.config import load_augment_config
-    from jointspace.augment.train import train_diffusion
+    from jointspace.tasks.diffusion import train_diffusion
 
     out = tmp_path_factory.mktemp("augment")
     cfg = load_augment_config(None, tiny_augment_overrides(digits_dir, out))

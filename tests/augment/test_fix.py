@@ -10,7 +10,7 @@ from jointspace.cli import app
 from jointspace.config import load_config
 from jointspace.data.shards import read_info
 from jointspace.data.subsample import subsample_classes
-from jointspace.train.classifier import train_classifier
+from jointspace.tasks.classify import train_classifier
 
 from .conftest import tiny_augment_overrides
 
@@ -91,7 +91,7 @@ def test_fix_on_a_contrastive_run_judges_retrieval(tiny_cfg, diffusion_run, tmp_
 
     from jointspace.augment.config import load_augment_config
     from jointspace.augment.fix import analyse_split, run_fix
-    from jointspace.train.loop import train
+    from jointspace.tasks.contrastive import train
 
     run = train(tiny_cfg("loss.positives=label", name="contrastive", epochs=1),
                 show_progress=False)
@@ -108,7 +108,7 @@ def test_fix_on_a_contrastive_run_judges_retrieval(tiny_cfg, diffusion_run, tmp_
     from jointspace.data.dataset import load_split
     from jointspace.evaluate.embed import embed_split
     from jointspace.runs import load_run
-    from jointspace.train.loop import split_kwargs
+    from jointspace.tasks.common import split_kwargs
 
     cfg, model, _ = load_run(run)
     data = load_split(cfg.data.path, cfg.eval.split, **split_kwargs(cfg))

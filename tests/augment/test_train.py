@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jointspace.augment import train as aug_train
 from jointspace.augment.config import load_augment_config
-from jointspace.augment.train import read_losses, train_diffusion
-from jointspace.train.loop import NonFiniteLossError
+from jointspace.tasks import diffusion as aug_train
+from jointspace.tasks.contrastive import NonFiniteLossError
+from jointspace.tasks.diffusion import read_losses, train_diffusion
 
 from .conftest import tiny_augment_overrides
 

@@ -80,7 +80,7 @@ def test_training_with_sources_resampling_and_label_map(tiny_cfg, digits_dir):
     import json
 
     from jointspace.evaluate.runner import evaluate_run
-    from jointspace.train.loop import train
+    from jointspace.tasks.contrastive import train
 
     cfg = tiny_cfg(f"data.sources=[{{path: {digits_dir}}}, {{path: {digits_dir}, weight: 2}}]", "data.resampled=true",
                    "data.samples_per_epoch=48", "data.label_map={zero: small, one: small, two: small}",
@@ -99,9 +99,9 @@ def test_streaming_with_sources_matches_in_memory_classes_without_a_val_split(ti
     import json
     import shutil
 
-    from jointspace.train.batches import StreamedBatches
-    from jointspace.train.distributed import DistInfo
-    from jointspace.train.loop import train
+    from jointspace.engine.distributed import DistInfo
+    from jointspace.tasks.batches import StreamedBatches
+    from jointspace.tasks.contrastive import train
 
     no_val = tmp_path / "digits_no_val"
     shutil.copytree(digits_dir, no_val)

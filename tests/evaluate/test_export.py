@@ -13,7 +13,7 @@ from jointspace.cli import app
 from jointspace.data.dataset import load_split
 from jointspace.evaluate.embed import embed_split
 from jointspace.runs import load_run
-from jointspace.train.loop import train
+from jointspace.tasks.contrastive import train
 
 
 def test_embed_command_npy_and_parquet(tiny_cfg, digits_dir, tmp_path):

@@ -17,7 +17,7 @@ def train_tiny(base: Path, digits_dir: Path, name: str = "search") -> Path:
     """Train (once per pytest session) a tiny digits model; returns its run folder."""
     from jointspace.cli import builtin_config
     from jointspace.config import load_config
-    from jointspace.train.loop import train
+    from jointspace.tasks.contrastive import train
 
     run = base / "runs" / name
     if not (run / "model.safetensors").exists():

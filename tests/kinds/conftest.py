@@ -54,7 +54,7 @@ def all_kinds_overrides(data: Path, out: Path, name: str = "all") -> list[str]:
 @pytest.fixture(scope="session")
 def all_kinds_run(tmp_path_factory, all_kinds_dir) -> Path:
     from jointspace.config import load_config
-    from jointspace.train.loop import train
+    from jointspace.tasks.contrastive import train
 
     out = tmp_path_factory.mktemp("kinds-runs")
     return train(load_config(None, all_kinds_overrides(all_kinds_dir, out)), show_progress=False)

@@ -138,7 +138,7 @@ def test_points_through_every_verb(all_kinds_run, all_kinds_dir, tmp_path):
 @pytest.mark.parametrize("fusion", ["late", "transformer"])
 def test_fusion_classifiers_take_points(fusion, all_kinds_dir, tmp_path):
     from jointspace.config import load_config
-    from jointspace.train.classifier import train_classifier
+    from jointspace.tasks.classify import train_classifier
 
     from .conftest import all_kinds_overrides
 

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from jointspace.evaluate.runner import evaluate_run
 from jointspace.runs import load_run
-from jointspace.train.loop import train
+from jointspace.tasks.contrastive import train
 
 
 def test_train_openclip_image_and_hf_text_with_lora(tiny_cfg, tiny_clip_file, tiny_bert_dir, capsys):

@@ -28,7 +28,7 @@ def augment_train(
 ) -> None:
     """Train a small class-conditional diffusion model (UNet2DModel, DDPM) on a shard folder's images."""
     from jointspace.augment.config import load_augment_config
-    from jointspace.augment.train import train_diffusion
+    from jointspace.tasks.diffusion import train_diffusion
 
     cfg = load_augment_config(config, [*([f"data.path={data}"] if data else []), *(set_ or [])])
     console.print(f"done: {train_diffusion(cfg, resume=resume, overwrite=overwrite)}")

@@ -62,14 +62,14 @@ def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
 
 def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """(predicted class, true class, class names, what was measured) for every sample of a split."""
-    from jointspace.train.loop import split_kwargs
+    from jointspace.tasks.common import split_kwargs
 
     cfg = load_config(run_dir / CONFIG)
     data = load_split(cfg.data.path, split, **split_kwargs(cfg))
     if run_task(run_dir) == "classify":
         from safetensors.torch import load_file
 
-        from jointspace.train.classifier import build_classifier, predict
+        from jointspace.tasks.classify import build_classifier, predict
 
         model = build_classifier(cfg, data)
         model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
@@ -185,8 +185,8 @@ def analyse_split(run_dir: Path, split: str) -> dict:
 
 def train_sampler_model(aug: AugmentConfig, cfg: RunConfig, out: Path, log: Callable[[str], None]) -> Path:
     """Train a diffusion model on the run's train images (unless one is finished there already)."""
-    from jointspace.augment.train import train_diffusion
-    from jointspace.train.common import read_done
+    from jointspace.tasks.common import read_done
+    from jointspace.tasks.diffusion import train_diffusion
 
     dcfg = aug.model_copy(update={"name": "diffusion", "output_dir": str(out),
                                   "data": aug.data.model_copy(update={"path": cfg.data.path, "split": "train"})})
@@ -199,8 +199,8 @@ def train_sampler_model(aug: AugmentConfig, cfg: RunConfig, out: Path, log: Call
 def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | None = None, out: str | Path | None = None,
             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """The whole loop; writes `out/fix.json`, `fix.md` and `report.html`, returns fix.json's content."""
-    from jointspace.train.classifier import train_classifier
-    from jointspace.train.loop import train
+    from jointspace.tasks.classify import train_classifier
+    from jointspace.tasks.contrastive import train
 
     t0 = time.time()
     run_dir = Path(run_dir)

@@ -4,6 +4,7 @@ config), evaluated by k-NN accuracy of test against train embeddings and drawn a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -15,25 +16,24 @@ from torch import nn
 
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData, epoch_batches
+from jointspace.engine import Objective, StepContext, fit
+from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
 from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
-from jointspace.train.checkpoint import save_checkpoint, save_tensors
-from jointspace.train.common import (
+from jointspace.tasks.common import (
     PeakMemory,
-    clip_or_stop,
     load_splits,
     n_classes_of,
-    progress_bar,
+    plan_of,
     start_run,
     steps_or_fail,
     to_device,
+    tracker_of,
     write_done,
 )
-from jointspace.train.loop import autocast, seed_everything
-from jointspace.train.optim import build_optimizer, build_scheduler
-from jointspace.train.tracking import Tracker
 
 
 def n_mined(indices: tuple | None) -> int:
@@ -46,14 +46,14 @@ def n_mined(indices: tuple | None) -> int:
 
 
 def metric_step(model: ModalityEncoders, modality: str, loss_fn: nn.Module, miner: nn.Module | None,
-                batch: dict[str, torch.Tensor], amp_ctx=None) -> tuple[torch.Tensor, int]:
+                batch: dict[str, torch.Tensor], amp_ctx=None, backward=None) -> tuple[torch.Tensor, int]:
     """Forward + backward of one batch: embed, mine (if a miner is set), PML loss. Returns (loss, #mined)."""
     with amp_ctx or contextlib.nullcontext():
         emb = model({modality: batch[modality]})[modality]
     emb = emb.float()
     indices = miner(emb, batch["label"]) if miner is not None else None
     loss = loss_fn(emb, batch["label"], indices)
-    loss.backward()
+    (backward or torch.Tensor.backward)(loss)
     return loss.detach(), n_mined(indices)
 
 
@@ -97,79 +97,96 @@ def knn_metrics(train_emb: torch.Tensor, train_y: torch.Tensor, test_emb: torch.
     return out
 
 
-def train_metric(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True) -> Path:
+class MetricObjective(Objective):
+    """A PML loss (and miner) on one tower's embeddings; validation by the loss over consecutive chunks."""
+
+    def __init__(self, cfg: RunConfig, modality: str, model: ModalityEncoders, loss_fn: nn.Module,
+                 miner: nn.Module | None, train_data: SplitData, val_data: SplitData | None, device: torch.device):
+        self.cfg, self.modality, self.model, self.loss_fn, self.miner = cfg, modality, model, loss_fn, miner
+        self.train_data, self.val_data, self.device = train_data, val_data, device
+        self.module = nn.ModuleDict({"model": model, "loss": loss_fn})  # what is optimised and checkpointed
+
+    def batches(self, epoch: int, skip: int):
+        batches = epoch_batches(len(self.train_data), self.cfg.train.batch_size, self.cfg.seed, epoch)
+        return itertools.islice(batches, skip, None)
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def backward(self, idx: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        if ctx.accum_steps != 1:
+            raise ValueError("train.accum_steps: metric learning mines within a batch; use 1")
+        batch = to_device(self.train_data.batch(idx), self.device)
+        loss, mined = metric_step(self.model, self.modality, self.loss_fn, self.miner, batch, ctx.autocast(),
+                                  ctx.backward)
+        return loss, {"mined": mined}
+
+    def validate(self) -> dict | None:
+        if self.val_data is None:
+            return None
+        val_emb = embed(self.model, self.modality, self.val_data, self.device)
+        return {"loss": split_loss(self.loss_fn, val_emb.to(self.device), self.val_data.labels.to(self.device),
+                                   self.cfg.train.batch_size)}
+
+
+def _optimizer(cfg: RunConfig, model: nn.Module, loss_fn: nn.Module) -> tuple[torch.optim.Optimizer, list]:
+    """AdamW over the tower, plus the loss's own parameters (ArcFace's class centres W) at metric.loss_lr."""
+    optimizer = build_optimizer(model, cfg.train)
+    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+    if loss_params:
+        optimizer.add_param_group({"params": loss_params, "lr": cfg.metric.loss_lr or cfg.train.lr,
+                                   "weight_decay": 0.0})
+    return optimizer, loss_params
+
+
+def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train one tower with the configured PML loss/miner, evaluate k-NN accuracy; returns the run folder."""
     modality = cfg.metric.modality or cfg.data.modalities[0]
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": [modality]})})
     t_start = time.time()
-    run_dir = start_run(cfg, overwrite)
+    run_dir = start_run(cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
-    seed_everything(cfg.seed)
     _info, train_data, val_data, test_data = load_splits(cfg)
     kinds = train_data.kinds
     shape = tuple(train_data.inputs[modality].shape[1:])
     model = build_encoders(cfg.model, kinds, train_data.prep, cfg.model.embed_dim).to(device)
-    n_classes = n_classes_of(train_data)
-    loss_fn, miner = build_metric_loss(cfg.metric, cfg.model.embed_dim, n_classes)
-    loss_fn = loss_fn.to(device)
-    both = nn.ModuleDict({"model": model, "loss": loss_fn})  # what is optimised and checkpointed
+    loss_fn, miner = build_metric_loss(cfg.metric, cfg.model.embed_dim, n_classes_of(train_data))
+    obj = MetricObjective(cfg, modality, model, loss_fn.to(device), miner, train_data, val_data, device)
     n_params = count_parameters(model)
-    write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds, "prep": train_data.prep.to_json(),
-                             "class_names": train_data.class_names, "input_shape": list(shape),
-                             "data_path": cfg.data.path, "n_params": n_params})
-    optimizer = build_optimizer(model, cfg.train)
-    loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-    if loss_params:  # e.g. ArcFace's class centres W
-        optimizer.add_param_group({"params": loss_params, "lr": cfg.metric.loss_lr or cfg.train.lr,
-                                   "weight_decay": 0.0})
-    n_steps_epoch = steps_or_fail(len(train_data), cfg.train.batch_size)
-    total_steps = n_steps_epoch * cfg.train.epochs
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-    tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
-    amp_ctx = autocast(device, cfg.train.amp)
+    if not resume:
+        write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds,
+                                 "prep": train_data.prep.to_json(), "class_names": train_data.class_names,
+                                 "input_shape": list(shape), "data_path": cfg.data.path, "n_params": n_params})
+    optimizer, loss_params = _optimizer(cfg, model, loss_fn)
+    plan = plan_of(cfg.train, steps_or_fail(len(train_data), cfg.train.batch_size))
+    scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
     print(f"run {run_dir}: metric learning of {modality} with {type(loss_fn).__name__}"
           f"{' + ' + type(miner).__name__ if miner else ''}, {n_params:,} parameters "
           f"(+{sum(p.numel() for p in loss_params):,} in the loss), device {device}")
+    with PeakMemory(device) as memory:
+        fitted = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
+    save_tensors(obj.module.state_dict(), run_dir / WEIGHTS)
+    result = _evaluate(cfg, run_dir, obj, test_data)
+    summary = {"task": "metric", "name": cfg.name, "seed": cfg.seed, "loss": cfg.metric.loss.name,
+               "miner": cfg.metric.miner.name if cfg.metric.miner else None,
+               "test_accuracy": result[f"knn{cfg.metric.knn_k}_accuracy"], **result,
+               "val_loss": fitted.last_val.get("loss"), "n_params": n_params, "epochs": cfg.train.epochs,
+               "seconds_per_epoch": round(fitted.train_seconds / cfg.train.epochs, 3), **memory.result(),
+               "wall_seconds": round(time.time() - t_start, 1)}
+    write_done(run_dir, summary)
+    return run_dir
 
-    step, train_seconds, val_loss = 0, 0.0, None
-    progress = progress_bar(show_progress)
-    with progress, PeakMemory(device) as memory:
-        task = progress.add_task("train", total=total_steps, epoch=0, loss=float("nan"))
-        for epoch in range(cfg.train.epochs):
-            model.train()
-            t0 = time.perf_counter()
-            for idx in epoch_batches(len(train_data), cfg.train.batch_size, cfg.seed, epoch):
-                optimizer.zero_grad(set_to_none=True)
-                batch = to_device(train_data.batch(idx), device)
-                loss, mined = metric_step(model, modality, loss_fn, miner, batch, amp_ctx)
-                clip_or_stop(both.parameters(), loss, cfg.train.grad_clip, step, epoch, tracker)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                progress.update(task, advance=1, epoch=epoch + 1, loss=float(loss))
-                if step % cfg.train.log_every == 0 or step == total_steps:
-                    tracker.log({"step": step, "epoch": round(step / n_steps_epoch, 4), "split": "train",
-                                 "loss": float(loss), "mined": mined, "lr": scheduler.get_last_lr()[0]})
-            train_seconds += time.perf_counter() - t0
-            done = epoch + 1
-            if val_data is not None and (done % cfg.train.eval_every == 0 or done == cfg.train.epochs):
-                val_emb = embed(model, modality, val_data, device)
-                val_loss = split_loss(loss_fn, val_emb.to(device), val_data.labels.to(device),
-                                      cfg.train.batch_size)
-                tracker.log({"step": step, "epoch": done, "split": "val", "loss": val_loss})
-            if done % cfg.train.checkpoint_every == 0 or done == cfg.train.epochs:
-                save_checkpoint(run_dir / "checkpoints", f"epoch_{done:04d}", both, optimizer,
-                                {"epoch": done, "step": step, "scheduler": scheduler.state_dict()},
-                                keep=cfg.train.keep_checkpoints)
-    tracker.close()
-    save_tensors(both.state_dict(), run_dir / WEIGHTS)
+
+def _evaluate(cfg: RunConfig, run_dir: Path, obj: MetricObjective, test_data: SplitData) -> dict:
+    """k-NN metrics of the test split against the train split; its embeddings and UMAP in the run folder."""
+    model, modality, train_data, device = obj.model, obj.modality, obj.train_data, obj.device
     train_emb = F.normalize(embed(model, modality, train_data, device), dim=-1)
     test_emb = F.normalize(embed(model, modality, test_data, device), dim=-1)
     result = knn_metrics(train_emb, train_data.labels, test_emb, test_data.labels, cfg.metric.knn_k)
     (run_dir / "eval").mkdir(exist_ok=True)
     np.savez_compressed(run_dir / "eval" / f"embeddings_{cfg.eval.split}.npz",
                         **{f"emb_{modality}": test_emb.numpy()}, labels=test_data.labels.numpy(),
-                        class_names=np.array(test_data.class_names))
+                        class_names=np.array(test_data.class_names), kinds=np.array(json.dumps(test_data.kinds)))
     if cfg.metric.plot != "none":
         from jointspace.viz.plots import plot_umap
 
@@ -178,11 +195,4 @@ def train_metric(cfg: RunConfig, overwrite: bool = False, show_progress: bool = 
                   method=cfg.metric.plot)
     (run_dir / "eval.json").write_text(json.dumps({"split": cfg.eval.split, "n_samples": len(test_data),
                                                    "modality": modality, **result}, indent=2))
-    summary = {"task": "metric", "name": cfg.name, "seed": cfg.seed, "loss": cfg.metric.loss.name,
-               "miner": cfg.metric.miner.name if cfg.metric.miner else None,
-               "test_accuracy": result[f"knn{cfg.metric.knn_k}_accuracy"], **result, "val_loss": val_loss,
-               "n_params": n_params, "epochs": cfg.train.epochs,
-               "seconds_per_epoch": round(train_seconds / cfg.train.epochs, 3), **memory.result(),
-               "wall_seconds": round(time.time() - t_start, 1)}
-    write_done(run_dir, summary)
-    return run_dir
+    return result

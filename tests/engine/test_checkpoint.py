@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from jointspace.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from jointspace.train.optim import warmup_cosine
+from jointspace.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jointspace.engine.optim import warmup_cosine
 
 
 def _model():
@@ -50,7 +50,7 @@ def test_keeps_newest_and_points_latest(tmp_path):
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from jointspace.train.checkpoint import save_checkpoint
+    from jointspace.engine.checkpoint import save_checkpoint
     model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(2, 512)).sum().backward(); opt.step()

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from jointspace.config import TrainConfig
-from jointspace.train.optim import build_optimizer
+from jointspace.engine.optim import build_optimizer
 
 
 def _model() -> nn.Module:

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from jointspace.config import load_config
-from jointspace.train.classifier import train_classifier
+from jointspace.tasks.classify import train_classifier
 
 
 def _cfg(shapes_dir, tmp_path, *extra):

@@ -16,7 +16,7 @@ WORKER = textwrap.dedent("""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from safetensors.torch import save_file
     from jointspace.losses import BindingLoss, positive_mask
-    from jointspace.train.distributed import cleanup, gather_no_grad, init_distributed, shard_batch
+    from jointspace.engine.distributed import cleanup, gather_no_grad, init_distributed, shard_batch
     sys.path.insert(0, sys.argv[1])
     from common import make_model, make_batch
 
@@ -121,7 +121,7 @@ def test_torchrun_training_matches_single_process(tiny_cfg, tmp_path):
     extra = ("model.towers.image.params.norm=group", "model.towers.audio.params.norm=group",
              "model.towers.audio.params.dropout=0.0", "train.grad_clip=null")
     single = tiny_cfg(*extra, name="single", epochs=1)
-    from jointspace.train.loop import train
+    from jointspace.tasks.contrastive import train
 
     train(single, show_progress=False)
     cfg = single.model_copy(update={"name": "ddp"})

@@ -1,4 +1,4 @@
-"""`augment train`: denoising (epsilon-prediction) training of a class-conditional UNet with label dropout.
+"""The diffusion task (`task: diffusion`, also `augment train`): denoising (epsilon-prediction) training of a class-conditional UNet with label dropout.
 
 The randomness of step s (noise, timesteps, dropped labels, flips) comes from a generator seeded by
 (seed, s) and the batch order from (seed, epoch), so a run resumed from any checkpoint continues
@@ -8,6 +8,7 @@ exactly. A non-finite loss stops the run; the last good checkpoint stays what `l
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 from pathlib import Path
@@ -19,12 +20,12 @@ from torch import nn
 from jointspace.augment.config import AugmentConfig, save_augment_config
 from jointspace.augment.model import build_unet, load_images, scheduler_config, unet_kwargs
 from jointspace.data.dataset import epoch_batches
+from jointspace.engine import Objective, Plan, StepContext, fit
+from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.optim import build_optimizer, warmup_cosine
+from jointspace.engine.tracking import Tracker
 from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir, resolve_device, write_run_info
-from jointspace.train.checkpoint import latest_checkpoint, resume_latest, save_checkpoint, save_tensors
-from jointspace.train.common import progress_bar, write_done
-from jointspace.train.loop import NonFiniteLossError
-from jointspace.train.optim import warmup_cosine
-from jointspace.train.tracking import Tracker
+from jointspace.tasks.common import write_done
 
 
 class DiffusionState(nn.Module):
@@ -66,16 +67,48 @@ def diffusion_loss(unet: nn.Module, noise_sched, images: torch.Tensor, labels: t
     return F.mse_loss(pred.float(), noise.to(device))
 
 
+class DiffusionObjective(Objective):
+    """Epsilon-prediction MSE; the noise of step s from a generator seeded by (seed, s); an EMA of the UNet."""
+
+    def __init__(self, cfg: AugmentConfig, state: DiffusionState, noise_sched, images: torch.Tensor,
+                 labels: torch.Tensor, null_class: int):
+        self.cfg, self.module, self.noise_sched = cfg, state, noise_sched
+        self.images, self.labels, self.null_class = images, labels, null_class
+        self.batch_size = min(cfg.train.batch_size, len(labels))
+
+    def batches(self, epoch: int, skip: int):
+        return itertools.islice(epoch_batches(len(self.labels), self.batch_size, self.cfg.seed, epoch), skip, None)
+
+    def loss(self, idx: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        tc = self.cfg.train
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + ctx.step)
+        return diffusion_loss(self.module.unet, self.noise_sched, self.images[idx], self.labels[idx], gen,
+                              self.null_class, tc.label_dropout, tc.hflip), {}
+
+    def clip_parameters(self):
+        return self.module.unet.parameters()
+
+    def after_step(self, step: int) -> None:
+        self.module.update_ema(self.cfg.train.ema_decay, step)
+
+
+def _run_info(cfg: AugmentConfig, class_names: list[str], n_classes: int, images: torch.Tensor, kwargs: dict,
+              sched_cfg: dict, labels: torch.Tensor) -> dict:
+    return {"task": "diffusion", "class_names": class_names, "null_class": n_classes,
+            "image_size": cfg.data.image_size, "channels": int(images.shape[1]), "unet": kwargs,
+            "scheduler": sched_cfg, "data_path": cfg.data.path,
+            "train_class_counts": torch.bincount(labels, minlength=n_classes).tolist()}
+
+
 def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = False,
                     show_progress: bool = True) -> Path:
     """Train the configured diffusion model on the images of `data.path`; returns the run folder.
 
     The folder gets config.yaml, run.json (UNet + schedule + class names), metrics.jsonl,
     checkpoints/, model.safetensors (the EMA weights) and, last, done.json."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # heavy: imported when a diffusion run starts
 
-    t_start = time.time()
-    tc = cfg.train
+    t_start, tc = time.time(), cfg.train
     run_dir = prepare_run_dir(cfg.run_dir, resume, overwrite)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -88,66 +121,22 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
     sched_cfg = scheduler_config(tc.timesteps, tc.beta_schedule)
     torch.manual_seed(cfg.seed)
     state = DiffusionState(build_unet(kwargs)).to(device)
-    noise_sched = DDPMScheduler.from_config(sched_cfg)
-    optimizer = torch.optim.AdamW(state.unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    obj = DiffusionObjective(cfg, state, DDPMScheduler.from_config(sched_cfg), images, labels, n_classes)
+    optimizer = build_optimizer(state.unet, tc)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, tc.warmup_steps, tc.steps))
-    ckpt_dir = run_dir / "checkpoints"
-    step = 0
-    if resume:
-        saved = resume_latest(ckpt_dir, state, optimizer, lr_sched)
-        step = saved["step"]
-    else:
+    if not resume:
         save_augment_config(cfg, run_dir / CONFIG)
-        counts = torch.bincount(labels, minlength=n_classes).tolist()
-        write_run_info(run_dir, {"task": "diffusion", "class_names": class_names, "null_class": n_classes,
-                                 "image_size": cfg.data.image_size, "channels": int(images.shape[1]),
-                                 "unet": kwargs, "scheduler": sched_cfg, "data_path": cfg.data.path,
-                                 "train_class_counts": counts})
-    tracker = Tracker(run_dir, "none")
-    batch_size = min(tc.batch_size, len(labels))
-    per_epoch = len(labels) // batch_size
+        write_run_info(run_dir, _run_info(cfg, class_names, n_classes, images, kwargs, sched_cfg, labels))
+    plan = Plan(steps_per_epoch=len(labels) // obj.batch_size, total_steps=tc.steps, log_every=tc.log_every,
+                checkpoint_every=None, checkpoint_every_steps=tc.checkpoint_every,
+                keep_checkpoints=tc.keep_checkpoints, grad_clip=tc.grad_clip)
     n_params = sum(p.numel() for p in state.unet.parameters())
     print(f"diffusion run {run_dir}: {len(labels)} images {tuple(images.shape[1:])}, {n_classes} classes, "
-          f"{n_params:,} parameters, device {device}, from step {step} to {tc.steps}")
-
-    def save(at: int) -> None:
-        save_checkpoint(ckpt_dir, f"step_{at:07d}", state, optimizer,
-                        {"step": at, "scheduler": lr_sched.state_dict()}, keep=tc.keep_checkpoints)
-
-    t_train, loss_value = time.perf_counter(), float("nan")
-    progress = progress_bar(show_progress)
-    with progress:
-        task = progress.add_task("train", total=tc.steps, completed=step, epoch=step // per_epoch + 1, loss=loss_value)
-        while step < tc.steps:
-            epoch, skip = divmod(step, per_epoch)
-            for idx in list(epoch_batches(len(labels), batch_size, cfg.seed, epoch))[skip:]:
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                loss = diffusion_loss(state.unet, noise_sched, images[idx], labels[idx], gen, n_classes,
-                                      tc.label_dropout, tc.hflip)
-                if not torch.isfinite(loss):
-                    latest = latest_checkpoint(ckpt_dir)
-                    raise NonFiniteLossError(f"non-finite loss {float(loss.detach())} at step {step + 1}; last good "
-                                             f"checkpoint: {latest or 'none yet'} (resume with --resume)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(state.unet.parameters(), tc.grad_clip or float("inf"))
-                optimizer.step()
-                lr_sched.step()
-                state.update_ema(tc.ema_decay, step)
-                step += 1
-                loss_value = float(loss.detach())
-                progress.update(task, advance=1, epoch=epoch + 1, loss=loss_value)
-                if step % tc.log_every == 0 or step == tc.steps:
-                    tracker.log({"step": step, "epoch": round(step / per_epoch, 4), "split": "train",
-                                 "loss": loss_value, "lr": lr_sched.get_last_lr()[0]})
-                if step % tc.checkpoint_every == 0 or step == tc.steps:
-                    save(step)
-                if step >= tc.steps:
-                    break
-    tracker.close()
+          f"{n_params:,} parameters, device {device}, to step {tc.steps}")
+    result = fit(obj, optimizer, lr_sched, plan, run_dir, Tracker(run_dir, "none"), device, resume, show_progress)
     save_tensors(state.final(tc.ema_decay).state_dict(), run_dir / WEIGHTS)
-    write_done(run_dir, {"task": "diffusion", "name": cfg.name, "steps": tc.steps, "final_loss": loss_value,
-                         "n_params": n_params, "train_seconds": round(time.perf_counter() - t_train, 1),
+    write_done(run_dir, {"task": "diffusion", "name": cfg.name, "steps": tc.steps, "final_loss": result.loss,
+                         "n_params": n_params, "train_seconds": round(result.train_seconds, 1),
                          "wall_seconds": round(time.time() - t_start, 1)})
     return run_dir
 

@@ -1,5 +1,6 @@
-"""Pieces shared by the supervised loops (fusion classifiers, metric learning): run folder, data,
-peak memory, the done marker that `jointspace compare` uses to skip finished runs."""
+"""Pieces every task shares: its data (built-in sets synthesised on demand, splits prepared as the train
+split was), its run folder and config, the engine's plan from `train:`, peak memory, and the done marker
+that `jointspace compare` uses to skip finished runs."""
 
 from __future__ import annotations
 
@@ -8,25 +9,78 @@ import resource
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jointspace.config import RunConfig, save_config
+from jointspace.config import RunConfig, TrainConfig, save_config
+from jointspace.data.builtin import synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
+from jointspace.data.shards import read_info
+from jointspace.data.sources import load_sources
+from jointspace.engine import Plan, seed_everything
+from jointspace.engine.checkpoint import atomic_write_text
+from jointspace.engine.tracking import Tracker
+from jointspace.kinds import Prep
+from jointspace.model import text_tokenizers
 from jointspace.runs import CONFIG, prepare_run_dir
-from jointspace.train.checkpoint import atomic_write_text
-from jointspace.train.loop import NonFiniteLossError, prepare_data, split_kwargs
-from jointspace.train.tracking import Tracker
 
 DONE = "done.json"
 
 
-def start_run(cfg: RunConfig, overwrite: bool = False) -> Path:
-    """Create the run folder (refusing to replace one unless `overwrite`) and write the resolved config."""
-    run_dir = prepare_run_dir(cfg.run_dir, resume=False, overwrite=overwrite, can_resume=False)
+def ensure_dataset(cfg: RunConfig) -> Path:
+    """The shard folder, synthesised first when it is missing and `data.synth` names a built-in set."""
+    root = Path(cfg.data.path)
+    if not root.exists() and cfg.data.synth:
+        synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
+    return root
+
+
+def split_kwargs(cfg: RunConfig) -> dict:
+    """load_split keyword arguments a run's config implies (sizes, label map, the text towers' tokenizers)."""
+    d = cfg.data
+    return {"modalities": d.modalities, "image_size": d.image_size, "context_length": d.context_length,
+            "max_frames": d.max_frames, "max_bad_fraction": d.max_bad_fraction, "label_map": d.label_map or None,
+            "tokenizers": text_tokenizers(cfg.model), "max_range": d.max_range, "max_points": d.max_points}
+
+
+def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData | None, SplitData | None]:
+    """dataset.json info, and the train (None when streamed) and validation splits; validation is
+    prepared as the train split was (or as `prep`, the streamed train split's)."""
+    root = ensure_dataset(cfg)
+    info = read_info(root)
+    kw = split_kwargs(cfg)
+    if cfg.data.streaming:
+        train = None
+    elif cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
+        train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
+    else:
+        train = load_split(root, "train", **kw)
+    fixed = train.prep if train is not None else prep
+    val = load_split(root, "val", **kw, prep=fixed) if (root / "val").exists() else None
+    return info, train, val
+
+
+def start_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create (or, to resume, keep) the run folder, write the resolved config, seed and set threads."""
+    run_dir = prepare_run_dir(cfg.run_dir, resume=resume, overwrite=overwrite)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    save_config(cfg, run_dir / CONFIG)
+    if not resume:
+        save_config(cfg, run_dir / CONFIG)
+    seed_everything(cfg.seed)
     return run_dir
+
+
+def plan_of(train: TrainConfig, steps_per_epoch: int, **changes) -> Plan:
+    """The engine's plan for a run's `train:` section (`changes` override its fields)."""
+    fields = {"steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * train.epochs,
+              "log_every": train.log_every, "eval_every": train.eval_every, "checkpoint_every": train.checkpoint_every,
+              "checkpoint_every_steps": train.checkpoint_every_steps, "keep_checkpoints": train.keep_checkpoints,
+              "grad_clip": train.grad_clip, "amp": train.amp, "accum_steps": train.accum_steps}
+    return Plan(**{**fields, **changes})
+
+
+def tracker_of(cfg: RunConfig, run_dir: Path, enabled: bool = True) -> Tracker:
+    """The run's metrics log (metrics.jsonl + TensorBoard or offline W&B, as `tracker:` says)."""
+    return Tracker(run_dir, cfg.tracker if enabled else "none", cfg.model_dump(mode="json"), cfg.name, enabled=enabled)
 
 
 def load_splits(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None, SplitData]:
@@ -47,24 +101,6 @@ def steps_or_fail(n_samples: int, batch_size: int) -> int:
     if steps == 0:
         raise ValueError(f"train.batch_size={batch_size} exceeds the {n_samples} training samples")
     return steps
-
-
-def progress_bar(show: bool) -> Progress:
-    """The rich progress bar of the training loops (epoch, steps, loss, time left)."""
-    return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-                    TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"),
-                    TimeRemainingColumn(), disable=not show)
-
-
-def clip_or_stop(params, loss: torch.Tensor, grad_clip: float | None, step: int, epoch: int,
-                 tracker: Tracker) -> torch.Tensor:
-    """Clip gradients; on a non-finite loss or gradient norm close the tracker and raise (nothing saved)."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
-    if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
-        tracker.close()
-        raise NonFiniteLossError(f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} "
-                                 f"at step {step + 1} (epoch {epoch + 1})")
-    return grad_norm
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

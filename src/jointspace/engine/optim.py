@@ -11,6 +11,7 @@ from jointspace.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    # cfg: any train section with lr and weight_decay (and betas; default torch's)
     """AdamW; parameters with ndim < 2 (norms, biases, logit scale) get no weight decay.
 
     `fused` None: torch's fused kernel wherever it has one for the parameters' device (CUDA and, since
@@ -21,7 +22,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = Non
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": 1e-8}
+    kwargs = {"lr": cfg.lr, "betas": tuple(getattr(cfg, "betas", (0.9, 0.999))), "eps": 1e-8}
     params = decay + no_decay
     auto = fused is None
     if auto:

@@ -17,10 +17,10 @@ from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
+from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
 from jointspace.kinds import Prep, fit_prep, with_role
 from jointspace.losses import positive_mask
 from jointspace.runs import config_prep
-from jointspace.train.distributed import DistInfo, gather_no_grad, shard_batch
 
 Step = tuple[dict[str, torch.Tensor], torch.Tensor | None]
 

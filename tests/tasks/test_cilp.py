@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jointspace.cilp import cilp_table, run_cilp
 from jointspace.config import load_config
+from jointspace.tasks.cilp import cilp_table, run_cilp
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,16 @@ class Tracker:
             self._wandb = wandb.init(project="jointspace", name=name, dir=str(run_dir), config=config or {},
                                      mode="offline")
 
+    def keep_until(self, step: int) -> None:
+        """Drop logged records after `step` (a resumed run re-trains those steps: none is logged twice)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
+
     def log(self, record: dict) -> None:
         """Append one record {step, epoch, split, metric: value...}."""
         if not self.enabled:

@@ -1,0 +1,292 @@
+"""THE training loop, for every task: a task hands `fit` an Objective (the module to train, its batches,
+its loss), an optimizer, a scheduler and a Plan; `fit` owns the rest, written once:
+
+- epochs and steps, gradient accumulation (the objective splits a batch; the engine scales and sums),
+- AMP (bf16 / fp16 autocast, a GradScaler for fp16), clipping, the stop on a non-finite loss,
+- warmup + cosine (the scheduler steps once per optimizer step), logging and the progress bar,
+- validation every `eval_every` epochs, atomic checkpoints (every `checkpoint_every` epochs and every
+  `checkpoint_every_steps` steps) and exact resume from any of them (batches skipped, RNG restored,
+  the metrics log cut back to the checkpoint so no step is logged twice).
+
+Nothing here knows a task: the engine imports no task module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from jointspace.engine.checkpoint import latest_checkpoint, resume_latest, save_checkpoint
+from jointspace.engine.distributed import DistInfo, barrier
+from jointspace.engine.tracking import Tracker
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the run stopped without writing a checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of a precision setting ('auto': bf16 on a CUDA GPU that has it, else none)."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def autocast(device: torch.device, amp: str):
+    """Autocast context for the configured precision."""
+    dtype = amp_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def progress_bar(show: bool) -> Progress:
+    """The rich progress bar of training (epoch, steps, loss, time left)."""
+    return Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.4f}"),
+                    TimeRemainingColumn(), disable=not show)
+
+
+@dataclass
+class Plan:
+    """A run's schedule, as the engine needs it (each task fills it from its own config)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    log_every: int = 10
+    eval_every: int = 1  # epochs
+    checkpoint_every: int | None = 1  # epochs; None: step checkpoints (and the final one) only
+    checkpoint_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    grad_clip: float | None = 1.0
+    amp: str = "none"
+    accum_steps: int = 1
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+
+@dataclass
+class StepContext:
+    """What an objective's backward gets: where the run is, the autocast context and the scaled backward."""
+
+    step: int  # optimizer steps done before this one
+    epoch: int
+    accum_steps: int
+    autocast: Callable[[], Any]
+    backward: Callable[[torch.Tensor], None]
+
+
+class Objective:
+    """What a task hands the engine. Subclasses set `module` (what is optimised and checkpointed) and
+    define `batches` and `loss`; the rest has defaults."""
+
+    module: nn.Module
+
+    def batches(self, epoch: int, skip: int) -> Iterable[Any]:
+        """This epoch's batches from batch `skip` on (the order a pure function of seed and epoch)."""
+        raise NotImplementedError
+
+    def loss(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        """(loss, metrics to log) of one (micro-)batch."""
+        raise NotImplementedError
+
+    def split(self, batch: Any, n: int) -> list[Any]:
+        """A batch as `n` micro-batches for accumulation."""
+        if n == 1:
+            return [batch]
+        raise ValueError(f"train.accum_steps={n}: this task does not accumulate gradients")
+
+    def size(self, batch: Any) -> int:
+        """Samples in a (micro-)batch: micro-batch losses are weighted by their share."""
+        return 1
+
+    def backward(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        """Forward + backward of one optimizer step; accumulation over micro-batches by default."""
+        micro = self.split(batch, ctx.accum_steps)
+        total = sum(self.size(m) for m in micro)
+        loss_sum, metrics = torch.zeros(()), {}
+        for part in micro:
+            loss, metrics = self.loss(part, ctx)
+            share = self.size(part) / total
+            ctx.backward(loss * share)
+            loss_sum = loss_sum + loss.detach().float().cpu() * share
+        return loss_sum, metrics
+
+    def clip_parameters(self) -> Iterable[nn.Parameter]:
+        return self.module.parameters()
+
+    def train_mode(self) -> None:
+        self.module.train()
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step (clamps, EMA updates), with the steps done before it."""
+
+    def resumed(self, step: int) -> None:
+        """Called after weights, optimizer and RNG came back from a checkpoint taken after `step` steps."""
+
+    def log_extras(self) -> dict:
+        """More values for the training log line (e.g. the temperature)."""
+        return {}
+
+    def validate(self) -> dict | None:
+        """Validation metrics at an epoch's end, or None when there is nothing to validate on."""
+        return None
+
+
+@dataclass
+class FitResult:
+    """What a finished fit reports to its task."""
+
+    step: int
+    start_step: int
+    seconds: float
+    train_seconds: float
+    last_val: dict = field(default_factory=dict)
+    epoch_losses: list[float] = field(default_factory=list)
+    loss: float = float("nan")
+
+
+class Engine:
+    """One training run of one objective (see the module docstring)."""
+
+    def __init__(self, obj: Objective, optimizer: torch.optim.Optimizer, scheduler, plan: Plan, run_dir: Path,
+                 tracker: Tracker, device: torch.device, dist: DistInfo | None = None):
+        if plan.steps_per_epoch <= 0:
+            raise ValueError("train.batch_size exceeds the training samples of one epoch")
+        self.obj, self.optimizer, self.scheduler, self.plan = obj, optimizer, scheduler, plan
+        self.ckpt_dir, self.tracker, self.device = Path(run_dir) / "checkpoints", tracker, device
+        self.dist = dist or DistInfo()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, plan.amp) == torch.float16)
+        self.epoch, self.step, self.skip = 0, 0, 0
+
+    def resume(self) -> None:
+        """Continue from the latest checkpoint: weights, optimizer, schedule, scaler, RNG, position."""
+        state = resume_latest(self.ckpt_dir, self.obj.module, self.optimizer, self.scheduler)
+        self.epoch, self.step, self.skip = state["epoch"], state["step"], state.get("batch_in_epoch", 0)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.tracker.keep_until(self.step)
+        self.obj.resumed(self.step)
+
+    def save(self, name: str, epoch: int, in_epoch: int = 0) -> None:
+        state = {"epoch": epoch, "step": self.step, "batch_in_epoch": in_epoch,
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+        save_checkpoint(self.ckpt_dir, name, self.obj.module, self.optimizer, state, keep=self.plan.keep_checkpoints)
+
+    def _all_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Loss (and, without a GradScaler, which skips overflowing steps itself, the gradient norm)
+        finite on every rank."""
+        ok = bool(torch.isfinite(loss)) and (self.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+        flag = torch.tensor(float(ok))
+        if self.dist.enabled:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def optimizer_step(self, batch: Any, epoch: int) -> tuple[float, dict]:
+        """One optimizer step on one batch; raises NonFiniteLossError (nothing saved) on NaN/inf."""
+        p, amp_ctx = self.plan, autocast(self.device, self.plan.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        ctx = StepContext(self.step, epoch, p.accum_steps, lambda: amp_ctx,
+                          lambda loss: self.scaler.scale(loss).backward())
+        loss, metrics = self.obj.backward(batch, ctx)
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.obj.clip_parameters(), p.grad_clip or float("inf"))
+        if not self._all_finite(loss, grad_norm):
+            self.tracker.close()
+            raise NonFiniteLossError(
+                f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} at step {self.step + 1} "
+                f"(epoch {epoch + 1}). Stopped without saving at step {self.step + 1}; last good checkpoint: "
+                f"{latest_checkpoint(self.ckpt_dir) or 'none yet'} (resume with --resume)")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.obj.after_step(self.step)
+        self.step += 1
+        return float(loss), metrics
+
+    def _log_step(self, loss: float, metrics: dict) -> None:
+        p = self.plan
+        if self.step % p.log_every == 0 or self.step == p.total_steps:
+            self.tracker.log({"step": self.step, "epoch": round(self.step / p.steps_per_epoch, 4), "split": "train",
+                              "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                              **{k: float(v) for k, v in metrics.items()}, **self.obj.log_extras()})
+
+    def run_epoch(self, epoch: int, on_step: Callable[[float], None]) -> list[float]:
+        """Train one epoch (from the resumed position); returns the step losses."""
+        p, losses = self.plan, []
+        self.obj.train_mode()
+        for batch in self.obj.batches(epoch, self.skip if epoch == self.epoch else 0):
+            if self.step >= p.total_steps:
+                break
+            loss, metrics = self.optimizer_step(batch, epoch)
+            losses.append(loss)
+            on_step(loss)
+            self._log_step(loss, metrics)
+            in_epoch = self.step - epoch * p.steps_per_epoch
+            every = p.checkpoint_every_steps
+            if self.dist.is_main and every and self.step % every == 0 and in_epoch < p.steps_per_epoch:
+                self.save(f"step_{self.step:07d}", epoch, in_epoch)
+        return losses
+
+    def end_epoch(self, done: int, result: FitResult) -> None:
+        """Validation and the epoch-end checkpoint."""
+        p, last = self.plan, done == self.plan.epochs
+        if self.dist.is_main and (done % p.eval_every == 0 or last):
+            val = self.obj.validate()
+            if val is not None:
+                result.last_val = val
+                self.tracker.log({"step": self.step, "epoch": done, "split": "val", **val})
+        by_steps = p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0
+        if self.dist.is_main and p.checkpoint_every and (done % p.checkpoint_every == 0 or last):
+            self.save(f"epoch_{done:04d}", done)
+        elif self.dist.is_main and not p.checkpoint_every and (by_steps or last):
+            self.save(f"step_{self.step:07d}", done)
+        barrier(self.dist)
+
+    def fit(self, show_progress: bool = True) -> FitResult:
+        """Train from the current position to `plan.total_steps`."""
+        p, t0 = self.plan, time.time()
+        result = FitResult(step=self.step, start_step=self.step, seconds=0.0, train_seconds=0.0)
+        with progress_bar(show_progress and self.dist.is_main) as progress:
+            task = progress.add_task("train", total=p.total_steps, completed=self.step, epoch=self.epoch + 1,
+                                     loss=float("nan"))
+            for epoch in range(self.epoch, p.epochs):
+                t_epoch = time.perf_counter()
+                losses = self.run_epoch(epoch, lambda v, e=epoch: progress.update(task, advance=1, epoch=e + 1,
+                                                                                  loss=v))
+                result.train_seconds += time.perf_counter() - t_epoch
+                result.epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
+                result.loss = losses[-1] if losses else result.loss
+                self.end_epoch(epoch + 1, result)
+        self.tracker.close()
+        result.step, result.seconds = self.step, max(time.time() - t0, 1e-9)
+        return result
+
+
+def fit(obj: Objective, optimizer: torch.optim.Optimizer, scheduler, plan: Plan, run_dir: Path, tracker: Tracker,
+        device: torch.device, resume: bool = False, show_progress: bool = True,
+        dist: DistInfo | None = None) -> FitResult:
+    """Train `obj` as planned (resuming from the run's latest checkpoint when asked); see Engine."""
+    engine = Engine(obj, optimizer, scheduler, plan, run_dir, tracker, device, dist)
+    if resume:
+        engine.resume()
+    return engine.fit(show_progress)
+

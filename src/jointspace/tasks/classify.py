@@ -1,0 +1,125 @@
+"""The classify task: a fusion classifier (cross-entropy) trained by the engine; test top-k, confusion
+matrix and per-class report."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from jointspace.config import RunConfig
+from jointspace.data.dataset import SplitData
+from jointspace.data.sources import TrainSampler
+from jointspace.engine import Objective, StepContext, autocast, fit
+from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.optim import build_optimizer, build_scheduler
+from jointspace.evaluate.classifier_report import classification_summary
+from jointspace.fusion import FusionClassifier, build_fusion
+from jointspace.model import count_parameters
+from jointspace.runs import WEIGHTS, resolve_device, write_run_info
+from jointspace.tasks.common import (
+    PeakMemory,
+    load_splits,
+    n_classes_of,
+    plan_of,
+    start_run,
+    steps_or_fail,
+    to_device,
+    tracker_of,
+    write_done,
+)
+
+
+@torch.no_grad()
+def predict(model: FusionClassifier, data: SplitData, device: torch.device, batch_size: int = 512,
+            amp: str = "none") -> torch.Tensor:
+    """Logits [N, n_classes] of a whole split (eval mode), on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = to_device(data.batch(torch.arange(start, min(start + batch_size, len(data)))), device)
+        with autocast(device, amp):
+            out.append(model(batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def build_classifier(cfg: RunConfig, data: SplitData) -> FusionClassifier:
+    """The configured fusion classifier for the modalities and input shapes of `data`."""
+    shapes = {m: tuple(data.inputs[m].shape[1:]) for m in data.kinds}
+    return build_fusion(cfg.fusion, cfg.model, data.kinds, shapes, n_classes_of(data), data.prep)
+
+
+class ClassifyObjective(Objective):
+    """Cross-entropy (with label smoothing) of a fusion classifier; validation loss and accuracy."""
+
+    def __init__(self, cfg: RunConfig, model: FusionClassifier, train_data: SplitData, val_data: SplitData | None,
+                 device: torch.device):
+        self.cfg, self.module, self.train_data, self.val_data, self.device = cfg, model, train_data, val_data, device
+        self.sampler = TrainSampler.from_config(cfg.data, train_data)  # data.sources weights with data.resampled
+
+    def batches(self, epoch: int, skip: int):
+        return itertools.islice(self.sampler.batches(self.cfg.train.batch_size, self.cfg.seed, epoch), skip, None)
+
+    def split(self, batch: torch.Tensor, n: int) -> list[torch.Tensor]:
+        return list(batch.chunk(n))
+
+    def size(self, batch: torch.Tensor) -> int:
+        return len(batch)
+
+    def loss(self, idx: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        batch = to_device(self.train_data.batch(idx), self.device)
+        with ctx.autocast():
+            logits = self.module(batch).float()
+        return F.cross_entropy(logits, batch["label"], label_smoothing=self.cfg.fusion.label_smoothing), {}
+
+    def validate(self) -> dict | None:
+        if self.val_data is None:
+            return None
+        logits = predict(self.module, self.val_data, self.device, amp=self.cfg.train.amp)
+        return {"loss": float(F.cross_entropy(logits, self.val_data.labels)),
+                "accuracy": float((logits.argmax(1) == self.val_data.labels).float().mean())}
+
+
+def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+    """Train the configured fusion classifier, evaluate it on `eval.split`; returns the run folder.
+
+    The run folder gets config.yaml, run.json, metrics.jsonl, checkpoints/, model.safetensors,
+    classification_<split>.json/.txt, plots/confusion_<split>.png and, last, done.json (the summary).
+    """
+    t_start = time.time()
+    run_dir = start_run(cfg, resume, overwrite)
+    device = resolve_device(cfg.train.device)
+    _info, train_data, val_data, test_data = load_splits(cfg)
+    model = build_classifier(cfg, train_data).to(device)
+    n_params, kinds = count_parameters(model), train_data.kinds
+    if not resume:
+        write_run_info(run_dir, {"task": "classify", "kinds": kinds, "prep": train_data.prep.to_json(),
+                                 "class_names": train_data.class_names,
+                                 "input_shapes": {m: list(train_data.inputs[m].shape[1:]) for m in kinds},
+                                 "data_path": cfg.data.path, "n_params": n_params})
+    obj = ClassifyObjective(cfg, model, train_data, val_data, device)
+    plan = plan_of(cfg.train, steps_or_fail(obj.sampler.n_samples, cfg.train.batch_size))
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    print(f"run {run_dir}: {cfg.fusion.kind} fusion of {list(kinds)}, {len(train_data)} train samples, "
+          f"{n_params:,} parameters, device {device}")
+    with PeakMemory(device) as memory:
+        result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
+    save_tensors(model.state_dict(), run_dir / WEIGHTS)
+    test = classification_summary(predict(model, test_data, device, amp=cfg.train.amp), test_data.labels,
+                                  test_data.class_names, run_dir, cfg.eval.split)
+    summary = {"task": "classify", "name": cfg.name, "seed": cfg.seed, "fusion": cfg.fusion.kind,
+               "test_accuracy": test["top1"], "test_loss": test["loss"],
+               "val_loss": result.last_val.get("loss"), "val_accuracy": result.last_val.get("accuracy"),
+               "n_params": n_params, "epochs": cfg.train.epochs,
+               "seconds_per_epoch": round(result.train_seconds / cfg.train.epochs, 3), **memory.result(),
+               "wall_seconds": round(time.time() - t_start, 1)}
+    (run_dir / "eval.json").write_text(json.dumps({"split": cfg.eval.split, **test}, indent=2))
+    write_done(run_dir, summary)
+    return run_dir

@@ -1,0 +1,214 @@
+"""The contrastive task: a joint space of N modalities bound by InfoNCE / SigLIP (ImageBind-style anchor
+pairs, positive masks from instances, labels or captions), trained by the engine, data-parallel under
+torchrun, with accumulation that keeps every negative of the accumulated batch (cached features)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jointspace.config import RunConfig
+from jointspace.data.dataset import SplitData
+from jointspace.data.shards import read_info
+from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
+from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
+from jointspace.engine.optim import build_optimizer, build_scheduler
+from jointspace.evaluate.embed import embed_split
+from jointspace.evaluate.retrieval import retrieval_metrics
+from jointspace.kinds import with_role
+from jointspace.losses import BindingLoss, binding_pairs, positive_mask
+from jointspace.model import JointModel
+from jointspace.runs import WEIGHTS, build_from_info, resolve_device, write_run_info
+from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
+from jointspace.tasks.common import ensure_dataset, plan_of, prepare_data, start_run, tracker_of
+from jointspace.towers.lora import parameter_summary
+
+
+@contextlib.contextmanager
+def frozen_norm_stats(model: torch.nn.Module):
+    """BatchNorm layers still normalise with batch statistics but leave their running statistics (and
+    batch count) as they were: the no-grad pass that caches features must not count a micro-batch twice."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0  # running = (1 - 0) x running + 0 x batch
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[dict], pos_mask,
+                         amp_ctx, forward_model: torch.nn.Module | None = None,
+                         backward: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, dict]:
+    """Backward over micro-batches with negatives from the whole accumulated batch (open_clip accum_freq).
+
+    Features of all micro-batches are first computed without grad; each micro-batch is then re-encoded
+    with grad and the loss over the full batch is back-propagated through its slice only. Summed, these
+    give the gradient of the full-batch loss; the temperature gets its gradient once. `forward_model`
+    (DDP / compiled wrapper of `model`) runs the forward passes; DDP syncs gradients on the last one.
+    `backward` (the engine's, with loss scaling) back-propagates each loss.
+    """
+    fwd, backward = forward_model or model, backward or torch.Tensor.backward
+    bias = model.logit_bias
+    if len(micro) == 1:
+        with amp_ctx:
+            emb = fwd(micro[0])
+            loss, parts = loss_fn(emb, model.scale(), pos_mask, bias)
+        backward(loss)
+        return loss.detach(), parts
+    with torch.no_grad(), amp_ctx, frozen_norm_stats(model):
+        cached = [model(mb) for mb in micro]
+    for j, mb in enumerate(micro):
+        sync = contextlib.nullcontext() if j == len(micro) - 1 or not hasattr(fwd, "no_sync") else fwd.no_sync()
+        with sync, amp_ctx:
+            fresh = fwd(mb)
+            emb = {m: torch.cat([fresh[m] if k == j else cached[k][m] for k in range(len(micro))]) for m in fresh}
+            scale = model.scale() if j == 0 else model.scale().detach()
+            loss, parts = loss_fn(emb, scale, pos_mask, bias if j == 0 else bias.detach())
+            backward(loss)
+    return loss.detach(), parts
+
+
+@torch.no_grad()
+def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunConfig, device) -> dict:
+    """Validation loss (full split as one batch per 512) and R@1 for the trained pairs."""
+    emb = embed_split(model, data, device=device)
+    labels = data.labels
+    out: dict[str, float] = {}
+    losses = []
+    for start in range(0, len(data), 512):
+        sl = slice(start, start + 512)
+        batch = {"label": labels[sl], **{m: data.inputs[m][sl] for m in data.inputs}}
+        mask = positive_mask(batch, cfg.loss.positives, with_role(data.kinds, "captions"))
+        loss, _ = loss_fn({m: e[sl] for m, e in emb.items()}, model.scale().cpu(), mask, model.logit_bias.cpu())
+        losses.append(float(loss))
+    out["loss"] = float(np.mean(losses))
+    by_label = cfg.loss.positives == "label"
+    for a, b in loss_fn.pairs:
+        for q, g in ((a, b), (b, a)):
+            r = retrieval_metrics(emb[q], emb[g], labels if by_label else None, labels if by_label else None, ks=(1,))
+            out[f"{q}->{g}/R@1"] = r["R@1"]
+    return out
+
+
+class ContrastiveObjective(Objective):
+    """Batches with their global positive mask; the binding loss over all pairs; the temperature clamp."""
+
+    def __init__(self, cfg: RunConfig, model: JointModel, batches, loss_fn: BindingLoss, val_loss_fn: BindingLoss,
+                 val_data: SplitData | None, forward_model: torch.nn.Module, device: torch.device,
+                 dist: DistInfo):
+        self.cfg, self.module, self.batches_of, self.loss_fn, self.dist = cfg, model, batches, loss_fn, dist
+        self.val_loss_fn, self.val_data, self.forward_model, self.device = val_loss_fn, val_data, forward_model, device
+
+    def batches(self, epoch: int, skip: int) -> Iterator:
+        return self.batches_of.epoch(epoch, skip)
+
+    def backward(self, batch, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+        local, mask = batch
+        rows = torch.arange(len(local["label"]), device=self.device).chunk(ctx.accum_steps)
+        micro = [{k: v[r] for k, v in local.items()} for r in rows]
+        loss, parts = accumulated_backward(self.module, self.loss_fn, micro, mask, ctx.autocast(),
+                                           self.forward_model, ctx.backward)
+        return loss, {f"loss/{k}": float(v) for k, v in parts.items()}
+
+    def after_step(self, step: int) -> None:
+        with torch.no_grad():
+            self.module.logit_scale.clamp_(max=self.module.max_log_scale)
+
+    def log_extras(self) -> dict:
+        return {"temperature": float(1 / self.module.scale().detach())}
+
+    def resumed(self, step: int) -> None:
+        if self.dist.enabled:  # every rank restored rank 0's RNG: give each its own dropout again
+            torch.manual_seed(self.cfg.seed * 1000 + self.dist.rank + step)
+
+    def validate(self) -> dict | None:
+        if self.val_data is None:
+            return None
+        return validate(self.module, self.val_loss_fn, self.val_data, self.cfg, self.device)
+
+
+def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device) -> tuple[dict, object, SplitData | None, dict]:
+    """(dataset info, the train batches, the val split, run info) of a run, streamed or in memory."""
+    streamed = None
+    if cfg.data.streaming:
+        streamed = StreamedBatches(cfg, dist_info, device, read_info(cfg.data.path).get("class_names"))
+    info, train_data, val_data = prepare_data(cfg, streamed.prep if streamed else None)
+    source = streamed or train_data
+    kinds, prep = source.kinds, source.prep
+    picture = with_role(kinds, "picture")
+    run_info = {"task": "contrastive", "kinds": kinds, "prep": prep.to_json(), "class_names": source.class_names,
+                "image_channels": prep.channels.get(picture) if picture else None,
+                "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
+    text_key = with_role(kinds, "captions")
+    batches = streamed or InMemoryBatches(cfg, train_data, dist_info, device, text_key)
+    return info, batches, val_data, run_info
+
+
+def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.device) -> tuple[JointModel, list, BindingLoss, BindingLoss]:
+    model = build_from_info(cfg, run_info).to(device)
+    model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
+    if cfg.train.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    pairs = binding_pairs(list(run_info["kinds"]), cfg.loss.anchor, cfg.loss.pairs)
+    loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
+                          cfg.train.local_loss)
+    return model, pairs, loss_fn, BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+    """Train a joint space as configured; returns the run folder. Under torchrun, trains data-parallel."""
+    device = resolve_device(cfg.train.device)
+    dist_info = init_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    main = dist_info.is_main
+    if main:
+        start_run(cfg, resume, overwrite)
+        ensure_dataset(cfg)  # a built-in set is synthesised once
+    barrier(dist_info)
+    run_dir = cfg.run_dir
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.seed)
+    _info, batches, val_data, run_info = _data(cfg, dist_info, device)
+    model, pairs, loss_fn, val_loss_fn = _build(cfg, run_info, dist_info, device)
+    batch_size = cfg.train.batch_size  # global batch, split over ranks
+    if batch_size % (dist_info.world_size * cfg.train.accum_steps):
+        raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
+                         f"({dist_info.world_size} x {cfg.train.accum_steps})")
+    plan = plan_of(cfg.train, batches.steps_per_epoch)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
+    if main and not resume:
+        write_run_info(run_dir, run_info)
+    if dist_info.enabled:
+        torch.manual_seed(cfg.seed * 1000 + dist_info.rank)  # different dropout per rank
+    forward_model = wrap_ddp(model, dist_info, device)
+    if cfg.train.compile:
+        forward_model = torch.compile(forward_model)
+    obj = ContrastiveObjective(cfg, model, batches, loss_fn, val_loss_fn, val_data, forward_model, device, dist_info)
+    if main:
+        print(f"run {run_dir}: {plan.steps_per_epoch * batch_size} train samples per epoch, modalities "
+              f"{list(run_info['kinds'])}, pairs {pairs}, device {device}, world size {dist_info.world_size}\n"
+              f"  {parameter_summary(model)}")
+    result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir, enabled=main), device,
+                 resume=resume, show_progress=show_progress, dist=dist_info)
+    if main:
+        save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
+        (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
+        (run_dir / "train_summary.json").write_text(json.dumps(
+            {"steps": result.step, "seconds": round(result.seconds, 2), "world_size": dist_info.world_size,
+             "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1)}))
+    cleanup(dist_info)
+    return run_dir
