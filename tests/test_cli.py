@@ -61,3 +61,45 @@ def test_data_synth_and_errors(tmp_path):
     assert result.exit_code == 2 and "train.bacth_size: unknown field" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path)])
     assert result.exit_code == 2 and "not a jointspace run" in result.output
+
+
+def test_one_train_verb_for_every_task_and_run_verbs_that_know_the_task(tmp_path, shapes_dir):
+    """`train CONFIG` picks the task from `task:`; --set/--resume/--overwrite/--tracker work for it; run
+    verbs refuse a task they do not support with one clear line (exit 2)."""
+    cfg = tmp_path / "clf.yaml"
+    cfg.write_text(f"""
+task: classify
+name: clf
+output_dir: {tmp_path / "runs"}
+data: {{path: {shapes_dir}, modalities: [image, lidar], image_size: 16}}
+model:
+  embed_dim: 8
+  towers:
+    image: {{name: cnn, params: {{channels: [4, 8]}}}}
+    lidar: {{name: range_cnn, params: {{channels: [4, 8]}}}}
+fusion: {{kind: late}}
+train: {{epochs: 2, batch_size: 16, warmup_steps: 0}}
+""")
+    result = runner.invoke(app, ["train", str(cfg), "--tracker", "none", "--set", "train.lr=0.003"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "clf"
+    assert json.loads((run / "run.json").read_text())["task"] == "classify" and "precision" in result.output
+    assert not (run / "tb").exists()  # --tracker none
+    result = runner.invoke(app, ["train", str(cfg)])
+    assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output
+    result = runner.invoke(app, ["train", str(cfg), "--resume", "--tracker", "none"])  # finished: nothing to do
+    assert result.exit_code == 0, result.output
+    for verb in (["eval", str(run)], ["embed", str(run), str(shapes_dir), "--out", str(tmp_path / "e")],
+                 ["report", str(run)], ["index", "build", str(run), str(shapes_dir), "--out", str(tmp_path / "i")]):
+        result = runner.invoke(app, verb)
+        out = " ".join(result.output.split())
+        assert result.exit_code == 2 and "is a classify run" in out and "contrastive" in out, (verb, result.output)
+    result = runner.invoke(app, ["train", str(cfg), "--set", "task=segment"])
+    assert result.exit_code == 2 and "task" in result.output
+
+
+def test_towers_lists_kinds_and_towers():
+    result = runner.invoke(app, ["towers"])
+    assert result.exit_code == 0, result.output
+    for word in ("points", "pointnet", "range_cnn", "openclip_image", "in_features", "frames_cnn", "sequence"):
+        assert word in result.output, word

@@ -1,4 +1,5 @@
-"""The `jointspace` command line: demo, data, train, eval, report, classify, metric, compare, cilp, augment."""
+"""The `jointspace` command line: parses and dispatches. data, train (every task), eval, embed, report, demo,
+compare, towers, index, search, serve, augment."""
 
 from __future__ import annotations
 
@@ -102,21 +103,58 @@ def data_inspect(
         console.print(f"grid: {grid}")
 
 
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=5")]
+ResumeOpt = Annotated[bool, typer.Option(help="continue the run from its latest checkpoint")]
+OverwriteOpt = Annotated[bool, typer.Option(help="replace an existing run folder")]
+TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="tensorboard, wandb (offline) or none "
+                                                "(default: the config's)")]
+SeedsOpt = Annotated[list[int] | None, typer.Option("--seed", help="train once per seed (repeat); runs are named "
+                                                    "<name>-s<seed>")]
+
+
+def _overrides(set_: list[str] | None, tracker: str | None) -> list[str]:
+    return [*(set_ or []), *([f"tracker={tracker}"] if tracker else [])]
+
+
+def _print_table(text: str) -> None:
+    """Print a Markdown / plain-text table as is (no wrapping, no markup)."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def _train_task(config: Path, overrides: list[str], resume: bool, overwrite: bool, seeds: list[int] | None,
+                task: str | None = None) -> list[Path]:
+    """Train the config's task (or `task`) once, or once per seed; prints each run's summary."""
+    from jointspace.tasks import TASKS, load_task_config
+
+    cfg = load_task_config(config, [*([f"task={task}"] if task else []), *overrides])
+    spec = TASKS[cfg.task]
+    runs = []
+    for seed in seeds or [cfg.seed]:
+        one = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name}-s{seed}"}) if seeds else cfg
+        runs.append(spec.train(one, resume=resume, overwrite=overwrite))
+        _print_table(spec.summary(runs[-1]))
+    return runs
+
+
 @app.command()
 @_friendly
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML config")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=5")] = None,
-    resume: Annotated[bool, typer.Option(help="continue the run from its latest checkpoint")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
+    config: Annotated[Path, typer.Argument(help="YAML config; its `task:` (contrastive, classify, metric, cilp, "
+                                           "diffusion) says what it trains")],
+    set_: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    tracker: TrackerOpt = None,
+    seeds: SeedsOpt = None,
 ) -> None:
-    """Train a joint space."""
-    from jointspace.config import load_config
-    from jointspace.tasks.contrastive import train as run_train
+    """Train any task: a joint space, a fusion classifier, a metric-learning tower, CILP or a diffusion model."""
+    _train_task(config, _overrides(set_, tracker), resume, overwrite, seeds)
 
-    cfg = load_config(config, set_ or [])
-    run_dir = run_train(cfg, resume=resume, overwrite=overwrite)
-    console.print(f"done: {run_dir}")
+
+def _require(run: Path, verb: str) -> None:
+    from jointspace.tasks import require_verb
+
+    require_verb(run, verb)
 
 
 @app.command("eval")
@@ -128,6 +166,7 @@ def eval_(
     device: str = "auto",
 ) -> None:
     """Retrieval (every modality pair), zero-shot and linear-probe metrics -> eval.json."""
+    _require(run, "eval")
     from jointspace.evaluate.runner import evaluate_run
     from jointspace.viz.report import metrics_table
 
@@ -146,6 +185,7 @@ def embed(
     device: str = "auto",
 ) -> None:
     """Write embeddings (+ keys, labels) per modality of a shard folder's split."""
+    _require(run, "embed")
     from jointspace.evaluate.export import export_embeddings
 
     meta = export_embeddings(run, shards, out, split, format_, device)
@@ -157,6 +197,7 @@ def embed(
 @_friendly
 def report(run: Annotated[Path, typer.Argument(help="run folder")]) -> None:
     """Plots and one HTML report for an evaluated run."""
+    _require(run, "report")
     from jointspace.viz.report import write_report
 
     console.print(f"report: {write_report(run)}")
@@ -176,6 +217,7 @@ def demo(
     from jointspace.tasks.contrastive import train as run_train
     from jointspace.viz.report import metrics_table, write_report
 
+
     t0 = time.time()
     overrides = [f"name={name}", f"output_dir={output_dir}", f"data.path={data_dir}", *(set_ or [])]
     cfg = load_config(builtin_config("digits"), overrides)
@@ -186,54 +228,33 @@ def demo(
     console.print(f"report: {path}   ({time.time() - t0:.0f}s in all)")
 
 
-TrackerOpt = Annotated[str | None, typer.Option("--tracker", help="tensorboard (default), wandb (offline) or none")]
-
-
-def _overrides(set_: list[str] | None, tracker: str | None) -> list[str]:
-    return [*(set_ or []), *([f"tracker={tracker}"] if tracker else [])]
-
-
-def _print_table(text: str) -> None:
-    """Print a Markdown / plain-text table as is (no wrapping, no markup)."""
-    console.print(text, soft_wrap=True, markup=False, highlight=False)
-
-
-@app.command()
+@app.command(hidden=True)
 @_friendly
-def classify(
-    config: Annotated[Path, typer.Argument(help="YAML config with a fusion section")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set fusion.kind=early")] = None,
-    tracker: TrackerOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
-) -> None:
-    """Train and test a fusion classifier (early / intermediate / late / transformer) over data.modalities."""
-    from jointspace.config import load_config
-    from jointspace.tasks.classify import train_classifier
-
-    cfg = load_config(config, _overrides(set_, tracker))
-    run_dir = train_classifier(cfg, overwrite=overwrite)
-    s = json.loads((run_dir / "done.json").read_text())
-    _print_table((run_dir / f"classification_{cfg.eval.split}.txt").read_text())
-    console.print(f"done: {run_dir}  test top-1 {s['test_accuracy']:.4f}, val loss {s['val_loss']:.4f}, "
-                  f"{s['n_params']:,} parameters, {s['seconds_per_epoch']:.2f} s/epoch")
+def classify(config: Annotated[Path, typer.Argument()], set_: SetOpt = None, resume: ResumeOpt = False,
+             overwrite: OverwriteOpt = False, tracker: TrackerOpt = None, seeds: SeedsOpt = None) -> None:
+    """Alias of `jointspace train CONFIG` with task: classify."""
+    _train_task(config, _overrides(set_, tracker), resume, overwrite, seeds, task="classify")
 
 
-@app.command()
+@app.command(hidden=True)
 @_friendly
-def metric(
-    config: Annotated[Path, typer.Argument(help="YAML config with a metric section")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set metric.loss.name=ArcFaceLoss")] = None,
-    tracker: TrackerOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
-) -> None:
-    """Metric learning of one tower (pytorch-metric-learning loss + miner), k-NN accuracy and a UMAP."""
-    from jointspace.config import load_config
-    from jointspace.tasks.metric import train_metric
+def metric(config: Annotated[Path, typer.Argument()], set_: SetOpt = None, resume: ResumeOpt = False,
+           overwrite: OverwriteOpt = False, tracker: TrackerOpt = None, seeds: SeedsOpt = None) -> None:
+    """Alias of `jointspace train CONFIG` with task: metric."""
+    _train_task(config, _overrides(set_, tracker), resume, overwrite, seeds, task="metric")
 
-    run_dir = train_metric(load_config(config, _overrides(set_, tracker)), overwrite=overwrite)
-    s = json.loads((run_dir / "done.json").read_text())
-    console.print(f"done: {run_dir}  k-NN accuracy {s['test_accuracy']:.4f}, precision@1 {s['precision_at_1']:.4f}, "
-                  f"MAP@R {s['mean_average_precision_at_r']:.4f}, val loss {s['val_loss']:.4f}")
+
+@app.command(hidden=True)
+@_friendly
+def cilp(config: Annotated[Path, typer.Argument()], set_: SetOpt = None, resume: ResumeOpt = False,
+         overwrite: OverwriteOpt = False, tracker: TrackerOpt = None, seeds: SeedsOpt = None) -> None:
+    """Alias of `jointspace train CONFIG` with task: cilp (several seeds: one table of all)."""
+    from jointspace.tasks.cilp import cilp_table
+    from jointspace.tasks.common import read_done
+
+    runs = _train_task(config, _overrides(set_, tracker), resume, overwrite, seeds, task="cilp")
+    if len(runs) > 1:
+        _print_table(cilp_table([read_done(r) for r in runs]))
 
 
 @app.command()
@@ -243,39 +264,38 @@ def compare(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override for every run")] = None,
     tracker: TrackerOpt = None,
 ) -> None:
-    """Run a grid of variants x seeds (finished runs are skipped) -> comparison.md/.csv/.png."""
+    """Run a grid of variants x seeds of any task (finished runs are skipped) -> comparison.md/.csv/.png."""
     from jointspace.compare import run_grid
 
-    try:
-        grid_dir = run_grid(grid, _overrides(set_, tracker), log=console.print)
-    except RuntimeError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(1) from None
+    grid_dir = run_grid(grid, _overrides(set_, tracker), log=console.print)
     _print_table((grid_dir / "comparison.md").read_text())
     console.print(f"written: {grid_dir}/comparison.md, comparison.csv, comparison.png")
 
 
 @app.command()
 @_friendly
-def cilp(
-    config: Annotated[Path, typer.Argument(help="YAML config (contrastive image<->LiDAR + cilp section)")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override")] = None,
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="seeds to run (repeat); default: the config's")] = None,
-    tracker: TrackerOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="replace existing run folders")] = False,
-) -> None:
-    """CILP: contrastive RGB<->LiDAR pretraining, RGB->LiDAR projector (MSE), LiDAR classifier used from RGB."""
-    from jointspace.config import load_config
-    from jointspace.tasks.cilp import cilp_table, run_cilp
+def towers() -> None:
+    """List the registered modality kinds and towers, with each tower's parameters and defaults."""
+    from rich.table import Table
 
-    cfg = load_config(config, _overrides(set_, tracker))
-    rows = []
-    for seed in seeds or [cfg.seed]:
-        one = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name}-s{seed}" if seeds else cfg.name})
-        rows.append(run_cilp(one, overwrite=overwrite)["table"])
-        _print_table(cilp_table(rows[-1:]))
-    if len(rows) > 1:
-        _print_table(cilp_table(rows))
+    from jointspace.kinds import describe
+    from jointspace.towers import list_towers, tower_parameters, tower_summary
+
+    kinds = Table(title="modality kinds")
+    for col in ("kind", "stored as", "query words", "default tower", "roles"):
+        kinds.add_column(col)
+    for k in describe():
+        kinds.add_row(k["name"], ", ".join(k["extensions"]), ", ".join(k["aliases"]), k["default_tower"],
+                      ", ".join(k["roles"]))
+    console.print(kinds)
+    table = Table(title="towers (model.towers.<modality>: {name, params})")
+    for col in ("tower", "parameters (defaults)", "what"):
+        table.add_column(col)
+    for name in list_towers():
+        params = tower_parameters(name)
+        shown = "any" if params is None else ", ".join(f"{k}={v!r}" for k, v in params.items())
+        table.add_row(name, shown, tower_summary(name))
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

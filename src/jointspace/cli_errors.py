@@ -10,18 +10,19 @@ from rich.console import Console
 
 
 def friendly(console: Console) -> Callable[[Callable], Callable]:
-    """Decorator for typer commands: config, data, non-finite-loss, file and value errors -> one line, exit 2."""
+    """Decorator for every typer command: config, data, non-finite-loss, failed-grid, file and value errors ->
+    one line, exit 2."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            from jointspace.config import ConfigError
+            from jointspace.config import ConfigError, RunsFailed
             from jointspace.data.shards import DataError
             from jointspace.engine import NonFiniteLossError
 
             try:
                 return fn(*args, **kwargs)
-            except (ConfigError, DataError, NonFiniteLossError, FileExistsError, FileNotFoundError,
+            except (ConfigError, DataError, NonFiniteLossError, RunsFailed, FileExistsError, FileNotFoundError,
                     ValueError) as err:
                 console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
                 raise typer.Exit(2) from None

@@ -3,7 +3,7 @@
 A grid file:
 
     name: fusion
-    task: classify            # or metric
+    task: classify            # any task (default: the base config's `task:`)
     base: shapes_fusion.yaml  # a run config (path relative to the grid file) or an inline mapping
     set: {train.epochs: 10}   # overrides for every variant
     seeds: [0, 1, 2]
@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from jointspace.config import ConfigError, GridConfig, RunConfig, apply_overrides, config_from_dict, load_grid
+from jointspace.config import ConfigError, GridConfig, RunConfig, RunsFailed, apply_overrides, load_grid
 from jointspace.runs import CONFIG
+from jointspace.tasks import TASKS, config_for
 from jointspace.tasks.common import read_done
 
 METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb")
@@ -67,8 +68,9 @@ def expand_grid(grid: GridConfig, grid_path: Path,
             sets = _as_overrides(grid.set) + _as_overrides(variant.set) + list(overrides or [])
             raw = apply_overrides(json.loads(json.dumps(base)), sets)
             raw.update({"name": f"{variant.name}-s{seed}", "output_dir": str(runs_dir), "seed": seed})
-            cfg = config_from_dict(raw, f"{grid_path} (variant {variant.name})")
-            out.append((variant.name, variant.task or grid.task, cfg))
+            raw["task"] = variant.task or grid.task or raw.get("task") or "contrastive"
+            cfg = config_for(raw, f"{grid_path} (variant {variant.name})")
+            out.append((variant.name, raw["task"], cfg))
     return out
 
 
@@ -82,18 +84,14 @@ def _is_current(cfg: RunConfig) -> bool:
 
 def run_one(task: str, cfg_raw: dict) -> dict:
     """Run one configuration (in this process) and return its summary; used by the grid's workers."""
-    cfg = config_from_dict(cfg_raw)
-    if task == "classify":
-        from jointspace.tasks.classify import train_classifier as fit
-    elif task == "metric":
-        from jointspace.tasks.metric import train_metric as fit
-    else:
-        raise ValueError(f"task must be classify or metric, got {task!r}")
-    return read_done(fit(cfg, overwrite=True, show_progress=False))
+    cfg = config_for({**cfg_raw, "task": task}, f"<{task} run>")
+    return TASKS[task].finish(TASKS[task].train(cfg, overwrite=True, show_progress=False)) or {}
 
 
 def _done_line(name: str, s: dict) -> str:
-    return f"done {name}: test accuracy {s['test_accuracy']:.4f}, {s['seconds_per_epoch']:.2f} s/epoch"
+    acc, secs = s.get("test_accuracy"), s.get("seconds_per_epoch")
+    return (f"done {name}: test accuracy {'n/a' if acc is None else f'{acc:.4f}'}, "
+            f"{'n/a' if secs is None else f'{secs:.2f}'} s/epoch")
 
 
 def run_grid(grid_path: str | Path, overrides: list[str] | None = None, log=print) -> Path:
@@ -142,7 +140,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | None = None, log=prin
     write_comparison(grid_dir, rows, [v.name for v in grid.variants], meta)
     if failures:
         details = "; ".join(f"{k}: {v}" for k, v in failures.items())
-        raise RuntimeError(f"{len(failures)} runs failed: {details}")
+        raise RunsFailed(f"{len(failures)} runs failed: {details}")
     return grid_dir
 
 
@@ -159,7 +157,7 @@ def aggregate(rows: list[dict], order: list[str]) -> list[dict]:
     for variant in order:
         done = [r for r in rows if r["variant"] == variant and "test_accuracy" in r]
         row: dict = {"variant": variant, "n_seeds": len(done),
-                     "n_params": done[0]["n_params"] if done else None}
+                     "n_params": done[0].get("n_params") if done else None}
         for key in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r.get(key) for r in done])
         out.append(row)

@@ -15,6 +15,10 @@ class ConfigError(ValueError):
     """A configuration file or override is wrong; the message names the field."""
 
 
+class RunsFailed(RuntimeError):
+    """Some runs of a grid failed (the others finished and were tabulated); the message names each."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -217,7 +221,11 @@ class RunFolder(_Strict):
         return Path(self.output_dir) / self.name
 
 
+TASK_NAMES = ("contrastive", "classify", "metric", "cilp", "diffusion")
+
+
 class RunConfig(RunFolder):
+    task: Literal["contrastive", "classify", "metric", "cilp"] = "contrastive"  # diffusion: AugmentConfig
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -234,7 +242,7 @@ class VariantConfig(_Strict):
     """One named variant of a comparison grid: overrides of the base config (dotted key -> value)."""
 
     name: str
-    task: Literal["classify", "metric"] | None = None  # default: the grid's
+    task: Literal["contrastive", "classify", "metric", "cilp", "diffusion"] | None = None  # default: the grid's
     set: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -248,7 +256,7 @@ class GridConfig(_Strict):
 
     name: str = "grid"
     output_dir: str = "runs"
-    task: Literal["classify", "metric"] = "classify"
+    task: Literal["contrastive", "classify", "metric", "cilp", "diffusion"] | None = None  # default: base's
     base: str | dict[str, Any] = Field(default_factory=dict)  # a config file (relative to the grid) or a mapping
     set: dict[str, Any] = Field(default_factory=dict)  # overrides for every variant
     variants: list[VariantConfig] = Field(min_length=1)

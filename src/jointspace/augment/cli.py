@@ -26,7 +26,7 @@ def augment_train(
     resume: Annotated[bool, typer.Option(help="continue the run from its latest checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
 ) -> None:
-    """Train a small class-conditional diffusion model (UNet2DModel, DDPM) on a shard folder's images."""
+    """Alias of `jointspace train CONFIG` with task: diffusion (--data sets data.path)."""
     from jointspace.augment.config import load_augment_config
     from jointspace.tasks.diffusion import train_diffusion
 

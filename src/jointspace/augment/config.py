@@ -79,6 +79,8 @@ class FixConfig(_Strict):
 
 
 class AugmentConfig(RunFolder):
+    task: Literal["diffusion"] = "diffusion"
+    tracker: Literal["tensorboard", "wandb", "none"] = "none"
     name: str = "diffusion"
     data: DiffusionDataConfig = Field(default_factory=DiffusionDataConfig)
     model: UNetConfig = Field(default_factory=UNetConfig)

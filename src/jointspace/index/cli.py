@@ -45,6 +45,9 @@ def index_build(
     from jointspace.config import load_config
     from jointspace.index.build import build_index
     from jointspace.runs import CONFIG
+    from jointspace.tasks import require_verb
+
+    require_verb(run, "index")
 
     t0 = time.time()
     ic = load_config(run / CONFIG).index if (run / CONFIG).exists() else None

@@ -82,7 +82,7 @@ def fit_head(stage_dir: Path, module: nn.Module, x: torch.Tensor, y: torch.Tenso
     prepare_run_dir(stage_dir, resume=resume, overwrite=True)
     bs = min(tcfg.batch_size, len(x))
     obj = HeadObjective(module, x, y, loss_fn, bs, seed)
-    plan = plan_of(tcfg, len(x) // bs, log_every=1, checkpoint_every=max(1, tcfg.epochs // 4), keep_checkpoints=1)
+    plan = plan_of(tcfg, len(x) // bs, log_every=1, checkpoint_every=max(1, tcfg.epochs // 4), keep_checkpoints=2)
     optimizer = build_optimizer(module, tcfg)
     scheduler = build_scheduler(optimizer, tcfg, plan.total_steps)
     fit(obj, optimizer, scheduler, plan, stage_dir, Tracker(stage_dir, "none"), torch.device("cpu"), resume,
@@ -170,8 +170,15 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
               "pretrain_run": str(pre_dir)}
     (root / "cilp.json").write_text(json.dumps(result, indent=2))
     (root / "cilp.md").write_text(cilp_table([table]) + "\n")
-    write_done(root, table)
+    write_done(root, {"task": "cilp", "name": cfg.name, **table, "test_accuracy": table["classifier_accuracy"],
+                      "epochs": cfg.train.epochs})
     return result
+
+
+def train_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+    """`jointspace train` for `task: cilp`: the three stages; returns the CILP folder."""
+    run_cilp(cfg, resume, overwrite, show_progress)
+    return cfg.run_dir
 
 
 def cilp_table(rows: list[dict]) -> str:

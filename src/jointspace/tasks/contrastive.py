@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.config import RunConfig
+from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
 from jointspace.data.shards import read_info
 from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
@@ -21,12 +21,21 @@ from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distr
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
+from jointspace.evaluate.runner import evaluate_run
 from jointspace.kinds import with_role
 from jointspace.losses import BindingLoss, binding_pairs, positive_mask
-from jointspace.model import JointModel
-from jointspace.runs import WEIGHTS, build_from_info, resolve_device, write_run_info
+from jointspace.model import JointModel, count_parameters
+from jointspace.runs import (
+    CONFIG,
+    METRICS,
+    WEIGHTS,
+    build_from_info,
+    load_run,
+    resolve_device,
+    write_run_info,
+)
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
-from jointspace.tasks.common import ensure_dataset, plan_of, prepare_data, start_run, tracker_of
+from jointspace.tasks.common import ensure_dataset, plan_of, prepare_data, start_run, tracker_of, write_done
 from jointspace.towers.lora import parameter_summary
 
 
@@ -164,6 +173,23 @@ def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.de
     loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
                           cfg.train.local_loss)
     return model, pairs, loss_fn, BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
+
+
+def summarise(run_dir: Path) -> dict:
+    """Evaluate a finished run and write its done.json for `jointspace compare`: test_accuracy is the
+    mean class-level R@1 over the evaluated pairs."""
+    ev = evaluate_run(run_dir)
+    r1 = [m["R@1"] for m in ev["retrieval"].values()]
+    rows = [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines() if x.strip()]
+    vals = [r["loss"] for r in rows if r.get("split") == "val"]
+    train_info = json.loads((run_dir / "train_summary.json").read_text())
+    cfg = load_config(run_dir / CONFIG)
+    summary = {"task": "contrastive", "name": cfg.name, "seed": cfg.seed, "test_accuracy": float(np.mean(r1)),
+               "headline": "mean R@1", "val_loss": vals[-1] if vals else None,
+               "n_params": count_parameters(load_run(run_dir)[1]), "epochs": cfg.train.epochs,
+               "seconds_per_epoch": round(train_info["seconds"] / cfg.train.epochs, 3)}
+    write_done(run_dir, summary)
+    return summary
 
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:

@@ -133,7 +133,8 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
     n_params = sum(p.numel() for p in state.unet.parameters())
     print(f"diffusion run {run_dir}: {len(labels)} images {tuple(images.shape[1:])}, {n_classes} classes, "
           f"{n_params:,} parameters, device {device}, to step {tc.steps}")
-    result = fit(obj, optimizer, lr_sched, plan, run_dir, Tracker(run_dir, "none"), device, resume, show_progress)
+    tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
+    result = fit(obj, optimizer, lr_sched, plan, run_dir, tracker, device, resume, show_progress)
     save_tensors(state.final(tc.ema_decay).state_dict(), run_dir / WEIGHTS)
     write_done(run_dir, {"task": "diffusion", "name": cfg.name, "steps": tc.steps, "final_loss": result.loss,
                          "n_params": n_params, "train_seconds": round(result.train_seconds, 1),

@@ -8,6 +8,14 @@ from collections.abc import Callable
 from torch import nn
 
 _TOWERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+REQUIRED = _Required()  # the "default" of a tower parameter the config must set
 _TOKENIZERS: dict[str, Callable[[dict], str]] = {}
 
 
@@ -57,7 +65,7 @@ def tower_parameters(name: str) -> dict[str, object] | None:
     sig = inspect.signature(_TOWERS[name])
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return None
-    return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in sig.parameters.items()}
+    return {k: (REQUIRED if p.default is inspect.Parameter.empty else p.default) for k, p in sig.parameters.items()}
 
 
 def tower_summary(name: str) -> str:

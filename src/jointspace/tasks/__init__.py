@@ -1,0 +1,99 @@
+"""The tasks a run can train (`task:` in its config), each an objective for the one engine, and what the
+run verbs (`eval`, `embed`, `report`, `index`) accept of each.
+
+Adding a task is a module with a `train(cfg, resume, overwrite, show_progress) -> run folder` and an entry
+below."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from jointspace.augment.config import AugmentConfig
+from jointspace.config import ConfigError, RunConfig, apply_overrides, read_yaml, validate_config
+from jointspace.runs import RUN_INFO
+from jointspace.tasks import cilp, classify, contrastive, diffusion, metric
+from jointspace.tasks.common import read_done
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: how it trains, the run verbs its runs support, and what its runs' folders hold."""
+
+    name: str
+    train: Callable[..., Path]
+    verbs: tuple[str, ...]
+    results: str  # where a finished run's results are, for verbs it does not support
+    summary: Callable[[Path], str]
+    finish: Callable[[Path], dict | None] = read_done  # the summary `jointspace compare` tabulates
+
+
+def _done_line(run_dir: Path) -> str:
+    s = read_done(run_dir) or {}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in s.items() if k in SUMMARY_KEYS and isinstance(v, float))
+    return f"done: {run_dir}  {shown}".rstrip()
+
+
+SUMMARY_KEYS = ("test_accuracy", "precision_at_1", "mean_average_precision_at_r", "val_loss", "final_loss",
+                "classifier_accuracy", "projector_mse")
+
+
+def _classify_summary(run_dir: Path) -> str:
+    split = json.loads((run_dir / "eval.json").read_text()).get("split", "test")
+    return (run_dir / f"classification_{split}.txt").read_text() + "\n" + _done_line(run_dir)
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("contrastive", contrastive.train, ("eval", "embed", "report", "index"), "", lambda d: f"done: {d}",
+         contrastive.summarise),
+    Task("classify", classify.train_classifier, (), "eval.json and classification_<split>.txt (written when it "
+         "trained)", _classify_summary),
+    Task("metric", metric.train_metric, ("report",), "eval.json and eval/embeddings_<split>.npz", _done_line),
+    Task("cilp", cilp.train_cilp, (), "cilp.md and cilp.json; its contrastive stage is the run RUN/pretrain",
+         lambda d: cilp.cilp_table([read_done(d)])),
+    Task("diffusion", diffusion.train_diffusion, (), "model.safetensors: sample it with `jointspace augment "
+         "sample`", _done_line),
+)}
+
+
+def task_of_raw(raw: dict, source: str) -> str:
+    """The task a config mapping names (default contrastive); an unknown one is a ConfigError."""
+    name = raw.get("task") or "contrastive"
+    if name not in TASKS:
+        raise ConfigError(f"{source}: task: {name!r} is not a task (known: {', '.join(TASKS)})")
+    return name
+
+
+def config_for(raw: dict, source: str) -> RunConfig | AugmentConfig:
+    """Validate a config mapping into its task's config type."""
+    model = AugmentConfig if task_of_raw(raw, source) == "diffusion" else RunConfig
+    return validate_config(model, raw, source)
+
+
+def load_task_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig | AugmentConfig:
+    """Load any task's YAML config with `--set` overrides; `task:` picks the config type."""
+    return config_for(apply_overrides(read_yaml(path), overrides or []), str(path))
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task a run folder was trained for (runs from before tasks were recorded: contrastive)."""
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_INFO).exists():
+        return json.loads((run_dir / RUN_INFO).read_text()).get("task", "contrastive")
+    if (run_dir / "cilp.json").exists() or (run_dir / cilp.PRETRAIN).is_dir():
+        return "cilp"
+    raise FileNotFoundError(f"{run_dir}: not a jointspace run (no {RUN_INFO}); train one with `jointspace train`")
+
+
+def require_verb(run_dir: str | Path, verb: str) -> None:
+    """Raise a ValueError naming the task when its runs do not support `verb`."""
+    task = TASKS[run_task(run_dir)]
+    if verb not in task.verbs:
+        able = ", ".join(t.name for t in TASKS.values() if verb in t.verbs)
+        raise ValueError(f"{run_dir} is a {task.name} run: `{verb}` works on {able} runs; this run's results "
+                         f"are in {task.results}")
+
+
+__all__ = ["TASKS", "Task", "config_for", "load_task_config", "require_verb", "run_task", "task_of_raw"]
