@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointspace.engine.distributed import gather_with_grad
+
 
 def positive_mask(batch: dict[str, torch.Tensor], mode: str, text_key: str | None = None) -> torch.Tensor | None:
     """[B, B] bool mask of positives: "instance" (None = identity), "label", or "caption" (same token ids)."""
@@ -118,7 +120,6 @@ class BindingLoss(nn.Module):
                 logit_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rows, gathered = None, emb
         if self.world_size > 1:
-            from jointspace.engine.distributed import gather_with_grad
 
             gathered = {m: gather_with_grad(e) for m, e in emb.items()}
             n = next(iter(emb.values())).shape[0]

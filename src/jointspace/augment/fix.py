@@ -21,16 +21,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from jointspace.augment.config import AugmentConfig
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler
 from jointspace.config import RunConfig, apply_overrides, config_from_dict, load_config
-from jointspace.data.dataset import load_split
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.classify import confusion_matrix
+from jointspace.evaluate.embed import embed_split
 from jointspace.kinds import get_kind, with_role
-from jointspace.runs import CONFIG, WEIGHTS, read_run_info
+from jointspace.runs import CONFIG, WEIGHTS, load_run, load_run_split, read_run_info
+from jointspace.tasks.classify import build_classifier, predict, train_classifier
+from jointspace.tasks.common import read_done
+from jointspace.tasks.contrastive import train
+from jointspace.tasks.diffusion import train_diffusion
 
 FIX_JSON, FIX_MD = "fix.json", "fix.md"
 
@@ -40,8 +45,8 @@ def run_task(run_dir: Path) -> str:
     info = read_run_info(run_dir)
     task = info.get("task") or "contrastive"
     if task not in ("classify", "contrastive") or not (run_dir / WEIGHTS).exists():
-        raise ValueError(f"{run_dir}: augment fix needs a finished classifier run (`jointspace classify`) or "
-                         f"contrastive run (`jointspace train`); this one is {task}"
+        raise ValueError(f"{run_dir}: augment fix needs a finished classify or contrastive run "
+                         f"(`jointspace train`); this one is {task}"
                          + ("" if (run_dir / WEIGHTS).exists() else f" without {WEIGHTS}"))
     return task
 
@@ -62,20 +67,12 @@ def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
 
 def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """(predicted class, true class, class names, what was measured) for every sample of a split."""
-    from jointspace.tasks.common import split_kwargs
-
     cfg = load_config(run_dir / CONFIG)
-    data = load_split(cfg.data.path, split, **split_kwargs(cfg))
+    data = load_run_split(cfg, read_run_info(run_dir), cfg.data.path, split)  # prepared as the run was
     if run_task(run_dir) == "classify":
-        from safetensors.torch import load_file
-
-        from jointspace.tasks.classify import build_classifier, predict
-
         model = build_classifier(cfg, data)
         model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
         return predict(model, data, torch.device("cpu")).argmax(1), data.labels, data.class_names, "prediction"
-    from jointspace.evaluate.embed import embed_split
-    from jointspace.runs import load_run
 
     _, model, info = load_run(run_dir)
     query, gallery = retrieval_pair(info["kinds"])
@@ -185,8 +182,6 @@ def analyse_split(run_dir: Path, split: str) -> dict:
 
 def train_sampler_model(aug: AugmentConfig, cfg: RunConfig, out: Path, log: Callable[[str], None]) -> Path:
     """Train a diffusion model on the run's train images (unless one is finished there already)."""
-    from jointspace.tasks.common import read_done
-    from jointspace.tasks.diffusion import train_diffusion
 
     dcfg = aug.model_copy(update={"name": "diffusion", "output_dir": str(out),
                                   "data": aug.data.model_copy(update={"path": cfg.data.path, "split": "train"})})
@@ -199,8 +194,6 @@ def train_sampler_model(aug: AugmentConfig, cfg: RunConfig, out: Path, log: Call
 def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | None = None, out: str | Path | None = None,
             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """The whole loop; writes `out/fix.json`, `fix.md` and `report.html`, returns fix.json's content."""
-    from jointspace.tasks.classify import train_classifier
-    from jointspace.tasks.contrastive import train
 
     t0 = time.time()
     run_dir = Path(run_dir)

@@ -71,6 +71,24 @@ def _median(values: Tensor) -> float:
     return float(ordered[(n - 1) // 2] + ordered[n // 2]) / 2.0
 
 
+def _check_inputs(query_emb: Tensor, gallery_emb: Tensor, query_labels: Tensor | None,
+                  gallery_labels: Tensor | None, ks: Sequence[int], map_k: int, chunk_size: int) -> None:
+    """ValueError naming what is wrong with the shapes, labels or settings of a retrieval call."""
+    if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
+        raise ValueError(
+            f"expected [Nq, D] and [Ng, D], got {tuple(query_emb.shape)}, {tuple(gallery_emb.shape)}"
+        )
+    if (query_labels is None) != (gallery_labels is None):
+        raise ValueError("pass both query_labels and gallery_labels, or neither")
+    if chunk_size < 1 or map_k < 1 or any(k < 1 for k in ks):
+        raise ValueError("chunk_size, map_k and every k must be >= 1")
+    n_query, n_gallery = query_emb.shape[0], gallery_emb.shape[0]
+    if query_labels is None and n_query != n_gallery:
+        raise ValueError(f"instance-level retrieval needs Nq == Ng, got {n_query} and {n_gallery}")
+    if query_labels is not None and (query_labels.shape != (n_query,) or gallery_labels.shape != (n_gallery,)):
+        raise ValueError("labels must be 1-D and match the number of embeddings")
+
+
 def retrieval_metrics(
     query_emb: Tensor,
     gallery_emb: Tensor,
@@ -87,23 +105,10 @@ def retrieval_metrics(
     item i (instance-level; requires Nq == Ng). Queries with no positive are excluded from every metric;
     ``n_queries`` reports how many were scored. See the module docstring for the tie convention.
     """
-    if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
-        raise ValueError(
-            f"expected [Nq, D] and [Ng, D], got {tuple(query_emb.shape)}, {tuple(gallery_emb.shape)}"
-        )
-    if (query_labels is None) != (gallery_labels is None):
-        raise ValueError("pass both query_labels and gallery_labels, or neither")
-    if chunk_size < 1 or map_k < 1 or any(k < 1 for k in ks):
-        raise ValueError("chunk_size, map_k and every k must be >= 1")
+    _check_inputs(query_emb, gallery_emb, query_labels, gallery_labels, ks, map_k, chunk_size)
     n_query, n_gallery = query_emb.shape[0], gallery_emb.shape[0]
     device = query_emb.device
-    if query_labels is None:
-        if n_query != n_gallery:
-            raise ValueError(f"instance-level retrieval needs Nq == Ng, got {n_query} and {n_gallery}")
-    else:
-        assert gallery_labels is not None
-        if query_labels.shape != (n_query,) or gallery_labels.shape != (n_gallery,):
-            raise ValueError("labels must be 1-D and match the number of embeddings")
+    if query_labels is not None:
         query_labels, gallery_labels = query_labels.to(device), gallery_labels.to(device)
 
     dtype = torch.float64 if query_emb.dtype == torch.float64 else torch.float32

@@ -137,7 +137,7 @@ def search(
     else:
         store, enc = open_for_run(index, run)
         if flag == "text":
-            q = enc.encode(modality or "text", [value])
+            q = enc.encode(modality or enc.text_modality(), [value])
         else:
             q = enc.encode_file(modality or enc.modality_for_file(value), value)
     hits = store.search(q, k, where or None, nprobe=nprobe)[0]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from jointspace.config import RunConfig
-from jointspace.kinds import QueryError, get_kind, kind_for_alias
+from jointspace.kinds import QueryError, get_kind, kind_for_alias, with_role
 from jointspace.kinds.base import read_npy_query
 from jointspace.kinds.image import read_image  # noqa: F401  (re-exported for callers of the query API)
 from jointspace.model import JointModel
@@ -95,6 +95,13 @@ class Encoder:
             raise QueryError(f"{name!r} matches modalities {matches}; name one of them")
         raise QueryError(f"unknown modality {name!r}; this model has: "
                          + ", ".join(f"{m} ({k})" for m, k in self.kinds.items()))
+
+    def text_modality(self) -> str:
+        """The modality text queries go to when none is named: the model's caption modality."""
+        name = with_role(self.kinds, "captions")
+        if name is None:
+            raise QueryError("this model has no text modality; query it with a file or a vector")
+        return name
 
     def modality_for_file(self, path: str | Path) -> str:
         """The one modality whose kind reads files with this extension; else QueryError asking for it."""

@@ -6,6 +6,7 @@ import hmac
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -130,38 +131,73 @@ class LiveStore:
             return self.store
 
 
-def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: str | None = None,
-               max_upload_bytes: int = 8 * 1024 * 1024, max_k: int = 100, max_batch: int = 32,
-               device: str = "cpu", load_model: bool = True, reload_every_s: float = 1.0) -> FastAPI:
-    """The service for one index; the model is the index's own run (or `run_dir`, fingerprint-checked).
-    Changes written to the index folder (`index add` / `delete`) are picked up within `reload_every_s`."""
-    live = LiveStore(index_dir, reload_every_s)
+@dataclass
+class Service:
+    """What the routes share: the live index, the model (None: vector queries only), limits and counters."""
+
+    live: LiveStore
+    encoder: Encoder | None
+    model_note: str | None
+    token: str | None
+    max_upload_bytes: int
+    max_k: int
+    max_batch: int
+    counts: Counter = field(default_factory=Counter)
+    started: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def auth(self, creds: HTTPAuthorizationCredentials | None) -> None:
+        if self.token and (creds is None or not hmac.compare_digest(creds.credentials.encode(), self.token.encode())):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def embed(self, q: Query, store: IndexStore) -> np.ndarray:
+        if q.vector is not None:
+            return parse_vector(q.vector, store.dim)
+        if self.encoder is None:
+            raise QueryError(f"this server has no model ({self.model_note}); send a vector")
+        with self.lock:
+            if q.text is not None:
+                return self.encoder.encode(q.modality or self.encoder.text_modality(), [q.text])
+            if q.modality is None:
+                raise QueryError(f"file {q.filename!r}: say its modality (one of {', '.join(self.encoder.kinds)})")
+            return self.encoder.encode_file(q.modality, q.file or b"", q.filename)
+
+    def search(self, req: SearchRequest) -> SearchOut:
+        t0 = time.perf_counter()
+        store = self.live.get()
+        vectors = np.concatenate([self.embed(q, store) for q in req.queries])
+        hits = store.search(vectors, req.k, req.where)
+        results = [Result(query=q.describe(), hits=[Hit(**h) for h in hs]) for q, hs in zip(req.queries, hits)]
+        return SearchOut(results=results, took_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+    def stats(self) -> dict:
+        enc = self.encoder
+        return {**self.live.get().stats(), "model": str(enc.run_dir) if enc else None, "model_note": self.model_note,
+                "reloads": self.live.reloads, "reload_error": self.live.reload_error,
+                "query_modalities": enc.kinds if enc else {},
+                "limits": {"max_upload_bytes": self.max_upload_bytes, "max_k": self.max_k, "max_batch": self.max_batch},
+                "auth": bool(self.token), "uptime_s": round(time.time() - self.started, 1),
+                "responses": dict(self.counts)}
+
+
+def _open_model(live: LiveStore, run_dir: str | Path | None, load_model: bool,
+                device: str) -> tuple[Encoder | None, str | None]:
+    """The index's own run (or `run_dir`, fingerprint-checked) as an Encoder, or None and why not."""
     store = live.store
-    encoder, model_note = None, None
     run = Path(run_dir) if run_dir else Path(store.meta.get("run_dir") or "")
     if not load_model:
-        model_note = "started without a model: only vector queries work"
-    elif str(run) and (run / "model.safetensors").exists():
+        return None, "started without a model: only vector queries work"
+    if str(run) and (run / "model.safetensors").exists():
         encoder = Encoder.from_run(run, device)
         store.check_model(encoder.fingerprint, run)
         live.check_model = (encoder.fingerprint, run)
-    elif run_dir is not None:
+        return encoder, None
+    if run_dir is not None:
         raise FileNotFoundError(f"{run_dir}: no model.safetensors; is it a finished jointspace run?")
-    else:
-        model_note = f"run {store.meta.get('run_dir')!r} not found: only vector queries work"
-    encode_lock = threading.Lock()
-    counts: Counter = Counter()
-    started = time.time()
+    return None, f"run {store.meta.get('run_dir')!r} not found: only vector queries work"
 
-    def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
-        if token and (creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode())):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    app = _fastapi(title="jointspace search", version="1",
-                   description="Search a joint embedding space with text, files of any of its modalities "
-                               "(images, .npy frames, range images, point clouds) or vectors.")
-    app.add_middleware(StatusCounter, counts=counts)
-
+def _search_routes(app: FastAPI, svc: Service, auth) -> None:
     @app.exception_handler(BadRequest)
     async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
         return JSONResponse({"detail": err.detail}, status_code=err.status)
@@ -171,26 +207,6 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     async def _bad_query(request: Request, err: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=400)
 
-    def embed(q: Query, store: IndexStore) -> np.ndarray:
-        if q.vector is not None:
-            return parse_vector(q.vector, store.dim)
-        if encoder is None:
-            raise QueryError(f"this server has no model ({model_note}); send a vector")
-        with encode_lock:
-            if q.text is not None:
-                return encoder.encode(q.modality or "text", [q.text])
-            if q.modality is None:
-                raise QueryError(f"file {q.filename!r}: say its modality (one of {', '.join(encoder.kinds)})")
-            return encoder.encode_file(q.modality, q.file or b"", q.filename)
-
-    def run_search(req: SearchRequest) -> SearchOut:
-        t0 = time.perf_counter()
-        store = live.get()
-        vectors = np.concatenate([embed(q, store) for q in req.queries])
-        hits = store.search(vectors, req.k, req.where)
-        results = [Result(query=q.describe(), hits=[Hit(**h) for h in hs]) for q, hs in zip(req.queries, hits)]
-        return SearchOut(results=results, took_ms=round((time.perf_counter() - t0) * 1000, 3))
-
     @app.post("/search", response_model=SearchOut, dependencies=[Depends(auth)],
               responses={400: {"description": "bad query"}, 413: {"description": "upload too large"},
                          415: {"description": "not JSON or multipart"}, 422: {"description": "invalid fields"}},
@@ -198,14 +214,16 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
                   "application/json": {"schema": JSON_SCHEMA},
                   "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}})
     async def search(request: Request) -> SearchOut:
-        """Top-k items for a text, vector, uploaded image/.npy, or a batch of queries; `where` filters."""
-        req = await parse_search(request, max_upload_bytes, max_k, max_batch)
-        return await run_in_threadpool(run_search, req)
+        """Top-k items for a text, vector, uploaded file of any modality, or a batch of queries; `where` filters."""
+        req = await parse_search(request, svc.max_upload_bytes, svc.max_k, svc.max_batch)
+        return await run_in_threadpool(svc.search, req)
 
+
+def _item_routes(app: FastAPI, svc: Service, auth) -> None:
     @app.get("/items/{key}", dependencies=[Depends(auth)])
     def item(key: str) -> dict:
         """Metadata of one sample and the modalities it is indexed under."""
-        found = live.get().get(key)
+        found = svc.live.get().get(key)
         if found is None:
             raise HTTPException(404, f"item {key!r}: not in the index")
         return found
@@ -213,30 +231,47 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     @app.get("/items/{key}/thumbnail", dependencies=[Depends(auth)], response_class=Response,
              responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such item or preview"}})
     def thumbnail(key: str) -> Response:
-        """PNG preview of a sample (its image, range image or feature frames)."""
-        png = live.get().preview(key)
+        """PNG preview of a sample, as its kind previews it (image, range image, point cloud, frames)."""
+        png = svc.live.get().preview(key)
         if png is None:
             raise HTTPException(404, f"item {key!r}: no thumbnail")
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
+
+def _info_routes(app: FastAPI, svc: Service, auth) -> None:
     @app.get("/healthz")
     def healthz() -> dict:
         """Liveness: the index is loaded."""
-        return {"status": "ok", "n_items": live.get().n_items}
+        return {"status": "ok", "n_items": svc.live.get().n_items}
 
     @app.get("/stats", dependencies=[Depends(auth)])
     def stats() -> dict:
         """Index counts, model, limits and responses served by status class."""
-        return {**live.get().stats(), "model": str(encoder.run_dir) if encoder else None, "model_note": model_note,
-                "reloads": live.reloads, "reload_error": live.reload_error,
-                "query_modalities": encoder.kinds if encoder else {},
-                "limits": {"max_upload_bytes": max_upload_bytes, "max_k": max_k, "max_batch": max_batch},
-                "auth": bool(token), "uptime_s": round(time.time() - started, 1), "responses": dict(counts)}
+        return svc.stats()
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+
+def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: str | None = None,
+               max_upload_bytes: int = 8 * 1024 * 1024, max_k: int = 100, max_batch: int = 32,
+               device: str = "cpu", load_model: bool = True, reload_every_s: float = 1.0) -> FastAPI:
+    """The service for one index; the model is the index's own run (or `run_dir`, fingerprint-checked).
+    Changes written to the index folder (`index add` / `delete`) are picked up within `reload_every_s`."""
+    live = LiveStore(index_dir, reload_every_s)
+    encoder, model_note = _open_model(live, run_dir, load_model, device)
+    svc = Service(live, encoder, model_note, token, max_upload_bytes, max_k, max_batch)
+
+    def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        svc.auth(creds)
+
+    app = _fastapi(title="jointspace search", version="1",
+                   description="Search a joint embedding space with text, files of any of its modalities "
+                               "(images, .npy frames, range images, point clouds) or vectors.")
+    app.add_middleware(StatusCounter, counts=svc.counts)
+    for add in (_search_routes, _item_routes, _info_routes):
+        add(app, svc, auth)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     plain_openapi = app.openapi
 

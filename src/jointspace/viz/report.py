@@ -180,11 +180,55 @@ img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{font-siz
 .meta{color:#555}.note{color:#888;font-style:italic}"""
 
 
+def _tables(ev: dict) -> list[str]:
+    """Retrieval and zero-shot / linear-probe tables."""
+    rrows = _recall_rows(ev)
+    body = ["<h2>Cross-modal retrieval</h2>",
+            _html_table(["pair"] + [h for _, h in RECALL_COLS], rrows, "recall") if rrows
+            else '<p class="note">no retrieval results in eval.json</p>']
+    prows = _probe_rows(ev)
+    if prows:
+        body.append("<h2>Zero-shot and linear-probe classification</h2>")
+        body.append(_html_table(["modality", "zero-shot top1", "zero-shot top5", "linear probe"],
+                                [list(r) for r in prows], "probe"))
+    return body
+
+
+def _embedding_sections(data: dict, mods: list[str], plots: Path, max_points: int, seed: int, method: str) -> list[str]:
+    """The joint map, nearest-caption-centroid confusion matrices and retrieval grids (each kind drawn
+    as its kind draws)."""
+    from jointspace.viz.plots import npz_kinds, plot_confusion, plot_retrieval_grid, plot_umap
+
+    kinds = npz_kinds(data)
+    caption = with_role({m: k for m, k in kinds.items() if m in mods}, "captions")
+    class_names = [str(c) for c in data.get("class_names", [])]
+    emb = {m: data[f"emb_{m}"] for m in mods}
+    p = plot_umap(emb, data["labels"], class_names, plots / "umap.png", max_points=max_points, seed=seed,
+                  method=method)
+    body = ["<h2>Joint embedding map</h2>", _img(p, "joint 2-D projection; colour = class, marker = modality")]
+    if caption and len(mods) > 1:
+        body.append(f"<h2>Nearest {html.escape(caption)}-centroid classification</h2>")
+        for m in [m for m in mods if m != caption][:4]:
+            cm = centroid_confusion(data, m, caption)
+            acc = np.trace(cm) / max(1, cm.sum())
+            p = plot_confusion(cm, class_names, plots / f"confusion_{m}.png",
+                               title=f"{m} vs. {caption} class centroids (acc {acc:.3f})")
+            body.append(_img(p, f"{m}: predicted class = nearest {caption} class centroid"))
+    pairs = select_pairs(mods, kinds)
+    if pairs:
+        body.append("<h2>Retrieval examples</h2>")
+        body.append('<p class="note">green = same class as query, red = different; numbers are cosine '
+                    "similarities</p>")
+    for q, g in pairs:
+        body.append(_img(plot_retrieval_grid(data, q, g, plots / f"retrieval_{q}_to_{g}.png"), f"{q} \u2192 {g}"))
+    return body
+
+
 def write_report(
     run_dir: Path, split: str = "test", method: str = "umap", max_points: int = 2000, seed: int = 0
 ) -> Path:
     """Render plots into RUN/plots/ and a self-contained RUN/report.html; return the html path."""
-    from jointspace.viz.plots import npz_kinds, plot_confusion, plot_curves, plot_retrieval_grid, plot_umap
+    from jointspace.viz.plots import plot_curves
 
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -194,77 +238,18 @@ def write_report(
     records = load_metrics(run_dir / "metrics.jsonl")
     data = load_embeddings(run_dir / "eval" / f"embeddings_{split}.npz")
     mods = [k.removeprefix("emb_") for k in data if k.startswith("emb_")]
-    kinds = npz_kinds(data)
-    caption = with_role({m: k for m, k in kinds.items() if m in mods}, "captions")
-    name = run_dir.resolve().name
-    esc = html.escape
-    body = [
-        f"<h1>Run report: {esc(name)}</h1>",
-        (
-            f'<p class="meta">split: {esc(str(ev.get("split", split)))} &middot; samples: '
-            f"{esc(str(ev.get('n_samples', '?')))} &middot; modalities: "
-            f"{esc(', '.join(ev.get('modalities', mods)))}</p>"
-        ),
-    ]
-
-    body.append("<h2>Cross-modal retrieval</h2>")
-    rrows = _recall_rows(ev)
-    body.append(
-        _html_table(["pair"] + [h for _, h in RECALL_COLS], rrows, "recall")
-        if rrows
-        else '<p class="note">no retrieval results in eval.json</p>'
-    )
-    prows = _probe_rows(ev)
-    if prows:
-        body.append("<h2>Zero-shot and linear-probe classification</h2>")
-        body.append(
-            _html_table(
-                ["modality", "zero-shot top1", "zero-shot top5", "linear probe"],
-                [list(r) for r in prows],
-                "probe",
-            )
-        )
-
-    body.append("<h2>Training curves</h2>")
-    if records:
-        body.append(_img(plot_curves(records, plots / "curves.png"), "loss, R@1, learning rate, temperature"))
-    else:
-        body.append('<p class="note">metrics.jsonl missing or empty</p>')
-
-    labels = data.get("labels")
-    class_names = [str(c) for c in data.get("class_names", [])]
-    if mods and labels is not None:
-        body.append("<h2>Joint embedding map</h2>")
-        emb = {m: data[f"emb_{m}"] for m in mods}
-        p = plot_umap(
-            emb, labels, class_names, plots / "umap.png", max_points=max_points, seed=seed, method=method
-        )
-        body.append(_img(p, "joint 2-D projection; colour = class, marker = modality"))
-        if caption and len(mods) > 1:
-            body.append(f"<h2>Nearest {esc(caption)}-centroid classification</h2>")
-            for m in [m for m in mods if m != caption][:4]:
-                cm = centroid_confusion(data, m, caption)
-                acc = np.trace(cm) / max(1, cm.sum())
-                p = plot_confusion(
-                    cm,
-                    class_names,
-                    plots / f"confusion_{m}.png",
-                    title=f"{m} vs. {caption} class centroids (acc {acc:.3f})",
-                )
-                body.append(_img(p, f"{m}: predicted class = nearest {caption} class centroid"))
-        pairs = select_pairs(mods, kinds)
-        if pairs:
-            body.append("<h2>Retrieval examples</h2>")
-            body.append(
-                '<p class="note">green = same class as query, red = different; numbers are cosine '
-                "similarities</p>"
-            )
-        for q, g in pairs:
-            p = plot_retrieval_grid(data, q, g, plots / f"retrieval_{q}_to_{g}.png")
-            body.append(_img(p, f"{q} \u2192 {g}"))
+    name, esc = run_dir.resolve().name, html.escape
+    body = [f"<h1>Run report: {esc(name)}</h1>",
+            (f'<p class="meta">split: {esc(str(ev.get("split", split)))} &middot; samples: '
+             f"{esc(str(ev.get('n_samples', '?')))} &middot; modalities: "
+             f"{esc(', '.join(ev.get('modalities', mods)))}</p>"),
+            *_tables(ev), "<h2>Training curves</h2>"]
+    body.append(_img(plot_curves(records, plots / "curves.png"), "loss, R@1, learning rate, temperature") if records
+                else '<p class="note">metrics.jsonl missing or empty</p>')
+    if mods and data.get("labels") is not None:
+        body += _embedding_sections(data, mods, plots, max_points, seed, method)
     else:
         body.append(f'<p class="note">no embeddings found at eval/embeddings_{esc(split)}.npz</p>')
-
     doc = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(name)} report</title>'
         f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
