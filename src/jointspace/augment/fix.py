@@ -45,8 +45,8 @@ def run_task(run_dir: Path) -> str:
     info = read_run_info(run_dir)
     task = info.get("task") or "contrastive"
     if task not in ("classify", "contrastive") or not (run_dir / WEIGHTS).exists():
-        raise ValueError(f"{run_dir}: augment fix needs a finished classify or contrastive run "
-                         f"(`jointspace train`); this one is {task}"
+        raise ValueError(f"{run_dir}: augment fix needs a finished classifier run or "
+                         f"contrastive run (`jointspace train`, task: classify or contrastive); this one is {task}"
                          + ("" if (run_dir / WEIGHTS).exists() else f" without {WEIGHTS}"))
     return task
 
