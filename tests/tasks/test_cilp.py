@@ -10,15 +10,6 @@ from jointspace.config import load_config
 from jointspace.tasks.cilp import cilp_table, run_cilp
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    from jointspace.data.builtin import synthesize
-
-    root = tmp_path_factory.mktemp("shards") / "shapes"
-    synthesize("shapes", root, seed=0, n=84, maxcount=100)
-    return root
-
-
 def test_cilp_end_to_end(shapes_dir, tmp_path):
     cfg = load_config(None, [
         f"output_dir={tmp_path}", "name=cilp", "tracker=none", f"data.path={shapes_dir}",

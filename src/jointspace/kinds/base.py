@@ -129,6 +129,27 @@ class Kind:
         ax.imshow(self.preview(value), cmap="gray")
 
 
+class NpyKind(Kind):
+    """A kind whose values are float arrays stored as .npy (never unpickled), recognised in manifests as
+    .npy columns whose name holds one of `column_words` (none: any .npy column)."""
+
+    extensions = ("npy",)
+    column_words: tuple[str, ...] = ()
+
+    def encode(self, value: Any) -> tuple[str, bytes]:
+        return save_npy(value)
+
+    def decode(self, ext: str, data: bytes) -> np.ndarray:
+        return load_npy(data)
+
+    def recognise(self, column: str, values: list[str]) -> bool:
+        named = not self.column_words or any(w in column.lower() for w in self.column_words)
+        return named and npy_share(values) > 0.5
+
+    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> np.ndarray:
+        return read_npy_query(source, label)
+
+
 # ---- helpers shared by the array kinds ----
 
 def save_npy(value: Any) -> tuple[str, bytes]:

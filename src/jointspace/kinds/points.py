@@ -12,15 +12,11 @@ import torch
 
 from jointspace.kinds.base import (
     BadCell,
-    Kind,
+    NpyKind,
     Prep,
     QueryError,
     check_array_cell,
     first_conv_channels,
-    load_npy,
-    npy_share,
-    read_npy_query,
-    save_npy,
 )
 
 POINT_WORDS = ("points", "point_cloud", "pointcloud", "cloud", "pcd")
@@ -48,22 +44,13 @@ def points_to_tensor(clouds: list[np.ndarray], max_points: int, max_range: float
     return out, lengths
 
 
-class PointsKind(Kind):
+class PointsKind(NpyKind):
     name = "points"
-    extensions = ("npy",)
+    column_words = POINT_WORDS
     aliases = ("points", "pointcloud", "point_cloud", "cloud")
     default_tower = "pointnet"
     ranged = True
     preview_rank = 2
-
-    def encode(self, value: Any) -> tuple[str, bytes]:
-        return save_npy(value)
-
-    def decode(self, ext: str, data: bytes) -> np.ndarray:
-        return load_npy(data)
-
-    def recognise(self, column: str, values: list[str]) -> bool:
-        return npy_share(values) > 0.5 and any(w in column.lower() for w in POINT_WORDS)
 
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         out, arr = check_array_cell(value, base, column, self.name)
@@ -88,9 +75,6 @@ class PointsKind(Kind):
 
     def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
         return {"in_features": prep.channels[name]} if name in prep.channels else {}
-
-    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> np.ndarray:
-        return read_npy_query(source, label)
 
     def check_query(self, name: str, value: Any, tower) -> None:
         arr, dims = np.asarray(value), first_conv_channels(tower)

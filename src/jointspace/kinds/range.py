@@ -10,14 +10,10 @@ import numpy as np
 import torch
 
 from jointspace.kinds.base import (
-    Kind,
+    NpyKind,
     Prep,
     QueryError,
     check_array_cell,
-    load_npy,
-    npy_share,
-    read_npy_query,
-    save_npy,
     scaled_grey,
 )
 
@@ -37,23 +33,14 @@ def largest_range(values: list) -> float:
     return max(1.0, *(float(np.nanmax(np.asarray(v, dtype=np.float32))) for v in values if np.size(v)))
 
 
-class RangeKind(Kind):
+class RangeKind(NpyKind):
     name = "range"
-    extensions = ("npy",)
+    column_words = RANGE_WORDS
     aliases = ("range", "lidar", "depth")
     default_tower = "range_cnn"
     spatial = True
     ranged = True
     preview_rank = 1
-
-    def encode(self, value: Any) -> tuple[str, bytes]:
-        return save_npy(value)
-
-    def decode(self, ext: str, data: bytes) -> np.ndarray:
-        return load_npy(data)
-
-    def recognise(self, column: str, values: list[str]) -> bool:
-        return npy_share(values) > 0.5 and any(w in column.lower() for w in RANGE_WORDS)
 
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         out, arr = check_array_cell(value, base, column, self.name)
@@ -74,9 +61,6 @@ class RangeKind(Kind):
 
     def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
         return {"in_chans": prep.channels.get(name, 1)}
-
-    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> np.ndarray:
-        return read_npy_query(source, label)
 
     def check_query(self, name: str, value: Any, tower) -> None:
         arr = np.asarray(value)

@@ -9,15 +9,11 @@ import numpy as np
 import torch
 
 from jointspace.kinds.base import (
-    Kind,
+    NpyKind,
     Prep,
     QueryError,
     check_array_cell,
     first_conv_channels,
-    load_npy,
-    npy_share,
-    read_npy_query,
-    save_npy,
     scaled_grey,
 )
 
@@ -41,22 +37,12 @@ def trim_padding(a: np.ndarray) -> np.ndarray:
     return a[: nz[-1] + 1] if len(nz) else a
 
 
-class SequenceKind(Kind):
+class SequenceKind(NpyKind):
     name = "sequence"
-    extensions = ("npy",)
     aliases = ("sequence", "audio", "speech", "frames", "mfcc")
     default_tower = "frames_cnn"
     preview_rank = 3
     fallback = True  # a .npy column that no other kind claims by its name
-
-    def encode(self, value: Any) -> tuple[str, bytes]:
-        return save_npy(value)
-
-    def decode(self, ext: str, data: bytes) -> np.ndarray:
-        return load_npy(data)
-
-    def recognise(self, column: str, values: list[str]) -> bool:
-        return npy_share(values) > 0.5
 
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         out, arr = check_array_cell(value, base, column, self.name)
@@ -65,9 +51,6 @@ class SequenceKind(Kind):
     def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
         x, lengths = sequence_to_tensor(values, prep.max_frames)
         return {name: x, f"{name}_len": lengths}
-
-    def read_query(self, source: bytes | str | Path, prep: Prep, name: str, label: str) -> np.ndarray:
-        return read_npy_query(source, label)
 
     def check_query(self, name: str, value: Any, tower) -> None:
         arr, n_feat = np.asarray(value), first_conv_channels(tower)
