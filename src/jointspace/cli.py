@@ -59,12 +59,15 @@ def data_pack(
     maxcount: int = 1000,
     max_bad_fraction: float = 0.01,
     label_map: Annotated[str | None, typer.Option(help="JSON {old: new} merging classes")] = None,
+    val_fraction: Annotated[float, typer.Option(help="carve a stratified val split of this share from train "
+                                                "when the source has none (seeded)")] = 0.0,
 ) -> None:
     """Pack user data (manifest or class folders) into shards."""
     from jointspace.data.manifest import pack_folder, pack_manifest
 
     mapping = json.loads(label_map) if label_map else None
-    kw = {"label_map": mapping, "seed": seed, "maxcount": maxcount, "max_bad_fraction": max_bad_fraction}
+    kw = {"label_map": mapping, "seed": seed, "maxcount": maxcount, "max_bad_fraction": max_bad_fraction,
+          "val_fraction": val_fraction}
     info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
     console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows")

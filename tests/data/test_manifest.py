@@ -176,3 +176,36 @@ def test_inspect_reports_counts_and_truncated_shard(tmp_path):
     assert any("shard-000001.tar" in e for e in bad["errors"])
     with pytest.raises(DataError, match="shard-000001.tar"):
         load_split(out, "train", ["image", "text"], max_bad_fraction=0)
+
+
+def test_pack_relative_paths_from_another_folder_and_carve_val(tmp_path, monkeypatch):
+    """`data pack fashion` with a relative folder (train/test only) and a relative manifest, run from the
+    folder above them; --val-fraction carves a stratified val split from train, the same for the same seed."""
+    from typer.testing import CliRunner
+
+    from jointspace.cli import app
+
+    for split, n in (("train", 20), ("test", 6)):
+        for i in range(n):
+            _png(tmp_path / "fashion" / split / ("ankle boot", "shirt")[i % 2] / f"{i:05d}.png", i)
+    (tmp_path / "tables").mkdir()
+    rows, _ = _rows(tmp_path / "tables")
+    _write_csv(tmp_path / "tables" / "m.csv", rows)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "pack", "fashion", "--out", "shards/fashion", "--val-fraction", "0.2"])
+    assert r.exit_code == 0, r.output
+    info = read_info(tmp_path / "shards" / "fashion")
+    counts = {s: v["n_samples"] for s, v in info["splits"].items()}
+    assert counts == {"train": 16, "val": 4, "test": 6}
+    assert info["splits"]["val"]["class_counts"] == {"0": 2, "1": 2}  # stratified: 2 of each class's 10
+    keys = lambda root: sorted(s["key"] for s in iter_samples(split_urls(root, "val"), ReadStats()))
+    r = runner.invoke(app, ["data", "pack", "fashion", "--out", "shards/again", "--val-fraction", "0.2"])
+    assert r.exit_code == 0 and keys(tmp_path / "shards" / "fashion") == keys(tmp_path / "shards" / "again")
+    r = runner.invoke(app, ["data", "pack", "fashion", "--out", "shards/seed1", "--val-fraction", "0.2",
+                            "--seed", "1"])
+    assert r.exit_code == 0 and keys(tmp_path / "shards" / "seed1") != keys(tmp_path / "shards" / "fashion")
+    monkeypatch.chdir(tmp_path / "fashion" / "train")  # the manifest from yet another folder
+    r = runner.invoke(app, ["data", "pack", "../../tables/m.csv", "--out", "../../shards/csv"])
+    assert r.exit_code == 0, r.output
+    assert sum(v["n_samples"] for v in read_info(tmp_path / "shards" / "csv")["splits"].values()) == 30

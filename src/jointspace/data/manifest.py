@@ -77,8 +77,9 @@ def folder_records(root: Path) -> list[tuple[str, dict]]:
             for img in sorted(f for f in cls.iterdir() if f.suffix.lower() in IMAGE_EXTS):
                 cap = img.with_suffix(".txt")
                 text = cap.read_text(encoding="utf-8", errors="replace").strip() if cap.is_file() else ""
-                rec = {"image": str(img), "text": text or f"a photo of a {cls.name.replace('_', ' ')}",
-                       "label": cls.name, "file": img.relative_to(root).as_posix()}
+                rel = img.relative_to(root).as_posix()  # paths resolve against root, wherever we run from
+                rec = {"image": rel, "text": text or f"a photo of a {cls.name.replace('_', ' ')}",
+                       "label": cls.name, "file": rel}
                 records.append((f"row {len(records) + 1}", {**rec, "split": split} if split else rec))
     if not records:
         raise DataError(f"{root}: no images in class folders (expected root/<class>/*.png|jpg "
@@ -152,9 +153,20 @@ def _check_row(n: int, rec: dict, base: Path, modalities: dict[str, str], use_sp
     return {"key": key, **values, "name": label, "split": split, "meta": meta}
 
 
+def carve_val(samples: list[dict], val_fraction: float, seed: int) -> int:
+    """Move a stratified `val_fraction` of the train samples to val (seeded); returns how many moved."""
+    train = [s for s in samples if s["split"] == "train"]
+    moved = 0
+    for s, split in zip(train, stratified_splits([s["label"] for s in train], (1 - val_fraction, val_fraction, 0),
+                                                 seed)):
+        if split == "val":
+            s["split"], moved = "val", moved + 1
+    return moved
+
+
 def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, modalities: dict[str, str],
                  label_map: dict[str, str] | None, split_fractions: Sequence[float], seed: int,
-                 maxcount: int, max_bad_fraction: float, extra: dict) -> dict:
+                 maxcount: int, max_bad_fraction: float, extra: dict, val_fraction: float = 0.0) -> dict:
     """Check every record, split the good ones and write shards; bad rows are skipped and counted."""
     if not records:
         raise DataError(f"{extra['source']}: no rows")
@@ -186,6 +198,10 @@ def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, mod
     if not use_split:
         for s, split in zip(good, stratified_splits([s["label"] for s in good], split_fractions, seed)):
             s["split"] = split
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    carved = carve_val(good, val_fraction, seed) if val_fraction and not any(s["split"] == "val" for s in good) else 0
+    extra = {**extra, **({"val_carved_from_train": {"fraction": val_fraction, "n_samples": carved}} if carved else {})}
     by_split = {sp: [s for s in good if s["split"] == sp] for sp in shards.SPLITS}
     extra = {**extra, "seed": seed, "label_map": label_map, "skipped": len(bad), "skipped_rows": bad[:20],
              "split_source": "column" if use_split else list(split_fractions)}
@@ -195,8 +211,11 @@ def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, mod
 
 def pack_manifest(manifest: Path, out_dir: Path, modalities: dict[str, str] | None = None,
                   label_map: dict[str, str] | None = None, split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                  seed: int = 0, maxcount: int = 1000, max_bad_fraction: float = 0.01) -> dict:
-    """Pack a CSV/TSV/JSONL manifest into shards; returns dataset.json content plus `skipped`."""
+                  seed: int = 0, maxcount: int = 1000, max_bad_fraction: float = 0.01,
+                  val_fraction: float = 0.0) -> dict:
+    """Pack a CSV/TSV/JSONL manifest into shards (file paths relative to the manifest's folder); returns
+    dataset.json content plus `skipped`. `val_fraction`: a stratified val split carved from train when
+    the source has none."""
     manifest, out_dir = Path(manifest), Path(out_dir)
     records = read_manifest(manifest)
     if not records:
@@ -211,17 +230,18 @@ def pack_manifest(manifest: Path, out_dir: Path, modalities: dict[str, str] | No
                         "name them image/text or pass modalities={column: kind}")
     _check_out(out_dir, manifest)
     extra = {"name": manifest.stem, "source": str(manifest)}
-    return pack_records(records, manifest.parent, out_dir, modalities, label_map, split_fractions, seed,
-                        maxcount, max_bad_fraction, extra)
+    return pack_records(records, manifest.resolve().parent, out_dir, modalities, label_map, split_fractions, seed,
+                        maxcount, max_bad_fraction, extra, val_fraction)
 
 
 def pack_folder(root: Path, out_dir: Path, label_map: dict[str, str] | None = None,
                 split_fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, maxcount: int = 1000,
-                max_bad_fraction: float = 0.01) -> dict:
-    """Pack `root/<class>/*.png|jpg` (or `root/<split>/<class>/...`) with optional `.txt` captions."""
+                max_bad_fraction: float = 0.01, val_fraction: float = 0.0) -> dict:
+    """Pack `root/<class>/*.png|jpg` (or `root/<split>/<class>/...`) with optional `.txt` captions;
+    `val_fraction`: a stratified val split carved from train when the folders have none."""
     root, out_dir = Path(root), Path(out_dir)
     records = folder_records(root)
     _check_out(out_dir, root)
     extra = {"name": root.name, "source": str(root)}
-    return pack_records(records, root, out_dir, {"image": "image", "text": "text"}, label_map, split_fractions,
-                        seed, maxcount, max_bad_fraction, extra)
+    return pack_records(records, root.resolve(), out_dir, {"image": "image", "text": "text"}, label_map,
+                        split_fractions, seed, maxcount, max_bad_fraction, extra, val_fraction)
