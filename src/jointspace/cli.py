@@ -282,7 +282,7 @@ def towers() -> None:
     from rich.table import Table
 
     from jointspace.kinds import describe
-    from jointspace.towers import list_towers, tower_parameters, tower_summary
+    from jointspace.towers import list_towers, tower_parameters, tower_pretrained, tower_summary
 
     kinds = Table(title="modality kinds")
     for col in ("kind", "stored as", "query words", "default tower", "roles"):
@@ -297,7 +297,7 @@ def towers() -> None:
     for name in list_towers():
         params = tower_parameters(name)
         shown = "any" if params is None else ", ".join(f"{k}={v!r}" for k, v in params.items())
-        table.add_row(name, shown, tower_summary(name))
+        table.add_row(name, shown, " ".join(filter(None, [tower_summary(name), tower_pretrained(name)])))
     console.print(table)
 
 

@@ -25,10 +25,11 @@ def make_tokenizer(context_length: int, spec: str | None = None) -> Callable[[li
     source, _, name = spec.partition(":")
     if source == "hf":
         return _hf_tokenizer(name, context_length)
-    if source == "openclip":
+    if source == "openclip":  # openclip:<model>[|<cache_dir>]
         import open_clip
 
-        oc_tok = open_clip.get_tokenizer(name)
+        model, _, cache_dir = name.partition("|")
+        oc_tok = open_clip.get_tokenizer(model, cache_dir=cache_dir or None)
         return lambda texts: oc_tok(list(texts), context_length=context_length)
     raise ValueError(f"tokenizer {spec!r}: expected hf:<folder> or openclip:<model>")
 

