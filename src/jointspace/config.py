@@ -50,6 +50,21 @@ class DataConfig(_Strict):
     streaming: bool = False  # read the train split shard by shard instead of decoding it into memory
     num_workers: int = Field(0, ge=0)  # DataLoader workers of the streaming path
     shuffle_buffer: int = Field(1000, ge=0)  # streaming: samples shuffled within a buffer of this size
+    # foreign WebDataset shards (img2dataset / open_clip_train layout, no dataset.json) instead of data.path:
+    urls: str | list[str] | None = None  # train shards: brace patterns, lists, `a::b`, pipe:, paths, folders
+    val_urls: str | list[str] | None = None
+    test_urls: str | list[str] | None = None
+    keys: dict[str, str] = Field(default_factory=dict)  # modality -> members, e.g. {image: "jpg;png;webp"}
+    kinds: dict[str, str] = Field(default_factory=dict)  # modality -> kind (default: by its first member)
+    class_names: list[str] = Field(default_factory=list)  # default: class folders' or json labels' names
+    label_from: Literal["auto", "cls", "json", "folder", "none"] = "auto"  # json: the field data.label_key
+
+    @model_validator(mode="after")
+    def _foreign_modalities(self) -> DataConfig:
+        """With data.urls, the modalities default to data.keys' (open_clip's image + text)."""
+        if self.urls and "modalities" not in self.model_fields_set:
+            object.__setattr__(self, "modalities", list(self.keys or {"image": 0, "text": 0}))
+        return self
 
     @model_validator(mode="after")
     def _weights_need_resampling(self) -> DataConfig:

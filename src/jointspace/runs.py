@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData, load_split
-from jointspace.kinds import Prep, with_role
+from jointspace.kinds import Prep, get_kind, with_role
 from jointspace.model import JointModel, build_model, text_tokenizers
 
 CONFIG = "config.yaml"
@@ -46,7 +46,11 @@ def run_prep(cfg: RunConfig, info: dict) -> Prep:
     """How a run turns values into inputs: run.json's recorded `prep` over the config's sizes (runs
     from before `prep` was recorded: their `image_channels`)."""
     prep = Prep.from_json({**config_prep(cfg).to_json(), **(info.get("prep") or {})})
-    picture = with_role(info.get("kinds", {}), "picture")
+    kinds = info.get("kinds", {})
+    if cfg.data.max_range is not None:  # runs from before max_range was recorded: the config's, if it has one
+        prep = prep.updated(max_range={m: cfg.data.max_range for m, k in kinds.items()
+                                       if get_kind(k).ranged and m not in prep.max_range})
+    picture = with_role(kinds, "picture")
     if picture and picture not in prep.channels and info.get("image_channels"):
         prep = prep.updated(channels={picture: int(info["image_channels"])})
     return prep

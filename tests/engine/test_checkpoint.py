@@ -85,3 +85,16 @@ def test_warmup_cosine_shape():
     assert abs(warmup_cosine(60, 10, 110) - 0.5) < 1e-12
     assert warmup_cosine(110, 10, 110) == 0.0
     assert warmup_cosine(110, 10, 110, min_lr_ratio=0.1) == 0.1
+
+
+def test_tracker_resume_cuts_the_log_and_survives_a_torn_last_line(tmp_path):
+    import json as _json
+
+    from jointspace.engine.tracking import Tracker
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(_json.dumps({"step": s, "split": "train", "loss": 1.0}) + "\n" for s in range(1, 6))
+                   + '{"step": 6, "spl')  # killed while writing step 6
+    t = Tracker(tmp_path, "none")
+    t.keep_until(4)
+    assert [_json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4]

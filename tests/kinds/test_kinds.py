@@ -148,3 +148,46 @@ def test_fusion_classifiers_take_points(fusion, all_kinds_dir, tmp_path):
     run = train_classifier(cfg, show_progress=False)
     summary = json.loads((run / "done.json").read_text())
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and (run / "classification_test.txt").exists()
+
+
+def test_pointnet_pools_an_empty_cloud_to_zeros_not_inf():
+    from jointspace.towers import build_tower
+
+    tower = build_tower("pointnet", in_features=3, widths=(8,)).eval()
+    x, lengths = points_to_tensor([np.zeros((0, 3), np.float32), np.ones((5, 3), np.float32)], 16, 10.0)
+    out = tower(x, lengths)
+    assert torch.isfinite(out).all() and lengths.tolist() == [0, 5]
+
+
+def test_sources_share_one_range_scale(tmp_path):
+    """Two shard folders with different largest ranges: every source is scaled by the larger."""
+    from jointspace.config import DataConfig
+    from jointspace.data.shards import write_dataset
+    from jointspace.data.sources import load_sources
+
+    for name, top in (("near", 5.0), ("far", 50.0)):
+        samples = [{"key": f"{name}{i}", "lidar": np.full((8, 8), top * (i + 1) / 4, np.float32), "label": 0}
+                   for i in range(4)]
+        write_dataset(tmp_path / name, {"train": samples}, {"lidar": "range"}, ["a"])
+    cfg = DataConfig(path=str(tmp_path / "near"), modalities=["lidar"],
+                     sources=[{"path": str(tmp_path / "near")}, {"path": str(tmp_path / "far")}])
+    data = load_sources(cfg, "train", modalities=["lidar"])
+    assert data.prep.max_range == {"lidar": 50.0}
+    near_top = data.inputs["lidar"][3].max()  # 5 m scaled by 50 m, not clamped at its own 5 m
+    assert float(near_top) == pytest.approx(np.log1p(5.0) / np.log1p(50.0), rel=1e-6)
+
+
+def test_streaming_a_range_modality_needs_a_fixed_scale(all_kinds_dir, tmp_path):
+    from jointspace.config import load_config
+    from jointspace.tasks.contrastive import train
+
+    from .conftest import all_kinds_overrides
+
+    cfg = load_config(None, all_kinds_overrides(all_kinds_dir, tmp_path, "stream") + ["data.streaming=true"])
+    with pytest.raises(Exception, match="data.max_range"):
+        train(cfg, show_progress=False)
+    cfg = load_config(None, all_kinds_overrides(all_kinds_dir, tmp_path, "stream2") + [
+        "data.streaming=true", "data.max_range=40", "data.shuffle_buffer=0"])
+    run = train(cfg, show_progress=False)
+    prep = json.loads((run / "run.json").read_text())["prep"]
+    assert prep["max_range"] == {"lidar": 40.0, "points": 40.0} and prep["channels"]["points"] == 3

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.data.shards import DataError, ReadStats
+from jointspace.data.webdataset import Source, as_source
 from jointspace.kinds import Prep, fit_prep, get_kind, input_channels, to_inputs
 
 
@@ -68,7 +69,7 @@ def recorded_range(prep: Prep, info: dict, kinds: dict[str, str], max_range: flo
 
 
 def load_split(
-    root: str | Path,
+    root: str | Path | Source,
     split: str,
     modalities: list[str],
     image_size: int = 32,
@@ -87,8 +88,10 @@ def load_split(
     `label_map` {old class name: new} merges classes; `tokenizers` {text modality: spec} picks the
     tokenizer of a text tower (default OpenCLIP BPE). `prep` (a run's) fixes how values become tensors;
     without it, the sizes given here are used and what normalisation still needs (a range modality's
-    `max_range`: `max_range`, else dataset.json's, else this split's largest) is fixed from the data."""
-    info = read_info(root)
+    `max_range`: `max_range`, else dataset.json's, else this split's largest) is fixed from the data.
+    `root`: a shard folder, or any Source (foreign WebDataset shards)."""
+    source = as_source(root)
+    info = source.info
     kinds = info["modalities"]
     unknown = [m for m in modalities if m not in kinds]
     if unknown:
@@ -96,7 +99,7 @@ def load_split(
     stats = ReadStats(n_expected=info.get("splits", {}).get(split, {}).get("n_samples"))
     values: dict[str, list] = {m: [] for m in modalities}
     labels, keys = [], []
-    for sample in iter_samples(split_urls(root, split), stats, modalities):
+    for sample in source.samples(source.urls(split), stats, modalities):
         for m in modalities:
             values[m].append(sample[m])
         labels.append(sample["label"])

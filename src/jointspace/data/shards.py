@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,36 +138,48 @@ class ReadStats:
             )
 
 
-def iter_samples(urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
-    """Yield decoded samples {key, label, meta, <modality>: value}; skips and counts corrupt ones."""
+def iter_raw(urls: list[str], stats: ReadStats) -> Iterator[dict]:
+    """The raw samples ({member name: bytes, __key__, __url__}) of shards; unreadable shards are counted."""
 
     def handler(exn: Exception) -> bool:
         where = next((a for a in exn.args if isinstance(a, str) and a.endswith(".tar")), "?")
         stats.record(f"{where}: {type(exn).__name__}: {exn.args[0] if exn.args else ''}")
         return True
 
-    pipeline = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
-    for raw in pipeline:
-        key = raw.get("__key__", "?")
+    yield from wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=handler))
+
+
+def decode_own(raw: dict, modalities: list[str] | None) -> dict:
+    """A jointspace sample (`<modality>.<ext>`, `cls`, `json` members) as {key, label, meta, <modality>: value}."""
+    sample: dict[str, Any] = {"key": raw.get("__key__", "?"), "meta": {}}
+    for name, data in raw.items():
+        if name.startswith("__"):
+            continue
+        base, _, ext = name.rpartition(".")
+        if not base:  # "cls", "json"
+            base, ext = name, name
+        if base == "cls":
+            sample["label"] = decode_value("cls", data)
+        elif base == "json":
+            sample["meta"] = decode_value("json", data)
+        elif modalities is None or base in modalities:
+            sample[base] = decode_value(ext, data)
+    missing = [m for m in (modalities or []) if m not in sample]
+    if missing or "label" not in sample:
+        raise ValueError(f"missing {missing or ['label']}")
+    return sample
+
+
+def iter_samples(urls: list[str], stats: ReadStats, modalities: list[str] | None = None,
+                 decode: Callable[[dict, list[str] | None], dict] | None = None) -> Iterator[dict]:
+    """Yield decoded samples {key, label, meta, <modality>: value}; skips and counts corrupt ones.
+    `decode` reads a raw sample (default: jointspace's own layout; foreign shards: their Layout's)."""
+    decode = decode or decode_own
+    for raw in iter_raw(urls, stats):
         try:
-            sample: dict[str, Any] = {"key": key, "meta": {}}
-            for name, data in raw.items():
-                if name.startswith("__"):
-                    continue
-                base, _, ext = name.rpartition(".")
-                if not base:  # "cls", "json"
-                    base, ext = name, name
-                if base == "cls":
-                    sample["label"] = decode_value("cls", data)
-                elif base == "json":
-                    sample["meta"] = decode_value("json", data)
-                elif modalities is None or base in modalities:
-                    sample[base] = decode_value(ext, data)
-            missing = [m for m in (modalities or []) if m not in sample]
-            if missing or "label" not in sample:
-                raise ValueError(f"missing {missing or ['label']}")
+            sample = decode(raw, modalities)
         except Exception as exn:  # noqa: BLE001 - any undecodable sample is skipped and counted
-            stats.record(f"{raw.get('__url__', '?')}:{key}: {type(exn).__name__}: {exn}")
+            stats.record(f"{raw.get('__url__', '?')}:{raw.get('__key__', '?')}: {type(exn).__name__}: {exn}")
             continue
         stats.n_ok += 1
         yield sample

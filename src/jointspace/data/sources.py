@@ -16,16 +16,19 @@ import torch
 
 from jointspace.config import DataConfig
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
-from jointspace.data.shards import read_info
+from jointspace.data.webdataset import FolderSource, source_of
 from jointspace.kinds import Prep
 
 
 def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None = None,
                  **load_kw) -> SplitData:
     """One split concatenated from every `data.sources` folder; classes unified by name, then label-mapped."""
-    parts = [load_split(data_cfg.sources[0].path, split, **load_kw)]
-    fixed = Prep.from_json({**parts[0].prep.to_json(), "channels": {}})  # one normalisation for all sources
-    parts += [load_split(s.path, split, **{**load_kw, "prep": fixed}) for s in data_cfg.sources[1:]]
+    parts = [load_split(s.path, split, **load_kw) for s in data_cfg.sources]
+    scale = {m: max(p.prep.max_range[m] for p in parts) for m in parts[0].prep.max_range}
+    if any(p.prep.max_range != scale for p in parts):  # one range scale for all: the largest of any source
+        fixed = Prep.from_json({**parts[0].prep.to_json(), "channels": {}, "max_range": scale})
+        parts = [p if p.prep.max_range == scale else load_split(s.path, split, **{**load_kw, "prep": fixed})
+                 for p, s in zip(parts, data_cfg.sources, strict=True)]
     data = concat_splits(parts, class_names)
     if data_cfg.label_map:
         data.class_names, data.labels = apply_label_map(data.class_names, data.labels, data_cfg.label_map,
@@ -39,8 +42,8 @@ def source_label_lookups(data_cfg: DataConfig, class_names: list[str] | None = N
     """Without decoding anything: the train split's class names, unified over `data.sources` (or just
     `data.path`) by name with `class_names` first and then label-mapped, as `load_sources` makes them,
     and per source the array that re-indexes its stored labels into them (None: kept as stored)."""
-    paths = [s.path for s in data_cfg.sources] or [data_cfg.path]
-    own = [list(read_info(p).get("class_names", [])) for p in paths]
+    sources = [FolderSource(s.path) for s in data_cfg.sources] or [source_of(data_cfg)]
+    own = [list(s.info.get("class_names", [])) for s in sources]
     names = list(dict.fromkeys([*(class_names or []), *(n for part in own for n in part)]))
     final = names
     to_final = np.arange(len(names))

@@ -65,7 +65,7 @@ class ShardStream(IterableDataset):
                  image_size: int = 32, context_length: int = 16, max_frames: int = 96,
                  tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0,
                  shard_probs: list[float] | None = None, label_lookup: dict[str, np.ndarray | None] | None = None,
-                 image_channels: int | None = None, prep: Prep | None = None):
+                 image_channels: int | None = None, prep: Prep | None = None, decode=None):
         super().__init__()
         self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
         self.shard_probs, self.label_lookup = shard_probs, label_lookup or {}
@@ -76,6 +76,7 @@ class ShardStream(IterableDataset):
                                  tokenizers=dict(tokenizers or {}),
                                  channels={picture: image_channels} if picture and image_channels else {})
         self.stats = ReadStats()
+        self.decode = decode  # how a raw sample is read (None: jointspace's own layout)
 
     def _worker(self) -> tuple[int, int]:
         """(role, number of workers): the worker whose place in the epoch this DataLoader worker takes."""
@@ -108,7 +109,7 @@ class ShardStream(IterableDataset):
         classes of several `data.sources` unified by name)."""
         for url in shards:  # one at a time: a resampled stream of shards is endless
             lookup = self.label_lookup.get(url)
-            for sample in iter_samples([url], self.stats, list(self.kinds)):
+            for sample in iter_samples([url], self.stats, list(self.kinds), self.decode):
                 if lookup is not None:
                     sample["label"] = int(lookup[sample["label"]])
                 yield sample

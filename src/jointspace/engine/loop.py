@@ -162,6 +162,12 @@ class FitResult:
     last_val: dict = field(default_factory=dict)
     epoch_losses: list[float] = field(default_factory=list)
     loss: float = float("nan")
+    steps_per_epoch: int = 1
+
+    @property
+    def epochs_run(self) -> float:
+        """Epochs trained by this process (fewer than planned after a resume)."""
+        return (self.step - self.start_step) / self.steps_per_epoch
 
 
 class Engine:
@@ -180,7 +186,9 @@ class Engine:
     def resume(self) -> None:
         """Continue from the latest checkpoint: weights, optimizer, schedule, scaler, RNG, position."""
         state = resume_latest(self.ckpt_dir, self.obj.module, self.optimizer, self.scheduler)
-        self.epoch, self.step, self.skip = state["epoch"], state["step"], state.get("batch_in_epoch", 0)
+        self.step = state["step"]
+        self.epoch = state.get("epoch", self.step // self.plan.steps_per_epoch)  # older step-only states
+        self.skip = state.get("batch_in_epoch", self.step - self.epoch * self.plan.steps_per_epoch)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.tracker.keep_until(self.step)
@@ -195,7 +203,7 @@ class Engine:
         """Loss (and, without a GradScaler, which skips overflowing steps itself, the gradient norm)
         finite on every rank."""
         ok = bool(torch.isfinite(loss)) and (self.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
-        flag = torch.tensor(float(ok))
+        flag = torch.tensor(float(ok), device=self.device)  # NCCL reduces device tensors only
         if self.dist.enabled:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item())
@@ -264,7 +272,8 @@ class Engine:
     def fit(self, show_progress: bool = True) -> FitResult:
         """Train from the current position to `plan.total_steps`."""
         p, t0 = self.plan, time.time()
-        result = FitResult(step=self.step, start_step=self.step, seconds=0.0, train_seconds=0.0)
+        result = FitResult(step=self.step, start_step=self.step, seconds=0.0, train_seconds=0.0,
+                           steps_per_epoch=p.steps_per_epoch)
         with progress_bar(show_progress and self.dist.is_main) as progress:
             task = progress.add_task("train", total=p.total_steps, completed=self.step, epoch=self.epoch + 1,
                                      loss=float("nan"))

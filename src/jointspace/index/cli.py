@@ -114,6 +114,9 @@ def search(
                                                  "kind word (image, audio, lidar, points); default: the one "
                                                  "that reads the file's extension")] = None,
     vector: Annotated[Path | None, typer.Option(help=".npy raw vector [D]")] = None,
+    image: Annotated[Path | None, typer.Option(hidden=True, help="= --file F --modality image")] = None,
+    audio: Annotated[Path | None, typer.Option(hidden=True, help="= --file F --modality audio")] = None,
+    lidar: Annotated[Path | None, typer.Option(hidden=True, help="= --file F --modality lidar")] = None,
     k: Annotated[int, typer.Option(min=1, help="results")] = 10,
     where: WhereOpt = None,
     target: Annotated[str | None, typer.Option(help="only results of this modality (= --where modality=...)")] = None,
@@ -126,6 +129,11 @@ def search(
     from jointspace.index.query import parse_vector, read_npy
     from jointspace.index.store import IndexStore
 
+    for word, path in (("image", image), ("audio", audio), ("lidar", lidar)):  # the older per-kind flags
+        if path is not None:
+            file, modality = (path, modality or word) if file is None else (file, modality)
+            if file != path:
+                raise typer.BadParameter("give exactly one query file")
     given = {n: v for n, v in (("text", text), ("file", file), ("vector", vector)) if v is not None}
     if len(given) != 1:
         raise typer.BadParameter(f"give exactly one of --text, --file, --vector (got {list(given)})")

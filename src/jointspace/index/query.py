@@ -118,7 +118,10 @@ class Encoder:
 
     def inputs(self, modality: str, values: list) -> dict[str, torch.Tensor]:
         """Raw values of one modality -> the model's input batch (the run's own Prep, as in training)."""
-        return get_kind(self.kinds[modality]).to_tensors(modality, list(values), self.prep)
+        try:
+            return get_kind(self.kinds[modality]).to_tensors(modality, list(values), self.prep)
+        except ValueError as err:  # e.g. a run that recorded no range scale
+            raise QueryError(f"{modality}: {err}") from None
 
     @torch.no_grad()
     def encode(self, modality: str, values: list, check: bool = True) -> np.ndarray:

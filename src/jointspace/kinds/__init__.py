@@ -55,6 +55,11 @@ def decode_file(ext: str, data: bytes) -> Any:
     raise ValueError(f"unknown extension .{ext}")
 
 
+def kind_for_extension(ext: str) -> str | None:
+    """The first registered kind that reads files with this extension (.npy: sequence), or None."""
+    return next((k.name for k in _KINDS.values() if ext.lower() in k.extensions), None)
+
+
 def recognise_column(column: str, values: list[str]) -> str | None:
     """The kind of a manifest column by its name and values (fallback kinds last), or None."""
     ordered = sorted(_KINDS.values(), key=lambda k: k.fallback)
@@ -111,5 +116,5 @@ def describe() -> list[dict]:
 
 
 __all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "all_kinds", "decode_file", "describe", "fit_prep",
-           "get_kind", "input_channels", "kind_for_alias", "preview_modality", "recognise_column", "register",
+           "get_kind", "input_channels", "kind_for_alias", "kind_for_extension", "preview_modality", "recognise_column", "register",
            "to_inputs", "with_role"]

@@ -29,8 +29,10 @@ def range_to_tensor(arrays: list[np.ndarray], max_range: float) -> torch.Tensor:
 
 
 def largest_range(values: list) -> float:
-    """The largest finite value over arrays (at least 1 m)."""
-    return max(1.0, *(float(np.nanmax(np.asarray(v, dtype=np.float32))) for v in values if np.size(v)))
+    """The largest finite value over arrays (at least 1 m; inf / NaN "no return" markers are ignored)."""
+    finite = [np.asarray(v, dtype=np.float32) for v in values]
+    finite = [a[np.isfinite(a)] for a in finite]
+    return max(1.0, *(float(a.max()) for a in finite if a.size))
 
 
 class RangeKind(NpyKind):

@@ -61,8 +61,12 @@ TASKS: dict[str, Task] = {t.name: t for t in (
 def task_of_raw(raw: dict, source: str) -> str:
     """The task a config mapping names (default contrastive); an unknown one is a ConfigError."""
     name = raw.get("task") or "contrastive"
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise ConfigError(f"{source}: task: {name!r} is not a task (known: {', '.join(TASKS)})")
+    stray = [s for s in ("fusion", "metric", "cilp") if s in raw and name != s.replace("fusion", "classify")]
+    if "task" not in raw and stray:  # a config written for `jointspace classify`/`metric`/`cilp`
+        raise ConfigError(f"{source}: has a {stray[0]}: section but no task: line; say which task it trains "
+                          f"(task: {stray[0].replace('fusion', 'classify')})")
     return name
 
 
@@ -89,7 +93,10 @@ def run_task(run_dir: str | Path) -> str:
 
 def require_verb(run_dir: str | Path, verb: str) -> None:
     """Raise a ValueError naming the task when its runs do not support `verb`."""
-    task = TASKS[run_task(run_dir)]
+    name = run_task(run_dir)
+    if name not in TASKS:
+        raise ValueError(f"{run_dir}: run.json names task {name!r}, which this version does not know")
+    task = TASKS[name]
     if verb not in task.verbs:
         able = ", ".join(t.name for t in TASKS.values() if verb in t.verbs)
         raise ValueError(f"{run_dir} is a {task.name} run: `{verb}` works on {able} runs; this run's results "

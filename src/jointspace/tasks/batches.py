@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData, recorded_range
-from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.data.shards import DataError, ReadStats, iter_samples
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
+from jointspace.data.webdataset import FolderSource, source_of
 from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
-from jointspace.kinds import Prep, fit_prep, with_role
+from jointspace.kinds import Prep, get_kind, input_channels, to_inputs, with_role
 from jointspace.losses import positive_mask
 from jointspace.runs import config_prep
 
@@ -49,7 +49,8 @@ class InMemoryBatches:
 class StreamedBatches:
     """Each rank streams its own shards; labels (and captions) are gathered for the global mask.
 
-    The train split is `data.path`'s, or the shards of every `data.sources` folder with their classes
+    The train split is `data.path`'s (or the foreign shards of `data.urls`), or the shards of every
+    `data.sources` folder with their classes
     unified by name (as the in-memory path does) and, with `data.resampled`, drawn in proportion to
     weight x size. Modalities and image channels are read from the first sample of each source.
     """
@@ -58,8 +59,8 @@ class StreamedBatches:
                  class_names: list[str] | None = None):
         d = cfg.data
         self.cfg, self.dist, self.device = cfg, dist_info, device
-        paths = [s.path for s in d.sources] or [d.path]
-        infos = [read_info(p) for p in paths]
+        sources = [FolderSource(s.path) for s in d.sources] or [source_of(d)]
+        paths, infos = [str(s) for s in sources], [s.info for s in sources]
         stored = infos[0]["modalities"]
         self.kinds = {m: stored[m] for m in d.modalities if m in stored}
         for p, info in zip(paths, infos, strict=True):
@@ -69,9 +70,14 @@ class StreamedBatches:
             if {m: info["modalities"][m] for m in self.kinds} != self.kinds:
                 raise DataError(f"data.sources: modalities differ ({info['modalities']} vs {stored})")
         self.text_key = with_role(self.kinds, "captions")
-        per_source = [split_urls(p, "train") for p in paths]
+        per_source = [s.urls("train") for s in sources]
         self.urls = [u for urls in per_source for u in urls]
         sizes = [info["splits"]["train"]["n_samples"] for info in infos]
+        if None in sizes and not d.samples_per_epoch:
+            raise DataError(f"{d.urls}: the number of samples of these shards is unknown (not local files); "
+                            "set data.samples_per_epoch")
+        sizes = [n or 0 for n in sizes]
+        self.decode = sources[0].layout.decode if sources[0].layout else None
         self.class_names, lookups = source_label_lookups(d, class_names)
         remap = d.label_map or d.sources
         self.label_lookup = ({u: lk for urls, lk in zip(per_source, lookups, strict=True) for u in urls}
@@ -88,24 +94,26 @@ class StreamedBatches:
             self.steps_per_epoch = max(0, per_rank // self.local_batch - (1 if dist_info.enabled else 0))
 
     def _prep(self, per_source: list[list[str]], info: dict) -> Prep:
-        """The config's Prep with image channels (the most over the first sample of every source) and
-        max_range (the config's or dataset.json's, else the largest in those first samples) filled in."""
-        firsts = [next(iter_samples(urls[:1], ReadStats(), list(self.kinds)), None) for urls in per_source]
+        """The config's Prep with input channels (the most over the first sample of every source) and
+        max_range (the config's or dataset.json's; required for ranged kinds) filled in."""
+        firsts = [next(iter_samples(urls[:1], ReadStats(), list(self.kinds), self.decode), None)
+                  for urls in per_source]
         firsts = [s for s in firsts if s is not None]
         prep = recorded_range(config_prep(self.cfg), info, self.kinds, self.cfg.data.max_range)
-        prep = fit_prep({m: [s[m] for s in firsts] for m in self.kinds}, self.kinds, prep)
-        image = with_role(self.kinds, "picture")
-        if image is None:
-            return prep
-        shapes = [np.shape(s[image]) for s in firsts]
-        return prep.updated(channels={image: max([1, *(shape[-1] for shape in shapes if len(shape) == 3)])})
+        unfixed = [m for m, k in self.kinds.items() if get_kind(k).ranged and m not in prep.max_range]
+        if unfixed:  # fitting on what streaming has seen so far would clamp what it has not
+            raise DataError(f"data.streaming: {unfixed} need a fixed range scale: set data.max_range (metres) or "
+                            "record max_range in dataset.json")
+        values = {m: [s[m] for s in firsts] for m in self.kinds}
+        return prep.updated(channels=input_channels(to_inputs(values, self.kinds, prep), self.kinds))
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask) per step, from step `skip` on."""
         d = self.cfg.data
         stream = ShardStream(self.urls, self.kinds, self.local_batch, self.cfg.seed, epoch, self.dist.rank,
                              self.dist.world_size, d.resampled, skip, shuffle_buffer=d.shuffle_buffer,
-                             shard_probs=self.shard_probs, label_lookup=self.label_lookup, prep=self.prep)
+                             shard_probs=self.shard_probs, label_lookup=self.label_lookup, prep=self.prep,
+                             decode=self.decode)
         step = skip
         for batch in stream_loader(stream, d.num_workers):
             if step >= self.steps_per_epoch:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from jointspace.config import RunConfig, TrainConfig
+from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.dataset import epoch_batches
 from jointspace.engine import Objective, StepContext, fit, seed_everything
 from jointspace.engine.checkpoint import latest_checkpoint, save_tensors
@@ -34,7 +34,7 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.engine.tracking import Tracker
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.evaluate.embed import embed_split
-from jointspace.runs import WEIGHTS, load_run, prepare_run_dir, resolve_device
+from jointspace.runs import CONFIG, WEIGHTS, load_run, prepare_run_dir, resolve_device
 from jointspace.tasks.common import load_splits, n_classes_of, plan_of, read_done, write_done
 from jointspace.tasks.contrastive import train
 
@@ -140,6 +140,8 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
         if not overwrite:
             raise FileExistsError(f"{root} exists: pass --resume to continue it or --overwrite to replace it")
         shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root / CONFIG)  # what `jointspace compare` compares a finished grid run against
     pre_dir = _pretrain(cfg, resume, show_progress)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)

@@ -26,6 +26,7 @@ from jointspace.tasks.common import (
     load_splits,
     n_classes_of,
     plan_of,
+    resumed_prep,
     start_run,
     steps_or_fail,
     to_device,
@@ -95,7 +96,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
     t_start = time.time()
     run_dir = start_run(cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
-    _info, train_data, val_data, test_data = load_splits(cfg)
+    _info, train_data, val_data, test_data = load_splits(cfg, resumed_prep(cfg, resume))
     model = build_classifier(cfg, train_data).to(device)
     n_params, kinds = count_parameters(model), train_data.kinds
     if not resume:
@@ -118,7 +119,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
                "test_accuracy": test["top1"], "test_loss": test["loss"],
                "val_loss": result.last_val.get("loss"), "val_accuracy": result.last_val.get("accuracy"),
                "n_params": n_params, "epochs": cfg.train.epochs,
-               "seconds_per_epoch": round(result.train_seconds / cfg.train.epochs, 3), **memory.result(),
+               "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1e-9), 3), **memory.result(),
                "wall_seconds": round(time.time() - t_start, 1)}
     (run_dir / "eval.json").write_text(json.dumps({"split": cfg.eval.split, **test}, indent=2))
     write_done(run_dir, summary)

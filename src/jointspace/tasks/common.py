@@ -13,24 +13,24 @@ import torch
 from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.builtin import synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
-from jointspace.data.shards import read_info
 from jointspace.data.sources import load_sources
+from jointspace.data.webdataset import Source, source_of
 from jointspace.engine import Plan, seed_everything
 from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.model import text_tokenizers
-from jointspace.runs import CONFIG, prepare_run_dir
+from jointspace.runs import CONFIG, RUN_INFO, prepare_run_dir, read_run_info, run_prep
 
 DONE = "done.json"
 
 
-def ensure_dataset(cfg: RunConfig) -> Path:
-    """The shard folder, synthesised first when it is missing and `data.synth` names a built-in set."""
+def ensure_dataset(cfg: RunConfig) -> Source:
+    """The run's dataset; a built-in set is synthesised first when `data.path` is missing."""
     root = Path(cfg.data.path)
-    if not root.exists() and cfg.data.synth:
+    if not cfg.data.urls and not root.exists() and cfg.data.synth:
         synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
-    return root
+    return source_of(cfg.data)
 
 
 def split_kwargs(cfg: RunConfig) -> dict:
@@ -43,18 +43,19 @@ def split_kwargs(cfg: RunConfig) -> dict:
 
 def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData | None, SplitData | None]:
     """dataset.json info, and the train (None when streamed) and validation splits; validation is
-    prepared as the train split was (or as `prep`, the streamed train split's)."""
+    prepared as the train split was, and both as `prep` when given (a resumed run's recorded Prep, or
+    the streamed train split's)."""
     root = ensure_dataset(cfg)
-    info = read_info(root)
+    info = root.info
     kw = split_kwargs(cfg)
     if cfg.data.streaming:
         train = None
     elif cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
-        train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
+        train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None, "prep": prep})
     else:
-        train = load_split(root, "train", **kw)
+        train = load_split(root, "train", **kw, prep=prep)
     fixed = train.prep if train is not None else prep
-    val = load_split(root, "val", **kw, prep=fixed) if (root / "val").exists() else None
+    val = load_split(root, "val", **kw, prep=fixed) if root.has_split("val") else None
     return info, train, val
 
 
@@ -83,10 +84,15 @@ def tracker_of(cfg: RunConfig, run_dir: Path, enabled: bool = True) -> Tracker:
     return Tracker(run_dir, cfg.tracker if enabled else "none", cfg.model_dump(mode="json"), cfg.name, enabled=enabled)
 
 
-def load_splits(cfg: RunConfig) -> tuple[dict, SplitData, SplitData | None, SplitData]:
+def resumed_prep(cfg: RunConfig, resume: bool) -> Prep | None:
+    """A resumed run's recorded Prep (None for a fresh run): its normalisation cannot change mid-run."""
+    return run_prep(cfg, read_run_info(cfg.run_dir)) if resume and (cfg.run_dir / RUN_INFO).exists() else None
+
+
+def load_splits(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData, SplitData | None, SplitData]:
     """dataset.json info and the train, val (None if absent) and evaluation (`eval.split`) splits."""
-    info, train, val = prepare_data(cfg)
-    test = load_split(cfg.data.path, cfg.eval.split, **split_kwargs(cfg), prep=train.prep)  # prepared as train
+    info, train, val = prepare_data(cfg, prep)
+    test = load_split(source_of(cfg.data), cfg.eval.split, **split_kwargs(cfg), prep=train.prep)  # as train
     return info, train, val, test
 
 

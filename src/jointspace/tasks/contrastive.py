@@ -14,7 +14,7 @@ import torch
 
 from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
-from jointspace.data.shards import read_info
+from jointspace.data.webdataset import source_of
 from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
 from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
@@ -22,7 +22,7 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
 from jointspace.evaluate.runner import evaluate_run
-from jointspace.kinds import with_role
+from jointspace.kinds import Prep, with_role
 from jointspace.losses import BindingLoss, binding_pairs, positive_mask
 from jointspace.model import JointModel, count_parameters
 from jointspace.runs import (
@@ -35,7 +35,15 @@ from jointspace.runs import (
     write_run_info,
 )
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
-from jointspace.tasks.common import ensure_dataset, plan_of, prepare_data, start_run, tracker_of, write_done
+from jointspace.tasks.common import (
+    ensure_dataset,
+    plan_of,
+    prepare_data,
+    resumed_prep,
+    start_run,
+    tracker_of,
+    write_done,
+)
 from jointspace.towers.lora import parameter_summary
 
 
@@ -147,12 +155,15 @@ class ContrastiveObjective(Objective):
         return validate(self.module, self.val_loss_fn, self.val_data, self.cfg, self.device)
 
 
-def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device) -> tuple[dict, object, SplitData | None, dict]:
-    """(dataset info, the train batches, the val split, run info) of a run, streamed or in memory."""
+def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
+          recorded: Prep | None) -> tuple[dict, object, SplitData | None, dict]:
+    """(dataset info, the train batches, the val split, run info) of a run, streamed or in memory;
+    prepared as `recorded` (a resumed run's Prep) when given."""
     streamed = None
     if cfg.data.streaming:
-        streamed = StreamedBatches(cfg, dist_info, device, read_info(cfg.data.path).get("class_names"))
-    info, train_data, val_data = prepare_data(cfg, streamed.prep if streamed else None)
+        streamed = StreamedBatches(cfg, dist_info, device, source_of(cfg.data).info.get("class_names"))
+        streamed.prep = recorded or streamed.prep
+    info, train_data, val_data = prepare_data(cfg, streamed.prep if streamed else recorded)
     source = streamed or train_data
     kinds, prep = source.kinds, source.prep
     picture = with_role(kinds, "picture")
@@ -187,7 +198,7 @@ def summarise(run_dir: Path) -> dict:
     summary = {"task": "contrastive", "name": cfg.name, "seed": cfg.seed, "test_accuracy": float(np.mean(r1)),
                "headline": "mean R@1", "val_loss": vals[-1] if vals else None,
                "n_params": count_parameters(load_run(run_dir)[1]), "epochs": cfg.train.epochs,
-               "seconds_per_epoch": round(train_info["seconds"] / cfg.train.epochs, 3)}
+               "seconds_per_epoch": round(train_info["seconds"] / max(train_info.get("epochs_run", 0), 1e-9), 3)}
     write_done(run_dir, summary)
     return summary
 
@@ -207,7 +218,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.seed)
-    _info, batches, val_data, run_info = _data(cfg, dist_info, device)
+    _info, batches, val_data, run_info = _data(cfg, dist_info, device, resumed_prep(cfg, resume))
     model, pairs, loss_fn, val_loss_fn = _build(cfg, run_info, dist_info, device)
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
@@ -234,7 +245,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
         (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
         (run_dir / "train_summary.json").write_text(json.dumps(
-            {"steps": result.step, "seconds": round(result.seconds, 2), "world_size": dist_info.world_size,
+            {"steps": result.step, "seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
+             "world_size": dist_info.world_size,
              "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1)}))
     cleanup(dist_info)
     return run_dir

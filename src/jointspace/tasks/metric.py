@@ -28,6 +28,7 @@ from jointspace.tasks.common import (
     load_splits,
     n_classes_of,
     plan_of,
+    resumed_prep,
     start_run,
     steps_or_fail,
     to_device,
@@ -146,7 +147,9 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
     t_start = time.time()
     run_dir = start_run(cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
-    _info, train_data, val_data, test_data = load_splits(cfg)
+    if cfg.train.accum_steps != 1:
+        raise ValueError("train.accum_steps: metric learning mines within a batch; use 1")
+    _info, train_data, val_data, test_data = load_splits(cfg, resumed_prep(cfg, resume))
     kinds = train_data.kinds
     shape = tuple(train_data.inputs[modality].shape[1:])
     model = build_encoders(cfg.model, kinds, train_data.prep, cfg.model.embed_dim).to(device)
@@ -171,7 +174,7 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
                "miner": cfg.metric.miner.name if cfg.metric.miner else None,
                "test_accuracy": result[f"knn{cfg.metric.knn_k}_accuracy"], **result,
                "val_loss": fitted.last_val.get("loss"), "n_params": n_params, "epochs": cfg.train.epochs,
-               "seconds_per_epoch": round(fitted.train_seconds / cfg.train.epochs, 3), **memory.result(),
+               "seconds_per_epoch": round(fitted.train_seconds / max(fitted.epochs_run, 1e-9), 3), **memory.result(),
                "wall_seconds": round(time.time() - t_start, 1)}
     write_done(run_dir, summary)
     return run_dir

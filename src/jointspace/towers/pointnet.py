@@ -30,6 +30,7 @@ class PointNet(nn.Module):
             lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
         valid = (torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None])[..., None]  # [B, N, 1]
         peak = h.masked_fill(~valid, float("-inf")).amax(1)
+        peak = torch.where(valid.any(1), peak, torch.zeros_like(peak))  # an empty cloud pools to zeros
         mean = (h * valid).sum(1) / valid.sum(1).clamp(min=1)
         return self.drop(torch.cat([peak, mean], dim=1))
 

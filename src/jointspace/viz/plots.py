@@ -14,7 +14,6 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from jointspace.kinds import get_kind
-from jointspace.kinds.text import TextKind
 
 MARKERS = ["o", "s", "^", "D", "P", "X", "v", "*"]
 GOOD, BAD = "#1a9641", "#d7191c"
@@ -219,7 +218,9 @@ def draw_item(ax: plt.Axes, data: dict, mod: str, i: int) -> None:
     prev = data.get("captions") if kind is not None and kind.captions else data.get(f"preview_{mod}")
     if prev is None:
         keys = data.get("keys")
-        TextKind().draw(ax, f"{mod} #{i}" + (f"\n{keys[i]}" if keys is not None else ""))
+        ax.set_facecolor("#f7f7f7")  # nothing stored to draw: say what it is
+        ax.text(0.5, 0.5, f"{mod} #{i}" + (f"\n{keys[i]}" if keys is not None else ""), ha="center", va="center",
+                fontsize=7, transform=ax.transAxes)
     elif kind is not None:
         kind.draw(ax, prev[i])
     else:  # an older file: draw the stored array as a picture
