@@ -113,6 +113,8 @@ def load_split(
     prep = fit_prep(values, sub_kinds, recorded_range(prep, info, sub_kinds, max_range))
     inputs = to_inputs(values, sub_kinds, prep)
     class_names, label_t = list(info.get("class_names", [])), torch.tensor(labels, dtype=torch.long)
+    if not info.get("labelled", True):  # unlabelled shards: sample i is class i (instance positives)
+        label_t = torch.arange(len(labels))
     if label_map:
         class_names, label_t = apply_label_map(class_names, label_t, label_map, f"{root}/{split}")
     return SplitData(

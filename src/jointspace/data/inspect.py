@@ -10,7 +10,9 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.config import DataConfig
+from jointspace.data.shards import DataError, ReadStats
+from jointspace.data.webdataset import Source, shards_arg
 from jointspace.kinds import with_role
 
 # ---- inspecting ----
@@ -23,9 +25,12 @@ def _describe(kind: str, value: Any) -> dict:
     return {"kind": kind, "shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype)}
 
 
-def inspect_shards(root: Path) -> dict:
-    """Per split: sample and class counts, modality shapes (first sample) and unreadable samples."""
-    info = read_info(root)
+def inspect_shards(root: Path | str | Source) -> dict:
+    """Per split: sample and class counts, modality shapes (first sample) and unreadable samples. `root`: a
+    shard folder, or foreign WebDataset shard URLs (read with open_clip's default keys)."""
+    root = root if isinstance(root, Source) else shards_arg(root, DataConfig(urls="-"))
+    info = root.info
+    labelled = info.get("labelled", True)
     kinds, names = info.get("modalities", {}), [str(c) for c in info.get("class_names", [])]
     result = {}
     for split, meta in info.get("splits", {}).items():
@@ -33,16 +38,18 @@ def inspect_shards(root: Path) -> dict:
         counts: Counter = Counter()
         first: dict = {}
         try:
-            urls = split_urls(root, split)
+            urls = root.urls(split)
         except DataError as err:
             urls = []
             stats.record(str(err))
-        for sample in iter_samples(urls, stats, list(kinds)) if urls else ():
-            counts[sample["label"]] += 1
+        for sample in root.samples(urls, stats, list(kinds)) if urls else ():
+            counts[sample["label"] if labelled else -1] += 1
             first = first or sample
         labels = list(range(len(names))) + sorted(c for c in counts if not 0 <= c < len(names))
+        names_of = {-1: "(no labels)"} if not labelled else {}
         result[split] = {"n_samples": stats.n_ok, "bad": stats.n_missing, "errors": stats.errors[:10],
-                         "class_counts": {names[c] if 0 <= c < len(names) else str(c): counts[c] for c in labels},
+                         "class_counts": {names_of.get(c) or (names[c] if 0 <= c < len(names) else str(c)): counts[c]
+                                          for c in labels},
                          "modalities": {m: _describe(k, first.get(m)) for m, k in kinds.items()}}
     return result
 
@@ -90,14 +97,15 @@ def class_grid(root: Path, split: str, out_png: Path, per_class: int = 8, max_cl
     """A PNG grid of up to `per_class` images for each class (rows) of one split."""
     from matplotlib.figure import Figure
 
-    info = read_info(root)
+    root = root if isinstance(root, Source) else shards_arg(root, DataConfig(urls="-"))
+    info = root.info
     image = with_role(info.get("modalities", {}), "picture")
     if image is None:
         raise DataError(f"{root}: no image modality to show (has: {', '.join(info.get('modalities', {}))})")
     names = [str(c) for c in info.get("class_names", [])]
     want = min(len(names), max_classes) if names else max_classes
     picked: dict[int, list] = {}
-    for sample in iter_samples(split_urls(root, split), ReadStats(), [image]):
+    for sample in root.samples(root.urls(split), ReadStats(), [image]):
         row = picked.setdefault(sample["label"], [])
         if len(row) < per_class:
             row.append(sample[image])

@@ -75,7 +75,7 @@ class Layout:
         tries = {"cls": lambda: int(raw["cls"].decode().strip()) if "cls" in raw else None,
                  "json": lambda: meta.get(self.label_key),
                  "folder": lambda: Path(str(raw.get("__url__", ""))).parent.name or None}
-        order = ("cls", "json", "folder") if self.label_from == "auto" else (self.label_from,)
+        order = ("cls", "json") if self.label_from == "auto" else (self.label_from,)  # folders: set by the source
         for where in order:
             if where != "none" and (value := tries[where]()) is not None:
                 return value
@@ -173,7 +173,8 @@ class WebSource(Source):
         lay = self.layout
         if lay.class_names or lay.label_from in ("cls", "none"):
             return list(lay.class_names)
-        folders = sorted({Path(u).parent.name for urls in self.splits.values() for u in urls})
+        first = self.splits.get("train") or next(iter(self.splits.values()))
+        folders = sorted({Path(u).parent.name for u in first})  # the seed's layout: <class>/<shard>.tar
         if lay.label_from == "folder" or (lay.label_from == "auto" and len(folders) > 1 and not self._has_labels()):
             lay.label_from = "folder"
             return folders

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.data.shards import DataError, read_info
+from jointspace.data.shards import DataError
+from jointspace.data.webdataset import shards_arg
 from jointspace.evaluate.embed import embed_split
 from jointspace.runs import load_run, load_run_split, resolve_device
 
@@ -52,7 +53,8 @@ def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     cfg, model, info = load_run(run_dir)
-    have = read_info(shards)["modalities"]
+    shards = shards_arg(shards, cfg.data)
+    have = shards.info["modalities"]
     modalities = [m for m in cfg.data.modalities if m in have and m in model.towers]
     if not modalities:
         raise DataError(f"{shards}: none of the run's modalities ({', '.join(cfg.data.modalities)}) are in it "

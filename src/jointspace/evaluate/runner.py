@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from jointspace.data.dataset import SplitData, remap_info
-from jointspace.data.shards import read_info
+from jointspace.data.webdataset import shards_arg, source_of
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
 from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split
 from jointspace.evaluate.retrieval import retrieval_report
@@ -32,6 +32,7 @@ def _save_embeddings(path: Path, emb: dict[str, torch.Tensor], data: SplitData) 
     for m, values in data.raw.items():
         arrays[f"preview_{m}"] = get_kind(data.kinds[m]).stack_previews(values[:n])
     arrays["kinds"] = np.array(json.dumps(data.kinds))
+    arrays["labelled"] = np.array(bool(data.class_names) or len(set(data.labels.tolist())) < len(data))
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
@@ -45,7 +46,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
     dev = resolve_device(device)
     model.to(dev)
     split = split or cfg.eval.split
-    root = Path(data_path or cfg.data.path)
+    root = shards_arg(data_path, cfg.data) if data_path else source_of(cfg.data)
     data = load_run_split(cfg, info, root, split, keep_raw=True)
     emb = embed_split(model, data, device=dev)
     labels = data.labels if cfg.eval.positives == "label" else None
@@ -55,7 +56,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
         "retrieval": retrieval_report(emb, labels, ks=tuple(cfg.eval.ks), map_k=cfg.eval.map_k,
                                       chunk_size=cfg.eval.chunk_size),
     }
-    dataset_info = remap_info(read_info(root), cfg.data.label_map)
+    dataset_info = remap_info(root.info, cfg.data.label_map)
     text_mod = with_role(data.kinds, "captions")
     prompts = class_prompts(dataset_info)
     if cfg.eval.zero_shot and text_mod and prompts:
@@ -63,7 +64,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
                                         tokenizer=text_tokenizers(cfg.model).get(text_mod))
         result["zero_shot"] = {m: zero_shot_classify(e, class_emb, data.labels, ks=(1, 5))
                                for m, e in emb.items() if m != text_mod}
-    if cfg.eval.linear_probe:
+    if cfg.eval.linear_probe and dataset_info.get("labelled", True):  # unlabelled shards: instance pairs only
         train = load_run_split(cfg, info, root, "train")
         train_emb = embed_split(model, train, device=dev)
         result["linear_probe"] = {m: linear_probe(train_emb[m], train.labels, emb[m], data.labels) for m in emb}

@@ -12,7 +12,8 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.data.shards import DataError, ReadStats
+from jointspace.data.webdataset import Source, shards_arg
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore, IndexStoreError, index_ivf
 from jointspace.kinds import get_kind, preview_modality, with_role
@@ -62,13 +63,13 @@ def preview_png(kind: str, value: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _batches(root: Path, splits: list[str], modalities: list[str], stats: ReadStats,
+def _batches(root: Source, splits: list[str], modalities: list[str], stats: ReadStats,
              batch_size: int) -> Iterator[list[tuple[dict, str, str]]]:
     """Batches of (sample, split, source) read shard by shard; samples missing a modality are counted."""
     batch: list[tuple[dict, str, str]] = []
     for split in splits:
-        for url in split_urls(root, split):
-            for sample in iter_samples([url], stats):
+        for url in root.urls(split):
+            for sample in root.samples([url], stats):
                 missing = [m for m in modalities if m not in sample]
                 if missing:
                     stats.n_ok -= 1  # iter_samples counted it as good
@@ -87,8 +88,8 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
                  modalities: list[str] | None = None, batch_size: int = 256, max_bad_fraction: float = 0.01,
                  progress: Callable[[int], None] | None = None) -> Embedded:
     """Embed every sample of `splits` (default: all) in each of `modalities` (default: the model's)."""
-    root = Path(root)
-    info = read_info(root)
+    root = shards_arg(root, encoder.cfg.data)
+    info = root.info
     kinds, class_names = info["modalities"], list(info.get("class_names", []))
     splits = splits or list(info.get("splits", {}))
     modalities = modalities or [m for m in encoder.kinds if m in kinds]
@@ -98,7 +99,7 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
                         f"and the model ({', '.join(encoder.kinds)})")
     text_mod = with_role(kinds, "captions")
     preview_mod = preview_modality(kinds)
-    stats = ReadStats(n_expected=sum(info.get("splits", {}).get(s, {}).get("n_samples", 0) for s in splits) or None)
+    stats = ReadStats(n_expected=sum(info.get("splits", {}).get(s, {}).get("n_samples") or 0 for s in splits) or None)
     chunks: list[np.ndarray] = []
     items: list[dict] = []
     previews: dict[str, bytes] = {}
@@ -151,7 +152,7 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
     cfg = enc.cfg
     emb = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress)
     meta = {"fingerprint": enc.fingerprint, "run_dir": str(enc.run_dir), "run_name": cfg.name,
-            "kinds": enc.kinds, "data_path": str(Path(shards).resolve()),
+            "kinds": enc.kinds, "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards),
             "splits_indexed": sorted({it["split"] for it in emb.items}),
             "modalities_indexed": sorted({it["modality"] for it in emb.items})}
     store = new_store(emb.vectors, factory, meta)

@@ -206,7 +206,8 @@ def _embedding_sections(data: dict, mods: list[str], plots: Path, max_points: in
     p = plot_umap(emb, data["labels"], class_names, plots / "umap.png", max_points=max_points, seed=seed,
                   method=method)
     body = ["<h2>Joint embedding map</h2>", _img(p, "joint 2-D projection; colour = class, marker = modality")]
-    if caption and len(mods) > 1:
+    labelled = bool(data["labelled"]) if "labelled" in data else True
+    if caption and len(mods) > 1 and labelled:  # unlabelled data: every sample its own class, no centroids
         body.append(f"<h2>Nearest {html.escape(caption)}-centroid classification</h2>")
         for m in [m for m in mods if m != caption][:4]:
             cm = centroid_confusion(data, m, caption)
