@@ -24,7 +24,8 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    """One shard folder mixed into the train split; `weight` upsamples it (with data.resampled)."""
+    """One shard folder (or foreign WebDataset shard URLs, read with data.keys) mixed into the train
+    split; `weight` upsamples it (with data.resampled)."""
 
     path: str
     weight: float = Field(1.0, gt=0.0)

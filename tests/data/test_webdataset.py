@@ -154,3 +154,26 @@ def test_json_labels_by_name(tmp_path):
     with pytest.raises(Exception, match="not one of data.class_names"):
         bad = load_config(None, [f"data.urls={folder / '0.tar'}", "data.label_key=animal", "data.class_names=[owl]"])
         load_split(source_of(bad.data), "train", ["image", "text"], max_bad_fraction=0.0)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_seed_class_folders_as_weighted_sources(tmp_path, streaming):
+    """The seed's per-class shard folders as data.sources with upsampling weights: classes by folder name,
+    unified across sources; resampled draws honour the weights (in memory and streamed)."""
+    for c, label in (("class_0", 0), ("class_1", 1)):
+        write_shards(tmp_path / "data" / c, 16, 8, "seed", start=label * 100)
+    srcs = (f"[{{path: '{tmp_path / 'data' / 'class_0'}'}}, "
+            f"{{path: '{tmp_path / 'data' / 'class_1' / '{00012..00013}.tar'}', weight: 3}}]")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", f"name=src{int(streaming)}",
+                             f"data.urls={tmp_path / 'data'}", f"data.sources={srcs}", "data.label_from=folder",
+                             "data.resampled=true", "data.samples_per_epoch=64", f"data.streaming={str(streaming).lower()}",
+                             "train.epochs=1", *TINY])
+    run = train(cfg, show_progress=False)
+    assert json.loads((run / "run.json").read_text())["class_names"] == ["class_0", "class_1"]
+    from jointspace.data.sources import TrainSampler, load_sources
+
+    if not streaming:
+        data = load_sources(cfg.data, "train", modalities=["image", "text"])
+        idx = torch.cat(list(TrainSampler.from_config(cfg.data, data).batches(8, 0, 0)))
+        share = float((data.labels[idx] == 1).float().mean())
+        assert data.labels.tolist().count(1) == 16 and 0.6 < share < 0.9  # weight 3 of 4: 0.75

@@ -16,19 +16,20 @@ import torch
 
 from jointspace.config import DataConfig
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
-from jointspace.data.webdataset import FolderSource, source_of
+from jointspace.data.webdataset import shards_arg, source_of
 from jointspace.kinds import Prep
 
 
 def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None = None,
                  **load_kw) -> SplitData:
     """One split concatenated from every `data.sources` folder; classes unified by name, then label-mapped."""
-    parts = [load_split(s.path, split, **load_kw) for s in data_cfg.sources]
+    sources = [shards_arg(s.path, data_cfg) for s in data_cfg.sources]
+    parts = [load_split(src, split, **load_kw) for src in sources]
     scale = {m: max(p.prep.max_range[m] for p in parts) for m in parts[0].prep.max_range}
     if any(p.prep.max_range != scale for p in parts):  # one range scale for all: the largest of any source
         fixed = Prep.from_json({**parts[0].prep.to_json(), "channels": {}, "max_range": scale})
-        parts = [p if p.prep.max_range == scale else load_split(s.path, split, **{**load_kw, "prep": fixed})
-                 for p, s in zip(parts, data_cfg.sources, strict=True)]
+        parts = [p if p.prep.max_range == scale else load_split(src, split, **{**load_kw, "prep": fixed})
+                 for p, src in zip(parts, sources, strict=True)]
     data = concat_splits(parts, class_names)
     if data_cfg.label_map:
         data.class_names, data.labels = apply_label_map(data.class_names, data.labels, data_cfg.label_map,
@@ -42,7 +43,7 @@ def source_label_lookups(data_cfg: DataConfig, class_names: list[str] | None = N
     """Without decoding anything: the train split's class names, unified over `data.sources` (or just
     `data.path`) by name with `class_names` first and then label-mapped, as `load_sources` makes them,
     and per source the array that re-indexes its stored labels into them (None: kept as stored)."""
-    sources = [FolderSource(s.path) for s in data_cfg.sources] or [source_of(data_cfg)]
+    sources = [shards_arg(s.path, data_cfg) for s in data_cfg.sources] or [source_of(data_cfg)]
     own = [list(s.info.get("class_names", [])) for s in sources]
     names = list(dict.fromkeys([*(class_names or []), *(n for part in own for n in part)]))
     final = names

@@ -76,7 +76,7 @@ class ShardStream(IterableDataset):
                                  tokenizers=dict(tokenizers or {}),
                                  channels={picture: image_channels} if picture and image_channels else {})
         self.stats = ReadStats()
-        self.decode = decode  # how a raw sample is read (None: jointspace's own layout)
+        self.decode = decode  # how a raw sample is read: a function, {url: function}, or None (jointspace's)
 
     def _worker(self) -> tuple[int, int]:
         """(role, number of workers): the worker whose place in the epoch this DataLoader worker takes."""
@@ -109,7 +109,8 @@ class ShardStream(IterableDataset):
         classes of several `data.sources` unified by name)."""
         for url in shards:  # one at a time: a resampled stream of shards is endless
             lookup = self.label_lookup.get(url)
-            for sample in iter_samples([url], self.stats, list(self.kinds), self.decode):
+            decode = self.decode.get(url) if isinstance(self.decode, dict) else self.decode
+            for sample in iter_samples([url], self.stats, list(self.kinds), decode):
                 if lookup is not None:
                     sample["label"] = int(lookup[sample["label"]])
                 yield sample

@@ -16,7 +16,7 @@ from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
-from jointspace.data.webdataset import FolderSource, source_of
+from jointspace.data.webdataset import shards_arg, source_of
 from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
 from jointspace.kinds import Prep, get_kind, input_channels, to_inputs, with_role
 from jointspace.losses import positive_mask
@@ -59,7 +59,7 @@ class StreamedBatches:
                  class_names: list[str] | None = None):
         d = cfg.data
         self.cfg, self.dist, self.device = cfg, dist_info, device
-        sources = [FolderSource(s.path) for s in d.sources] or [source_of(d)]
+        sources = [shards_arg(s.path, d) for s in d.sources] or [source_of(d)]
         paths, infos = [str(s) for s in sources], [s.info for s in sources]
         stored = infos[0]["modalities"]
         self.kinds = {m: stored[m] for m in d.modalities if m in stored}
@@ -77,7 +77,8 @@ class StreamedBatches:
             raise DataError(f"{d.urls}: the number of samples of these shards is unknown (not local files); "
                             "set data.samples_per_epoch")
         sizes = [n or 0 for n in sizes]
-        self.decode = sources[0].layout.decode if sources[0].layout else None
+        self.decode = {u: src.layout.decode for src, urls in zip(sources, per_source, strict=True) for u in urls
+                       if src.layout is not None} or None  # foreign shards: each read by its source's layout
         self.class_names, lookups = source_label_lookups(d, class_names)
         remap = d.label_map or d.sources
         self.label_lookup = ({u: lk for urls, lk in zip(per_source, lookups, strict=True) for u in urls}
@@ -96,7 +97,7 @@ class StreamedBatches:
     def _prep(self, per_source: list[list[str]], info: dict) -> Prep:
         """The config's Prep with input channels (the most over the first sample of every source) and
         max_range (the config's or dataset.json's; required for ranged kinds) filled in."""
-        firsts = [next(iter_samples(urls[:1], ReadStats(), list(self.kinds), self.decode), None)
+        firsts = [next(iter_samples(urls[:1], ReadStats(), list(self.kinds), (self.decode or {}).get(urls[0])), None)
                   for urls in per_source]
         firsts = [s for s in firsts if s is not None]
         prep = recorded_range(config_prep(self.cfg), info, self.kinds, self.cfg.data.max_range)
