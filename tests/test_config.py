@@ -34,3 +34,20 @@ def test_round_trip(tmp_path):
     cfg = load_config(None, ["train.epochs=3", "model.towers.image.name=vit"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_every_example_config_validates():
+    """Each examples/*.yaml is a valid config of its task (or a valid grid)."""
+    from pathlib import Path
+
+    from jointspace.config import load_grid, read_yaml
+    from jointspace.tasks import config_for
+
+    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
+    assert len(examples) >= 10
+    for path in examples:
+        raw = read_yaml(path)
+        if "variants" in raw:
+            load_grid(path)
+        else:
+            assert config_for(raw, str(path)).task == raw.get("task", "contrastive"), path
