@@ -59,11 +59,18 @@ class DataConfig(_Strict):
     kinds: dict[str, str] = Field(default_factory=dict)  # modality -> kind (default: by its first member)
     class_names: list[str] = Field(default_factory=list)  # default: class folders' or json labels' names
     label_from: Literal["auto", "cls", "json", "folder", "none"] = "auto"  # json: the field data.label_key
+    # open_clip-style CSV datasets (--dataset-type csv), read without packing, image paths relative to the CSV:
+    csv: str | None = None  # train CSV/TSV
+    val_csv: str | None = None
+    test_csv: str | None = None
+    csv_img_key: str = "filepath"  # open_clip's --csv-img-key
+    csv_caption_key: str = "title"  # --csv-caption-key
+    csv_separator: str = "\t"  # --csv-separator
 
     @model_validator(mode="after")
     def _foreign_modalities(self) -> DataConfig:
         """With data.urls, the modalities default to data.keys' (open_clip's image + text)."""
-        if self.urls and "modalities" not in self.model_fields_set:
+        if (self.urls or self.csv) and "modalities" not in self.model_fields_set:
             object.__setattr__(self, "modalities", list(self.keys or {"image": 0, "text": 0}))
         return self
 
@@ -295,7 +302,13 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    """An override's value as YAML (numbers, lists, mappings...); what YAML cannot parse is a plain string."""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -16,7 +16,7 @@ from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
-from jointspace.data.webdataset import shards_arg, source_of
+from jointspace.data.webdataset import CsvSource, shards_arg, source_of
 from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
 from jointspace.kinds import Prep, get_kind, input_channels, to_inputs, with_role
 from jointspace.losses import positive_mask
@@ -60,6 +60,8 @@ class StreamedBatches:
         d = cfg.data
         self.cfg, self.dist, self.device = cfg, dist_info, device
         sources = [shards_arg(s.path, d) for s in d.sources] or [source_of(d)]
+        if any(isinstance(s, CsvSource) for s in sources):
+            raise DataError("data.csv: CSV datasets are read into memory; set data.streaming: false")
         paths, infos = [str(s) for s in sources], [s.info for s in sources]
         stored = infos[0]["modalities"]
         self.kinds = {m: stored[m] for m in d.modalities if m in stored}

@@ -28,7 +28,7 @@ DONE = "done.json"
 def ensure_dataset(cfg: RunConfig) -> Source:
     """The run's dataset; a built-in set is synthesised first when `data.path` is missing."""
     root = Path(cfg.data.path)
-    if not cfg.data.urls and not root.exists() and cfg.data.synth:
+    if not (cfg.data.urls or cfg.data.csv) and not root.exists() and cfg.data.synth:
         synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
     return source_of(cfg.data)
 
