@@ -28,6 +28,18 @@ class SplitData:
     stats: ReadStats = field(default_factory=ReadStats)
     source_sizes: list[int] = field(default_factory=list)  # consecutive blocks from data.sources (empty: one)
     prep: Prep = field(default_factory=Prep)  # how the values became `inputs` (fixed per run)
+    # modality -> (inputs of every variant [M, ...], owner sample of each [M]) where samples have several
+    # values (captions); `inputs[modality]` then holds the values drawn for the current epoch
+    variants: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def draw_variants(self, seed: int, epoch: int) -> None:
+        """Pick one variant (caption) per sample for this epoch into `inputs`; a pure function of (seed, epoch)."""
+        for m, (values, owner) in self.variants.items():
+            counts = torch.bincount(owner.cpu(), minlength=len(self))
+            starts = torch.cumsum(counts, 0) - counts
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+            pick = starts + (torch.rand(len(self), generator=gen) * counts).long().clamp(max=counts - 1)
+            self.inputs[m] = values[pick.to(values.device)]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +63,7 @@ class SplitData:
             raw={k: [v[i] for i in ii] for k, v in self.raw.items()},
             stats=self.stats,
             prep=self.prep,
+            variants={m: _kept_variants(v, o, idx, len(self)) for m, (v, o) in self.variants.items()},
         )
 
 
@@ -108,10 +121,12 @@ def load_split(
     if not labels:
         raise DataError(f"{root}/{split}: no readable samples")
     sub_kinds = {m: kinds[m] for m in modalities}
+    variants, values = split_variants(values)
     prep = prep or Prep(image_size=image_size, context_length=context_length, max_frames=max_frames,
                         max_points=max_points, tokenizers=dict(tokenizers or {}))
     prep = fit_prep(values, sub_kinds, recorded_range(prep, info, sub_kinds, max_range))
     inputs = to_inputs(values, sub_kinds, prep)
+    every = {m: (to_inputs({m: flat}, sub_kinds, prep)[m], owner) for m, (flat, owner) in variants.items()}
     class_names, label_t = list(info.get("class_names", [])), torch.tensor(labels, dtype=torch.long)
     if not info.get("labelled", True):  # unlabelled shards: sample i is class i (instance positives)
         label_t = torch.arange(len(labels))
@@ -127,7 +142,34 @@ def load_split(
         raw={m: values[m] for m in modalities if not get_kind(kinds[m]).captions} if keep_raw else {},
         stats=stats,
         prep=prep.updated(channels=input_channels(inputs, sub_kinds)),
+        variants=every,
     )
+
+
+def _kept_variants(values: torch.Tensor, owner: torch.Tensor, idx: torch.Tensor,
+                   n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The variants of samples `idx`, owners renumbered to their places in `idx`."""
+    where = torch.full((n,), -1, dtype=torch.long)
+    where[idx.cpu()] = torch.arange(len(idx))
+    new_owner = where[owner.cpu()]
+    keep = new_owner >= 0
+    order = torch.argsort(new_owner[keep], stable=True)
+    return values[keep.to(values.device)][order.to(values.device)], new_owner[keep][order]
+
+
+def split_variants(values: dict[str, list]) -> tuple[dict[str, tuple[list, torch.Tensor]], dict[str, list]]:
+    """Modalities whose samples hold lists (several captions): ({modality: (every value, owner index)}, the
+    values with each list replaced by its first element)."""
+    variants, first = {}, dict(values)
+    for m, vals in values.items():
+        if any(isinstance(v, list) for v in vals):
+            lists = [v if isinstance(v, list) else [v] for v in vals]
+            if any(not v for v in lists):
+                raise DataError(f"{m}: a sample has an empty list of values")
+            variants[m] = ([x for v in lists for x in v],
+                           torch.tensor([i for i, v in enumerate(lists) for _ in v], dtype=torch.long))
+            first[m] = [v[0] for v in lists]
+    return variants, first
 
 
 def merged_class_names(class_names: list[str], label_map: dict[str, str]) -> list[str]:
@@ -186,11 +228,17 @@ def concat_splits(parts: list[SplitData], class_names: list[str] | None = None) 
             tensors = [t.expand(-1, c, -1, -1) if t.shape[1] == 1 else t for t in tensors]
         inputs[k] = torch.cat(tensors)
     stats = ReadStats(n_ok=sum(p.stats.n_ok for p in parts), n_bad=sum(p.stats.n_bad for p in parts))
+    offsets = np.cumsum([0, *(len(p) for p in parts)])
+    variants = {}
+    for m in {m for p in parts for m in p.variants}:  # a part without variants of m: one per sample
+        vals = [p.variants[m] if m in p.variants else (p.inputs[m], torch.arange(len(p))) for p in parts]
+        variants[m] = (torch.cat([v for v, _ in vals]), torch.cat([o + int(k) for (_, o), k in zip(vals, offsets)]))
     return SplitData(
         inputs=inputs, labels=torch.cat(labels), keys=[k for p in parts for k in p.keys], kinds=first.kinds,
         class_names=names, captions={m: [c for p in parts for c in p.captions[m]] for m in first.captions},
         raw={m: [r for p in parts for r in p.raw[m]] for m in first.raw}, stats=stats,
         prep=first.prep.updated(channels=input_channels(inputs, first.kinds)),
+        variants=variants,
     )
 
 

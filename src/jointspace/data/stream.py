@@ -17,6 +17,7 @@ equal size); otherwise the tail of the epoch may be ordered differently, never l
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator
 
@@ -118,11 +119,18 @@ class ShardStream(IterableDataset):
     def collate(self, samples: list[dict]) -> dict:
         """One batch of decoded samples -> tensors, converted per modality in one go by the run's Prep
         (grey images expanded to its channels when sources mix grey and colour)."""
-        values = {m: [s[m] for s in samples] for m in self.kinds}
+        values = {m: [self._draw(s[m], s["key"]) for s in samples] for m in self.kinds}
         batch: dict = to_inputs(values, self.kinds, self.prep)
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["key"] = [s["key"] for s in samples]
         return batch
+
+    def _draw(self, value, key: str):
+        """One of a sample's several values (captions), the same for (seed, epoch, key) in any worker."""
+        if not isinstance(value, list):
+            return value
+        h = hashlib.sha1(f"{self.seed}:{self.epoch}:{key}".encode()).digest()
+        return value[int.from_bytes(h[:8], "big") % len(value)]
 
     def __iter__(self) -> Iterator[dict]:
         wid, n_workers = self._worker()

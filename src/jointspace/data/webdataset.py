@@ -82,16 +82,28 @@ class Layout:
                 return value
         return None
 
+    def _value(self, raw: dict, meta: dict, m: str) -> Any:
+        """Modality m of a sample: its first present member; with `<member>.1`, `.2`... or a json list
+        (member `json.<field>`), the list of all of them (several captions)."""
+        for k in self.keys[m]:
+            if k.startswith("json.") and isinstance(meta.get(k[5:]), (list, str)):
+                value = meta[k[5:]]
+                return [str(v) for v in value] if isinstance(value, list) else value
+            if k not in raw:
+                continue
+            extra = sorted((n for n in raw if n.startswith(k + ".") and n[len(k) + 1:].isdigit()),
+                           key=lambda n: int(n[len(k) + 1:]))
+            values = [decode_value(k.rpartition(".")[2] or k, raw[n]) for n in (k, *extra)]
+            return values if extra else values[0]
+        raise ValueError(f"missing {m} (none of {';'.join(self.keys[m])})")
+
     def decode(self, raw: dict, modalities: list[str] | None) -> dict:
         """A foreign sample as {key, label, meta, <modality>: value}; raises naming what is missing."""
         key = raw.get("__key__", "?")
         meta = decode_value("json", raw["json"]) if "json" in raw else {}
         sample: dict[str, Any] = {"key": key, "meta": meta if isinstance(meta, dict) else {"json": meta}}
         for m in modalities or list(self.keys):
-            member = next((k for k in self.keys[m] if k in raw), None)
-            if member is None:
-                raise ValueError(f"missing {m} (none of {';'.join(self.keys[m])})")
-            sample[m] = decode_value(member.rpartition(".")[2] or member, raw[member])
+            sample[m] = self._value(raw, sample["meta"], m)
         label = self.label(raw, sample["meta"])
         if isinstance(label, str) and not label.lstrip("-").isdigit():
             if label not in self.class_names:
@@ -163,7 +175,8 @@ class WebSource(Source):
     def _kinds(self) -> dict[str, str]:
         kinds = {}
         for m, members in self.layout.keys.items():
-            kind = self.given_kinds.get(m) or kind_for_extension(members[0].rpartition(".")[2] or members[0])
+            first = "txt" if members[0].startswith("json.") else members[0]  # a json field holds strings
+            kind = self.given_kinds.get(m) or kind_for_extension(first.rpartition(".")[2] or first)
             if kind is None:
                 raise DataError(f"data.keys.{m}: no kind reads .{members[0]}; set data.kinds.{m}")
             kinds[m] = kind
@@ -230,7 +243,15 @@ class CsvSource(Source):
         labelled = bool(first) and self.label_key in first[0]
         names = self.given_names or (sorted({r[self.label_key] for r in first}, key=_natural) if labelled else [])
         return {"modalities": {"image": "image", "text": "text"}, "class_names": names, "labelled": labelled,
-                "splits": {s: {"n_samples": len(self._rows(p))} for s, p in self.splits.items()}, "source": self.name}
+                "splits": {s: {"n_samples": len(self._grouped(p))} for s, p in self.splits.items()},
+                "source": self.name}
+
+    def _grouped(self, path: Path) -> list[tuple[int, list[dict]]]:
+        """Rows grouped by image (several rows of one image: several captions), in order of first row."""
+        groups: dict[str, tuple[int, list[dict]]] = {}
+        for i, row in enumerate(self._rows(path)):
+            groups.setdefault(row.get(self.img_key) or f"#{i}", (i, []))[1].append(row)
+        return list(groups.values())
 
     def urls(self, split: str) -> list[str]:
         if split not in self.splits:
@@ -244,15 +265,16 @@ class CsvSource(Source):
         names = self.info["class_names"]
         for url in urls:
             base = Path(url).resolve().parent
-            for i, row in enumerate(self._rows(Path(url))):
-                key = f"{Path(url).stem}-{i:07d}"
+            for i, rows in self._grouped(Path(url)):
+                row, key = rows[0], f"{Path(url).stem}-{i:07d}"
                 try:
                     image = decode_value(Path(row[self.img_key]).suffix.lstrip(".").lower() or "png",
                                          (base / row[self.img_key]).read_bytes())
                     label = row.get(self.label_key)
                     label = key_label(key) if label is None else (int(label) if not names else names.index(label))
-                    sample = {"key": key, "image": image, "text": row[self.caption_key], "label": label,
-                              "meta": {"path": row[self.img_key]}}
+                    captions = [r[self.caption_key] for r in rows]
+                    sample = {"key": key, "image": image, "text": captions if len(captions) > 1 else captions[0],
+                              "label": label, "meta": {"path": row[self.img_key]}}
                 except Exception as exn:  # noqa: BLE001 - any unusable row is skipped and counted
                     stats.record(f"{url}: row {i + 1}: {type(exn).__name__}: {exn}")
                     continue

@@ -26,6 +26,18 @@ def embed_split(model: JointModel, data: SplitData, batch_size: int = 512,
 
 
 @torch.no_grad()
+def embed_values(model: JointModel, modality: str, values: torch.Tensor, device: torch.device | str = "cpu",
+                 batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised embeddings [M, D] of one modality's inputs (e.g. every caption of a split)."""
+    was_training = model.training
+    model.eval()
+    out = [model.encode(modality, {modality: values[s:s + batch_size].to(device)}).float().cpu()
+           for s in range(0, len(values), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, model.embed_dim)
+
+
+@torch.no_grad()
 def embed_class_prompts(model: JointModel, text_modality: str, prompts: list[list[str]], context_length: int,
                         device: torch.device | str = "cpu", tokenizer: str | None = None) -> torch.Tensor:
     """One embedding per class: the normalised mean of its prompts' embeddings (CLIP prompt ensembling)."""

@@ -148,18 +148,39 @@ def retrieval_report(
     emb: dict[str, Tensor],
     labels: Tensor | None,
     pairs: Iterable[tuple[str, str]] | None = None,
+    variants: dict[str, tuple[Tensor, Tensor]] | None = None,
     **kw: object,
 ) -> dict[str, dict[str, float]]:
     """Retrieval metrics keyed "a->b" for every ordered modality pair (or just ``pairs``).
 
     ``emb`` maps modality name to paired embeddings [N, D] (row i of every modality is the same item);
-    ``labels`` [N] are shared across modalities (None: instance-level). ``kw`` goes to retrieval_metrics.
+    ``labels`` [N] are shared across modalities (None: instance-level). ``variants[m]`` = (embeddings
+    [M, D] of every value, owner item [M]) for a modality whose items have several values (captions):
+    CLIP_benchmark's rule, an item -> m query hits if any of its values is in the top k, an m -> item
+    query (one per value) if its item is. ``kw`` goes to retrieval_metrics.
     """
     if pairs is None:
         pairs = [(a, b) for a in emb for b in emb if a != b]
+    variants = variants or {}
+    n = len(next(iter(emb.values()))) if emb else 0
     report: dict[str, dict[str, float]] = {}
     for a, b in pairs:
         if a not in emb or b not in emb:
             raise KeyError(f"unknown modality in pair ({a!r}, {b!r}); have {sorted(emb)}")
-        report[f"{a}->{b}"] = retrieval_metrics(emb[a], emb[b], labels, labels, **kw)  # type: ignore[arg-type]
+        if a not in variants and b not in variants:
+            report[f"{a}->{b}"] = retrieval_metrics(emb[a], emb[b], labels, labels, **kw)  # type: ignore[arg-type]
+            continue
+        (qa, la), (gb, lb) = _side(a, emb, labels, variants, n), _side(b, emb, labels, variants, n)
+        report[f"{a}->{b}"] = retrieval_metrics(qa, gb, la, lb, **kw)  # type: ignore[arg-type]
     return report
+
+
+def _side(m: str, emb: dict[str, Tensor], labels: Tensor | None, variants: dict[str, tuple[Tensor, Tensor]],
+          n: int) -> tuple[Tensor, Tensor]:
+    """A modality's embeddings and the labels that make its positives: its items' (instance: their
+    index), or, for variants, their owners'."""
+    own = torch.arange(n) if labels is None else labels
+    if m in variants:
+        values, owner = variants[m]
+        return values, own.to(owner.device)[owner]
+    return emb[m], own

@@ -11,7 +11,7 @@ import torch
 from jointspace.data.dataset import SplitData, remap_info
 from jointspace.data.webdataset import shards_arg, source_of
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
-from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split
+from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split, embed_values
 from jointspace.evaluate.retrieval import retrieval_report
 from jointspace.kinds import get_kind, with_role
 from jointspace.model import text_tokenizers
@@ -50,11 +50,13 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
     data = load_run_split(cfg, info, root, split, keep_raw=True)
     emb = embed_split(model, data, device=dev)
     labels = data.labels if cfg.eval.positives == "label" else None
+    variants = {m: (embed_values(model, m, values, dev), owner) for m, (values, owner) in data.variants.items()}
     result: dict = {
         "split": split, "n_samples": len(data), "modalities": list(emb), "positives": cfg.eval.positives,
         "skipped_samples": data.stats.n_missing,
-        "retrieval": retrieval_report(emb, labels, ks=tuple(cfg.eval.ks), map_k=cfg.eval.map_k,
+        "retrieval": retrieval_report(emb, labels, variants=variants, ks=tuple(cfg.eval.ks), map_k=cfg.eval.map_k,
                                       chunk_size=cfg.eval.chunk_size),
+        **({"n_values": {m: len(o) for m, (_, o) in variants.items()}} if variants else {}),
     }
     dataset_info = remap_info(root.info, cfg.data.label_map)
     text_mod = with_role(data.kinds, "captions")

@@ -34,10 +34,12 @@ class InMemoryBatches:
         self.sampler = TrainSampler.from_config(cfg.data, data)
         self.steps_per_epoch = self.sampler.n_samples // cfg.train.batch_size
         data.inputs = {k: v.to(device) for k, v in data.inputs.items()}
+        data.variants = {k: (v.to(device), o.to(device)) for k, (v, o) in data.variants.items()}
         data.labels = data.labels.to(device)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask) per step, from step `skip` on."""
+        self.data.draw_variants(self.cfg.seed, epoch)  # one caption per sample this epoch
         for k, idx in enumerate(self.sampler.batches(self.cfg.train.batch_size, self.cfg.seed, epoch)):
             if k < skip:
                 continue

@@ -65,6 +65,7 @@ class ClassifyObjective(Objective):
         self.sampler = TrainSampler.from_config(cfg.data, train_data)  # data.sources weights with data.resampled
 
     def batches(self, epoch: int, skip: int):
+        self.train_data.draw_variants(self.cfg.seed, epoch)
         return itertools.islice(self.sampler.batches(self.cfg.train.batch_size, self.cfg.seed, epoch), skip, None)
 
     def split(self, batch: torch.Tensor, n: int) -> list[torch.Tensor]:
