@@ -110,6 +110,12 @@ def test_open_clip_shards_with_cls_labels_and_a_corrupt_sample(tmp_path):
     run = train(cfg, show_progress=False)
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["split"] == "train"] == list(range(1, 11))  # 47 // 8 = 5 per epoch
+    val = str(tmp_path / "oc" / "00006.tar")
+    r = runner.invoke(app, ["eval", str(run), "--split", "val"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval.json").read_text())["n_samples"] == 8
+    r = runner.invoke(app, ["index", "build", str(run), f"pipe:cat {val}", "--out", str(tmp_path / "idx")])
+    assert r.exit_code == 0 and "16 items" in " ".join(r.output.split()), r.output  # a pipe: URL: 8 x 2 modalities
 
 
 def test_open_clip_shards_stream_and_resume_exactly(tmp_path):
@@ -170,6 +176,13 @@ def test_seed_class_folders_as_weighted_sources(tmp_path, streaming):
                              "train.epochs=1", *TINY])
     run = train(cfg, show_progress=False)
     assert json.loads((run / "run.json").read_text())["class_names"] == ["class_0", "class_1"]
+    if not streaming:
+        r = runner.invoke(app, ["eval", str(run), "--split", "train", "--data", str(tmp_path / "data")])
+        assert r.exit_code == 0, r.output
+        ev = json.loads((run / "eval.json").read_text())
+        assert ev["n_samples"] == 32 and set(ev["zero_shot"]) == {"image"}  # prompts from the folder names
+        r = runner.invoke(app, ["index", "build", str(run), str(tmp_path / "data"), "--out", str(tmp_path / "i")])
+        assert r.exit_code == 0, r.output
     from jointspace.data.sources import TrainSampler, load_sources
 
     if not streaming:
