@@ -12,8 +12,8 @@ import webdataset as wds
 
 from jointspace.config import load_config
 from jointspace.data.dataset import load_split
+from jointspace.data.source import source_of
 from jointspace.data.stream import ShardStream
-from jointspace.data.webdataset import source_of
 from jointspace.evaluate.retrieval import retrieval_report
 
 from .test_csv import write_csv

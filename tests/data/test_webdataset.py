@@ -20,7 +20,8 @@ from jointspace.cli import app
 from jointspace.config import load_config
 from jointspace.data.dataset import load_split
 from jointspace.data.inspect import inspect_shards
-from jointspace.data.webdataset import expand_urls, source_of
+from jointspace.data.source import source_of
+from jointspace.data.webdataset import expand_urls
 from jointspace.tasks.contrastive import train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230)}

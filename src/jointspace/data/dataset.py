@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from jointspace.data.shards import DataError, ReadStats
-from jointspace.data.webdataset import Source, as_source
+from jointspace.data.source import Source, as_source
 from jointspace.kinds import Prep, fit_prep, get_kind, input_channels, to_inputs
 
 
@@ -109,17 +109,7 @@ def load_split(
     unknown = [m for m in modalities if m not in kinds]
     if unknown:
         raise DataError(f"{root}: modalities {unknown} not in this dataset (has: {', '.join(kinds)})")
-    stats = ReadStats(n_expected=info.get("splits", {}).get(split, {}).get("n_samples"))
-    values: dict[str, list] = {m: [] for m in modalities}
-    labels, keys = [], []
-    for sample in source.samples(source.urls(split), stats, modalities):
-        for m in modalities:
-            values[m].append(sample[m])
-        labels.append(sample["label"])
-        keys.append(sample["key"])
-    stats.check(max_bad_fraction, f"{root}/{split}")
-    if not labels:
-        raise DataError(f"{root}/{split}: no readable samples")
+    values, labels, keys, stats = _read(source, split, modalities, info, max_bad_fraction)
     sub_kinds = {m: kinds[m] for m in modalities}
     variants, values = split_variants(values)
     prep = prep or Prep(image_size=image_size, context_length=context_length, max_frames=max_frames,
@@ -155,6 +145,24 @@ def _kept_variants(values: torch.Tensor, owner: torch.Tensor, idx: torch.Tensor,
     keep = new_owner >= 0
     order = torch.argsort(new_owner[keep], stable=True)
     return values[keep.to(values.device)][order.to(values.device)], new_owner[keep][order]
+
+
+def _read(source: Source, split: str, modalities: list[str], info: dict,
+          max_bad_fraction: float) -> tuple[dict[str, list], list[int], list[str], ReadStats]:
+    """Every readable sample of a split: (values per modality, labels, keys, read statistics); fails past
+    `max_bad_fraction` unreadable samples, naming them."""
+    stats = ReadStats(n_expected=info.get("splits", {}).get(split, {}).get("n_samples"))
+    values: dict[str, list] = {m: [] for m in modalities}
+    labels, keys = [], []
+    for sample in source.samples(source.urls(split), stats, modalities):
+        for m in modalities:
+            values[m].append(sample[m])
+        labels.append(sample["label"])
+        keys.append(sample["key"])
+    stats.check(max_bad_fraction, f"{source}/{split}")
+    if not labels:
+        raise DataError(f"{source}/{split}: no readable samples")
+    return values, labels, keys, stats
 
 
 def split_variants(values: dict[str, list]) -> tuple[dict[str, tuple[list, torch.Tensor]], dict[str, list]]:

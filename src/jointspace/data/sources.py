@@ -16,7 +16,7 @@ import torch
 
 from jointspace.config import DataConfig
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
-from jointspace.data.webdataset import shards_arg, source_of
+from jointspace.data.source import shards_arg, source_of
 from jointspace.kinds import Prep
 
 

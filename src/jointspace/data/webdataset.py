@@ -11,7 +11,6 @@ their own (a hash of the key), so label positives become instance positives.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import tarfile
 from collections.abc import Iterator
@@ -24,7 +23,6 @@ from typing import Any
 import braceexpand
 
 from jointspace.data.shards import (
-    INFO_FILE,
     DataError,
     ReadStats,
     decode_value,
@@ -217,76 +215,6 @@ class WebSource(Source):
                 "source": self.name}
 
 
-class CsvSource(Source):
-    """An open_clip-style CSV/TSV per split (`--dataset-type csv`): an image path column (relative to the
-    CSV's folder) and a caption column, optionally a label column (`data.label_key`); read row by row."""
-
-    def __init__(self, splits: dict[str, str], img_key: str, caption_key: str, separator: str, label_key: str,
-                 class_names: list[str] | None = None):
-        self.splits = {s: Path(p) for s, p in splits.items() if p}
-        self.img_key, self.caption_key, self.sep, self.label_key = img_key, caption_key, separator, label_key
-        self.given_names, self.name = list(class_names or []), str(self.splits.get("train", ""))
-
-    def _rows(self, path: Path) -> list[dict]:
-        if not path.is_file():
-            raise DataError(f"{path}: no such CSV file")
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f, delimiter=self.sep))
-        if rows and (self.img_key not in rows[0] or self.caption_key not in rows[0]):
-            raise DataError(f"{path}: columns {list(rows[0])} lack {self.img_key!r} (data.csv_img_key) or "
-                            f"{self.caption_key!r} (data.csv_caption_key); separator {self.sep!r}")
-        return rows
-
-    @cached_property
-    def info(self) -> dict:
-        first = self._rows(self.splits.get("train") or next(iter(self.splits.values())))
-        labelled = bool(first) and self.label_key in first[0]
-        names = self.given_names or (sorted({r[self.label_key] for r in first}, key=_natural) if labelled else [])
-        return {"modalities": {"image": "image", "text": "text"}, "class_names": names, "labelled": labelled,
-                "splits": {s: {"n_samples": len(self._grouped(p))} for s, p in self.splits.items()},
-                "source": self.name}
-
-    def _grouped(self, path: Path) -> list[tuple[int, list[dict]]]:
-        """Rows grouped by image (several rows of one image: several captions), in order of first row."""
-        groups: dict[str, tuple[int, list[dict]]] = {}
-        for i, row in enumerate(self._rows(path)):
-            groups.setdefault(row.get(self.img_key) or f"#{i}", (i, []))[1].append(row)
-        return list(groups.values())
-
-    def urls(self, split: str) -> list[str]:
-        if split not in self.splits:
-            raise DataError(f"{self.name}: no CSV for split {split!r} (set data.{split}_csv)")
-        return [str(self.splits[split])]
-
-    def has_split(self, split: str) -> bool:
-        return split in self.splits
-
-    def samples(self, urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
-        names = self.info["class_names"]
-        for url in urls:
-            base = Path(url).resolve().parent
-            for i, rows in self._grouped(Path(url)):
-                row, key = rows[0], f"{Path(url).stem}-{i:07d}"
-                try:
-                    image = decode_value(Path(row[self.img_key]).suffix.lstrip(".").lower() or "png",
-                                         (base / row[self.img_key]).read_bytes())
-                    label = row.get(self.label_key)
-                    label = key_label(key) if label is None else (int(label) if not names else names.index(label))
-                    captions = [r[self.caption_key] for r in rows]
-                    sample = {"key": key, "image": image, "text": captions if len(captions) > 1 else captions[0],
-                              "label": label, "meta": {"path": row[self.img_key]}}
-                except Exception as exn:  # noqa: BLE001 - any unusable row is skipped and counted
-                    stats.record(f"{url}: row {i + 1}: {type(exn).__name__}: {exn}")
-                    continue
-                stats.n_ok += 1
-                yield {k: v for k, v in sample.items() if modalities is None or k not in ("image", "text")
-                       or k in modalities}
-
-
-def _natural(name: str) -> tuple:
-    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
-
-
 def count_samples(urls: list[str]) -> int | None:
     """Samples (distinct keys) in local tar shards, from their headers only; None when any is not local."""
     n = 0
@@ -306,49 +234,14 @@ def parse_keys(keys: dict[str, str]) -> dict[str, list[str]]:
     return {m: [k.strip().lower() for k in str(v).split(";") if k.strip()] for m, v in keys.items()}
 
 
-def source_of(data_cfg) -> Source:
-    """The dataset a `data:` section names: a CSV per split (`data.csv`), foreign shards (`data.urls`),
-    else the shard folder `data.path`."""
-    if data_cfg.csv:
-        return CsvSource({"train": data_cfg.csv, "val": data_cfg.val_csv, "test": data_cfg.test_csv},
-                         data_cfg.csv_img_key, data_cfg.csv_caption_key, data_cfg.csv_separator,
-                         data_cfg.label_key, data_cfg.class_names)
-    if not data_cfg.urls:
-        return FolderSource(data_cfg.path)
-    layout = Layout(parse_keys(data_cfg.keys or OPENCLIP_KEYS), data_cfg.label_from, data_cfg.label_key,
-                    list(data_cfg.class_names))
-    splits = {"train": expand_urls(data_cfg.urls), "val": expand_urls(data_cfg.val_urls),
-              "test": expand_urls(data_cfg.test_urls)}
-    return WebSource(splits, layout, data_cfg.kinds, name=str(data_cfg.urls))
-
-
-def as_source(root: str | Path | Source) -> Source:
-    """A Source for a shard folder path (or the Source itself)."""
-    return root if isinstance(root, Source) else FolderSource(root)
-
-
-def shards_arg(text: str | Path, data_cfg) -> Source:
-    """A command's SHARDS argument: a jointspace shard folder, else foreign shard URLs read with the run's
-    `data.keys` and labels."""
-    path = Path(str(text))
-    if (path / INFO_FILE).exists():
-        return FolderSource(path)
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return source_of(data_cfg.model_copy(update={"csv": str(text), "val_csv": None, "test_csv": None}))
-    return source_of(data_cfg.model_copy(update={"urls": str(text), "val_urls": None, "test_urls": None}))
-
-
 __all__ = [
     "OPENCLIP_KEYS",
     "FolderSource",
     "Layout",
     "Source",
     "WebSource",
-    "as_source",
     "count_samples",
     "expand_urls",
     "key_label",
     "parse_keys",
-    "shards_arg",
-    "source_of",
 ]

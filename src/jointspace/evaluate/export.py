@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.data.shards import DataError
-from jointspace.data.webdataset import shards_arg
+from jointspace.data.source import shards_arg
 from jointspace.evaluate.embed import embed_split
 from jointspace.runs import load_run, load_run_split, resolve_device
 

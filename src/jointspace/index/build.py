@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from jointspace.data.shards import DataError, ReadStats
-from jointspace.data.webdataset import Source, shards_arg
+from jointspace.data.source import Source, shards_arg
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore, IndexStoreError, index_ivf
 from jointspace.kinds import get_kind, preview_modality, with_role

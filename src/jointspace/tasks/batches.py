@@ -14,9 +14,9 @@ import torch
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples
+from jointspace.data.source import CsvSource, shards_arg, source_of
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
-from jointspace.data.webdataset import CsvSource, shards_arg, source_of
 from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
 from jointspace.kinds import Prep, get_kind, input_channels, to_inputs, with_role
 from jointspace.losses import positive_mask

@@ -13,8 +13,8 @@ import torch
 from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.builtin import synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
+from jointspace.data.source import Source, source_of
 from jointspace.data.sources import load_sources
-from jointspace.data.webdataset import Source, source_of
 from jointspace.engine import Plan, seed_everything
 from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.engine.tracking import Tracker

@@ -14,7 +14,7 @@ import torch
 
 from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
-from jointspace.data.webdataset import source_of
+from jointspace.data.source import source_of
 from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
 from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
