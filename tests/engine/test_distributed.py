@@ -162,3 +162,26 @@ def test_torchrun_streaming_training_runs(tiny_cfg, tmp_path):
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["split"] == "train"] == [1, 2, 3, 4]  # 2 steps/epoch, rank 0 only
     assert (cfg.run_dir / "model.safetensors").exists()
+
+
+def test_torchrun_streams_foreign_shards(tmp_path):
+    """open_clip-layout shards (no dataset.json) streamed under 2 ranks: each rank reads its share."""
+    import yaml
+
+    from jointspace.config import load_config
+
+    from ..data.test_webdataset import TINY, write_shards
+
+    write_shards(tmp_path / "oc", 64, 8, "openclip")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=ddp_foreign",
+                             f"data.urls={tmp_path / 'oc' / '{00000..00007}.tar'}", "data.streaming=true",
+                             "data.shuffle_buffer=0", "train.epochs=1", *TINY])
+    path = tmp_path / "f.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
+           "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
+    proc = run_torchrun(cmd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x["split"] == "train"] == list(range(1, 8))  # 32 per rank / 4, minus 1
+    assert json.loads((cfg.run_dir / "run.json").read_text())["kinds"] == {"image": "image", "text": "text"}
