@@ -191,3 +191,37 @@ def test_seed_class_folders_as_weighted_sources(tmp_path, streaming):
         idx = torch.cat(list(TrainSampler.from_config(cfg.data, data).batches(8, 0, 0)))
         share = float((data.labels[idx] == 1).float().mean())
         assert data.labels.tolist().count(1) == 16 and 0.6 < share < 0.9  # weight 3 of 4: 0.75
+
+
+def test_numeric_class_folders_sources_without_labels_and_counting(tmp_path):
+    """Folders 1, 2, 10 are classes in numeric order; unlabelled sources never share a class; keys of
+    members under ./ count once each; a labelled task on unlabelled shards fails with one line."""
+    import tarfile
+
+    from jointspace.config import DataConfig
+    from jointspace.data.dataset import concat_splits
+    from jointspace.data.webdataset import count_samples
+    from jointspace.tasks.classify import train_classifier
+
+    for c in ("1", "2", "10"):
+        write_shards(tmp_path / "num" / c, 4, 4, "seed", start=int(c) * 100)
+    src = source_of(DataConfig(urls=str(tmp_path / "num")))
+    data = load_split(src, "train", ["image", "text"])
+    assert src.info["class_names"] == ["1", "2", "10"] and sorted(set(data.labels.tolist())) == [0, 1, 2]
+    write_shards(tmp_path / "u1", 4, 4, "img2dataset")
+    write_shards(tmp_path / "u2", 4, 4, "img2dataset")  # the same keys as u1
+    parts = [load_split(source_of(DataConfig(urls=str(tmp_path / u))), "train", ["image", "text"]) for u in ("u1", "u2")]
+    both = concat_splits(parts)
+    assert len(set(both.labels.tolist())) == 8 and not both.labelled
+    with tarfile.open(tmp_path / "dot.tar", "w") as tar:
+        for i in range(5):
+            for ext in ("jpg", "txt"):
+                payload = io.BytesIO(b"x")
+                info = tarfile.TarInfo(f"./{i:04d}.{ext}")
+                info.size = 1
+                tar.addfile(info, payload)
+    assert count_samples([str(tmp_path / "dot.tar")]) == 5
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=clf", f"data.urls={tmp_path / 'u1'}",
+                             "data.test_urls=" + str(tmp_path / "u2"), "task=classify", "fusion.kind=late", *TINY])
+    with pytest.raises(Exception, match="no labels"):
+        train_classifier(cfg, show_progress=False)

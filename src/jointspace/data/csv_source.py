@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from jointspace.data.shards import DataError, ReadStats, decode_value
-from jointspace.data.webdataset import Source, key_label
+from jointspace.data.webdataset import Source, key_label, natural
 
 
 class CsvSource(Source):
@@ -37,7 +37,7 @@ class CsvSource(Source):
     def info(self) -> dict:
         first = self._rows(self.splits.get("train") or next(iter(self.splits.values())))
         labelled = bool(first) and self.label_key in first[0]
-        names = self.given_names or (sorted({r[self.label_key] for r in first}, key=_natural) if labelled else [])
+        names = self.given_names or (sorted({r[self.label_key] for r in first}, key=natural) if labelled else [])
         return {"modalities": {"image": "image", "text": "text"}, "class_names": names, "labelled": labelled,
                 "splits": {s: {"n_samples": len(self._grouped(p))} for s, p in self.splits.items()},
                 "source": self.name}
@@ -57,6 +57,17 @@ class CsvSource(Source):
     def has_split(self, split: str) -> bool:
         return split in self.splits
 
+    def _label(self, value: str | None, names: list[str], uid: str) -> int:
+        if value is None or value == "":
+            if self.info["labelled"]:
+                raise ValueError(f"no {self.label_key!r} value")
+            return key_label(uid)
+        if value in names:
+            return names.index(value)
+        if value.lstrip("-").isdigit() and (not names or 0 <= int(value) < len(names)):
+            return int(value)
+        raise ValueError(f"label {value!r} is not one of the classes {names}")
+
     def samples(self, urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
         names = self.info["class_names"]
         for url in urls:
@@ -66,8 +77,7 @@ class CsvSource(Source):
                 try:
                     image = decode_value(Path(row[self.img_key]).suffix.lstrip(".").lower() or "png",
                                          (base / row[self.img_key]).read_bytes())
-                    label = row.get(self.label_key)
-                    label = key_label(key) if label is None else (int(label) if not names else names.index(label))
+                    label = self._label(row.get(self.label_key), names, f"{url}/{key}")
                     captions = [r[self.caption_key] for r in rows]
                     sample = {"key": key, "image": image, "text": captions if len(captions) > 1 else captions[0],
                               "label": label, "meta": {"path": row[self.img_key]}}
@@ -79,5 +89,3 @@ class CsvSource(Source):
                        or k in modalities}
 
 
-def _natural(name: str) -> tuple:
-    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)

@@ -31,6 +31,7 @@ class SplitData:
     # modality -> (inputs of every variant [M, ...], owner sample of each [M]) where samples have several
     # values (captions); `inputs[modality]` then holds the values drawn for the current epoch
     variants: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    labelled: bool = True  # False: the data had no labels, each sample is a class of its own
 
     def draw_variants(self, seed: int, epoch: int) -> None:
         """Pick one variant (caption) per sample for this epoch into `inputs`; a pure function of (seed, epoch)."""
@@ -118,7 +119,8 @@ def load_split(
     inputs = to_inputs(values, sub_kinds, prep)
     every = {m: (to_inputs({m: flat}, sub_kinds, prep)[m], owner) for m, (flat, owner) in variants.items()}
     class_names, label_t = list(info.get("class_names", [])), torch.tensor(labels, dtype=torch.long)
-    if not info.get("labelled", True):  # unlabelled shards: sample i is class i (instance positives)
+    labelled = info.get("labelled", True)
+    if not labelled:  # unlabelled shards: sample i is class i (instance positives)
         label_t = torch.arange(len(labels))
     if label_map:
         class_names, label_t = apply_label_map(class_names, label_t, label_map, f"{root}/{split}")
@@ -133,6 +135,7 @@ def load_split(
         stats=stats,
         prep=prep.updated(channels=input_channels(inputs, sub_kinds)),
         variants=every,
+        labelled=labelled,
     )
 
 
@@ -221,9 +224,12 @@ def concat_splits(parts: list[SplitData], class_names: list[str] | None = None) 
         if part.kinds != first.kinds:
             raise DataError(f"data.sources: modalities differ ({part.kinds} vs {first.kinds})")
     names = list(dict.fromkeys([*(class_names or []), *(n for part in parts for n in part.class_names)]))
-    labels = []
+    labels, own = [], len(names)  # unlabelled parts: classes of their own, after every named class
     for part in parts:
-        if part.class_names:
+        if not part.labelled:
+            labels.append(own + torch.arange(len(part)))
+            own += len(part)
+        elif part.class_names:
             lookup = torch.tensor([names.index(n) for n in part.class_names], dtype=torch.long)
             labels.append(lookup[part.labels])
         else:
@@ -247,6 +253,7 @@ def concat_splits(parts: list[SplitData], class_names: list[str] | None = None) 
         raw={m: [r for p in parts for r in p.raw[m]] for m in first.raw}, stats=stats,
         prep=first.prep.updated(channels=input_channels(inputs, first.kinds)),
         variants=variants,
+        labelled=all(p.labelled for p in parts),
     )
 
 

@@ -46,8 +46,10 @@ def shards_arg(text: str | Path, data_cfg) -> Source:
     if (path / INFO_FILE).exists():
         return FolderSource(path)
     if path.suffix.lower() in (".csv", ".tsv"):
-        return source_of(data_cfg.model_copy(update={"csv": str(text), "val_csv": None, "test_csv": None}))
-    return source_of(data_cfg.model_copy(update={"urls": str(text), "val_urls": None, "test_urls": None}))
+        return source_of(data_cfg.model_copy(update={"csv": str(text), "val_csv": None, "test_csv": None,
+                                                     "urls": None}))
+    return source_of(data_cfg.model_copy(update={"urls": str(text), "val_urls": None, "test_urls": None,
+                                                 "csv": None, "val_csv": None, "test_csv": None}))
 
 
 __all__ = ["CsvSource", "FolderSource", "Source", "as_source", "shards_arg", "source_of"]

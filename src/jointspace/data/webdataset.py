@@ -68,6 +68,7 @@ class Layout:
     label_from: str = "auto"
     label_key: str = "label"
     class_names: list[str] = field(default_factory=list)
+    labelled: bool = False  # set by the source: then a sample without a label is skipped, not made its own class
 
     def label(self, raw: dict, meta: dict) -> int | str | None:
         """The raw label of a sample (int, class name, or None when it has none)."""
@@ -84,7 +85,7 @@ class Layout:
         """Modality m of a sample: its first present member; with `<member>.1`, `.2`... or a json list
         (member `json.<field>`), the list of all of them (several captions)."""
         for k in self.keys[m]:
-            if k.startswith("json.") and isinstance(meta.get(k[5:]), (list, str)):
+            if k.startswith("json.") and isinstance(meta.get(k[5:]), (list, str)) and meta[k[5:]]:
                 value = meta[k[5:]]
                 return [str(v) for v in value] if isinstance(value, list) else value
             if k not in raw:
@@ -102,13 +103,24 @@ class Layout:
         sample: dict[str, Any] = {"key": key, "meta": meta if isinstance(meta, dict) else {"json": meta}}
         for m in modalities or list(self.keys):
             sample[m] = self._value(raw, sample["meta"], m)
-        label = self.label(raw, sample["meta"])
-        if isinstance(label, str) and not label.lstrip("-").isdigit():
-            if label not in self.class_names:
-                raise ValueError(f"label {label!r} is not one of data.class_names")
-            label = self.class_names.index(label)
-        sample["label"] = key_label(key) if label is None else int(label)
+        sample["label"] = self.label_index(self.label(raw, sample["meta"]), f"{raw.get('__url__', '')}/{key}")
         return sample
+
+    def label_index(self, label, uid: str) -> int:
+        """A raw label as a class index: a class name by its place in `class_names` (names that look like
+        numbers too), else an integer; no label: a class of the sample's own (hash of `uid`)."""
+        if label is None or label == "":
+            if self.labelled:
+                raise ValueError("no label")
+            return key_label(uid)
+        if str(label) in self.class_names:
+            return self.class_names.index(str(label))
+        if isinstance(label, int) or str(label).lstrip("-").isdigit():
+            index = int(label)
+            if index < 0 or (self.class_names and index >= len(self.class_names)):
+                raise ValueError(f"label {index} is out of range (classes: {len(self.class_names)})")
+            return index
+        raise ValueError(f"label {label!r} is not one of data.class_names")
 
 
 class Source:
@@ -163,7 +175,8 @@ class WebSource(Source):
 
     def urls(self, split: str) -> list[str]:
         if split not in self.splits:
-            raise DataError(f"{self.name}: no shards for split {split!r} (set data.{split}_urls)"
+            raise DataError(f"{self.name}: no shards for split {split!r} (set data.{split}_urls; shards named on "
+                            "the command line are one split: pass --split train)"
                             if split != "train" else f"{self.name}: no train shards (data.urls)")
         return self.splits[split]
 
@@ -186,21 +199,36 @@ class WebSource(Source):
         if lay.class_names or lay.label_from in ("cls", "none"):
             return list(lay.class_names)
         first = self.splits.get("train") or next(iter(self.splits.values()))
-        folders = sorted({Path(u).parent.name for u in first})  # the seed's layout: <class>/<shard>.tar
+        folders = sorted({Path(u).parent.name for u in first}, key=natural)  # the seed's <class>/<shard>.tar
         if lay.label_from == "folder" or (lay.label_from == "auto" and len(folders) > 1 and not self._has_labels()):
             lay.label_from = "folder"
             return folders
+        if not self._has_string_labels():
+            return []
         names = set()
         for raw in iter_raw(next(iter(self.splits.values())), ReadStats()):
             meta = decode_value("json", raw["json"]) if "json" in raw else {}
             label = lay.label(raw, meta if isinstance(meta, dict) else {})
             if isinstance(label, str) and not label.lstrip("-").isdigit():
                 names.add(label)
-        return sorted(names)
+        return sorted(names, key=natural)
+
+    def _first_raw(self) -> dict | None:
+        return next(iter_raw(next(iter(self.splits.values()))[:1], ReadStats()), None)
+
+    def _has_string_labels(self) -> bool:
+        """Whether the first sample's label is a class name (only then are the train split's labels read
+        ahead to collect the names)."""
+        raw = self._first_raw()
+        if raw is None or "cls" in raw and self.layout.label_from in ("auto", "cls"):
+            return False
+        meta = decode_value("json", raw["json"]) if "json" in raw else {}
+        label = self.layout.label(raw, meta if isinstance(meta, dict) else {})
+        return isinstance(label, str) and not label.lstrip("-").isdigit()
 
     def _has_labels(self) -> bool:
         """Whether the first sample carries a cls member or a json label."""
-        raw = next(iter_raw(next(iter(self.splits.values()))[:1], ReadStats()), None)
+        raw = self._first_raw()
         if raw is None:
             return False
         meta = decode_value("json", raw["json"]) if "json" in raw else {}
@@ -210,9 +238,21 @@ class WebSource(Source):
     def info(self) -> dict:
         self.layout.class_names = self._class_names()
         labelled = self.layout.label_from != "none" and (self.layout.label_from == "folder" or self._has_labels())
+        self.layout.labelled = labelled
         return {"modalities": self._kinds(), "class_names": list(self.layout.class_names), "labelled": labelled,
                 "splits": {s: {"n_samples": count_samples(u), "shards": u} for s, u in self.splits.items()},
                 "source": self.name}
+
+
+def natural(name: str) -> tuple:
+    """Sort key: numbers by value (1, 2, 10), then names."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def _member_key(name: str) -> str:
+    """The sample key of a tar member, as webdataset groups them: its path up to the first dot of its name."""
+    path = Path(name.removeprefix("./"))
+    return str(path.parent / path.name.split(".", 1)[0])
 
 
 def count_samples(urls: list[str]) -> int | None:
@@ -223,7 +263,7 @@ def count_samples(urls: list[str]) -> int | None:
             return None
         try:
             with tarfile.open(url) as tar:
-                n += len({m.name.split(".", 1)[0] for m in tar if m.isfile() and not m.name.startswith("__")})
+                n += len({_member_key(m.name) for m in tar if m.isfile() and not Path(m.name).name.startswith("__")})
         except (tarfile.TarError, OSError):
             continue  # counted as skipped when read
     return n

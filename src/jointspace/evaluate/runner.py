@@ -66,7 +66,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
                                         tokenizer=text_tokenizers(cfg.model).get(text_mod))
         result["zero_shot"] = {m: zero_shot_classify(e, class_emb, data.labels, ks=(1, 5))
                                for m, e in emb.items() if m != text_mod}
-    if cfg.eval.linear_probe and dataset_info.get("labelled", True):  # unlabelled shards: instance pairs only
+    separate_train = root.has_split("train") and split != "train"  # never fit the probe on the test data
+    if cfg.eval.linear_probe and dataset_info.get("labelled", True) and separate_train:
         train = load_run_split(cfg, info, root, "train")
         train_emb = embed_split(model, train, device=dev)
         result["linear_probe"] = {m: linear_probe(train_emb[m], train.labels, emb[m], data.labels) for m in emb}

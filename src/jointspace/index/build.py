@@ -84,6 +84,11 @@ def _batches(root: Source, splits: list[str], modalities: list[str], stats: Read
         yield batch
 
 
+def _first(value):
+    """A sample's value, or the first of several (captions)."""
+    return value[0] if isinstance(value, list) else value
+
+
 def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = None,
                  modalities: list[str] | None = None, batch_size: int = 256, max_bad_fraction: float = 0.01,
                  progress: Callable[[int], None] | None = None) -> Embedded:
@@ -105,12 +110,12 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
     previews: dict[str, bytes] = {}
     for batch in _batches(root, splits, modalities, stats, batch_size):
         for m in modalities:
-            chunks.append(encoder.encode(m, [s[m] for s, _, _ in batch], check=False))
+            chunks.append(encoder.encode(m, [_first(s[m]) for s, _, _ in batch], check=False))
             for s, split, source in batch:
                 label = s.get("label")
                 items.append({"key": s["key"], "modality": m, "label": label, "split": split, "source": source,
                               "label_name": class_names[label] if label is not None and 0 <= label < len(class_names)
-                              else None, "caption": s.get(text_mod) if text_mod else None})
+                              else None, "caption": _first(s.get(text_mod)) if text_mod else None})
         if preview_mod:
             for s, _, _ in batch:
                 if preview_mod in s:

@@ -13,6 +13,7 @@ import torch
 from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.builtin import synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
+from jointspace.data.shards import DataError
 from jointspace.data.source import Source, source_of
 from jointspace.data.sources import load_sources
 from jointspace.engine import Plan, seed_everything
@@ -92,6 +93,9 @@ def resumed_prep(cfg: RunConfig, resume: bool) -> Prep | None:
 def load_splits(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData, SplitData | None, SplitData]:
     """dataset.json info and the train, val (None if absent) and evaluation (`eval.split`) splits."""
     info, train, val = prepare_data(cfg, prep)
+    if not train.labelled:
+        raise DataError(f"{cfg.data.urls or cfg.data.csv}: no labels (cls, a json field data.label_key, class "
+                        f"folders or a label column); task {cfg.task} trains on labels")
     test = load_split(source_of(cfg.data), cfg.eval.split, **split_kwargs(cfg), prep=train.prep)  # as train
     return info, train, val, test
 

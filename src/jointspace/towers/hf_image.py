@@ -45,7 +45,10 @@ class HFImageEncoder(nn.Module):
         if pool not in ("auto", "mean", "cls"):
             raise ValueError(f"pool must be auto, mean or cls, got {pool!r}")
         folder = resolve_hf(path, cache_dir, "hf_image model")
-        model = AutoModel.from_pretrained(folder, local_files_only=True).float()
+        model, loading = AutoModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+        model = model.float()
+        if pool == "auto" and any("pooler" in k for k in loading.get("missing_keys", [])):
+            pool = "cls"  # e.g. a classification checkpoint: its pooler would be random
         self.model = getattr(model, "vision_model", model)  # a two-tower model (SigLIP, CLIP): its vision half
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         self.size = _processor_size(processor)

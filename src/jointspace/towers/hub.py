@@ -37,11 +37,13 @@ def fetch_hint(repo: str, cache_dir: str | None, filename: str | None = None) ->
     return f"HF_HUB_OFFLINE=0 hf download {target} --cache-dir {hub_cache(cache_dir)}"
 
 
-def missing(what: str, repo: str, cache_dir: str | None, err: Exception, filename: str | None = None) -> MissingWeightsError:
+def missing(what: str, repo: str, cache_dir: str | None, err: Exception, filename: str | None = None,
+            hint: str | None = None) -> MissingWeightsError:
     state = "offline (HF_HUB_OFFLINE=1)" if hf_offline() else "could not download it"
     return MissingWeightsError(
         f"{what}: repository {repo!r} is not in the cache {hub_cache(cache_dir)} and this machine is {state} "
-        f"({type(err).__name__}). Fetch it on a connected machine with: {fetch_hint(repo, cache_dir, filename)}")
+        f"({type(err).__name__}). Fetch it on a connected machine with: "
+        f"{hint or fetch_hint(repo, cache_dir, filename)}")
 
 
 def resolve_hf(name: str | Path, cache_dir: str | None = None, what: str = "model") -> str:
@@ -57,11 +59,11 @@ def resolve_hf(name: str | Path, cache_dir: str | None = None, what: str = "mode
     if not HF_ID.match(text) or text.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{text}: not a Hugging Face model folder (no such folder) nor a hub id (org/name)")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
 
-    try:
-        return snapshot_download(repo_id=text, cache_dir=cache_dir, local_files_only=hf_offline())
-    except (OSError, ValueError, HfHubHTTPError) as err:
+    try:  # PyTorch weights, configs, tokenizer and processor files; not TF / Flax / ONNX copies
+        return snapshot_download(repo_id=text, cache_dir=cache_dir, local_files_only=hf_offline(),
+                                 ignore_patterns=["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "onnx/*"])
+    except Exception as err:  # noqa: BLE001 - network, HTTP and cache errors alike: not there, cannot fetch
         raise missing(f"{what} {text!r}", text, cache_dir, err) from None
 
 

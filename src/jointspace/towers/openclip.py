@@ -39,13 +39,22 @@ def _from_hub(model_id: str, cache_dir: str | None) -> nn.Module:
 
 def _from_tag(model: str, tag: str, cache_dir: str | None) -> nn.Module:
     import open_clip
+    from open_clip.pretrained import download_pretrained
 
-    try:
-        return open_clip.create_model(model, pretrained=tag, cache_dir=cache_dir, force_custom_text=True,
-                                      pretrained_text=False)
-    except (RuntimeError, OSError) as err:
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    try:  # into the cache first (or found there), so that what fails here is the download
+        download_pretrained(cfg, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 - any failure to fetch is "not in the cache and cannot be fetched"
         repo, filename = openclip_source(model, tag)
-        raise missing(f"open_clip {model} weights {tag!r}", repo, cache_dir, err, filename) from None
+        hint = None if not repo.startswith("http") else (
+            f"HF_HUB_OFFLINE=0 python -c \"import open_clip; open_clip.create_model('{model}', "
+            f"pretrained='{tag}', cache_dir={cache_dir!r})\"")
+        raise missing(f"open_clip {model} weights {tag!r}", repo, cache_dir, err, filename, hint) from None
+    try:  # a tag trained with QuickGELU loads into a QuickGELU model (open_clip itself only warns)
+        return open_clip.create_model(model, pretrained=tag, cache_dir=cache_dir, force_custom_text=True,
+                                      pretrained_text=False, force_quick_gelu=bool(cfg.get("quick_gelu")))
+    except RuntimeError as err:
+        raise ValueError(f"open_clip {model} weights {tag!r} do not load: {err}") from None
 
 
 def create_clip(model: str, pretrained: str | None = None, cache_dir: str | None = None) -> nn.Module:
@@ -63,7 +72,10 @@ def create_clip(model: str, pretrained: str | None = None, cache_dir: str | None
         return open_clip.create_model(model, force_custom_text=True, pretrained_text=False, load_weights=False)
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return open_clip.create_model(model, pretrained=str(path), force_custom_text=True, pretrained_text=False)
+        try:
+            return open_clip.create_model(model, pretrained=str(path), force_custom_text=True, pretrained_text=False)
+        except RuntimeError as err:
+            raise ValueError(f"{path}: not a checkpoint of open_clip's {model} ({err})") from None
     tags = openclip_tags(model)
     if pretrained in tags:
         return _from_tag(model, pretrained, cache_dir)
