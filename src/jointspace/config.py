@@ -96,6 +96,7 @@ class TowerConfig(_Strict):
     freeze: bool = False  # locked tower (LiT): no parameter of it trains; only its head does
     lora: LoraSettings | None = None  # adapters train, the tower's own weights stay frozen
     grad_checkpointing: bool = False  # recompute activations in backward (less memory, more compute)
+    init_from: str | None = None  # "runs/x#image[@fingerprint]": start from that finished run's tower
 
 
 class HeadConfig(_Strict):
@@ -105,6 +106,7 @@ class HeadConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    init_from: str | None = None  # a finished contrastive run: its towers (and heads where shapes match)
     embed_dim: int = 64
     towers: dict[str, TowerConfig] = Field(default_factory=dict)
     head: HeadConfig = Field(default_factory=HeadConfig)

@@ -20,7 +20,7 @@ from torch import nn
 
 from jointspace.config import FusionConfig, ModelConfig, TowerConfig
 from jointspace.kinds import Prep, get_kind, input_channels, with_role
-from jointspace.model import build_towers, tower_config
+from jointspace.model import build_towers, load_heads, tower_config
 from jointspace.towers import tower_parameters
 from jointspace.towers.heads import build_head
 from jointspace.towers.image import ConvNet
@@ -176,7 +176,7 @@ class TransformerFusion(FusionClassifier):
 
 
 def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], prep: Prep, embed_dim: int,
-                   downsample: str | None = None) -> ModalityEncoders:
+                   downsample: str | None = None, init: dict | None = None) -> ModalityEncoders:
     """Towers + heads as the contrastive model builds them (`model.towers`); `downsample` forced on the
     towers that take it, if given."""
     towers: dict[str, TowerConfig] = {}
@@ -185,9 +185,10 @@ def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], prep: Prep, embed_d
         if downsample is not None and "downsample" in (tower_parameters(tcfg.name) or {}):
             tcfg = tcfg.model_copy(update={"params": {**tcfg.params, "downsample": downsample}})
         towers[m] = tcfg  # keeps freeze / lora / grad_checkpointing
-    built = build_towers(mcfg.model_copy(update={"towers": towers}), kinds, prep)
+    built = build_towers(mcfg.model_copy(update={"towers": towers}), kinds, prep, init)
     h = mcfg.head
     heads = nn.ModuleDict({m: build_head(t.out_dim, embed_dim, h.kind, h.hidden, h.dropout) for m, t in built.items()})
+    load_heads(heads, init)
     return ModalityEncoders(nn.ModuleDict(built), heads, [m for m, t in towers.items() if t.freeze])
 
 
@@ -200,13 +201,16 @@ def shapes_prep(kinds: dict[str, str], input_shapes: dict[str, tuple[int, ...]])
 
 
 def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
-                 input_shapes: dict[str, tuple[int, ...]], n_classes: int, prep: Prep | None = None) -> FusionClassifier:
+                 input_shapes: dict[str, tuple[int, ...]], n_classes: int, prep: Prep | None = None,
+                 init: dict | None = None) -> FusionClassifier:
     """Build the configured fusion classifier for modalities `kinds` (name -> kind) with per-sample
     input shapes `input_shapes` (name -> (C, H, W) for spatial modalities); `prep` is the data's."""
     mods = list(kinds)
     shown = shapes_prep(kinds, input_shapes)
     prep = prep.updated(channels=shown.channels) if prep else shown
     if fcfg.kind in ("early", "intermediate"):
+        if init and init["towers"]:
+            raise ValueError(f"fusion.kind={fcfg.kind} has no towers to start from a run (use late or transformer)")
         flat = [m for m in mods if not get_kind(kinds[m]).spatial]
         if flat:
             raise ValueError(f"fusion.kind={fcfg.kind} needs spatial inputs [C, H, W]; {flat} are not "
@@ -219,10 +223,10 @@ def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
         return IntermediateFusion(in_chans, size, n_classes, f.channels, f.merge, f.merge_stage, down, f.norm,
                                   f.hidden, f.dropout)
     if fcfg.kind == "late":
-        towers = build_encoders(mcfg, kinds, prep, mcfg.embed_dim, fcfg.downsample)
+        towers = build_encoders(mcfg, kinds, prep, mcfg.embed_dim, fcfg.downsample, init)
         return LateFusion(towers, mcfg.embed_dim, n_classes, fcfg.combine, fcfg.hidden, fcfg.dropout)
     if fcfg.kind == "transformer":
-        towers = build_encoders(mcfg, kinds, prep, fcfg.token_dim, fcfg.downsample)
+        towers = build_encoders(mcfg, kinds, prep, fcfg.token_dim, fcfg.downsample, init)
         return TransformerFusion(towers, fcfg.token_dim, n_classes, fcfg.layers, fcfg.heads, fcfg.hidden,
                                  fcfg.dropout)
     raise ValueError(f"fusion.kind must be early/intermediate/late/transformer, got {fcfg.kind!r}")

@@ -67,8 +67,23 @@ def tower_config(cfg: ModelConfig, name: str, kind: str, prep: Prep) -> TowerCon
     return tcfg.model_copy(update={"params": {**data_params, **tcfg.params}})
 
 
-def build_towers(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None) -> dict[str, nn.Module]:
-    """One tower per modality, tuned (freeze / LoRA / checkpointing) as configured."""
+def load_init(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict a finished run gave, failing with the first parameter that does not fit."""
+    own = module.state_dict()
+    for key in sorted(set(own) | set(state)):
+        if key not in state or key not in own:
+            side = "is not in the run" if key not in state else "is not in this model"
+            raise ValueError(f"{where}: parameter {key!r} {side}: the architectures differ")
+        if own[key].shape != state[key].shape:
+            raise ValueError(f"{where}: parameter {key!r} has shape {tuple(state[key].shape)} in the run and "
+                             f"{tuple(own[key].shape)} here: the architectures differ")
+    module.load_state_dict(state)
+
+
+def build_towers(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None,
+                 init: dict | None = None) -> dict[str, nn.Module]:
+    """One tower per modality, tuned (freeze / LoRA / checkpointing) as configured; `init["towers"][m]` =
+    (spec, state dict) starts a tower from a finished run's weights (before any adapter is added)."""
     unknown = [m for m in cfg.towers if m not in kinds]
     if unknown:
         raise ValueError(f"model.towers: {unknown} are not modalities of this run ({', '.join(kinds)})")
@@ -77,17 +92,30 @@ def build_towers(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = No
         tcfg = tower_config(cfg, name, kind, prep or Prep())
         try:
             towers[name] = build_tower(tcfg.name, **tcfg.params)
+            if init and name in init["towers"]:
+                spec, state = init["towers"][name]
+                load_init(towers[name], state, f"init_from {spec}")
             tune_tower(towers[name], tcfg)
         except (TypeError, ValueError) as err:
             raise ValueError(f"model.towers.{name}: {err}") from None
     return towers
 
 
-def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None) -> JointModel:
+def load_heads(heads: nn.ModuleDict, init: dict | None) -> None:
+    """Heads start from the run's where every shape matches (else they stay freshly initialised)."""
+    for m, state in (init or {}).get("heads", {}).items():
+        own = heads[m].state_dict() if m in heads else {}
+        if own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own):
+            heads[m].load_state_dict(state)
+
+
+def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None,
+                init: dict | None = None) -> JointModel:
     """Build towers for every modality (config entry or the default for its kind) and their heads."""
-    towers = build_towers(cfg, kinds, prep)
+    towers = build_towers(cfg, kinds, prep, init)
     model = JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
                        cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale)
+    load_heads(model.heads, init)
     model.locked = [m for m, t in cfg.towers.items() if m in towers and t.freeze]
     return model
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +12,7 @@ from jointspace.kinds import QueryError, get_kind, kind_for_alias, with_role
 from jointspace.kinds.base import read_npy_query
 from jointspace.kinds.image import read_image  # noqa: F401  (re-exported for callers of the query API)
 from jointspace.model import JointModel
-from jointspace.runs import CONFIG, WEIGHTS, load_run, resolve_device, run_prep
-
-
-def model_fingerprint(run_dir: str | Path) -> str:
-    """sha256 over the run's model.safetensors bytes and its config.yaml."""
-    run_dir = Path(run_dir)
-    h = hashlib.sha256()
-    for name in (WEIGHTS, CONFIG):
-        path = run_dir / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; is {run_dir} a finished jointspace run?")
-        h.update(name.encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+from jointspace.runs import load_run, model_fingerprint, resolve_device, run_prep
 
 
 def read_npy(source: bytes | str | Path, name: str = "array") -> np.ndarray:

@@ -23,6 +23,7 @@ from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
+    init_towers,
     load_splits,
     n_classes_of,
     plan_of,
@@ -50,10 +51,11 @@ def predict(model: FusionClassifier, data: SplitData, device: torch.device, batc
     return torch.cat(out)
 
 
-def build_classifier(cfg: RunConfig, data: SplitData) -> FusionClassifier:
-    """The configured fusion classifier for the modalities and input shapes of `data`."""
+def build_classifier(cfg: RunConfig, data: SplitData, init: dict | None = None) -> FusionClassifier:
+    """The configured fusion classifier for the modalities and input shapes of `data` (towers started
+    from `init`, see runs.resolve_init)."""
     shapes = {m: tuple(data.inputs[m].shape[1:]) for m in data.kinds}
-    return build_fusion(cfg.fusion, cfg.model, data.kinds, shapes, n_classes_of(data), data.prep)
+    return build_fusion(cfg.fusion, cfg.model, data.kinds, shapes, n_classes_of(data), data.prep, init)
 
 
 class ClassifyObjective(Objective):
@@ -95,16 +97,18 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
     classification_<split>.json/.txt, plots/confusion_<split>.png and, last, done.json (the summary).
     """
     t_start = time.time()
+    cfg, init = init_towers(cfg, resume)
     run_dir = start_run(cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
     _info, train_data, val_data, test_data = load_splits(cfg, resumed_prep(cfg, resume))
-    model = build_classifier(cfg, train_data).to(device)
+    model = build_classifier(cfg, train_data, init).to(device)
     n_params, kinds = count_parameters(model), train_data.kinds
     if not resume:
         write_run_info(run_dir, {"task": "classify", "kinds": kinds, "prep": train_data.prep.to_json(),
                                  "class_names": train_data.class_names,
                                  "input_shapes": {m: list(train_data.inputs[m].shape[1:]) for m in kinds},
-                                 "data_path": cfg.data.path, "n_params": n_params})
+                                 "data_path": cfg.data.path, "n_params": n_params,
+                                 **({"init_from": init["sources"]} if init else {})})
     obj = ClassifyObjective(cfg, model, train_data, val_data, device)
     plan = plan_of(cfg.train, steps_or_fail(obj.sampler.n_samples, cfg.train.batch_size))
     optimizer = build_optimizer(model, cfg.train)

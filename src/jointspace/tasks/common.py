@@ -21,7 +21,7 @@ from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.model import text_tokenizers
-from jointspace.runs import CONFIG, RUN_INFO, prepare_run_dir, read_run_info, run_prep
+from jointspace.runs import CONFIG, RUN_INFO, prepare_run_dir, read_run_info, resolve_init, run_prep
 
 DONE = "done.json"
 
@@ -58,6 +58,16 @@ def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitD
     fixed = train.prep if train is not None else prep
     val = load_split(root, "val", **kw, prep=fixed) if root.has_split("val") else None
     return info, train, val
+
+
+def init_towers(cfg: RunConfig, resume: bool) -> tuple[RunConfig, dict | None]:
+    """`model.init_from` / `towers.<m>.init_from` resolved against the data's modalities: the config with the
+    source runs' tower configs filled in (saved as the run's config) and the weights to start from. A
+    resumed run takes its weights from its checkpoint instead."""
+    if resume or not (cfg.model.init_from or any(t.init_from for t in cfg.model.towers.values())):
+        return cfg, None
+    stored = ensure_dataset(cfg).info["modalities"]
+    return resolve_init(cfg, {m: stored[m] for m in cfg.data.modalities if m in stored})
 
 
 def start_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:

@@ -37,6 +37,7 @@ from jointspace.runs import (
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
 from jointspace.tasks.common import (
     ensure_dataset,
+    init_towers,
     plan_of,
     prepare_data,
     resumed_prep,
@@ -175,8 +176,9 @@ def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
     return info, batches, val_data, run_info
 
 
-def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.device) -> tuple[JointModel, list, BindingLoss, BindingLoss]:
-    model = build_from_info(cfg, run_info).to(device)
+def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.device,
+           init: dict | None) -> tuple[JointModel, list, BindingLoss, BindingLoss]:
+    model = build_from_info(cfg, run_info, init).to(device)
     model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -211,15 +213,20 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         device = torch.device("cuda", dist_info.local_rank)
     main = dist_info.is_main
     if main:
-        start_run(cfg, resume, overwrite)
         ensure_dataset(cfg)  # a built-in set is synthesised once
+    barrier(dist_info)
+    cfg, init = init_towers(cfg, resume)
+    if main:
+        start_run(cfg, resume, overwrite)
     barrier(dist_info)
     run_dir = cfg.run_dir
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.seed)
     _info, batches, val_data, run_info = _data(cfg, dist_info, device, resumed_prep(cfg, resume))
-    model, pairs, loss_fn, val_loss_fn = _build(cfg, run_info, dist_info, device)
+    model, pairs, loss_fn, val_loss_fn = _build(cfg, run_info, dist_info, device, init)
+    if init:
+        run_info["init_from"] = init["sources"]  # run -> fingerprint of the weights it started from
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
         raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "

@@ -25,6 +25,7 @@ from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
+    init_towers,
     load_splits,
     n_classes_of,
     plan_of,
@@ -145,6 +146,7 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
     modality = cfg.metric.modality or cfg.data.modalities[0]
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": [modality]})})
     t_start = time.time()
+    cfg, init = init_towers(cfg, resume)
     run_dir = start_run(cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
     if cfg.train.accum_steps != 1:
@@ -152,7 +154,7 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
     _info, train_data, val_data, test_data = load_splits(cfg, resumed_prep(cfg, resume))
     kinds = train_data.kinds
     shape = tuple(train_data.inputs[modality].shape[1:])
-    model = build_encoders(cfg.model, kinds, train_data.prep, cfg.model.embed_dim).to(device)
+    model = build_encoders(cfg.model, kinds, train_data.prep, cfg.model.embed_dim, init=init).to(device)
     loss_fn, miner = build_metric_loss(cfg.metric, cfg.model.embed_dim, n_classes_of(train_data))
     obj = MetricObjective(cfg, modality, model, loss_fn.to(device), miner, train_data, val_data, device)
     n_params = count_parameters(model)
