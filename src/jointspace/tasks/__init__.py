@@ -14,7 +14,7 @@ from pathlib import Path
 from jointspace.augment.config import AugmentConfig
 from jointspace.config import ConfigError, RunConfig, apply_overrides, read_yaml, validate_config
 from jointspace.runs import RUN_INFO
-from jointspace.tasks import cilp, classify, contrastive, diffusion, metric
+from jointspace.tasks import cilp, classify, contrastive, diffusion, metric, pipeline
 from jointspace.tasks.common import read_done
 
 
@@ -55,6 +55,9 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          lambda d: cilp.cilp_table([read_done(d)])),
     Task("diffusion", diffusion.train_diffusion, (), "model.safetensors: sample it with `jointspace augment "
          "sample`", _done_line),
+    Task("pipeline", lambda cfg, resume=False, overwrite=False, show_progress=True: pipeline.run_pipeline(
+        cfg, TASKS, config_for, resume, overwrite, show_progress), (), "its stages' folders (RUN/<stage>)",
+        _done_line),
 )}
 
 
@@ -70,15 +73,22 @@ def task_of_raw(raw: dict, source: str) -> str:
     return name
 
 
-def config_for(raw: dict, source: str) -> RunConfig | AugmentConfig:
+def config_for(raw: dict, source: str) -> RunConfig | AugmentConfig | pipeline.PipelineConfig:
     """Validate a config mapping into its task's config type."""
-    model = AugmentConfig if task_of_raw(raw, source) == "diffusion" else RunConfig
+    task = task_of_raw(raw, source)
+    model = {"diffusion": AugmentConfig, "pipeline": pipeline.PipelineConfig}.get(task, RunConfig)
     return validate_config(model, raw, source)
 
 
-def load_task_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig | AugmentConfig:
-    """Load any task's YAML config with `--set` overrides; `task:` picks the config type."""
-    return config_for(apply_overrides(read_yaml(path), overrides or []), str(path))
+def load_task_config(path: str | Path, overrides: list[str] | None = None):
+    """Load any task's YAML config with `--set` overrides; `task:` picks the config type. A pipeline's
+    stage configs given as file names are read relative to the pipeline's file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    if raw.get("task") == "pipeline":
+        for stage in raw.get("stages") or []:
+            if isinstance(stage, dict) and isinstance(stage.get("config"), str):
+                stage["config"] = read_yaml(Path(path).parent / stage["config"])
+    return config_for(raw, str(path))
 
 
 def run_task(run_dir: str | Path) -> str:

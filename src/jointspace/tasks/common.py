@@ -63,11 +63,12 @@ def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitD
 def init_towers(cfg: RunConfig, resume: bool) -> tuple[RunConfig, dict | None]:
     """`model.init_from` / `towers.<m>.init_from` resolved against the data's modalities: the config with the
     source runs' tower configs filled in (saved as the run's config) and the weights to start from. A
-    resumed run takes its weights from its checkpoint instead."""
-    if resume or not (cfg.model.init_from or any(t.init_from for t in cfg.model.towers.values())):
+    resumed run gets the same tower configs, and its weights from its checkpoint instead."""
+    if not (cfg.model.init_from or any(t.init_from for t in cfg.model.towers.values())):
         return cfg, None
     stored = ensure_dataset(cfg).info["modalities"]
-    return resolve_init(cfg, {m: stored[m] for m in cfg.data.modalities if m in stored})
+    cfg, init = resolve_init(cfg, {m: stored[m] for m in cfg.data.modalities if m in stored})
+    return cfg, None if resume else init
 
 
 def start_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
