@@ -71,3 +71,39 @@ def test_metric_learning_resumes_exactly(shapes_dir, tmp_path):
     resumed = train_metric(cfg.model_copy(update={"name": "half"}), resume=True, show_progress=False)
     assert_same_weights(full, resumed)  # tower and the loss's class centres
     assert train_steps(resumed) == list(range(1, 10))
+
+
+def test_failed_start_leaves_nothing_and_resume_without_checkpoint_starts_fresh(tiny_cfg, tmp_path, capsys):
+    from jointspace.data.shards import DataError
+    from jointspace.tasks.contrastive import train
+
+    bad = tiny_cfg("data.path=" + str(tmp_path / "nowhere"), name="failed")
+    with pytest.raises(DataError):
+        train(bad, show_progress=False)
+    assert not bad.run_dir.exists()  # the plain rerun is not refused
+    cfg = tiny_cfg(name="fresh", epochs=1)
+    cfg.run_dir.mkdir(parents=True)  # killed before its first checkpoint: a folder, no checkpoint
+    (cfg.run_dir / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 9.0}\n')
+    run = train(cfg, resume=True, show_progress=False)
+    assert "no checkpoint to resume from: starting from scratch" in capsys.readouterr().err
+    ref = train(tiny_cfg(name="ref", epochs=1), show_progress=False)
+    assert_same_weights(ref, run)
+    assert train_steps(run) == train_steps(ref)  # the stale line is gone
+
+
+def test_skipped_samples_are_said_and_recorded(digits_dir, tiny_cfg, tmp_path, capsys):
+    """One truncated shard: the loss is printed once per split, and run.json and the report carry it."""
+    from jointspace.tasks.contrastive import train
+    from jointspace.viz.report import write_report
+
+    data = tmp_path / "digits"
+    shutil.copytree(digits_dir, data)
+    shard = min((data / "train").glob("*.tar"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    run = train(tiny_cfg(f"data.path={data}", "data.max_bad_fraction=0.5", name="lossy", epochs=1),
+                show_progress=False)
+    err = capsys.readouterr().err
+    assert err.count("/train: skipped") == 1 and "samples" in err
+    lost = json.loads((run / "run.json").read_text())["skipped"]
+    assert set(lost) == {"train"} and lost["train"]["n_skipped"] > 0
+    assert f"skipped {lost['train']['n_skipped']} unreadable samples of train" in write_report(run).read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,9 @@ def _read(source: Source, split: str, modalities: list[str], info: dict,
     stats.check(max_bad_fraction, f"{source}/{split}")
     if not labels:
         raise DataError(f"{source}/{split}: no readable samples")
+    if stats.n_missing:  # data loss is said, once per split, not only counted
+        print(f"warning: {source}/{split}: skipped {stats.n_missing} of {stats.n_ok + stats.n_missing} samples "
+              f"({stats.bad_fraction:.1%}); first: {'; '.join(stats.errors[:3])}", file=sys.stderr)
     return values, labels, keys, stats
 
 

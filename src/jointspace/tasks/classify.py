@@ -23,11 +23,13 @@ from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
+    fresh_or_resumed,
     init_towers,
     load_splits,
     n_classes_of,
     plan_of,
     resumed_prep,
+    skipped,
     start_run,
     steps_or_fail,
     to_device,
@@ -90,6 +92,7 @@ class ClassifyObjective(Objective):
                 "accuracy": float((logits.argmax(1) == self.val_data.labels).float().mean())}
 
 
+@fresh_or_resumed
 def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train the configured fusion classifier, evaluate it on `eval.split`; returns the run folder.
 
@@ -108,6 +111,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
                                  "class_names": train_data.class_names,
                                  "input_shapes": {m: list(train_data.inputs[m].shape[1:]) for m in kinds},
                                  "data_path": cfg.data.path, "n_params": n_params,
+                                 "skipped": skipped(train=train_data, val=val_data, test=test_data),
                                  **({"init_from": init["sources"]} if init else {})})
     obj = ClassifyObjective(cfg, model, train_data, val_data, device)
     plan = plan_of(cfg.train, steps_or_fail(obj.sampler.n_samples, cfg.train.batch_size))

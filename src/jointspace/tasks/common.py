@@ -4,8 +4,13 @@ that `jointspace compare` uses to skip finished runs."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import resource
+import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +22,7 @@ from jointspace.data.shards import DataError
 from jointspace.data.source import Source, source_of
 from jointspace.data.sources import load_sources
 from jointspace.engine import Plan, seed_everything
-from jointspace.engine.checkpoint import atomic_write_text
+from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.model import text_tokenizers
@@ -69,6 +74,35 @@ def init_towers(cfg: RunConfig, resume: bool) -> tuple[RunConfig, dict | None]:
     stored = ensure_dataset(cfg).info["modalities"]
     cfg, init = resolve_init(cfg, {m: stored[m] for m in cfg.data.modalities if m in stored})
     return cfg, None if resume else init
+
+
+def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
+    """Decorator for a task's train(cfg, resume, overwrite, show_progress): `--resume` on a run without a
+    checkpoint starts from scratch (and says so); a run that fails before its first checkpoint leaves no
+    folder behind, so the plain rerun works (a folder that was there and not replaced is never touched)."""
+
+    @functools.wraps(train)
+    def wrapper(cfg, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+        run_dir, ckpts = cfg.run_dir, cfg.run_dir / "checkpoints"
+        if resume and latest_checkpoint(ckpts) is None:
+            print(f"{run_dir}: no checkpoint to resume from: starting from scratch", file=sys.stderr)
+            resume, overwrite = False, True
+        untouchable = run_dir.exists() and not overwrite and not resume
+        try:
+            return train(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress)
+        except BaseException:
+            main = int(os.environ.get("RANK", "0")) == 0
+            if main and not untouchable and not resume and run_dir.exists() and latest_checkpoint(ckpts) is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+    return wrapper
+
+
+def skipped(**splits: SplitData | None) -> dict:
+    """{split: {n_skipped, reasons}} of the splits that lost samples (for run.json and the report)."""
+    return {name: {"n_skipped": s.stats.n_missing, "reasons": s.stats.errors[:5]}
+            for name, s in splits.items() if s is not None and s.stats.n_missing}
 
 
 def start_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:

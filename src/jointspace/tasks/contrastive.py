@@ -37,10 +37,12 @@ from jointspace.runs import (
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
 from jointspace.tasks.common import (
     ensure_dataset,
+    fresh_or_resumed,
     init_towers,
     plan_of,
     prepare_data,
     resumed_prep,
+    skipped,
     start_run,
     tracker_of,
     write_done,
@@ -169,6 +171,7 @@ def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
     kinds, prep = source.kinds, source.prep
     picture = with_role(kinds, "picture")
     run_info = {"task": "contrastive", "kinds": kinds, "prep": prep.to_json(), "class_names": source.class_names,
+                "skipped": skipped(train=train_data, val=val_data),
                 "image_channels": prep.channels.get(picture) if picture else None,
                 "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
     text_key = with_role(kinds, "captions")
@@ -205,6 +208,7 @@ def summarise(run_dir: Path) -> dict:
     return summary
 
 
+@fresh_or_resumed
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train a joint space as configured; returns the run folder. Under torchrun, trains data-parallel."""
     device = resolve_device(cfg.train.device)

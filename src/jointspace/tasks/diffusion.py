@@ -25,7 +25,7 @@ from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
 from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir, resolve_device, write_run_info
-from jointspace.tasks.common import write_done
+from jointspace.tasks.common import fresh_or_resumed, write_done
 
 
 class DiffusionState(nn.Module):
@@ -100,6 +100,7 @@ def _run_info(cfg: AugmentConfig, class_names: list[str], n_classes: int, images
             "train_class_counts": torch.bincount(labels, minlength=n_classes).tolist()}
 
 
+@fresh_or_resumed
 def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = False,
                     show_progress: bool = True) -> Path:
     """Train the configured diffusion model on the images of `data.path`; returns the run folder.

@@ -25,11 +25,13 @@ from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
+    fresh_or_resumed,
     init_towers,
     load_splits,
     n_classes_of,
     plan_of,
     resumed_prep,
+    skipped,
     start_run,
     steps_or_fail,
     to_device,
@@ -141,6 +143,7 @@ def _optimizer(cfg: RunConfig, model: nn.Module, loss_fn: nn.Module) -> tuple[to
     return optimizer, loss_params
 
 
+@fresh_or_resumed
 def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train one tower with the configured PML loss/miner, evaluate k-NN accuracy; returns the run folder."""
     modality = cfg.metric.modality or cfg.data.modalities[0]
@@ -161,7 +164,8 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
     if not resume:
         write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds,
                                  "prep": train_data.prep.to_json(), "class_names": train_data.class_names,
-                                 "input_shape": list(shape), "data_path": cfg.data.path, "n_params": n_params})
+                                 "input_shape": list(shape), "data_path": cfg.data.path, "n_params": n_params,
+                                 "skipped": skipped(train=train_data, val=val_data, test=test_data)})
     optimizer, loss_params = _optimizer(cfg, model, loss_fn)
     plan = plan_of(cfg.train, steps_or_fail(len(train_data), cfg.train.batch_size))
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)

@@ -180,6 +180,17 @@ img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{font-siz
 .meta{color:#555}.note{color:#888;font-style:italic}"""
 
 
+def _skipped_note(run_dir: Path, ev: dict) -> list[str]:
+    """A line per split that lost unreadable samples (run.json at training, eval.json at evaluation)."""
+    info_path = run_dir / "run.json"
+    lost = dict(json.loads(info_path.read_text()).get("skipped") or {}) if info_path.is_file() else {}
+    if ev.get("skipped_samples"):
+        lost[f"{ev.get('split', 'eval')} (eval)"] = {"n_skipped": ev["skipped_samples"], "reasons": []}
+    return [f'<p class="note">skipped {v["n_skipped"]} unreadable samples of {html.escape(k)}'
+            + (f': {html.escape("; ".join(v["reasons"][:3]))}' if v.get("reasons") else "") + "</p>"
+            for k, v in lost.items()]
+
+
 def _tables(ev: dict) -> list[str]:
     """Retrieval and zero-shot / linear-probe tables."""
     rrows = _recall_rows(ev)
@@ -244,7 +255,7 @@ def write_report(
             (f'<p class="meta">split: {esc(str(ev.get("split", split)))} &middot; samples: '
              f"{esc(str(ev.get('n_samples', '?')))} &middot; modalities: "
              f"{esc(', '.join(ev.get('modalities', mods)))}</p>"),
-            *_tables(ev), "<h2>Training curves</h2>"]
+            *_skipped_note(run_dir, ev), *_tables(ev), "<h2>Training curves</h2>"]
     body.append(_img(plot_curves(records, plots / "curves.png"), "loss, R@1, learning rate, temperature") if records
                 else '<p class="note">metrics.jsonl missing or empty</p>')
     if mods and data.get("labels") is not None:
