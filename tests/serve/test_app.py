@@ -255,3 +255,21 @@ def test_running_server_sees_index_changes(tiny_index, tmp_path):
         assert c.get("/healthz").json()["n_items"] == n0 - removed  # kept the good version
         stats = c.get("/stats").json()
         assert stats["reloads"] == 1 and "format" in stats["reload_error"]
+
+
+def test_openapi_states_what_the_server_does(tiny_index):
+    """Bearer auth (with its 401) only when a token is set; /items 404 documented; exactly one query form."""
+    from fastapi.testclient import TestClient
+
+    from jointspace.serve.app import create_app
+
+    open_spec = TestClient(create_app(tiny_index)).get("/openapi.json").json()
+    assert "securitySchemes" not in open_spec.get("components", {})
+    assert all("security" not in op for ops in open_spec["paths"].values() for op in ops.values())
+    assert "404" in open_spec["paths"]["/items/{key}"]["get"]["responses"]
+    body = open_spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["oneOf"] == [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["queries"]}]
+    locked = TestClient(create_app(tiny_index, token="s3cret")).get("/openapi.json").json()
+    search = locked["paths"]["/search"]["post"]
+    assert search["security"] and "401" in search["responses"] and "HTTPBearer" in locked["components"]["securitySchemes"]
+    assert "security" not in locked["paths"]["/healthz"]["get"]

@@ -26,6 +26,8 @@ from jointspace.serve.parsing import BadRequest, Query, SearchIn, SearchRequest,
 STATIC = Path(str(resources.files("jointspace") / "serve" / "static"))
 JSON_SCHEMA = SearchIn.model_json_schema(ref_template="#/components/schemas/{model}")
 JSON_DEFS = JSON_SCHEMA.pop("$defs", {})
+# exactly one of the query forms, as the server enforces it (an empty body is a 422)
+JSON_SCHEMA["oneOf"] = [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["queries"]}]
 BEARER = HTTPBearer(auto_error=False, description="needed when the server was started with a token")
 MULTIPART_SCHEMA = {
     "type": "object",
@@ -220,7 +222,7 @@ def _search_routes(app: FastAPI, svc: Service, auth) -> None:
 
 
 def _item_routes(app: FastAPI, svc: Service, auth) -> None:
-    @app.get("/items/{key}", dependencies=[Depends(auth)])
+    @app.get("/items/{key}", dependencies=[Depends(auth)], responses={404: {"description": "no such item"}})
     def item(key: str) -> dict:
         """Metadata of one sample and the modalities it is indexed under."""
         found = svc.live.get().get(key)
@@ -254,6 +256,21 @@ def _info_routes(app: FastAPI, svc: Service, auth) -> None:
         return FileResponse(STATIC / "index.html")
 
 
+def contract(schema: dict, with_token: bool) -> dict:
+    """The schema as the server behaves: bearer auth (and its 401) only when a token is set."""
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            if "security" not in op:
+                continue
+            if with_token:
+                op.setdefault("responses", {})["401"] = {"description": "missing or wrong bearer token"}
+            else:
+                del op["security"]
+    if not with_token:
+        schema.get("components", {}).pop("securitySchemes", None)
+    return schema
+
+
 def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: str | None = None,
                max_upload_bytes: int = 8 * 1024 * 1024, max_k: int = 100, max_batch: int = 32,
                device: str = "cpu", load_model: bool = True, reload_every_s: float = 1.0) -> FastAPI:
@@ -278,7 +295,7 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     def openapi() -> dict:  # the JSON body's sub-models live in components, where its $refs point
         schema = plain_openapi()
         schema.setdefault("components", {}).setdefault("schemas", {}).update(JSON_DEFS)
-        return schema
+        return contract(schema, bool(token))
 
     app.openapi = openapi
     app.state.live, app.state.encoder = live, encoder
