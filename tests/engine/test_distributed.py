@@ -114,9 +114,19 @@ def test_two_process_gradients_match_single_process(tmp_path):
     sys.modules.pop("common", None)
 
 
+def torchrun_train(cfg, path) -> None:
+    """`torchrun --nproc_per_node=2 -m jointspace.cli train` on `cfg`, written to `path`; it must succeed."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
+           "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
+    proc = run_torchrun(cmd, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_torchrun_training_matches_single_process(tiny_cfg, tmp_path):
     """`torchrun -m jointspace.cli train` on 2 CPU ranks ends at the weights of one process on the full batch."""
-    import yaml
 
     extra = ("model.towers.image.params.norm=group", "model.towers.audio.params.norm=group",
              "model.towers.audio.params.dropout=0.0", "train.grad_clip=null")
@@ -126,11 +136,7 @@ def test_torchrun_training_matches_single_process(tiny_cfg, tmp_path):
     train(single, show_progress=False)
     cfg = single.model_copy(update={"name": "ddp"})
     path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
-           "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
-    proc = run_torchrun(cmd, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(cfg, path)
     # Same loss at every step; weights equal but for the few elements whose gradient is ~0, where Adam's
     # normalisation (m / sqrt(v)) turns float-rounding differences into lr-sized steps.
     def losses(run):
@@ -150,15 +156,10 @@ def test_torchrun_training_matches_single_process(tiny_cfg, tmp_path):
 
 def test_torchrun_streaming_training_runs(tiny_cfg, tmp_path):
     """Streamed shards under 2 ranks: each rank reads its own shards, the run completes and logs once."""
-    import yaml
 
     cfg = tiny_cfg("data.streaming=true", "data.shuffle_buffer=10", name="ddp_stream", epochs=2)
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
-           "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
-    proc = run_torchrun(cmd, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(cfg, path)
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["split"] == "train"] == [1, 2, 3, 4]  # 2 steps/epoch, rank 0 only
     assert (cfg.run_dir / "model.safetensors").exists()
@@ -166,7 +167,6 @@ def test_torchrun_streaming_training_runs(tiny_cfg, tmp_path):
 
 def test_torchrun_streams_foreign_shards(tmp_path):
     """open_clip-layout shards (no dataset.json) streamed under 2 ranks: each rank reads its share."""
-    import yaml
 
     from jointspace.config import load_config
 
@@ -177,11 +177,7 @@ def test_torchrun_streams_foreign_shards(tmp_path):
                              f"data.urls={tmp_path / 'oc' / '{00000..00007}.tar'}", "data.streaming=true",
                              "data.shuffle_buffer=0", "train.epochs=1", *TINY])
     path = tmp_path / "f.yaml"
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
-           "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
-    proc = run_torchrun(cmd, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(cfg, path)
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["split"] == "train"] == list(range(1, 8))  # 32 per rank / 4, minus 1
     assert json.loads((cfg.run_dir / "run.json").read_text())["kinds"] == {"image": "image", "text": "text"}

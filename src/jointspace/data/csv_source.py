@@ -79,13 +79,12 @@ class CsvSource(Source):
                                          (base / row[self.img_key]).read_bytes())
                     label = self._label(row.get(self.label_key), names, f"{url}/{key}")
                     captions = [r[self.caption_key] for r in rows]
-                    sample = {"key": key, "image": image, "text": captions if len(captions) > 1 else captions[0],
-                              "label": label, "meta": {"path": row[self.img_key]}}
+                    values = {"image": image, "text": captions if len(captions) > 1 else captions[0]}
                 except Exception as exn:  # noqa: BLE001 - any unusable row is skipped and counted
                     stats.record(f"{url}: row {i + 1}: {type(exn).__name__}: {exn}")
                     continue
                 stats.n_ok += 1
-                yield {k: v for k, v in sample.items() if modalities is None or k not in ("image", "text")
-                       or k in modalities}
+                yield {"key": key, "label": label, "meta": {"path": row[self.img_key]},
+                       **{m: v for m, v in values.items() if modalities is None or m in modalities}}
 
 

@@ -213,13 +213,15 @@ class WebSource(Source):
                 names.add(label)
         return sorted(names, key=natural)
 
+    @cached_property
     def _first_raw(self) -> dict | None:
+        """The first raw sample of the first split (read once; the label checks all look at it)."""
         return next(iter_raw(next(iter(self.splits.values()))[:1], ReadStats()), None)
 
     def _has_string_labels(self) -> bool:
         """Whether the first sample's label is a class name (only then are the train split's labels read
         ahead to collect the names)."""
-        raw = self._first_raw()
+        raw = self._first_raw
         if raw is None or "cls" in raw and self.layout.label_from in ("auto", "cls"):
             return False
         meta = decode_value("json", raw["json"]) if "json" in raw else {}
@@ -228,7 +230,7 @@ class WebSource(Source):
 
     def _has_labels(self) -> bool:
         """Whether the first sample carries a cls member or a json label."""
-        raw = self._first_raw()
+        raw = self._first_raw
         if raw is None:
             return False
         meta = decode_value("json", raw["json"]) if "json" in raw else {}
