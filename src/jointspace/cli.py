@@ -1,5 +1,5 @@
 """The `jointspace` command line: parses and dispatches. data, train (every task), eval, embed, report, demo,
-compare, towers, index, search, serve, augment."""
+compare, towers, export, index, search, serve, augment."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.console import Console
 
 from jointspace.augment.cli import augment_app
 from jointspace.cli_errors import friendly
+from jointspace.export.cli import export
 from jointspace.index.cli import index_app, search, serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
@@ -23,6 +24,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(augment_app, name="augment")
 app.command()(search)
 app.command()(serve)
+app.command()(export)
 console = Console()
 _friendly = friendly(console)
 

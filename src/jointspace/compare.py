@@ -36,7 +36,11 @@ from jointspace.runs import CONFIG
 from jointspace.tasks import TASKS, config_for
 from jointspace.tasks.common import read_done
 
-METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb")
+METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb", "test_top3", "trainable_params",
+           "epochs_to_95", "wall_seconds")
+# columns shown only when some run reports them (classify runs): (metric, header, digits)
+OPTIONAL = (("test_top3", "test top-3", 4), ("trainable_params", "trainable", 0),
+            ("epochs_to_95", "epochs to 95 % of best", 1), ("wall_seconds", "seconds", 0))
 
 
 def _base_raw(grid: GridConfig, grid_path: Path) -> dict:
@@ -170,11 +174,14 @@ def _fmt(mean: float, std: float, digits: int) -> str:
 
 def markdown_table(agg: list[dict]) -> str:
     """The comparison as a Markdown table."""
-    lines = ["| variant | test accuracy | val loss | parameters | s / epoch | peak memory (MB) | seeds |",
-             "|---|---|---|---:|---|---|---:|"]
+    extra = [(k, h, d) for k, h, d in OPTIONAL if any(not np.isnan(r[f"{k}_mean"]) for r in agg)]
+    lines = ["| variant | test accuracy | " + "".join(f"{h} | " for _, h, _ in extra)
+             + "val loss | parameters | s / epoch | peak memory (MB) | seeds |",
+             "|---|---|" + "---|" * len(extra) + "---|---:|---|---|---:|"]
     for r in agg:
         params = f"{r['n_params']:,}" if r["n_params"] is not None else "n/a"
-        lines.append(f"| {r['variant']} | {_fmt(r['test_accuracy_mean'], r['test_accuracy_std'], 4)} | "
+        shown = "".join(f"{_fmt(r[f'{k}_mean'], r[f'{k}_std'], d)} | " for k, _, d in extra)
+        lines.append(f"| {r['variant']} | {_fmt(r['test_accuracy_mean'], r['test_accuracy_std'], 4)} | {shown}"
                      f"{_fmt(r['val_loss_mean'], r['val_loss_std'], 4)} | {params} | "
                      f"{_fmt(r['seconds_per_epoch_mean'], r['seconds_per_epoch_std'], 2)} | "
                      f"{_fmt(r['peak_mem_mb_mean'], r['peak_mem_mb_std'], 0)} | {r['n_seeds']} |")
@@ -188,7 +195,8 @@ def write_comparison(grid_dir: Path, rows: list[dict], order: list[str], meta: d
         w = csv.DictWriter(f, fieldnames=list(agg[0]))
         w.writeheader()
         w.writerows(agg)
-    cols = ["name", "variant", "seed", "test_accuracy", "val_loss", "n_params", "seconds_per_epoch",
+    cols = ["name", "variant", "seed", "test_accuracy", "test_top3", "val_loss", "n_params", "trainable_params",
+            "epochs_to_95", "seconds_per_epoch",
             "peak_mem_mb", "rss_rise_mb", "peak_rss_mb", "cuda_peak_mb", "epochs", "wall_seconds"]
     with (grid_dir / "runs.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ from jointspace.config import RunConfig, TowerConfig, load_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import Prep, get_kind, with_role
 from jointspace.model import JointModel, build_model, text_tokenizers
-from jointspace.towers.lora import LORA_MARK
+from jointspace.towers.lora import merge_lora
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -96,12 +97,7 @@ def _init_spec(spec: str, modality: str) -> tuple[Path, str, str]:
 
 def _merged_tower(model: JointModel, modality: str) -> dict[str, torch.Tensor]:
     """A tower's weights with its LoRA adapters merged in, named as in a plain tower."""
-    tower = model.towers[modality]
-    for module in tower.modules():
-        if hasattr(module, "merge") and hasattr(module, "base_layer"):  # a peft LoRA layer
-            module.merge()
-    return {k.replace(".base_layer.", ".").removesuffix(".base_layer"): v
-            for k, v in tower.state_dict().items() if LORA_MARK not in k}
+    return merge_lora(copy.deepcopy(model.towers[modality])).state_dict()
 
 
 def _source_run(run: Path, spec: str, loaded: dict, init: dict) -> tuple:

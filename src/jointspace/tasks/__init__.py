@@ -46,7 +46,7 @@ def _classify_summary(run_dir: Path) -> str:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("contrastive", contrastive.train, ("eval", "embed", "report", "index"), "", lambda d: f"done: {d}",
+    Task("contrastive", contrastive.train, ("eval", "embed", "report", "index", "export"), "", lambda d: f"done: {d}",
          contrastive.summarise),
     Task("classify", classify.train_classifier, (), "eval.json and classification_<split>.txt (written when it "
          "trained)", _classify_summary),

@@ -23,6 +23,7 @@ from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
+    epochs_to_fraction,
     fresh_or_resumed,
     init_towers,
     load_splits,
@@ -123,11 +124,12 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
         result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
     save_tensors(model.state_dict(), run_dir / WEIGHTS)
     test = classification_summary(predict(model, test_data, device, amp=cfg.train.amp), test_data.labels,
-                                  test_data.class_names, run_dir, cfg.eval.split)
+                                  test_data.class_names, run_dir, cfg.eval.split, ks=(1, 2, 3, 5))
     summary = {"task": "classify", "name": cfg.name, "seed": cfg.seed, "fusion": cfg.fusion.kind,
-               "test_accuracy": test["top1"], "test_loss": test["loss"],
+               "test_accuracy": test["top1"], "test_top3": test.get("top3"), "test_loss": test["loss"],
                "val_loss": result.last_val.get("loss"), "val_accuracy": result.last_val.get("accuracy"),
-               "n_params": n_params, "epochs": cfg.train.epochs,
+               "n_params": n_params, "trainable_params": count_parameters(model, trainable_only=True),
+               "epochs": cfg.train.epochs, "epochs_to_95": epochs_to_fraction(run_dir),
                "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1e-9), 3), **memory.result(),
                "wall_seconds": round(time.time() - t_start, 1)}
     (run_dir / "eval.json").write_text(json.dumps({"split": cfg.eval.split, **test}, indent=2))

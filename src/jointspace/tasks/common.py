@@ -211,6 +211,17 @@ class PeakMemory:
                 "cuda_peak_mb": None if self.cuda_mb is None else round(self.cuda_mb, 1)}
 
 
+def epochs_to_fraction(run_dir: Path, key: str = "accuracy", fraction: float = 0.95) -> int | None:
+    """The first epoch whose validation `key` reached `fraction` of the run's best (None: never logged)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    curve = [(r["epoch"], r[key]) for r in rows if r.get("split") == "val" and key in r]
+    if not curve:
+        return None
+    best = max(v for _, v in curve)
+    return next(int(e) for e, v in curve if v >= fraction * best)
+
+
 def write_done(run_dir: Path, summary: dict) -> None:
     """Write the run's summary as its done marker (atomically: present only when the run finished)."""
     atomic_write_text(Path(run_dir) / DONE, json.dumps(summary, indent=2))

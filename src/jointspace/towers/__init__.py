@@ -1,6 +1,17 @@
 """Modality encoders ("towers"), built by name from a registry."""
 
-from jointspace.towers import audio, depth, hf_image, hf_text, image, openclip, pointnet, pretrained, text  # noqa: F401  (register the built-in towers; heavy imports are lazy)
+from jointspace.towers import (  # noqa: F401  (register the built-in towers; heavy imports are lazy)
+    audio,
+    depth,
+    exported,
+    hf_image,
+    hf_text,
+    image,
+    openclip,
+    pointnet,
+    pretrained,
+    text,
+)
 from jointspace.towers.registry import (
     build_tower,
     list_towers,

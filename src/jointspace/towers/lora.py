@@ -120,6 +120,19 @@ def apply_lora(module: nn.Module, targets: list[str] | tuple[str, ...], r: int =
     return names
 
 
+def merge_lora(module: nn.Module) -> nn.Module:
+    """`module` with every peft LoRA layer merged into its base layer and replaced by it, in place: a
+    plain module again (the parameter names of the tower before adapters were added)."""
+    for name, sub in list(module.named_modules()):
+        if name and hasattr(sub, "base_layer") and hasattr(sub, "merge"):
+            sub.merge()
+            parent, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent) if parent else module, attr, sub.base_layer)
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module
+
+
 def freeze(module: nn.Module) -> None:
     """No gradients for any parameter of `module` (a locked tower, as in LiT)."""
     for p in module.parameters():
