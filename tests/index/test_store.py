@@ -75,7 +75,7 @@ def test_where_errors_name_the_key():
         parse_where({"label": {"$gt": 2}})
     with pytest.raises(IndexStoreError, match="out of the 64-bit integer range"):
         parse_where({"label": 10**30})
-    with pytest.raises(IndexStoreError, match="2000 values is more than 1000"):
+    with pytest.raises(IndexStoreError, match="more than 100 values"):
         parse_where({"key": ["k"] * 2000})
     assert parse_where({"label": "3", "split": ["a", "b"]}) == {"label": [3], "split": ["a", "b"]}
 

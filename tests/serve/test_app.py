@@ -67,8 +67,10 @@ def test_upload_image_and_audio_find_their_sample(client, sample):
     r = client.post("/search", files={"file": ("a.npy", npy(sample["audio"]))},
                     data={"modality": "audio", "where": '{"modality": "audio"}'})
     assert r.status_code == 200 and r.json()["results"][0]["hits"][0]["key"] == sample["key"], r.text
+    r = client.post("/search", files={"file": ("upload", png(sample["image"]))})  # no modality, no extension
+    assert r.status_code == 200 and r.json()["results"][0]["hits"][0]["key"] == sample["key"], r.text
     r = client.post("/search", files={"text": (None, "the digit one")}, data={"k": "4"})
-    assert r.status_code == 200 and len(r.json()["results"][0]["hits"]) == 4, r.text
+    assert r.status_code == 422 and "JSON body" in r.json()["detail"]  # a form carries a file
 
 
 def test_items_thumbnails_health_stats_docs_page(client, sample):
@@ -103,7 +105,7 @@ def test_items_thumbnails_health_stats_docs_page(client, sample):
     ({"files": {"file": ("x.png", png(np.zeros((8, 8))))}, "data": {"modality": "audio"}}, 400, "not a .npy array"),
     ({"files": {"file": ("x.png", png(np.zeros((8, 8))))}, "data": {"modality": "text"}}, 400, "is text"),
     ({"files": {"file": ("x.png", png(np.zeros((8, 8))))}, "data": {"modality": "lidar"}}, 400, "unknown modality"),
-    ({"files": {"file": ("x.png", png(np.zeros((8, 8))))}}, 400, "say its modality"),
+    ({"files": {"file": ("x.bin", b"not a known file type")}}, 400, "say its modality"),
     ({"files": {"file": ("a.npy", npy(np.zeros((30, 5))))}, "data": {"modality": "audio"}}, 400, "[T, 13]"),
     ({"files": {"file": ("big.png", b"\x89PNG" + bytes(LIMIT))}, "data": {"modality": "image"}}, 413, "over the limit"),
     ({"json": {"vector": [1.0] * 15}}, 400, "has 15 values, the index has dimension 16"),
@@ -268,7 +270,11 @@ def test_openapi_states_what_the_server_does(tiny_index):
     assert all("security" not in op for ops in open_spec["paths"].values() for op in ops.values())
     assert "404" in open_spec["paths"]["/items/{key}"]["get"]["responses"]
     body = open_spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["oneOf"] == [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["queries"]}]
+    assert [b["required"] for b in body["oneOf"]] == [["text"], ["vector"], ["queries"]]
+    vector = body["oneOf"][1]["properties"]
+    assert vector["vector"]["minItems"] == vector["vector"]["maxItems"] == 16 and vector["text"] == {"type": "null"}
+    form = open_spec["paths"]["/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["required"] == ["file"] and "image" in form["schema"]["properties"]["modality"]["enum"]
     locked = TestClient(create_app(tiny_index, token="s3cret")).get("/openapi.json").json()
     search = locked["paths"]["/search"]["post"]
     assert search["security"] and "401" in search["responses"] and "HTTPBearer" in locked["components"]["securitySchemes"]

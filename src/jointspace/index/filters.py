@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-MAX_VALUES = 1000  # values in one filter, all keys together
+MAX_VALUES = 100  # values of one key in a filter
 WHERE_TYPES: dict[str, type] = {"key": str, "modality": str, "label": int, "label_name": str, "caption": str,
                                 "source": str, "split": str}
 
@@ -25,14 +25,14 @@ def parse_where(where: dict | list[str] | tuple[str, ...] | None) -> dict[str, l
         pairs = [(k, x) for k, v in where.items() for x in (v if isinstance(v, list) else [v])]
     else:
         raise IndexStoreError(f"where: expected an object like {{\"label\": 3}}, got {type(where).__name__}")
-    if len(pairs) > MAX_VALUES:
-        raise IndexStoreError(f"where: {len(pairs)} values is more than {MAX_VALUES}")
     out: dict[str, list] = {}
     for key, value in pairs:
         if key not in WHERE_TYPES:
             raise IndexStoreError(f"where: unknown key {key!r} (known: {', '.join(WHERE_TYPES)})")
         typ = WHERE_TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
+        if isinstance(value, float) and typ is int and value.is_integer():
+            value = int(value)  # JSON's 3.0 is the integer 3
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or (typ is str and not isinstance(value, str)):
             raise IndexStoreError(f"where {key}: expected a {typ.__name__}, got {type(value).__name__}")
         try:
             value = typ(value)
@@ -41,6 +41,8 @@ def parse_where(where: dict | list[str] | tuple[str, ...] | None) -> dict[str, l
         if typ is int and not -(2**63) <= value < 2**63:
             raise IndexStoreError(f"where {key}: {value} is out of the 64-bit integer range")
         out.setdefault(key, []).append(value)
+        if len(out[key]) > MAX_VALUES:
+            raise IndexStoreError(f"where {key}: more than {MAX_VALUES} values")
     return out
 
 

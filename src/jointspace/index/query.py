@@ -23,15 +23,16 @@ def read_npy(source: bytes | str | Path, name: str = "array") -> np.ndarray:
 def parse_vector(values, dim: int, name: str = "vector") -> np.ndarray:
     """A raw query vector (list or array of `dim` floats) -> L2-normalised float32 [1, dim]."""
     try:
-        vec = np.asarray(values, dtype=np.float32).reshape(-1)
+        vec = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as err:
         raise QueryError(f"{name}: not a list of numbers ({err})") from None
     if vec.shape[0] != dim:
         raise QueryError(f"{name}: has {vec.shape[0]} values, the index has dimension {dim}")
-    norm = float(np.linalg.norm(vec.astype(np.float64)))
-    if not np.isfinite(vec).all() or norm == 0.0:
+    peak = float(np.abs(vec).max()) if vec.size else 0.0
+    if not np.isfinite(vec).all() or peak == 0.0:
         raise QueryError(f"{name}: must be finite and non-zero")
-    return (vec.astype(np.float64) / norm).astype(np.float32)[None]
+    vec = vec / peak  # any finite float64 scale normalises without overflow or underflow
+    return (vec / np.linalg.norm(vec)).astype(np.float32)[None]
 
 
 class Encoder:
@@ -87,10 +88,25 @@ class Encoder:
             raise QueryError("this model has no text modality; query it with a file or a vector")
         return name
 
-    def modality_for_file(self, path: str | Path) -> str:
-        """The one modality whose kind reads files with this extension; else QueryError asking for it."""
+    def modality_words(self, captions: bool = False) -> list[str]:
+        """Every word `resolve` takes for a modality queried with a file (`captions`: with a text)."""
+        words: set[str] = set()
+        for m, k in self.kinds.items():
+            kind = get_kind(k)
+            if bool(kind.captions) != captions:
+                continue
+            words.add(m)
+            if list(self.kinds.values()).count(k) == 1:
+                words.update([kind.name, *kind.aliases])
+        return sorted(words)
+
+    def modality_for_file(self, path: str | Path, data: bytes | None = None) -> str:
+        """The one modality whose kind reads files with this extension (with none: whose kind's files
+        start as `data` does); else QueryError asking for it."""
         ext = Path(path).suffix.lstrip(".").lower()
         matches = [m for m, k in self.kinds.items() if ext in get_kind(k).extensions]
+        if not matches and data:
+            matches = [m for m, k in self.kinds.items() if any(data.startswith(s) for s in get_kind(k).signatures)]
         if len(matches) != 1:
             raise QueryError(f"{path}: say its modality with --modality (this model has: "
                              + ", ".join(f"{m} ({k})" for m, k in self.kinds.items()) + ")")

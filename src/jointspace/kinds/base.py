@@ -62,6 +62,7 @@ class Kind:
 
     name: str = ""
     extensions: tuple[str, ...] = ()  # stored file extensions read as this kind (the first is written)
+    signatures: tuple[bytes, ...] = ()  # leading bytes of the files it reads (a query file with no extension)
     aliases: tuple[str, ...] = ()  # words that name the kind in queries and manifest column names
     default_tower: str = ""
     spatial: bool = False  # inputs are [C, H, W] maps (early / intermediate fusion can stack them)
@@ -134,6 +135,7 @@ class NpyKind(Kind):
     .npy columns whose name holds one of `column_words` (none: any .npy column)."""
 
     extensions = ("npy",)
+    signatures = (b"\x93NUMPY",)
     column_words: tuple[str, ...] = ()
 
     def encode(self, value: Any) -> tuple[str, bytes]:

@@ -62,6 +62,7 @@ def read_image(source: bytes | str | Path, channels: int, name: str = "image") -
 class ImageKind(Kind):
     name = "image"
     extensions = ("png", "jpg", "jpeg", "webp", "bmp")
+    signatures = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"BM")
     aliases = ("image", "img", "picture", "photo")
     default_tower = "cnn"
     spatial = True

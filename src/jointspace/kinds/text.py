@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,9 @@ import torch
 from jointspace.kinds.base import Kind, Prep, QueryError
 
 MAX_TEXT_CHARS = 2000
+# a query text must hold a character outside JSON Schema's (ECMAScript's) whitespace, so the API's
+# schema pattern and this check agree exactly (Python's str.isspace also counts \x1c-\x1f)
+NOT_BLANK = "[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 
 
 def make_tokenizer(context_length: int, spec: str | None = None) -> Callable[[list[str]], torch.Tensor]:
@@ -80,7 +84,7 @@ class TextKind(Kind):
         raise QueryError(f"{label}: {name} is text (a text modality: pass the text itself, not a file)")
 
     def check_query(self, name: str, value: Any, tower) -> None:
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not re.search(NOT_BLANK, value):
             raise QueryError(f"{name}: expected a non-empty string")
         if len(value) > MAX_TEXT_CHARS:
             raise QueryError(f"{name}: text longer than {MAX_TEXT_CHARS} characters")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hmac
 import threading
 import time
@@ -19,8 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from jointspace.index.filters import MAX_VALUES, WHERE_TYPES
 from jointspace.index.query import Encoder, QueryError, parse_vector
 from jointspace.index.store import META_FILE, IndexStore, IndexStoreError
+from jointspace.kinds.text import NOT_BLANK
 from jointspace.serve.parsing import BadRequest, Query, SearchIn, SearchRequest, parse_search
 
 STATIC = Path(str(resources.files("jointspace") / "serve" / "static"))
@@ -29,16 +32,16 @@ JSON_DEFS = JSON_SCHEMA.pop("$defs", {})
 # exactly one of the query forms, as the server enforces it (an empty body is a 422)
 JSON_SCHEMA["oneOf"] = [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["queries"]}]
 BEARER = HTTPBearer(auto_error=False, description="needed when the server was started with a token")
-MULTIPART_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "file": {"type": "string", "format": "binary", "description": "image (PNG/JPEG/...) or .npy array"},
-        "text": {"type": "string", "description": "text query (instead of a file)"},
-        "modality": {"type": "string", "description": "modality of the file: a modality name, or a kind word (image, audio, lidar, points)"},
-        "k": {"type": "integer", "default": 10},
-        "where": {"type": "string", "description": 'filter: "label=3&split=test" or a JSON object'},
-    },
-}
+# a form carries one uploaded file (text queries go in a JSON body)
+MULTIPART = {"encoding": {"file": {"contentType": "image/png, image/jpeg, image/webp, application/x-npy"}}}
+MULTIPART_SCHEMA = {"type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+    "file": {"type": "string", "format": "binary", "description": "image (PNG/JPEG/...) or .npy array"},
+    "modality": {"type": "string", "description": "modality of the file: a modality name, or a kind word (image, "
+                                                  "audio, lidar, points); it must read the file. Empty or "
+                                                  "left out: the one whose kind reads the file's type"},
+    "k": {"type": "integer", "default": 10, "minimum": 1},
+    "where": {"type": "string", "description": 'filter: "label=3&split=test" (a JSON object is also taken)'},
+}}
 
 
 class Hit(BaseModel):
@@ -160,9 +163,8 @@ class Service:
         with self.lock:
             if q.text is not None:
                 return self.encoder.encode(q.modality or self.encoder.text_modality(), [q.text])
-            if q.modality is None:
-                raise QueryError(f"file {q.filename!r}: say its modality (one of {', '.join(self.encoder.kinds)})")
-            return self.encoder.encode_file(q.modality, q.file or b"", q.filename)
+            modality = q.modality or self.encoder.modality_for_file(q.filename, q.file)  # as `search --file` does
+            return self.encoder.encode_file(modality, q.file or b"", q.filename)
 
     def search(self, req: SearchRequest) -> SearchOut:
         t0 = time.perf_counter()
@@ -214,7 +216,7 @@ def _search_routes(app: FastAPI, svc: Service, auth) -> None:
                          415: {"description": "not JSON or multipart"}, 422: {"description": "invalid fields"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": JSON_SCHEMA},
-                  "multipart/form-data": {"schema": MULTIPART_SCHEMA}}}})
+                  "multipart/form-data": {"schema": MULTIPART_SCHEMA, **MULTIPART}}}})
     async def search(request: Request) -> SearchOut:
         """Top-k items for a text, vector, uploaded file of any modality, or a batch of queries; `where` filters."""
         req = await parse_search(request, svc.max_upload_bytes, svc.max_k, svc.max_batch)
@@ -256,8 +258,65 @@ def _info_routes(app: FastAPI, svc: Service, auth) -> None:
         return FileResponse(STATIC / "index.html")
 
 
-def contract(schema: dict, with_token: bool) -> dict:
-    """The schema as the server behaves: bearer auth (and its 401) only when a token is set."""
+def _query_forms(schema: dict, dim: int) -> None:
+    """Exactly one query form, as the server takes it: a non-blank text, `dim` finite numbers not all
+    zero, or (the body only) a batch; the other forms absent or null."""
+    forms = {"text": {"type": "string", "pattern": NOT_BLANK},
+             "vector": {"type": "array", "minItems": dim, "maxItems": dim, "items": {"type": "number"},
+                        "not": {"items": {"const": 0}}},
+             "queries": {"type": "array"}}
+
+    def one_of(names: list[str]) -> list[dict]:
+        branches = [{"required": [n], "properties": {o: forms[o] if o == n else {"type": "null"} for o in names}}
+                    for n in names]
+        if "queries" in names:  # a batch's queries name their own modality
+            branches[-1]["properties"]["modality"] = {"type": "null"}
+        return branches
+
+    schema["components"]["schemas"]["QueryIn"]["oneOf"] = one_of(["text", "vector"])
+    body = schema["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body["oneOf"] = one_of(["text", "vector", "queries"])
+
+
+def _where_forms(schema: dict) -> None:
+    """`where` names only the filter keys, each with its type, as parse_where checks them."""
+    def one(typ: type) -> dict:
+        return {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1} if typ is int else {"type": "string"}
+
+    fields = {k: {"anyOf": [one(t), {"type": "array", "items": one(t), "maxItems": MAX_VALUES}]}
+              for k, t in WHERE_TYPES.items()}
+    body = schema["paths"]["/search"]["post"]["requestBody"]["content"]
+    body["application/json"]["schema"]["properties"]["where"] = {
+        "anyOf": [{"type": "object", "properties": fields, "additionalProperties": False}, {"type": "null"}],
+        "description": 'metadata filter, e.g. {"label": 3, "split": "test", "modality": ["image", "audio"]}'}
+    words = "|".join(k for k, t in WHERE_TYPES.items() if t is str)
+    pair = f"(?:(?:{words})=[^&]*|label=-?[0-9]{{1,18}})"
+    body["multipart/form-data"]["schema"]["properties"]["where"]["pattern"] = f"^(?:{pair}(?:&{pair})*)?$"
+
+
+def _limits(schema: dict, max_k: int, max_batch: int, words: dict[str, list[str]]) -> None:
+    """k and the batch within the server's limits; modality words its model resolves (text queries:
+    its caption modalities, files: the others)."""
+    body = schema["paths"]["/search"]["post"]["requestBody"]["content"]
+    as_json, form = body["application/json"]["schema"], body["multipart/form-data"]["schema"]
+    form["properties"]["modality"]["enum"] = ["", *words["file"]]
+    as_json["properties"]["k"]["maximum"] = form["properties"]["k"]["maximum"] = max_k
+    for branch in as_json["properties"]["queries"].get("anyOf", []):
+        if branch.get("type") == "array":
+            branch["maxItems"] = max_batch
+    for query in (as_json, schema["components"]["schemas"]["QueryIn"]):
+        query["properties"]["modality"] = {"anyOf": [{"enum": words["text"]}, {"type": "null"}],
+                                           "description": "modality to encode `text` with, if the model has several"}
+
+
+def contract(schema: dict, with_token: bool, max_k: int, max_batch: int, dim: int,
+             words: dict[str, list[str]]) -> dict:
+    """The schema as the server behaves: bearer auth (and its 401) only when a token is set; the
+    server's limits, the index's vector dimension and the model's modality words."""
+    schema = copy.deepcopy(schema)
+    _query_forms(schema, dim)
+    _where_forms(schema)
+    _limits(schema, max_k, max_batch, words)
     for ops in schema.get("paths", {}).values():
         for op in ops.values():
             if "security" not in op:
@@ -295,7 +354,9 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     def openapi() -> dict:  # the JSON body's sub-models live in components, where its $refs point
         schema = plain_openapi()
         schema.setdefault("components", {}).setdefault("schemas", {}).update(JSON_DEFS)
-        return contract(schema, bool(token))
+        words = {"file": encoder.modality_words() if encoder else [],
+                 "text": encoder.modality_words(captions=True) if encoder else []}
+        return contract(schema, bool(token), max_k, max_batch, live.get().dim, words)
 
     app.openapi = openapi
     app.state.live, app.state.encoder = live, encoder

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from jointspace.index.filters import IndexStoreError, parse_where
-from jointspace.kinds.text import MAX_TEXT_CHARS
+from jointspace.kinds.text import MAX_TEXT_CHARS, NOT_BLANK
 
-WhereValue = StrictInt | StrictStr | list[StrictInt | StrictStr]
+WhereValue = StrictInt | StrictStr | StrictFloat | list[StrictInt | StrictStr | StrictFloat]  # 3.0 is a JSON integer
 
 
 class BadRequest(Exception):
@@ -27,8 +27,10 @@ class BadRequest(Exception):
 class QueryIn(BaseModel):
     """One query: a text (encoded by the model) or a raw vector."""
 
-    model_config = ConfigDict(extra="forbid")
-    text: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="text to encode with the model")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={  # exactly one, as the server enforces it
+        "oneOf": [{"required": ["text"]}, {"required": ["vector"]}]})
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS, pattern=NOT_BLANK,
+                             description="text to encode with the model (not blank)")
     vector: list[float] | None = Field(None, max_length=65536, description="raw joint-space vector (normalised)")
     modality: str | None = Field(None, description="modality to encode `text` with, if the model has several")
 
@@ -107,6 +109,8 @@ def parse_json(body: bytes, max_k: int, max_batch: int) -> SearchRequest:
     if data.queries is not None:
         if data.text is not None or data.vector is not None:
             raise BadRequest(422, "body: give either queries or a single text/vector, not both")
+        if data.modality is not None:
+            raise BadRequest(422, "modality: in a batch, each query names its own modality")
         if len(data.queries) > max_batch:
             raise BadRequest(422, f"queries: {len(data.queries)} is more than max_batch {max_batch}")
         queries = [_one(q, f"queries.{i}") for i, q in enumerate(data.queries)]
@@ -141,7 +145,8 @@ def _where(raw: dict | str | None) -> dict[str, list]:
 
 
 async def parse_multipart(headers: Headers, body: bytes, max_k: int) -> SearchRequest:
-    """multipart/form-data with `file` (image or .npy) or `text`, and optional modality, k, where."""
+    """multipart/form-data with `file` (image or .npy), and optional modality, k, where (a text query is
+    a JSON body)."""
 
     async def stream():
         yield body
@@ -151,22 +156,21 @@ async def parse_multipart(headers: Headers, body: bytes, max_k: int) -> SearchRe
                                      max_part_size=64 * 1024).parse()
     except MultiPartException as err:
         raise BadRequest(400, f"multipart: {err.message}") from None
-    unknown = sorted(set(form.keys()) - {"file", "text", "modality", "k", "where"})
+    if "text" in form:
+        raise BadRequest(422, 'form: a text query goes in a JSON body ({"text": ...}); a form carries a file')
+    unknown = sorted(set(form.keys()) - {"file", "modality", "k", "where"})
     if unknown:
-        raise BadRequest(422, f"form: unknown fields {unknown} (known: file, text, modality, k, where)")
-    file, text = form.get("file"), form.get("text")
+        raise BadRequest(422, f"form: unknown fields {unknown} (known: file, modality, k, where)")
+    file = form.get("file")
     modality = form.get("modality")
     if modality is not None and not isinstance(modality, str):
         raise BadRequest(422, "modality: must be a form field, not a file")
-    if isinstance(file, UploadFile) and text is None:
-        data = await file.read()
-        if not data:
-            raise BadRequest(422, f"file {file.filename!r}: empty upload")
-        query = Query(file=data, filename=file.filename or "upload", modality=modality or None)
-    elif isinstance(text, str) and file is None:
-        query = Query(text=text, modality=modality or None)
-    else:
-        raise BadRequest(422, "form: give exactly one of file (an uploaded file) or text")
+    if not isinstance(file, UploadFile):
+        raise BadRequest(422, "file: expected an uploaded file (a form part with a filename)")
+    data = await file.read()
+    if not data:
+        raise BadRequest(422, f"file {file.filename!r}: empty upload")
+    query = Query(file=data, filename=file.filename or "upload", modality=modality or None)
     k_raw = form.get("k", "10")
     if not isinstance(k_raw, str) or not k_raw.strip().lstrip("-").isdigit() or len(k_raw) > 12:
         raise BadRequest(422, f"k: expected an integer, got {str(k_raw)[:40]!r}")
