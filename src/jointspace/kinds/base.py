@@ -188,9 +188,16 @@ def read_npy_query(source: bytes | str | Path, label: str = "array") -> np.ndarr
 
 
 def resolve_path(value: Any, base: Path) -> Path:
-    """A manifest path, relative to the manifest's folder unless absolute."""
+    """A manifest path, relative to the manifest's folder unless absolute; a relative path that leaves
+    the folder (`../../etc/passwd`) is a BadCell: only an absolute path may point elsewhere."""
     path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else base / path
+    if path.is_absolute():
+        return path
+    inside = (base / path).resolve()
+    if not inside.is_relative_to(base.resolve()):
+        raise BadCell(f"{value}: a relative path that leaves the manifest's folder ({inside}); "
+                      "give an absolute path to read files elsewhere")
+    return base / path
 
 
 def npy_share(values: list[str]) -> float:

@@ -36,7 +36,9 @@ def image_to_tensor(arrays: list[np.ndarray], size: int, channels: int | None = 
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data)) as img:  # PIL refuses bombs over 2 x its own limit; this, over ours
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} image is larger than {MAX_IMAGE_PIXELS} pixels")
         img.load()
         return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
 
