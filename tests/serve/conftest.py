@@ -5,9 +5,51 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 _spec = importlib.util.spec_from_file_location("_jointspace_index_fixtures",
                                                Path(__file__).parents[1] / "index" / "conftest.py")
 _fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fixtures)
 tiny_run = _fixtures.tiny_run
 tiny_index = _fixtures.tiny_index
+
+
+@pytest.fixture
+def served():
+    """A factory: `with served(index_dir, token=None) as url:` runs the real `jointspace serve` (uvicorn
+    on 127.0.0.1, a free port) and stops it after."""
+    import contextlib
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    @contextlib.contextmanager
+    def serve(index_dir: Path, token: str | None = None):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        cmd = [str(Path(sys.executable).parent / "jointspace"), "serve", str(index_dir), "--port", str(port)]
+        proc = subprocess.Popen(cmd + (["--token", token] if token else []), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.time() + 120
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"jointspace serve exited with {proc.returncode}: {proc.stdout.read()}")
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                        break
+                except OSError:
+                    if time.time() > deadline:
+                        raise TimeoutError(f"{url} did not come up") from None
+                    time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    return serve

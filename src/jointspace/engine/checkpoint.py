@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest.json"
+# crash tests only: seconds to wait between writing a checkpoint and moving it into place (it widens
+# the window a kill can land in; the write itself is the same)
+SLOW_WRITE_ENV = "JOINTSPACE_TEST_SLOW_CHECKPOINT_S"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,6 +131,8 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
         (tmp / "state.json").write_text(json.dumps({**state, **meta}))
         for f in tmp.iterdir():
             _fsync_file(f)
+        if os.environ.get(SLOW_WRITE_ENV):
+            time.sleep(float(os.environ[SLOW_WRITE_ENV]))
         final = ckpt_dir / name
         if final.exists():
             shutil.rmtree(final)

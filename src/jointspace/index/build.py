@@ -172,7 +172,7 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
 def open_for_run(index_dir: str | Path, run_dir: str | Path | None = None,
                  device: str = "cpu") -> tuple[IndexStore, Encoder]:
     """Open an index and the model that built it (or `run_dir`), refusing a different model."""
-    store = IndexStore.open(index_dir)
+    store = IndexStore.open(index_dir, recover=True)
     run = Path(run_dir or store.meta.get("run_dir") or "")
     if not str(run) or not (run / "model.safetensors").exists():
         raise FileNotFoundError(f"{index_dir}: built by run {store.meta.get('run_dir')!r}, which is not there; "

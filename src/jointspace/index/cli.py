@@ -89,7 +89,7 @@ def index_delete(
     """Delete items by sample key(s) and/or metadata filter (both given: items matching both)."""
     from jointspace.index.store import IndexStore
 
-    store = IndexStore.open(index)
+    store = IndexStore.open(index, recover=True)
     n = store.delete(keys or None, where or None)
     store.save()
     console.print(f"deleted {n} items from {index}; {store.n_items} left")
@@ -101,7 +101,7 @@ def index_info(index: Annotated[Path, typer.Argument(help="index folder")]) -> N
     """Counts per modality and split, factory, dimension and the model fingerprint."""
     from jointspace.index.store import IndexStore
 
-    console.print_json(json.dumps(IndexStore.open(index).stats()))
+    console.print_json(json.dumps(IndexStore.open(index, recover=True).stats()))
 
 
 @_friendly
@@ -140,7 +140,7 @@ def search(
     (flag, value), = given.items()
     where = list(where or []) + ([f"modality={target}"] if target else [])
     if flag == "vector":
-        store = IndexStore.open(index)
+        store = IndexStore.open(index, recover=True)
         q = parse_vector(read_npy(value, str(value)), store.dim, str(value))
     else:
         store, enc = open_for_run(index, run)

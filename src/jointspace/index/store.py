@@ -80,9 +80,12 @@ class IndexStore:
         return cls(new_faiss_index(dim, factory), db, full)
 
     @classmethod
-    def open(cls, path: str | Path) -> IndexStore:
-        """Load an index folder into memory."""
+    def open(cls, path: str | Path, recover: bool = False) -> IndexStore:
+        """Load an index folder into memory. `recover` (commands, not a serving process): a folder that
+        a write killed between its two renames left missing is restored from the old version beside it."""
         path = Path(path)
+        if recover:
+            recover_interrupted(path)
         meta_path = path / META_FILE
         if not meta_path.exists():
             raise IndexStoreError(f"{path}: not a jointspace index (no {META_FILE}); build one with "
@@ -301,6 +304,19 @@ class IndexStore:
                 **{k: self.meta.get(k) for k in keep}}
 
 
+SLOW_SWAP_ENV = "JOINTSPACE_TEST_SLOW_INDEX_SWAP_S"
+
+
+def recover_interrupted(path: Path) -> None:
+    """An index folder missing because a write was killed after moving it aside: put the old version
+    back (the new one was not in place yet). A killed write's staging folder (`.<name>.tmp-*`) is only
+    left over; it is never read."""
+    if not path.exists():
+        olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds:
+            os.replace(olds[-1], path)
+
+
 def _swap_in(tmp: Path, path: Path) -> None:
     """Put folder `tmp` at `path`, replacing an old one; the old one is restored if the swap fails."""
     if not path.exists():
@@ -308,6 +324,8 @@ def _swap_in(tmp: Path, path: Path) -> None:
         return
     old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
     os.replace(path, old)
+    if os.environ.get(SLOW_SWAP_ENV):  # crash tests only: widen the window between the two renames
+        time.sleep(float(os.environ[SLOW_SWAP_ENV]))
     try:
         os.replace(tmp, path)
     except BaseException:
