@@ -101,18 +101,18 @@ class TowerConfig(_Strict):
 
 class HeadConfig(_Strict):
     kind: Literal["linear", "mlp"] = "linear"
-    hidden: int = 256
-    dropout: float = 0.0
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class ModelConfig(_Strict):
     init_from: str | None = None  # a finished contrastive run: its towers (and heads where shapes match)
-    embed_dim: int = 64
+    embed_dim: int = Field(64, ge=1)
     towers: dict[str, TowerConfig] = Field(default_factory=dict)
     head: HeadConfig = Field(default_factory=HeadConfig)
     init_temperature: float = Field(0.07, gt=0.0)
     learn_temperature: bool = True
-    max_logit_scale: float = 100.0
+    max_logit_scale: float = Field(100.0, gt=0.0)
 
 
 class LossConfig(_Strict):
