@@ -19,6 +19,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["retrieval_metrics", "retrieval_report"]
+# rows of similarities processed at once are capped so that a block stays in cache (8 MB): every pass
+# after the matrix product (top-K, counts) then reads cache, not memory
+CACHE_BYTES = 8 << 20
 
 
 def _positive_mask(
@@ -43,25 +46,49 @@ def _first_positive_rank(sim: Tensor, pos: Tensor) -> Tensor:
     return 1 + (sim > best_pos_sim).sum(dim=1)
 
 
-def _average_precision_at_k(sim: Tensor, pos: Tensor, n_pos: Tensor, k: int) -> Tensor:
-    """AP@k per row with positives-first tie-breaking: [c]."""
-    top_sim, top_idx = sim.topk(k, dim=1)  # [c, k], sorted descending
-    top_rel = pos.gather(1, top_idx)  # [c, k]
+def _ranks_from_top(top_sim: Tensor, top_rel: Tensor) -> tuple[Tensor, Tensor]:
+    """First-positive ranks of rows whose best positive is among their top K, read off the top K alone
+    (every item above a top-K value is itself in the top K); returns (ranks [c], found [c])."""
+    found = top_rel.any(dim=1)
+    best = top_sim.masked_fill(~top_rel, -math.inf).amax(dim=1, keepdim=True)
+    return 1 + (top_sim > best).sum(dim=1), found
+
+
+def _average_precision_at_k(top_sim: Tensor, top_rel: Tensor, n_pos: Tensor, boundary_pos: Tensor,
+                            k: int) -> Tensor:
+    """AP@k per row from its top-k, with positives-first tie-breaking: [c]. `boundary_pos`: positives in
+    the whole row tied with its k-th value (the last tie group may continue past position k)."""
+    top_sim, top_rel = top_sim[:, :k], top_rel[:, :k]
     # topk's order inside a tie group is arbitrary; recompute relevance per position as if each tie
     # group were sorted positives-first. Every item strictly above top_sim[:, i] lies inside the top-k,
     # so group starts and (non-boundary) group positive counts can be read off the top-k alone.
     group_start = (top_sim.unsqueeze(1) > top_sim.unsqueeze(2)).sum(dim=2)  # [c, k]
     same_group = top_sim.unsqueeze(1) == top_sim.unsqueeze(2)  # [c, k, k]
     group_pos = (same_group & top_rel.unsqueeze(1)).sum(dim=2)  # [c, k]
-    # The last group may continue past position k; count its positives over the whole row.
-    boundary_sim = top_sim[:, -1:]  # [c, 1]
-    boundary_pos = (pos & (sim == boundary_sim)).sum(dim=1, keepdim=True)  # [c, 1]
-    group_pos = torch.where(top_sim == boundary_sim, boundary_pos, group_pos)
-    position = torch.arange(k, device=sim.device).unsqueeze(0)  # [1, k]
-    rel = (position - group_start < group_pos).to(sim.dtype)  # [c, k]
+    group_pos = torch.where(top_sim == top_sim[:, -1:], boundary_pos.unsqueeze(1), group_pos)
+    position = torch.arange(k, device=top_sim.device).unsqueeze(0)  # [1, k]
+    rel = (position - group_start < group_pos).to(top_sim.dtype)  # [c, k]
     precision = rel.cumsum(dim=1) / (position + 1)  # P@1..P@k
-    denom = n_pos.clamp(min=1, max=k).to(sim.dtype)
+    denom = n_pos.clamp(min=1, max=k).to(top_sim.dtype)
     return (precision * rel).sum(dim=1) / denom
+
+
+def _chunk_scores(sim: Tensor, pos_of, n_pos: Tensor, k_top: int, k_ap: int) -> tuple[Tensor, Tensor]:
+    """(first-positive ranks, AP@k_ap) of one chunk's rows: one top-K selection over the similarity
+    rows; only rows whose best positive lies below the top K, or whose k_ap-th value ties past
+    position k_ap, are scanned in full. `pos_of(rows)` gives those rows' positive masks [r, Ng]."""
+    top_sim, top_idx = sim.topk(k_top, dim=1)  # [c, K], sorted descending
+    top_rel = pos_of(None, top_idx)  # [c, K]
+    ranks, found = _ranks_from_top(top_sim, top_rel)
+    boundary = top_sim[:, k_ap - 1]
+    boundary_pos = (top_rel[:, :k_ap] & (top_sim[:, :k_ap] == boundary.unsqueeze(1))).sum(dim=1)
+    crosses = (top_sim[:, k_ap] == boundary) if k_top > k_ap else torch.zeros_like(found)
+    full = torch.nonzero((~found | crosses) & (n_pos > 0)).squeeze(1)
+    if full.numel():
+        rows, pos = sim[full], pos_of(full, None)
+        ranks[full] = _first_positive_rank(rows, pos)
+        boundary_pos[full] = (pos & (rows == boundary[full].unsqueeze(1))).sum(dim=1)
+    return ranks, _average_precision_at_k(top_sim, top_rel, n_pos, boundary_pos, k_ap)
 
 
 def _median(values: Tensor) -> float:
@@ -114,18 +141,35 @@ def retrieval_metrics(
     dtype = torch.float64 if query_emb.dtype == torch.float64 else torch.float32
     gallery = gallery_emb.to(device=device, dtype=dtype)
     k_ap = min(map_k, n_gallery)
+    k_top = min(max(max(ks, default=1), k_ap) + 1, n_gallery)  # one past k_ap: a tie crossing k_ap shows
+    if query_labels is not None:
+        classes, per_class = torch.unique(gallery_labels, return_counts=True)
     ranks, aps = [], []
-    for start in range(0, n_query, chunk_size):
-        query = query_emb[start : start + chunk_size].to(dtype)  # [c, D]
+    step = min(chunk_size, max(16, CACHE_BYTES // (gallery.element_size() * max(n_gallery, 1))))
+    for start in range(0, n_query, step):
+        query = query_emb[start : start + step].to(dtype)  # [c, D]
         sim = query @ gallery.T  # [c, Ng]
-        pos = _positive_mask(start, query.shape[0], n_gallery, query_labels, gallery_labels, device)
-        n_pos = pos.sum(dim=1)  # [c]
-        valid = n_pos > 0
-        if k_ap > 0:
-            ap = _average_precision_at_k(sim, pos, n_pos, k_ap)
+        c = query.shape[0]
+        if query_labels is None:
+            own = torch.arange(start, start + c, device=device)
+            n_pos = torch.ones(c, dtype=torch.long, device=device)
+
+            def pos_of(rows, idx, own=own):
+                if idx is not None:
+                    return idx == own.unsqueeze(1)
+                return own[rows].unsqueeze(1) == torch.arange(n_gallery, device=device).unsqueeze(0)
         else:
-            ap = torch.zeros(query.shape[0], dtype=dtype, device=device)
-        ranks.append(_first_positive_rank(sim, pos)[valid].cpu())
+            ql = query_labels[start : start + c]
+            at = torch.searchsorted(classes, ql).clamp(max=len(classes) - 1)
+            n_pos = torch.where(classes[at] == ql, per_class[at], 0)
+
+            def pos_of(rows, idx, ql=ql):
+                if idx is not None:
+                    return gallery_labels[idx] == ql.unsqueeze(1)
+                return ql[rows].unsqueeze(1) == gallery_labels.unsqueeze(0)
+        valid = n_pos > 0
+        rank, ap = _chunk_scores(sim, pos_of, n_pos, k_top, k_ap)
+        ranks.append(rank[valid].cpu())
         aps.append(ap[valid].cpu())
 
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)  # [Nq_valid]
