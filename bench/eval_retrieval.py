@@ -36,9 +36,9 @@ t0 = time.perf_counter()
 if method == "chunked":
     r = retrieval_metrics(q, k, q_labels, labels, ks=(1, 5, 10), chunk_size=chunk)
     out = {"R@1": r["R@1"], "R@10": r["R@10"], "mAP@10": r["mAP@10"], "median_rank": r["median_rank"]}
-elif method == "bare":  # the same row blocks retrieval_metrics multiplies (its chunk, capped to stay in cache)
-    from jointspace.evaluate.retrieval import CACHE_BYTES
-    step = min(chunk, max(16, CACHE_BYTES // (4 * n)))
+elif method == "bare":  # the same row blocks retrieval_metrics multiplies (its chunk, capped at BLOCK_ROWS)
+    from jointspace.evaluate.retrieval import BLOCK_ROWS
+    step = min(chunk, BLOCK_ROWS)
     for s in range(0, m, step):
         sim = torch.mm(q[s:s + step], k.T)
     out = {}

@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 __all__ = ["retrieval_metrics", "retrieval_report"]
-# rows of similarities processed at once are capped so that a block stays in cache (8 MB): every pass
-# after the matrix product (top-K, counts) then reads cache, not memory
-CACHE_BYTES = 8 << 20
+# query rows multiplied at once are capped at BLOCK_ROWS (the matrix product is near its best from 256
+# rows on, and a smaller block keeps the passes after it in cache); each row's top TOP_K similarities
+# are selected once, and only rows without a positive among them are scanned again in full
+BLOCK_ROWS = 256
+TOP_K = 128
 
 
 def _positive_mask(
@@ -38,12 +40,6 @@ def _positive_mask(
         gallery_idx = torch.arange(n_gallery, device=device)
         return query_idx.unsqueeze(1) == gallery_idx.unsqueeze(0)
     return query_labels[start : start + n_rows].unsqueeze(1) == gallery_labels.unsqueeze(0)
-
-
-def _first_positive_rank(sim: Tensor, pos: Tensor) -> Tensor:
-    """1-based rank of the best-ranked positive per row: [c] (meaningless for rows without positives)."""
-    best_pos_sim = sim.masked_fill(~pos, -math.inf).amax(dim=1, keepdim=True)  # [c, 1]
-    return 1 + (sim > best_pos_sim).sum(dim=1)
 
 
 def _ranks_from_top(top_sim: Tensor, top_rel: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,7 +82,8 @@ def _chunk_scores(sim: Tensor, pos_of, n_pos: Tensor, k_top: int, k_ap: int) -> 
     full = torch.nonzero((~found | crosses) & (n_pos > 0)).squeeze(1)
     if full.numel():
         rows, pos = sim[full], pos_of(full, None)
-        ranks[full] = _first_positive_rank(rows, pos)
+        best = rows.masked_fill(~pos, -math.inf).amax(dim=1, keepdim=True)
+        ranks[full] = 1 + torch.sum(torch.gt(rows, best), dim=1, dtype=torch.int32).long()
         boundary_pos[full] = (pos & (rows == boundary[full].unsqueeze(1))).sum(dim=1)
     return ranks, _average_precision_at_k(top_sim, top_rel, n_pos, boundary_pos, k_ap)
 
@@ -141,11 +138,11 @@ def retrieval_metrics(
     dtype = torch.float64 if query_emb.dtype == torch.float64 else torch.float32
     gallery = gallery_emb.to(device=device, dtype=dtype)
     k_ap = min(map_k, n_gallery)
-    k_top = min(max(max(ks, default=1), k_ap) + 1, n_gallery)  # one past k_ap: a tie crossing k_ap shows
+    k_top = min(max(max(ks, default=1) + 1, k_ap + 1, TOP_K), n_gallery)  # past k_ap: a tie crossing it shows
     if query_labels is not None:
         classes, per_class = torch.unique(gallery_labels, return_counts=True)
     ranks, aps = [], []
-    step = min(chunk_size, max(16, CACHE_BYTES // (gallery.element_size() * max(n_gallery, 1))))
+    step = min(chunk_size, BLOCK_ROWS)
     for start in range(0, n_query, step):
         query = query_emb[start : start + step].to(dtype)  # [c, D]
         sim = query @ gallery.T  # [c, Ng]
