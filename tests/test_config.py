@@ -37,11 +37,14 @@ def test_round_trip(tmp_path):
 
 
 def test_every_example_config_validates():
-    """Each examples/*.yaml is a valid config of its task (or a valid grid)."""
+    """Each examples/*.yaml is a valid config of its task (or a valid grid, or a sweep checked as before
+    its first trial)."""
     from pathlib import Path
 
     from jointspace.config import load_grid, read_yaml
-    from jointspace.tasks import config_for
+    from jointspace.sweep.config import load_sweep
+    from jointspace.sweep.space import check_sweep
+    from jointspace.tasks import TASKS, config_for, task_of_raw
 
     examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
     assert len(examples) >= 10
@@ -49,5 +52,8 @@ def test_every_example_config_validates():
         raw = read_yaml(path)
         if "variants" in raw:
             load_grid(path)
+        elif "space" in raw:
+            cfg, base = load_sweep(path)
+            check_sweep(cfg, base, config_for, lambda r, p=path: task_of_raw(r, str(p)), lambda t: TASKS[t].val_metrics)
         else:
             assert config_for(raw, str(path)).task == raw.get("task", "contrastive"), path

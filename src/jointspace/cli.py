@@ -1,5 +1,5 @@
 """The `jointspace` command line: parses and dispatches. data, train (every task), eval, embed, report, demo,
-compare, towers, export, index, search, serve, augment."""
+compare, sweep, towers, export, index, search, serve, augment."""
 
 from __future__ import annotations
 
@@ -275,6 +275,18 @@ def compare(
     grid_dir = run_grid(grid, _overrides(set_, tracker), log=console.print)
     _print_table((grid_dir / "comparison.md").read_text())
     console.print(f"written: {grid_dir}/comparison.md, comparison.csv, comparison.png")
+
+
+@app.command()
+@_friendly
+def sweep(
+    file: Annotated[Path, typer.Argument(help="sweep file: base config, search space, objective")],
+    jobs: Annotated[int | None, typer.Option(min=1, help="trials at a time (processes; default: the file's)")] = None,
+) -> None:
+    """Search hyperparameters of any task with Optuna (resumable: rerun the same command)."""
+    from jointspace.sweep import run_sweep
+
+    run_sweep(file, jobs, log=console.print)
 
 
 @app.command()

@@ -14,6 +14,7 @@ Nothing here knows a task: the engine imports no task module.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import random
 import time
@@ -54,6 +55,21 @@ def autocast(device: torch.device, amp: str):
     """Autocast context for the configured precision."""
     dtype = amp_dtype(device, amp)
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+_EPOCH_HOOKS: contextvars.ContextVar[tuple[Callable[[int, dict], None], ...]] = \
+    contextvars.ContextVar("epoch_hooks", default=())
+
+
+@contextlib.contextmanager
+def epoch_hook(fn: Callable[[int, dict], None]):
+    """Call `fn(epoch, validation results)` after every validated epoch of any run trained inside this
+    block, once that epoch's checkpoint is written (a sweep's pruner; an exception from it stops the run)."""
+    token = _EPOCH_HOOKS.set(_EPOCH_HOOKS.get() + (fn,))
+    try:
+        yield
+    finally:
+        _EPOCH_HOOKS.reset(token)
 
 
 def progress_bar(show: bool) -> Progress:
@@ -256,7 +272,7 @@ class Engine:
 
     def end_epoch(self, done: int, result: FitResult) -> None:
         """Validation and the epoch-end checkpoint."""
-        p, last = self.plan, done == self.plan.epochs
+        p, last, val = self.plan, done == self.plan.epochs, None
         if self.dist.is_main and (done % p.eval_every == 0 or last):
             val = self.obj.validate()
             if val is not None:
@@ -268,6 +284,8 @@ class Engine:
         elif self.dist.is_main and not p.checkpoint_every and (by_steps or last):
             self.save(f"step_{self.step:07d}", done)
         barrier(self.dist)
+        for hook in _EPOCH_HOOKS.get() if val is not None else ():
+            hook(done, val)
 
     def fit(self, show_progress: bool = True) -> FitResult:
         """Train from the current position to `plan.total_steps`."""

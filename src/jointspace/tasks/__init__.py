@@ -28,6 +28,7 @@ class Task:
     results: str  # where a finished run's results are, for verbs it does not support
     summary: Callable[[Path], str]
     finish: Callable[[Path], dict | None] = read_done  # the summary `jointspace compare` tabulates
+    val_metrics: tuple[str, ...] = ()  # what its validation logs each epoch (fnmatch patterns; sweeps)
 
 
 def _done_line(run_dir: Path) -> str:
@@ -47,10 +48,11 @@ def _classify_summary(run_dir: Path) -> str:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("contrastive", contrastive.train, ("eval", "embed", "report", "index", "export"), "", lambda d: f"done: {d}",
-         contrastive.summarise),
+         contrastive.summarise, ("loss", "R@1", "*->*/R@1")),
     Task("classify", classify.train_classifier, (), "eval.json and classification_<split>.txt (written when it "
-         "trained)", _classify_summary),
-    Task("metric", metric.train_metric, ("report",), "eval.json and eval/embeddings_<split>.npz", _done_line),
+         "trained)", _classify_summary, val_metrics=("loss", "accuracy")),
+    Task("metric", metric.train_metric, ("report",), "eval.json and eval/embeddings_<split>.npz", _done_line,
+         val_metrics=("loss",)),
     Task("cilp", cilp.train_cilp, (), "cilp.md and cilp.json; its contrastive stage is the run RUN/pretrain",
          lambda d: cilp.cilp_table([read_done(d)])),
     Task("diffusion", diffusion.train_diffusion, (), "model.safetensors: sample it with `jointspace augment "
