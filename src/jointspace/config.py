@@ -113,6 +113,7 @@ class ModelConfig(_Strict):
     init_temperature: float = Field(0.07, gt=0.0)
     learn_temperature: bool = True
     max_logit_scale: float = Field(100.0, gt=0.0)
+    dedupe_inputs: bool = True  # identical inputs of a batch encoded once (towers without BatchNorm / dropout)
 
 
 class LossConfig(_Strict):

@@ -11,6 +11,7 @@ from torch import nn
 from jointspace.config import ModelConfig, TowerConfig
 from jointspace.kinds import Prep, get_kind
 from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
+from jointspace.towers.dedupe import batch_independent, encode_unique
 from jointspace.towers.heads import build_head
 from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
 
@@ -20,7 +21,7 @@ class JointModel(nn.Module):
 
     def __init__(self, towers: dict[str, nn.Module], embed_dim: int, head_kind: str = "linear",
                  head_hidden: int = 256, head_dropout: float = 0.0, init_temperature: float = 0.07,
-                 learn_temperature: bool = True, max_logit_scale: float = 100.0):
+                 learn_temperature: bool = True, max_logit_scale: float = 100.0, dedupe: bool = True):
         super().__init__()
         self.towers = nn.ModuleDict(towers)
         self.heads = nn.ModuleDict(
@@ -32,6 +33,7 @@ class JointModel(nn.Module):
         self.embed_dim = embed_dim
         self.max_log_scale = math.log(max_logit_scale)
         self.locked: list[str] = []  # towers kept in eval mode (set by build_model from `freeze`)
+        self.dedupe = dedupe  # identical inputs of a batch encoded once (towers that allow it)
 
     @property
     def modalities(self) -> list[str]:
@@ -50,8 +52,12 @@ class JointModel(nn.Module):
 
     def encode(self, modality: str, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
         """Embed one modality of a batch: [B, embed_dim]."""
-        feats = self.towers[modality](batch[modality], batch.get(f"{modality}_len"))
-        emb = self.heads[modality](feats)
+        tower, head = self.towers[modality], self.heads[modality]
+        x, lengths = batch[modality], batch.get(f"{modality}_len")
+        if self.dedupe and batch_independent(tower) and batch_independent(head):
+            emb = encode_unique(lambda v, n: head(tower(v, n)), x, lengths)
+        else:
+            emb = head(tower(x, lengths))
         return F.normalize(emb.float(), dim=-1) if normalize else emb
 
     def forward(self, batch: dict[str, torch.Tensor], modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -114,7 +120,7 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = Non
     """Build towers for every modality (config entry or the default for its kind) and their heads."""
     towers = build_towers(cfg, kinds, prep, init)
     model = JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
-                       cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale)
+                       cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale, cfg.dedupe_inputs)
     load_heads(model.heads, init)
     model.locked = [m for m, t in cfg.towers.items() if m in towers and t.freeze]
     return model
