@@ -54,7 +54,7 @@ class JointModel(nn.Module):
         """Embed one modality of a batch: [B, embed_dim]."""
         tower, head = self.towers[modality], self.heads[modality]
         x, lengths = batch[modality], batch.get(f"{modality}_len")
-        if self.dedupe and batch_independent(tower) and batch_independent(head):
+        if self.dedupe and not torch.jit.is_tracing() and batch_independent(tower) and batch_independent(head):
             emb = encode_unique(lambda v, n: head(tower(v, n)), x, lengths)
         else:
             emb = head(tower(x, lengths))

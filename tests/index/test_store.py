@@ -129,10 +129,10 @@ def test_atomic_save_keeps_the_old_index_on_failure(tmp_path, monkeypatch):
         store.save()
     monkeypatch.undo()
     assert IndexStore.open(path).n_items == 300  # untouched
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folders left
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["idx"]  # no temporary folders left
     store.save()
     assert IndexStore.open(path).n_items == 240
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["idx"]
 
 
 def test_save_refuses_to_replace_a_foreign_folder(tmp_path):

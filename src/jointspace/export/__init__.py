@@ -58,7 +58,12 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str, overwrite: bool =
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
+    if out.exists() and not (out / MANIFEST).exists():
+        raise FileExistsError(f"{out} exists and is not an export (no {MANIFEST}); refusing to replace it")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--out {out} would replace the run {run_dir} itself")
     cfg, model, info = load_run(run_dir)
+    model.dedupe = False  # traced and compared row by row: no batch-dependent path
     job = Exporting(run_dir, cfg, model, info, model_fingerprint(run_dir), shards)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

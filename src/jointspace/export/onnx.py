@@ -74,7 +74,8 @@ def _check(job, m: str, batch: dict[str, torch.Tensor], path: Path, names: list[
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    for idx in (torch.arange(len(batch[m])), torch.tensor([0, 1, 0][: len(batch[m]) + 1])):
+    first = torch.arange(len(batch[m]))
+    for idx in (first, torch.cat([first, first[:1]])):  # the traced batch, and one of another size
         feed = [batch[m][idx]] + ([batch[f"{m}_len"][idx]] if len(names) > 1 else [])
         with torch.no_grad():
             ref = Encoder(job.model, m).eval()(*feed).numpy()

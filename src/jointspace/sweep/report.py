@@ -9,6 +9,7 @@ import csv
 import html
 import io
 import json
+import shlex
 import warnings
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def _markdown(cfg: SweepConfig, study, seconds: float, base_raw: dict | None) ->
     for t in ranked:
         vals = " | ".join(f"{v:.4f}" for v in t.values)
         lines.append(f"| {t.number} | {vals} | " + " | ".join(str(t.params.get(k, "—")) for k in keys) + " |")
-    sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in best.params.items())
+    from jointspace.sweep.space import overrides_of
+
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides_of(cfg.set) + overrides_of(best.params))
     lines += ["", (f"Reproduce the best trial: `jointspace train {cfg.sweep_dir / BEST}` (the base config with the "
               "sweep's `set` and these values), or on the base config:"), "", "```bash",
               f"jointspace train BASE {sets}", "```"]

@@ -25,14 +25,15 @@ HEARTBEAT_S = 2  # a trial's process writes a heartbeat this often
 GRACE_S = 6  # a running trial without a heartbeat for this long is dead: failed, then retried
 
 
-def _sampler(cfg: SweepConfig):
+def _sampler(cfg: SweepConfig, seed: int):
     import optuna
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group / multivariate
     space = {k: p.choices if p.type == "categorical" else _grid_values(p) for k, p in cfg.space.items()}
-    return {"tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, group=True),
-            "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
-            "grid": lambda: optuna.samplers.GridSampler(space, seed=cfg.seed),
-            "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False),
+    return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+            "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+            "grid": lambda: optuna.samplers.GridSampler(space, seed=seed),
+            "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
             }[cfg.sampler]()
 
 
@@ -56,8 +57,10 @@ def _pruner(cfg: SweepConfig):
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
 
-def open_study(cfg: SweepConfig):
-    """The sweep's study (created on first use) in its RDB storage, with heartbeats and retries."""
+def open_study(cfg: SweepConfig, worker: int = 0):
+    """The sweep's study (created on first use) in its RDB storage, with heartbeats and retries. Its
+    sampler is seeded from the sweep's seed, the worker and the trials already in the study, so that
+    neither a resumed sweep nor a second worker proposes the same points again."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
@@ -68,7 +71,9 @@ def open_study(cfg: SweepConfig):
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
     directions = [o.direction for o in cfg.objectives]
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
-                                directions=directions, sampler=_sampler(cfg), pruner=_pruner(cfg))
+                                directions=directions, sampler=_sampler(cfg, cfg.seed), pruner=_pruner(cfg))
+    if worker or study.trials:
+        study.sampler = _sampler(cfg, cfg.seed + 7919 * worker + len(study.trials))
     if not study.user_attrs.get("enqueued") and cfg.enqueue:
         for point in cfg.enqueue:
             study.enqueue_trial(point, skip_if_exists=True)
@@ -137,7 +142,7 @@ def _settle(study) -> None:
         time.sleep(0.5)
 
 
-def work(sweep_path: str, overrides: dict | None = None) -> None:
+def work(sweep_path: str, worker: int = 0) -> None:
     """One worker: run trials against the shared study until `n_trials` are complete or pruned."""
     import optuna
     from optuna.study import MaxTrialsCallback
@@ -145,10 +150,9 @@ def work(sweep_path: str, overrides: dict | None = None) -> None:
     from jointspace.tasks import task_of_raw
 
     cfg, base = load_sweep(sweep_path)
-    cfg = cfg.model_copy(update=overrides or {})
     task = task_of_raw(base, str(sweep_path))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg)
+    study = open_study(cfg, worker)
     _settle(study)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     failed_limit = max(3, cfg.n_trials // 2)  # trials that raise: stop rather than loop forever
@@ -179,7 +183,7 @@ def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Pat
         work(str(sweep_path))
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=work, args=(str(sweep_path),)) for _ in range(jobs)]
+        procs = [ctx.Process(target=work, args=(str(sweep_path), i)) for i in range(jobs)]
         for p in procs:
             p.start()
         for p in procs:

@@ -27,10 +27,24 @@ def condition_holds(param: Param, chosen: dict[str, Any], base: dict) -> bool:
     return all((chosen[k] if k in chosen else _lookup(base, k)) == v for k, v in (param.when or {}).items())
 
 
+def _ordered(space: dict[str, Param]) -> list[str]:
+    """Keys in dependency order: a conditional key after every searched key its condition names."""
+    order: list[str] = []
+    while len(order) < len(space):
+        ready = [k for k, p in space.items() if k not in order
+                 and all(c not in space or c in order for c in (p.when or {}))]
+        if not ready:
+            raise ConfigError(f"space: conditions form a cycle among {sorted(set(space) - set(order))}")
+        order += ready
+    return order
+
+
 def suggest(trial, space: dict[str, Param], base: dict) -> dict[str, Any]:
-    """A trial's {dotted key: value}; unconditional keys first, so conditions can name them."""
+    """A trial's {dotted key: value}; a conditional key is drawn after the keys its condition names,
+    and only when the condition holds."""
     chosen: dict[str, Any] = {}
-    for key, p in sorted(space.items(), key=lambda kv: kv[1].when is not None):
+    for key in _ordered(space):
+        p = space[key]
         if not condition_holds(p, chosen, base):
             continue
         if p.type == "categorical":
@@ -53,8 +67,11 @@ def _probe_values(space: dict[str, Param]) -> list[dict[str, Any]]:
     probes = []
     width = max(len(p.choices) if p.type == "categorical" else 2 for p in space.values())
     for i in range(width):
-        probe = {}
-        for key, p in space.items():
+        probe: dict[str, Any] = {}
+        for key in _ordered(space):
+            p = space[key]
+            if any(k in space and probe.get(k) != v for k, v in (p.when or {}).items()):
+                continue  # only where its condition on searched keys holds (one on the base: as if it did)
             if p.type == "categorical":
                 probe[key] = p.choices[i % len(p.choices)]
             else:

@@ -23,7 +23,10 @@ def batch_independent(tower: nn.Module) -> bool:
             return False
         if isinstance(m, _DROPOUTS) and m.p > 0:
             return False
-        for attr in ("dropout", "attention_dropout", "prob"):  # MHA, transformers' attention, PatchDropout
+        attrs = ("dropout", "attention_dropout", "prob", "drop_prob")  # MHA, HF attention, PatchDropout, DropPath
+        if type(m).__name__ in ("StochasticDepth", "DropPath"):
+            attrs += ("p",)
+        for attr in attrs:
             value = getattr(m, attr, None)
             if isinstance(value, float) and value > 0:
                 return False
@@ -32,9 +35,10 @@ def batch_independent(tower: nn.Module) -> bool:
 
 def unique_rows(x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of one representative per distinct row, inverse [B]: the representative of each row)."""
-    flat = x.reshape(len(x), -1)
+    wide = torch.float64 if x.is_floating_point() else torch.int64  # exact for every value and length
+    flat = x.reshape(len(x), -1).to(wide)
     if lengths is not None:
-        flat = torch.cat([flat, lengths.reshape(-1, 1).to(flat.dtype)], dim=1)
+        flat = torch.cat([flat, lengths.reshape(-1, 1).to(wide)], dim=1)
     _, inverse = torch.unique(flat, dim=0, return_inverse=True)
     first = torch.full((int(inverse.max()) + 1,), len(x), dtype=torch.long, device=x.device)
     first.scatter_reduce_(0, inverse, torch.arange(len(x), device=x.device), reduce="amin")
