@@ -1,5 +1,5 @@
 """Soak: `POST /search` from 4 client threads for 60 s while `index add` and `index delete` run three
-times each against the served folder; the same load without writes first, as the baseline.
+times each against the served folder; the same load without writes first, as the baseline (after a 5 s warm-up).
 
     .venv/bin/python bench/soak.py                       # 60 s under writes, 20 s baseline, 4 threads
     .venv/bin/python bench/soak.py --seconds 20 --baseline-seconds 5
@@ -131,6 +131,7 @@ def main() -> None:
         n0 = IndexStore.open(index).n_items
         proc, url = serve(index)
         try:
+            load(url, 5.0, args.threads)  # warm-up (first requests, caches), not counted
             base = load(url, args.baseline_seconds, args.threads)
             log: list[str] = []
             w = threading.Thread(target=writer, args=(index, data, args.rounds, log))
