@@ -37,32 +37,45 @@ def augment_train(
 @augment_app.command("sample")
 @_friendly
 def augment_sample(
-    model: Annotated[Path, typer.Argument(help="`augment train` run folder, or a local diffusers pipeline folder")],
+    model: Annotated[str, typer.Argument(help="`augment train` run folder, a local diffusers pipeline folder, or "
+                                              "a hub id (org/name; downloaded where online)")],
     out: Annotated[Path, typer.Option("--out", help="output folder: <class>/<i>.png, samples.json, grid.png")],
     n_per_class: Annotated[int, typer.Option(min=1, help="images per class")] = 16,
     guidance: Annotated[float, typer.Option(min=0.0, help="classifier-free guidance scale (0: unconditional)")] = 2.0,
     steps: Annotated[int, typer.Option(min=1, help="denoising steps")] = 50,
-    scheduler: Annotated[str, typer.Option(help="ddpm or ddim")] = "ddim",
+    scheduler: Annotated[str, typer.Option(help="ddpm, ddim, euler, euler-a, dpm++ or unipc")] = "ddim",
     seed: int = 0,
     class_: Annotated[list[str] | None, typer.Option("--class", help="class to sample, repeatable (default: all); "
-                                                     "a pipeline folder takes its class names from here")] = None,
-    prompt: Annotated[str, typer.Option(help="text-to-image pipelines: prompt template of a class")] = "a photo of {}",
-    grid_guidance: Annotated[str, typer.Option(help="guidance values of the grid, comma-separated")] = "0,1,2,4",
+                                                     "a pipeline takes its class names from here")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="text-to-image: prompt template of a class ({} = its "
+                                                     "name), repeatable (cycled over the images)")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="text-to-image: negative prompt")] = None,
+    strength: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="image-to-image from the class's real "
+                                                   "images in --data (0: keep them, 1: ignore them)")] = None,
+    data: Annotated[Path | None, typer.Option(help="shard folder with the classes' real images (--strength)")] = None,
+    grid_guidance: Annotated[str, typer.Option(help="guidance values of the grid, comma-separated (empty: no "
+                                               "grid)")] = "0,1,2,4",
     grid_steps: Annotated[str, typer.Option(help="step counts of the grid, comma-separated")] = "10,25,50",
     device: str = "auto",
 ) -> None:
     """Generate N images per class, plus grid.png exploring guidance x steps at the same seed."""
-    from jointspace.augment.sample import class_ids, load_sampler, settings_grid, write_samples
+    from jointspace.augment.sample import class_ids, load_sampler, real_images, settings_grid, write_samples
 
-    sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt)
-    ids = class_ids(sampler, class_ if (model / "run.json").exists() else None)
+    if (strength is None) != (data is None):
+        raise typer.BadParameter("image-to-image needs both --strength and --data")
+    init = real_images(data, class_ or []) if data is not None else None
+    sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt or ["a photo of {}"],
+                           negative_prompt=negative_prompt, init_images=init, strength=strength or 0.6)
+    ids = class_ids(sampler, class_ if (Path(model) / "run.json").exists() else None)
     images = {c: sampler.sample_class(c, n_per_class, guidance, steps, scheduler, seed) for c in ids}
-    settings = {"model": str(model), "guidance": guidance, "steps": steps, "scheduler": scheduler, "seed": seed}
+    settings = {"model": str(model), "guidance": guidance, "steps": steps, "scheduler": scheduler, "seed": seed,
+                "prompts": prompt, "negative_prompt": negative_prompt, "strength": strength,
+                "data": None if data is None else str(data)}
     n = write_samples(out, images, sampler.class_names, settings)
     gs = [float(x) for x in grid_guidance.split(",") if x.strip()]
     ss = [int(x) for x in grid_steps.split(",") if x.strip()]
-    grid = settings_grid(sampler, ids, gs, ss, scheduler, seed, out / "grid.png")
-    console.print(f"wrote {n} images to {out}; grid {grid}")
+    grid = settings_grid(sampler, ids, gs, ss, scheduler, seed, out / "grid.png") if gs and ss else None
+    console.print(f"wrote {n} images to {out}" + (f"; grid {grid}" if grid else ""))
 
 
 @augment_app.command("fix")

@@ -12,7 +12,10 @@ from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import get_kind
 from jointspace.runs import CONFIG, RUN_INFO, WEIGHTS
 
-SCHEDULERS = ("ddpm", "ddim")
+# scheduler name -> diffusers class; every one takes any trained DDPM-style schedule config
+SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+              "euler-a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler",
+              "unipc": "UniPCMultistepScheduler"}
 
 
 def unet_kwargs(cfg: UNetConfig, image_size: int, channels: int, n_classes: int) -> dict:
@@ -46,13 +49,12 @@ def scheduler_config(timesteps: int, beta_schedule: str) -> dict:
 
 
 def make_scheduler(kind: str, config: dict):
-    """A DDPMScheduler or DDIMScheduler over the given schedule (any diffusers scheduler config)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    """A diffusers scheduler (ddpm, ddim, euler, euler-a, dpm++, unipc) over the given schedule config."""
+    import diffusers
 
     if kind not in SCHEDULERS:
         raise ValueError(f"scheduler {kind!r}: choose from {', '.join(SCHEDULERS)}")
-    cls = DDPMScheduler if kind == "ddpm" else DDIMScheduler
-    return cls.from_config(config)
+    return getattr(diffusers, SCHEDULERS[kind]).from_config(config)
 
 
 def load_images(cfg: DiffusionDataConfig) -> SplitData:

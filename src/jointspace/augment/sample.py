@@ -64,9 +64,10 @@ class ClassSampler:
         sched.set_timesteps(steps)
         x = (torch.randn((len(labels), *self.shape), generator=gen) * sched.init_noise_sigma).to(self.device)
         y = torch.tensor(labels, dtype=torch.long, device=self.device)
+        draws = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
         for t in sched.timesteps:
             eps = self._eps(sched.scale_model_input(x, t), t.to(self.device), y, guidance)
-            x = sched.step(eps.cpu(), t, x.cpu(), generator=gen).prev_sample.to(self.device)
+            x = sched.step(eps.cpu(), t, x.cpu(), **draws).prev_sample.to(self.device)
         return to_uint8(x)
 
     def sample_class(self, class_id: int, n: int, guidance: float = 2.0, steps: int = 50, scheduler: str = "ddim",
@@ -79,31 +80,74 @@ class ClassSampler:
                                for chunk, start in enumerate(range(0, n, batch_size))])
 
 
-class PipelineSampler:
-    """A local diffusers pipeline folder (`save_pretrained` output, e.g. Stable Diffusion weights you have).
+def _load_pipeline(path: str | Path):
+    """A diffusers pipeline from a local folder, or by hub id through huggingface_hub's cache (downloaded
+    where the machine is online; HF_HUB_OFFLINE=1 reads the cache only)."""
+    import os
 
-    Text-to-image pipelines get one prompt per class (`prompt_template`), class-label pipelines (DiT) the
-    class id, unconditional pipelines (DDPM) the same unconditioned images for every class."""
+    from diffusers import DiffusionPipeline
+
+    local = Path(path).expanduser()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    try:
+        return DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else str(path),
+                                                 local_files_only=local.is_dir() or offline)
+    except (OSError, ValueError) as err:
+        if local.is_dir():
+            raise ValueError(f"{path}: not a loadable diffusers pipeline folder: {err}") from None
+        hint = ("offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache: download it on a connected "
+                f"machine with `HF_HUB_OFFLINE=0 python -c \"import diffusers; diffusers.DiffusionPipeline."
+                f"from_pretrained('{path}')\"`") if offline else f"could not be downloaded ({err})"
+        raise ValueError(f"diffusers pipeline {str(path)!r}: {hint}") from None
+
+
+class PipelineSampler:
+    """A diffusers pipeline (a local `save_pretrained` folder or a hub id, e.g. Stable Diffusion weights).
+
+    Text-to-image pipelines get prompts per class (`prompt_templates`, cycled over the images; `{}` is the
+    class name) and a negative prompt; with `init_images` ({class id: uint8 images}) and `strength` they run
+    as image-to-image from those real images. Class-label pipelines (DiT) get the class id, unconditional
+    pipelines (DDPM) the same unconditioned images for every class."""
 
     def __init__(self, path: str | Path, class_names: Sequence[str] | None = None, device: str = "auto",
-                 prompt_template: str = "a photo of {}"):
-        from diffusers import DiffusionPipeline
-
-        try:
-            self.pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a loadable diffusers pipeline folder: {err}") from None
+                 prompt_template: str | Sequence[str] = "a photo of {}", negative_prompt: str | None = None,
+                 init_images: dict[int, np.ndarray] | None = None, strength: float = 0.6):
+        self.pipe = _load_pipeline(path)
         self.device = resolve_device(device)
         self.pipe.to(self.device)
-        if hasattr(self.pipe, "set_progress_bar_config"):
-            self.pipe.set_progress_bar_config(disable=True)
         params = inspect.signature(self.pipe.__call__).parameters
         self.mode = "prompt" if "prompt" in params else "class_labels" if "class_labels" in params else "unconditional"
         self.class_names = list(class_names or (["unconditional"] if self.mode == "unconditional" else []))
         if not self.class_names:
             raise ValueError(f"{path}: a {self.mode} pipeline needs class names (--class)")
-        self.prompt_template = prompt_template
+        templates = [prompt_template] if isinstance(prompt_template, str) else list(prompt_template)
+        self.prompt_templates, self.negative_prompt = templates or ["a photo of {}"], negative_prompt
+        self.init_images, self.strength = init_images, strength
+        if init_images is not None:
+            if self.mode != "prompt":
+                raise ValueError(f"{path}: image-to-image (--strength) needs a text-to-image pipeline")
+            from diffusers import AutoPipelineForImage2Image
+
+            self.pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)
+        if hasattr(self.pipe, "set_progress_bar_config"):
+            self.pipe.set_progress_bar_config(disable=True)
         self._base_scheduler = self.pipe.scheduler.config
+
+    def _prompted(self, class_id: int, start: int, m: int, guidance: float) -> dict:
+        name = self.class_names[class_id]
+        kw = {"prompt": [self.prompt_templates[(start + i) % len(self.prompt_templates)].format(name)
+                         for i in range(m)], "guidance_scale": guidance}
+        if self.negative_prompt:
+            kw["negative_prompt"] = [self.negative_prompt] * m
+        if self.init_images is not None:
+            from PIL import Image
+
+            real = self.init_images.get(class_id)
+            if real is None or not len(real):
+                raise ValueError(f"image-to-image: no real images of class {name!r} in --data")
+            kw["image"] = [Image.fromarray(real[(start + i) % len(real)]).convert("RGB") for i in range(m)]
+            kw["strength"] = self.strength
+        return kw
 
     def sample_class(self, class_id: int, n: int, guidance: float = 2.0, steps: int = 50, scheduler: str = "ddim",
                      seed: int = 0, batch_size: int = 256) -> np.ndarray:
@@ -115,7 +159,7 @@ class PipelineSampler:
             kw: dict = {"generator": _generator(seed, class_id, chunk), "num_inference_steps": steps,
                         "output_type": "np"}
             if self.mode == "prompt":
-                kw.update(prompt=[self.prompt_template.format(self.class_names[class_id])] * m, guidance_scale=guidance)
+                kw.update(self._prompted(class_id, start, m, guidance))
             elif self.mode == "class_labels":
                 kw.update(class_labels=[class_id] * m, guidance_scale=guidance)
             else:
@@ -127,14 +171,38 @@ class PipelineSampler:
 
 
 def load_sampler(path: str | Path, device: str = "auto", class_names: Sequence[str] | None = None,
-                 prompt_template: str = "a photo of {}") -> ClassSampler | PipelineSampler:
-    """An `augment train` run folder, or a local diffusers pipeline folder (model_index.json)."""
-    path = Path(path)
-    if (path / RUN_INFO).exists():
-        return ClassSampler.from_run(path, device)
-    if (path / "model_index.json").exists():
-        return PipelineSampler(path, class_names, device, prompt_template)
-    raise FileNotFoundError(f"{path}: neither an augment run (run.json) nor a diffusers pipeline (model_index.json)")
+                 prompt_template: str | Sequence[str] = "a photo of {}", negative_prompt: str | None = None,
+                 init_images: dict[int, np.ndarray] | None = None,
+                 strength: float = 0.6) -> ClassSampler | PipelineSampler:
+    """An `augment train` run folder, a local diffusers pipeline folder (model_index.json) or a hub id."""
+    local = Path(path)
+    if (local / RUN_INFO).exists():
+        if init_images is not None or negative_prompt:
+            raise ValueError(f"{path}: prompts and image-to-image need a text-to-image pipeline, not a class UNet")
+        return ClassSampler.from_run(local, device)
+    if (local / "model_index.json").exists() or (not local.exists() and "/" in str(path)):
+        return PipelineSampler(path, class_names, device, prompt_template, negative_prompt, init_images, strength)
+    raise FileNotFoundError(f"{path}: neither an augment run (run.json), a diffusers pipeline folder "
+                            "(model_index.json) nor a hub id (org/name)")
+
+
+def real_images(shards: str | Path, class_names: Sequence[str], split: str = "train",
+                per_class: int = 16) -> dict[int, np.ndarray]:
+    """Up to `per_class` real uint8 images of each named class from a shard folder (img2img's starts)."""
+    from jointspace.data.dataset import load_split
+    from jointspace.data.shards import read_info
+    from jointspace.kinds import with_role
+
+    picture = with_role(read_info(shards)["modalities"], "picture")
+    if picture is None:
+        raise ValueError(f"{shards}: no image modality to start image-to-image from")
+    data = load_split(shards, split, [picture], keep_raw=True)
+    out: dict[int, list] = {}
+    for raw, label in zip(data.raw[picture], data.labels.tolist()):
+        name = data.class_names[label] if label < len(data.class_names) else str(label)
+        if name in class_names and len(out.setdefault(class_names.index(name), [])) < per_class:
+            out[class_names.index(name)].append(np.asarray(raw, np.uint8))
+    return {c: np.stack(v) for c, v in out.items()}
 
 
 def class_ids(sampler: ClassSampler | PipelineSampler, names: Sequence[str] | None) -> list[int]:

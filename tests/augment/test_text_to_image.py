@@ -1,0 +1,113 @@
+"""The text-to-image path, offline: a tiny Stable Diffusion pipeline (UNet2DConditionModel, AutoencoderKL,
+CLIPTextModel with random weights, a CLIP tokenizer written here) saved with save_pretrained and run
+through `jointspace augment sample`, text-to-image and image-to-image, with every scheduler."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from jointspace.augment.model import SCHEDULERS
+from jointspace.cli import app
+
+
+def _clip_tokenizer(folder):
+    """A CLIP byte-level BPE tokenizer over the 256 byte symbols (no merges), written as vocab + merges."""
+    from open_clip.tokenizer import bytes_to_unicode  # the byte symbols of CLIP's BPE
+    from transformers import CLIPTokenizer
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny Stable Diffusion pipeline folder (16x16 images, 8x8 latents)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tok_dir = folder / "tok"
+    tok_dir.mkdir()
+    tokenizer, vocab = _clip_tokenizer(tok_dir)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=16,
+                                attention_head_dim=2, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=16, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=77,
+                                        bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipe")
+    return folder / "pipe"
+
+
+@pytest.fixture(scope="module")
+def real_shards(tmp_path_factory):
+    """Two classes of real 16x16 RGB images for image-to-image."""
+    from jointspace.data.shards import write_dataset
+
+    rng = np.random.default_rng(0)
+    samples = [{"key": f"s{i}", "image": rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), "label": i % 2}
+               for i in range(8)]
+    root = tmp_path_factory.mktemp("real") / "shards"
+    write_dataset(root, {"train": samples}, {"image": "image"}, ["cat", "dog"])
+    return root
+
+
+def _sample(tiny_sd, out, *extra: str) -> np.ndarray:
+    args = ["augment", "sample", str(tiny_sd), "--out", str(out), "--class", "cat", "--class", "dog",
+            "--n-per-class", "2", "--steps", "3", "--grid-guidance", "", "--device", "cpu", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return np.stack([np.asarray(Image.open(out / c / f"{i:05d}.png")) for c in ("cat", "dog") for i in range(2)])
+
+
+def _differ(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.abs(a.astype(int) - b.astype(int)).max() > 0)
+
+
+@pytest.mark.parametrize("mode", ["text", "image"])
+def test_seed_scheduler_guidance_and_negative_prompt_decide_the_images(tiny_sd, real_shards, tmp_path, mode):
+    img2img = ["--strength", "0.7", "--data", str(real_shards)] if mode == "image" else []
+    base = ["--seed", "0", "--scheduler", "ddim", "--guidance", "7", "--prompt", "a photo of a {}", *img2img]
+    first = _sample(tiny_sd, tmp_path / "a", *base)
+    assert first.shape == (4, 16, 16, 3) and first.dtype == np.uint8
+    assert not _differ(first, _sample(tiny_sd, tmp_path / "b", *base))  # the same seed: the same images
+    assert _differ(first, _sample(tiny_sd, tmp_path / "c", *base[:1], "1", *base[2:]))  # another seed
+    assert _differ(first, _sample(tiny_sd, tmp_path / "d", *base, "--scheduler", "euler-a"))
+    assert _differ(first, _sample(tiny_sd, tmp_path / "e", *base, "--guidance", "1"))
+    assert _differ(first, _sample(tiny_sd, tmp_path / "f", *base, "--negative-prompt", "blurry, dark"))
+    if mode == "image":  # the real images are the start: a lower strength keeps more of them
+        weaker = [a if a != "0.7" else "0.4" for a in base]
+        assert _differ(first, _sample(tiny_sd, tmp_path / "g", *weaker))
+    saved = json.loads((tmp_path / "f" / "samples.json").read_text())
+    assert saved["negative_prompt"] == "blurry, dark" and saved["strength"] == (0.7 if mode == "image" else None)
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_every_scheduler_runs_the_pipeline(tiny_sd, tmp_path, scheduler):
+    images = _sample(tiny_sd, tmp_path / scheduler, "--scheduler", scheduler, "--guidance", "3")
+    assert images.shape == (4, 16, 16, 3)
+
+
+def test_a_hub_id_offline_and_not_cached_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache built here
+    result = CliRunner().invoke(app, ["augment", "sample", "nobody/no-such-pipeline", "--out", str(tmp_path / "o"),
+                                      "--class", "cat", "--grid-guidance", ""])
+    assert result.exit_code == 2 and "HF_HUB_OFFLINE" in result.output and "cache" in result.output
