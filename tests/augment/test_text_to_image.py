@@ -111,3 +111,22 @@ def test_a_hub_id_offline_and_not_cached_fails_clearly(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["augment", "sample", "nobody/no-such-pipeline", "--out", str(tmp_path / "o"),
                                       "--class", "cat", "--grid-guidance", ""])
     assert result.exit_code == 2 and "HF_HUB_OFFLINE" in result.output and "cache" in result.output
+
+
+def test_explore_scores_every_cell_with_the_joint_space(tiny_sd, tiny_cfg, tmp_path):
+    """guidance x steps x scheduler at one seed: a row per cell with R@1, cosine and seconds; an HTML page."""
+    from jointspace.tasks.contrastive import train
+
+    joint = train(tiny_cfg("eval.linear_probe=false", epochs=1), show_progress=False)
+    args = ["augment", "explore", str(tiny_sd), "--joint", str(joint), "--out", str(tmp_path / "x"),
+            "--class", "one", "--class", "seven", "--guidance", "1,7", "--steps", "2,3", "--scheduler", "ddim,unipc",
+            "--n", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cells = json.loads((tmp_path / "x" / "explore.json").read_text())["cells"]
+    assert len(cells) == 8 and {(c["scheduler"], c["guidance"], c["steps"]) for c in cells} == {
+        (s, g, n) for s in ("ddim", "unipc") for g in (1.0, 7.0) for n in (2, 3)}
+    for c in cells:
+        assert 0 <= c["R@1"] <= 1 and -1 <= c["cosine"] <= 1 and c["seconds"] > 0 and c["scored"] == 4
+    page = (tmp_path / "x" / "explore.html").read_text()
+    assert "image-&gt;text R@1" in page and "data:image/png;base64," in page

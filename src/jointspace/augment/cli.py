@@ -78,6 +78,36 @@ def augment_sample(
     console.print(f"wrote {n} images to {out}" + (f"; grid {grid}" if grid else ""))
 
 
+@augment_app.command("explore")
+@_friendly
+def augment_explore(
+    model: Annotated[str, typer.Argument(help="`augment train` run, diffusers pipeline folder or hub id")],
+    joint: Annotated[Path, typer.Option(help="a contrastive run whose joint space scores the images")],
+    out: Annotated[Path, typer.Option("--out", help="folder: explore.json / .md / .png / .html")],
+    class_: Annotated[list[str] | None, typer.Option("--class", help="class, repeatable (a pipeline: required)")] = None,
+    guidance: Annotated[str, typer.Option(help="guidance values, comma-separated")] = "1,3,7",
+    steps: Annotated[str, typer.Option(help="step counts, comma-separated")] = "10,25",
+    scheduler: Annotated[str, typer.Option(help="schedulers, comma-separated")] = "ddim,euler-a,dpm++",
+    n: Annotated[int, typer.Option(min=1, help="images per class and cell")] = 4,
+    prompt: Annotated[list[str] | None, typer.Option(help="prompt template(s) of a class ({} = its name)")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="negative prompt")] = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> None:
+    """A grid of guidance x steps x scheduler at one seed, scored by a joint space and by wall time."""
+    from jointspace.augment.explore import explore
+    from jointspace.augment.sample import load_sampler
+
+    sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt or ["a photo of {}"],
+                           negative_prompt=negative_prompt)
+    rows = explore(sampler, joint, out, class_ if (Path(model) / "run.json").exists() else None,
+                   [float(x) for x in guidance.split(",") if x.strip()], [int(x) for x in steps.split(",") if x.strip()],
+                   [x.strip() for x in scheduler.split(",") if x.strip()], seed, n)
+    best = max(rows, key=lambda r: (r["R@1"], r["cosine"]))
+    console.print(f"wrote {out}/explore.html ({len(rows)} cells; best: {best['scheduler']}, guidance "
+                  f"{best['guidance']:g}, {best['steps']} steps: R@1 {best['R@1']:.3f}, cosine {best['cosine']:.3f})")
+
+
 @augment_app.command("fix")
 @_friendly
 def augment_fix(
