@@ -5,6 +5,7 @@ through `jointspace augment sample`, text-to-image and image-to-image, with ever
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,51 @@ def test_explore_scores_every_cell_with_the_joint_space(tiny_sd, tiny_cfg, tmp_p
         assert 0 <= c["R@1"] <= 1 and -1 <= c["cosine"] <= 1 and c["seconds"] > 0 and c["scored"] == 4
     page = (tmp_path / "x" / "explore.html").read_text()
     assert "image-&gt;text R@1" in page and "data:image/png;base64," in page
+
+
+def test_fix_driven_by_prompts_img2img_and_the_joint_space_filter(tiny_sd, tiny_cfg, digits_dir, tmp_path):
+    """augment fix with a text-to-image pipeline: each target's prompts are its name and its captions
+    nearest the class it is confused with; image-to-image from its real images. The run's own joint
+    space as a filter keeps real images of the class and drops the confused class's, and stops the
+    loop with a clear error when it rejects every generated image (the random tiny pipeline's)."""
+    import sys
+
+    from jointspace.augment.config import load_augment_config
+    from jointspace.augment.fix import run_fix
+    from jointspace.augment.prompted import judge
+    from jointspace.augment.sample import real_images
+    from jointspace.tasks.contrastive import train
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import tiny_augment_overrides
+
+    run = train(tiny_cfg("loss.positives=label", name="contrastive", epochs=2), show_progress=False)
+    sets = [*tiny_augment_overrides("ignored", tmp_path / "unused", steps=4), "fix.worst=1", "fix.n_per_class=8",
+            "fix.oversample_control=false", "fix.strength=0.7", "fix.confused_captions=2",
+            "fix.negative_prompt=blurry", "sample.steps=3", "sample.guidance=5"]
+    result = run_fix(run, load_augment_config(None, sets), diffusion=tiny_sd, out=tmp_path / "fix", log=lambda _: None)
+    (target,) = result["targets"]
+    gen = result["generation"]
+    prompts = gen["prompts"][target]
+    assert prompts[0] == f"a photo of a {target}" and len(prompts) == 3  # the template + 2 captions of the class
+    assert all(target in p for p in prompts[1:])  # digits captions name their class
+    assert gen["strength"] == 0.7 and gen["negative_prompt"] == "blurry" and result["n_generated"] == 8
+    assert set(result["runs"]) == {"before", "generated"}
+
+    other = next(p["predicted"] for p in result["analysis"]["most_confused"] if p["true"] == target)
+    real = real_images(digits_dir, [target, other])
+    images = np.concatenate([real[0], real[1]])  # real images of the target and of the confused class
+    kept, counts = judge(run, result["analysis"], {target: images})
+    from jointspace.augment.explore import _centroids
+    from jointspace.index.query import Encoder
+
+    enc = Encoder.from_run(run)  # by hand: nearer the target's caption centroid than the confused class's
+    names = enc.info["class_names"]
+    cents = _centroids(enc, names)
+    emb = enc.encode("image", list(images), check=False)
+    nearer = emb @ cents[names.index(target)] > emb @ cents[names.index(other)]
+    assert counts[target] == {"kept": int(nearer.sum()), "dropped": int((~nearer).sum()), "confused_with": other}
+    assert np.array_equal(kept[target], images[nearer])
+    with pytest.raises(ValueError, match="placed every generated image nearer the confused class"):
+        run_fix(run, load_augment_config(None, [*sets, "fix.filter=true"]), diffusion=tiny_sd,
+                out=tmp_path / "fix2", log=lambda _: None)

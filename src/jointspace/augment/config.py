@@ -76,6 +76,12 @@ class FixConfig(_Strict):
     upsample: float = Field(1.0, gt=0.0)  # weight of the generated source (data.sources weight)
     oversample_control: bool = True  # also retrain with the real images of the targets upsampled alike
     retrain_set: list[str] = Field(default_factory=list)  # extra overrides for the retrained runs
+    # text-to-image pipelines (--diffusion): prompts from the class name and its most confused captions
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of a {}"])  # templates, {} = the class name
+    confused_captions: int = Field(3, ge=0)  # + the class's captions the run places nearest the confused class
+    negative_prompt: str | None = None
+    strength: float | None = Field(None, gt=0.0, le=1.0)  # image-to-image from the class's real train images
+    filter: bool = False  # keep only images the run's joint space places nearer their class than the confused one
 
 
 class AugmentConfig(RunFolder):

@@ -24,14 +24,15 @@ import torch
 from safetensors.torch import load_file
 
 from jointspace.augment.config import AugmentConfig
+from jointspace.augment.prompted import class_prompts, judge
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
-from jointspace.augment.sample import class_ids, load_sampler
+from jointspace.augment.sample import class_ids, load_sampler, real_images
 from jointspace.config import RunConfig, apply_overrides, config_from_dict, load_config
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.evaluate.embed import embed_split
 from jointspace.kinds import get_kind, with_role
-from jointspace.runs import CONFIG, WEIGHTS, load_run, load_run_split, read_run_info
+from jointspace.runs import CONFIG, RUN_INFO, WEIGHTS, load_run, load_run_split, read_run_info
 from jointspace.tasks.classify import build_classifier, predict, train_classifier
 from jointspace.tasks.common import read_done
 from jointspace.tasks.contrastive import train
@@ -191,6 +192,26 @@ def train_sampler_model(aug: AugmentConfig, cfg: RunConfig, out: Path, log: Call
     return dcfg.run_dir
 
 
+def _sampler_for(model_dir: Path, aug: AugmentConfig, cfg: RunConfig, run_dir: Path, analysis: dict,
+                 targets: list[str], log: Callable[[str], None]):
+    """The sampler of `model_dir`; a text-to-image pipeline gets each target's prompts (its name and its
+    most confused captions), the negative prompt and, with fix.strength, its real images as starts."""
+    f, names = aug.fix, read_info(cfg.data.path)["class_names"]
+    if (model_dir / RUN_INFO).exists():  # an `augment train` run: the class-conditional UNet, no prompts
+        return load_sampler(model_dir, aug.train.device, class_names=names), {}
+    init = None
+    if f.strength:
+        init = {names.index(targets[i]): v for i, v in real_images(cfg.data.path, targets).items()}
+    sampler = load_sampler(model_dir, aug.train.device, class_names=names, prompt_template=f.prompts,
+                           negative_prompt=f.negative_prompt, init_images=init, strength=f.strength or 0.6)
+    if sampler.mode != "prompt":
+        return sampler, {}
+    prompts = class_prompts(run_dir, cfg.data.path, analysis, targets, f.prompts, f.confused_captions)
+    sampler.class_prompts = {names.index(c): p for c, p in prompts.items()}
+    log(f"prompts: {prompts}")
+    return sampler, {"prompts": prompts, "negative_prompt": f.negative_prompt, "strength": f.strength}
+
+
 def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | None = None, out: str | Path | None = None,
             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """The whole loop; writes `out/fix.json`, `fix.md` and `report.html`, returns fix.json's content."""
@@ -216,14 +237,21 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
         + f"; most confused: {analysis['most_confused'][:3]}")
 
     model_dir = Path(diffusion) if diffusion else train_sampler_model(aug, cfg, out, log)
-    sampler = load_sampler(model_dir, aug.train.device, class_names=read_info(cfg.data.path)["class_names"])
+    sampler, gen_meta = _sampler_for(model_dir, aug, cfg, run_dir, analysis, targets, log)
     ids = class_ids(sampler, targets)
     s = aug.sample
     log(f"generating {f.n_per_class} images of each of {targets} ({s.scheduler}, {s.steps} steps, guidance {s.guidance})")
     images = {c: sampler.sample_class(i, f.n_per_class, s.guidance, s.steps, s.scheduler, s.seed, s.batch_size)
               for c, i in zip(targets, ids, strict=True)}
-    gen_meta = {"generated": True, "model": str(model_dir), "guidance": s.guidance, "steps": s.steps,
-                "scheduler": s.scheduler, "seed": s.seed}
+    gen_meta.update({"generated": True, "model": str(model_dir), "guidance": s.guidance, "steps": s.steps,
+                     "scheduler": s.scheduler, "seed": s.seed})
+    if f.filter:
+        images, gen_meta["filter"] = judge(run_dir, analysis, images)
+        log(f"kept by the run's own judgement: {gen_meta['filter']}")
+        if not any(len(a) for a in images.values()):
+            raise ValueError(f"fix.filter: the run's joint space placed every generated image nearer the confused "
+                             f"class ({gen_meta['filter']}); raise fix.n_per_class or set fix.filter=false")
+        images = {c: a for c, a in images.items() if len(a)}
     n_gen = write_generated(out / "generated", images, cfg, image_key, gen_meta)
     grid = image_grid({c: a[:8] for c, a in images.items()}, out / "generated_grid.png")
 

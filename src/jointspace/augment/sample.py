@@ -123,6 +123,7 @@ class PipelineSampler:
         templates = [prompt_template] if isinstance(prompt_template, str) else list(prompt_template)
         self.prompt_templates, self.negative_prompt = templates or ["a photo of {}"], negative_prompt
         self.init_images, self.strength = init_images, strength
+        self.class_prompts: dict[int, list[str]] = {}  # whole prompts of a class, instead of the templates
         if init_images is not None:
             if self.mode != "prompt":
                 raise ValueError(f"{path}: image-to-image (--strength) needs a text-to-image pipeline")
@@ -135,8 +136,8 @@ class PipelineSampler:
 
     def _prompted(self, class_id: int, start: int, m: int, guidance: float) -> dict:
         name = self.class_names[class_id]
-        kw = {"prompt": [self.prompt_templates[(start + i) % len(self.prompt_templates)].format(name)
-                         for i in range(m)], "guidance_scale": guidance}
+        own = self.class_prompts.get(class_id) or [t.format(name) for t in self.prompt_templates]
+        kw = {"prompt": [own[(start + i) % len(own)] for i in range(m)], "guidance_scale": guidance}
         if self.negative_prompt:
             kw["negative_prompt"] = [self.negative_prompt] * m
         if self.init_images is not None:
