@@ -104,3 +104,17 @@ def test_a_manifest_path_that_escapes_its_folder_is_refused(tmp_path):
     with pytest.raises(DataError):
         pack_manifest(manifest, tmp_path / "refused")
     assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused*"))
+
+
+def test_streamed_training_says_and_records_what_it_skipped(hostile_shards, tiny_cfg, capsys):
+    """The same hostile shards streamed: each epoch's skipped samples are warned and land in run.json."""
+    from jointspace.tasks.contrastive import train
+
+    root, n_hostile = hostile_shards
+    run = train(tiny_cfg(f"data.path={root}", "data.streaming=true", "data.shuffle_buffer=0", "eval.linear_probe=false",
+                         name="streamed", epochs=2), show_progress=False)
+    streamed = json.loads((run / "run.json").read_text())["skipped"]["train (streamed)"]
+    assert streamed["n_skipped"] >= n_hostile and set(streamed["per_epoch"]) == {"1", "2"}
+    assert any("DecompressionBomb" in r or "larger than" in r or "pickle" in r or "Unicode" in r or ".tar" in r
+               for r in streamed["reasons"])
+    assert "streamed train epoch 1" in capsys.readouterr().err

@@ -66,7 +66,8 @@ class ShardStream(IterableDataset):
                  image_size: int = 32, context_length: int = 16, max_frames: int = 96,
                  tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0,
                  shard_probs: list[float] | None = None, label_lookup: dict[str, np.ndarray | None] | None = None,
-                 image_channels: int | None = None, prep: Prep | None = None, decode=None):
+                 image_channels: int | None = None, prep: Prep | None = None, decode=None,
+                 report_skips: bool = False):
         super().__init__()
         self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
         self.shard_probs, self.label_lookup = shard_probs, label_lookup or {}
@@ -78,6 +79,9 @@ class ShardStream(IterableDataset):
                                  channels={picture: image_channels} if picture and image_channels else {})
         self.stats = ReadStats()
         self.decode = decode  # how a raw sample is read: a function, {url: function}, or None (jointspace's)
+        # batches carry "_skipped" = (worker, samples skipped so far, first reasons), and each worker ends
+        # with a batch of that alone: workers are other processes, so the counts travel with the data
+        self.report_skips = report_skips
 
     def _worker(self) -> tuple[int, int]:
         """(role, number of workers): the worker whose place in the epoch this DataLoader worker takes."""
@@ -123,6 +127,8 @@ class ShardStream(IterableDataset):
         batch: dict = to_inputs(values, self.kinds, self.prep)
         batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         batch["key"] = [s["key"] for s in samples]
+        if self.report_skips:
+            batch["_skipped"] = (self._worker()[0], self.stats.n_bad, list(self.stats.errors[:3]))
         return batch
 
     def _draw(self, value, key: str):
@@ -144,6 +150,8 @@ class ShardStream(IterableDataset):
                     yield self.collate(pending)
                 made += 1
                 pending = []
+        if self.report_skips:
+            yield {"_skipped": (wid, self.stats.n_bad, list(self.stats.errors[:3]))}
 
 
 def stream_loader(stream: ShardStream, num_workers: int = 0) -> DataLoader:

@@ -7,6 +7,7 @@ mid-epoch resume.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -61,6 +62,7 @@ class StreamedBatches:
                  class_names: list[str] | None = None):
         d = cfg.data
         self.cfg, self.dist, self.device = cfg, dist_info, device
+        self.skipped: dict[int, dict] = {}  # epoch -> {n_skipped, reasons} of streamed samples lost
         sources = [shards_arg(s.path, d) for s in d.sources] or [source_of(d)]
         if any(isinstance(s, CsvSource) for s in sources):
             raise DataError("data.csv: CSV datasets are read into memory; set data.streaming: false")
@@ -118,14 +120,29 @@ class StreamedBatches:
         stream = ShardStream(self.urls, self.kinds, self.local_batch, self.cfg.seed, epoch, self.dist.rank,
                              self.dist.world_size, d.resampled, skip, shuffle_buffer=d.shuffle_buffer,
                              shard_probs=self.shard_probs, label_lookup=self.label_lookup, prep=self.prep,
-                             decode=self.decode)
-        step = skip
+                             decode=self.decode, report_skips=True)
+        step, seen = skip, {}
         for batch in stream_loader(stream, d.num_workers):
             if step >= self.steps_per_epoch:
                 break
+            worker, n_bad, reasons = batch.pop("_skipped")
+            seen[int(worker)] = (int(n_bad), reasons)
+            if not batch:  # a worker's end-of-stream marker
+                continue
             batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
             glob = {"label": gather_no_grad(batch["label"])}
             if self.cfg.loss.positives == "caption" and self.text_key:
                 glob[self.text_key] = gather_no_grad(batch[self.text_key])
             yield batch, positive_mask(glob, self.cfg.loss.positives, self.text_key)
             step += 1
+        self._said_skipped(epoch, seen)
+
+    def _said_skipped(self, epoch: int, seen: dict) -> None:
+        """One warning line per epoch that lost samples (this rank's workers together); kept for run.json."""
+        n = sum(c for c, _ in seen.values())
+        if not n:
+            return
+        reasons = [r for _, rs in seen.values() for r in rs][:3]
+        self.skipped[epoch] = {"n_skipped": n, "reasons": reasons}
+        print(f"warning: streamed train epoch {epoch + 1} (rank {self.dist.rank}): skipped {n} unreadable samples; "
+              f"first: {'; '.join(reasons)}", file=sys.stderr)

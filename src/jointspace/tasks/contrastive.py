@@ -31,6 +31,7 @@ from jointspace.runs import (
     WEIGHTS,
     build_from_info,
     load_run,
+    read_run_info,
     resolve_device,
     write_run_info,
 )
@@ -252,6 +253,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
               f"  {parameter_summary(model)}")
     result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir, enabled=main), device,
                  resume=resume, show_progress=show_progress, dist=dist_info)
+    if main and getattr(batches, "skipped", None):  # streamed samples lost, counted as they were read
+        run_info = read_run_info(run_dir)
+        run_info.setdefault("skipped", {})["train (streamed)"] = {
+            "n_skipped": max(v["n_skipped"] for v in batches.skipped.values()),
+            "per_epoch": {str(e + 1): v["n_skipped"] for e, v in sorted(batches.skipped.items())},
+            "reasons": next(iter(batches.skipped.values()))["reasons"]}
+        write_run_info(run_dir, run_info)
     if main:
         save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
         (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
