@@ -143,7 +143,8 @@ def save_weights(spec: dict, held: dict) -> None:
     import torch
 
     state = {k: v.detach().cpu().contiguous() for k, v in held["model"].state_dict().items()}
-    if spec["trainer"] == "open_clip":
+    Path(spec["weights"]).parent.mkdir(parents=True, exist_ok=True)  # a run stopped before its first checkpoint
+    if spec["trainer"] == "open_clip":  # leaves no run folder behind (jointspace), so make its place
         torch.save({"state_dict": state}, spec["weights"])
     else:
         from jointspace.engine.checkpoint import save_tensors
