@@ -166,12 +166,12 @@ def test_fix_driven_by_prompts_img2img_and_the_joint_space_filter(tiny_sd, tiny_
     real = real_images(digits_dir, [target, other])
     images = np.concatenate([real[0], real[1]])  # real images of the target and of the confused class
     kept, counts = judge(run, result["analysis"], {target: images})
-    from jointspace.augment.explore import _centroids
+    from jointspace.augment.explore import class_centroids
     from jointspace.index.query import Encoder
 
     enc = Encoder.from_run(run)  # by hand: nearer the target's caption centroid than the confused class's
     names = enc.info["class_names"]
-    cents = _centroids(enc, names)
+    cents = class_centroids(enc, names)
     emb = enc.encode("image", list(images), check=False)
     nearer = emb @ cents[names.index(target)] > emb @ cents[names.index(other)]
     assert counts[target] == {"kept": int(nearer.sum()), "dropped": int((~nearer).sum()), "confused_with": other}

@@ -17,22 +17,22 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.augment.sample import class_ids
-from jointspace.evaluate.embed import class_prompts
+from jointspace.evaluate.embed import class_prompts, embed_class_prompts
 from jointspace.index.query import Encoder
 from jointspace.kinds import with_role
 
 
-def _centroids(enc: Encoder, names: list[str]) -> np.ndarray:
-    """The normalised mean embedding of each class's caption prompts: [C, D]."""
+def class_centroids(enc: Encoder, names: list[str]) -> np.ndarray:
+    """The normalised mean embedding of each class's caption prompts (as zero-shot evaluation ensembles
+    them): [C, D]."""
     text = with_role(enc.kinds, "captions")
     if text is None:
         raise ValueError("the joint space has no caption modality to score generated images against")
-    rows = [enc.encode(text, prompts).mean(0) for prompts in class_prompts({"class_names": names})]
-    cents = np.stack(rows)
-    return cents / np.linalg.norm(cents, axis=1, keepdims=True)
+    return embed_class_prompts(enc.model, text, class_prompts({"class_names": names}), enc.prep.context_length,
+                               enc.device, enc.prep.tokenizers.get(text)).numpy()
 
 
-def _fit(images: np.ndarray, channels: int) -> list[np.ndarray]:
+def fit_channels(images: np.ndarray, channels: int) -> list[np.ndarray]:
     """Generated uint8 images in the joint space's channel count (grey <-> RGB)."""
     if channels == 1 and images.ndim == 4:
         images = images.mean(-1).round().astype(np.uint8)
@@ -49,7 +49,7 @@ def score_cell(enc: Encoder, cents: np.ndarray, names: list[str], images: dict[s
     for name, arr in images.items():
         if name not in names:
             continue
-        sims = enc.encode(picture, _fit(arr, channels), check=False) @ cents.T
+        sims = enc.encode(picture, fit_channels(arr, channels), check=False) @ cents.T
         target = names.index(name)
         hits += (sims.argmax(1) == target).tolist()
         cosines += sims[:, target].tolist()
@@ -64,7 +64,7 @@ def explore(sampler, joint_run: str | Path, out: str | Path, classes: Sequence[s
     out.mkdir(parents=True, exist_ok=True)
     enc = Encoder.from_run(joint_run)
     names = list(enc.info.get("class_names") or [])
-    cents = _centroids(enc, names)
+    cents = class_centroids(enc, names)
     ids = class_ids(sampler, classes)
     rows, panels = [], []
     for sched, g, s in itertools.product(schedulers, guidances, steps):

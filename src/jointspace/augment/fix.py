@@ -212,6 +212,28 @@ def _sampler_for(model_dir: Path, aug: AugmentConfig, cfg: RunConfig, run_dir: P
     return sampler, {"prompts": prompts, "negative_prompt": f.negative_prompt, "strength": f.strength}
 
 
+def _generate(model_dir: Path, aug: AugmentConfig, cfg: RunConfig, run_dir: Path, analysis: dict,
+              targets: list[str], log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], dict]:
+    """fix.n_per_class images of each target (with fix.filter: those the run's joint space keeps) and
+    what made them."""
+    f, s = aug.fix, aug.sample
+    sampler, gen_meta = _sampler_for(model_dir, aug, cfg, run_dir, analysis, targets, log)
+    ids = class_ids(sampler, targets)
+    log(f"generating {f.n_per_class} images of each of {targets} ({s.scheduler}, {s.steps} steps, guidance {s.guidance})")
+    images = {c: sampler.sample_class(i, f.n_per_class, s.guidance, s.steps, s.scheduler, s.seed, s.batch_size)
+              for c, i in zip(targets, ids, strict=True)}
+    gen_meta.update({"generated": True, "model": str(model_dir), "guidance": s.guidance, "steps": s.steps,
+                     "scheduler": s.scheduler, "seed": s.seed})
+    if f.filter:
+        images, gen_meta["filter"] = judge(run_dir, analysis, images)
+        log(f"kept by the run's own judgement: {gen_meta['filter']}")
+        if not any(len(a) for a in images.values()):
+            raise ValueError(f"fix.filter: the run's joint space placed every generated image nearer the confused "
+                             f"class ({gen_meta['filter']}); raise fix.n_per_class or set fix.filter=false")
+        images = {c: a for c, a in images.items() if len(a)}
+    return images, gen_meta
+
+
 def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | None = None, out: str | Path | None = None,
             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """The whole loop; writes `out/fix.json`, `fix.md` and `report.html`, returns fix.json's content."""
@@ -237,21 +259,7 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
         + f"; most confused: {analysis['most_confused'][:3]}")
 
     model_dir = Path(diffusion) if diffusion else train_sampler_model(aug, cfg, out, log)
-    sampler, gen_meta = _sampler_for(model_dir, aug, cfg, run_dir, analysis, targets, log)
-    ids = class_ids(sampler, targets)
-    s = aug.sample
-    log(f"generating {f.n_per_class} images of each of {targets} ({s.scheduler}, {s.steps} steps, guidance {s.guidance})")
-    images = {c: sampler.sample_class(i, f.n_per_class, s.guidance, s.steps, s.scheduler, s.seed, s.batch_size)
-              for c, i in zip(targets, ids, strict=True)}
-    gen_meta.update({"generated": True, "model": str(model_dir), "guidance": s.guidance, "steps": s.steps,
-                     "scheduler": s.scheduler, "seed": s.seed})
-    if f.filter:
-        images, gen_meta["filter"] = judge(run_dir, analysis, images)
-        log(f"kept by the run's own judgement: {gen_meta['filter']}")
-        if not any(len(a) for a in images.values()):
-            raise ValueError(f"fix.filter: the run's joint space placed every generated image nearer the confused "
-                             f"class ({gen_meta['filter']}); raise fix.n_per_class or set fix.filter=false")
-        images = {c: a for c, a in images.items() if len(a)}
+    images, gen_meta = _generate(model_dir, aug, cfg, run_dir, analysis, targets, log)
     n_gen = write_generated(out / "generated", images, cfg, image_key, gen_meta)
     grid = image_grid({c: a[:8] for c, a in images.items()}, out / "generated_grid.png")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.augment.explore import _centroids, _fit
+from jointspace.augment.explore import class_centroids, fit_channels
 from jointspace.data.dataset import load_split
 from jointspace.index.query import Encoder
 from jointspace.kinds import with_role
@@ -42,7 +42,7 @@ def class_prompts(run_dir: Path, data_path: str, analysis: dict, targets: list[s
     data = load_split(data_path, "train", [text])
     captions = [v[0] if isinstance(v, (list, tuple)) and v else v for v in data.captions.get(text, [])]
     names = list(enc.info.get("class_names") or data.class_names)
-    cents = _centroids(enc, names)
+    cents = class_centroids(enc, names)
     for c in targets:
         own = [str(captions[i]) for i in range(len(captions)) if data.class_names[int(data.labels[i])] == c]
         own = list(dict.fromkeys(own))
@@ -63,7 +63,7 @@ def judge(run_dir: Path, analysis: dict, images: dict[str, np.ndarray]) -> tuple
     if enc is None:
         raise ValueError(f"{run_dir}: fix.filter needs a contrastive run with images and captions")
     names = list(enc.info.get("class_names") or [])
-    cents = _centroids(enc, names)
+    cents = class_centroids(enc, names)
     picture = with_role(enc.kinds, "picture")
     channels = int(enc.prep.channels.get(picture, 3))
     kept, report = {}, {}
@@ -72,7 +72,7 @@ def judge(run_dir: Path, analysis: dict, images: dict[str, np.ndarray]) -> tuple
         if other is None or not len(arr):
             kept[c], report[c] = arr, {"kept": len(arr), "dropped": 0, "confused_with": other}
             continue
-        emb = enc.encode(picture, _fit(arr, channels), check=False)
+        emb = enc.encode(picture, fit_channels(arr, channels), check=False)
         keep = emb @ cents[names.index(c)] > emb @ cents[names.index(other)]
         kept[c] = arr[keep]
         report[c] = {"kept": int(keep.sum()), "dropped": int((~keep).sum()), "confused_with": other}

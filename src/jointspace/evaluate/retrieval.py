@@ -26,20 +26,35 @@ BLOCK_ROWS = 256
 TOP_K = 128
 
 
-def _positive_mask(
-    start: int,
-    n_rows: int,
-    n_gallery: int,
-    query_labels: Tensor | None,
-    gallery_labels: Tensor | None,
-    device: torch.device,
-) -> Tensor:
-    """Boolean positives for query rows [start, start + n_rows) against the whole gallery: [c, Ng]."""
-    if query_labels is None or gallery_labels is None:
-        query_idx = torch.arange(start, start + n_rows, device=device)
-        gallery_idx = torch.arange(n_gallery, device=device)
-        return query_idx.unsqueeze(1) == gallery_idx.unsqueeze(0)
-    return query_labels[start : start + n_rows].unsqueeze(1) == gallery_labels.unsqueeze(0)
+class _Positives:
+    """Which gallery items are positives of which queries: the same label, or (no labels) the same index."""
+
+    def __init__(self, query_labels: Tensor | None, gallery_labels: Tensor | None, n_gallery: int,
+                 device: torch.device):
+        self.query_labels, self.gallery_labels = query_labels, gallery_labels
+        self.gallery = gallery_labels if gallery_labels is not None else torch.arange(n_gallery, device=device)
+        if gallery_labels is not None:
+            self.classes, self.per_class = torch.unique(gallery_labels, return_counts=True)
+
+    def _own(self, rows: Tensor) -> Tensor:
+        """What a gallery item must equal to be a positive of these query rows (absolute indices)."""
+        return self.query_labels[rows] if self.query_labels is not None else rows
+
+    def count(self, rows: Tensor) -> Tensor:
+        """Number of positives of each query row: [r]."""
+        if self.query_labels is None:
+            return torch.ones(len(rows), dtype=torch.long, device=rows.device)
+        own = self._own(rows)
+        at = torch.searchsorted(self.classes, own).clamp(max=len(self.classes) - 1)
+        return torch.where(self.classes[at] == own, self.per_class[at], 0)
+
+    def among(self, rows: Tensor, idx: Tensor) -> Tensor:
+        """Boolean positives of query rows among gallery items `idx` [r, K]: [r, K]."""
+        return self.gallery[idx] == self._own(rows).unsqueeze(1)
+
+    def full(self, rows: Tensor) -> Tensor:
+        """Boolean positives of query rows against the whole gallery: [r, Ng]."""
+        return self.gallery.unsqueeze(0) == self._own(rows).unsqueeze(1)
 
 
 def _ranks_from_top(top_sim: Tensor, top_rel: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,22 +84,23 @@ def _average_precision_at_k(top_sim: Tensor, top_rel: Tensor, n_pos: Tensor, bou
     return (precision * rel).sum(dim=1) / denom
 
 
-def _chunk_scores(sim: Tensor, pos_of, n_pos: Tensor, k_top: int, k_ap: int) -> tuple[Tensor, Tensor]:
-    """(first-positive ranks, AP@k_ap) of one chunk's rows: one top-K selection over the similarity
-    rows; only rows whose best positive lies below the top K, or whose k_ap-th value ties past
-    position k_ap, are scanned in full. `pos_of(rows)` gives those rows' positive masks [r, Ng]."""
+def _chunk_scores(sim: Tensor, positives: _Positives, rows: Tensor, n_pos: Tensor, k_top: int,
+                  k_ap: int) -> tuple[Tensor, Tensor]:
+    """(first-positive ranks, AP@k_ap) of one chunk's query rows (absolute indices `rows`): one top-K
+    selection over the similarity rows; only rows whose best positive lies below the top K, or whose
+    k_ap-th value ties past position k_ap, are scanned in full."""
     top_sim, top_idx = sim.topk(k_top, dim=1)  # [c, K], sorted descending
-    top_rel = pos_of(None, top_idx)  # [c, K]
+    top_rel = positives.among(rows, top_idx)  # [c, K]
     ranks, found = _ranks_from_top(top_sim, top_rel)
     boundary = top_sim[:, k_ap - 1]
     boundary_pos = (top_rel[:, :k_ap] & (top_sim[:, :k_ap] == boundary.unsqueeze(1))).sum(dim=1)
     crosses = (top_sim[:, k_ap] == boundary) if k_top > k_ap else torch.zeros_like(found)
     full = torch.nonzero((~found | crosses) & (n_pos > 0)).squeeze(1)
     if full.numel():
-        rows, pos = sim[full], pos_of(full, None)
-        best = rows.masked_fill(~pos, -math.inf).amax(dim=1, keepdim=True)
-        ranks[full] = 1 + torch.sum(torch.gt(rows, best), dim=1, dtype=torch.int32).long()
-        boundary_pos[full] = (pos & (rows == boundary[full].unsqueeze(1))).sum(dim=1)
+        scanned, pos = sim[full], positives.full(rows[full])
+        best = scanned.masked_fill(~pos, -math.inf).amax(dim=1, keepdim=True)
+        ranks[full] = 1 + torch.sum(torch.gt(scanned, best), dim=1, dtype=torch.int32).long()
+        boundary_pos[full] = (pos & (scanned == boundary[full].unsqueeze(1))).sum(dim=1)
     return ranks, _average_precision_at_k(top_sim, top_rel, n_pos, boundary_pos, k_ap)
 
 
@@ -139,36 +155,22 @@ def retrieval_metrics(
     gallery = gallery_emb.to(device=device, dtype=dtype)
     k_ap = min(map_k, n_gallery)
     k_top = min(max(max(ks, default=1) + 1, k_ap + 1, TOP_K), n_gallery)  # past k_ap: a tie crossing it shows
-    if query_labels is not None:
-        classes, per_class = torch.unique(gallery_labels, return_counts=True)
+    positives = _Positives(query_labels, gallery_labels, n_gallery, device)
     ranks, aps = [], []
     step = min(chunk_size, BLOCK_ROWS)
     for start in range(0, n_query, step):
         query = query_emb[start : start + step].to(dtype)  # [c, D]
-        sim = query @ gallery.T  # [c, Ng]
-        c = query.shape[0]
-        if query_labels is None:
-            own = torch.arange(start, start + c, device=device)
-            n_pos = torch.ones(c, dtype=torch.long, device=device)
-
-            def pos_of(rows, idx, own=own):
-                if idx is not None:
-                    return idx == own.unsqueeze(1)
-                return own[rows].unsqueeze(1) == torch.arange(n_gallery, device=device).unsqueeze(0)
-        else:
-            ql = query_labels[start : start + c]
-            at = torch.searchsorted(classes, ql).clamp(max=len(classes) - 1)
-            n_pos = torch.where(classes[at] == ql, per_class[at], 0)
-
-            def pos_of(rows, idx, ql=ql):
-                if idx is not None:
-                    return gallery_labels[idx] == ql.unsqueeze(1)
-                return ql[rows].unsqueeze(1) == gallery_labels.unsqueeze(0)
+        rows = torch.arange(start, start + query.shape[0], device=device)
+        n_pos = positives.count(rows)
+        rank, ap = _chunk_scores(query @ gallery.T, positives, rows, n_pos, k_top, k_ap)
         valid = n_pos > 0
-        rank, ap = _chunk_scores(sim, pos_of, n_pos, k_top, k_ap)
         ranks.append(rank[valid].cpu())
         aps.append(ap[valid].cpu())
+    return _summary(ranks, aps, ks, map_k)
 
+
+def _summary(ranks: list[Tensor], aps: list[Tensor], ks: Sequence[int], map_k: int) -> dict[str, float]:
+    """Recall@k, mAP, median and mean rank over the scored queries' first-positive ranks and APs."""
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)  # [Nq_valid]
     ap_all = torch.cat(aps) if aps else torch.zeros(0, dtype=torch.float64)
     n_valid = rank.numel()

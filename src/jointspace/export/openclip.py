@@ -81,7 +81,9 @@ def _state(job, image: str, text: str, classic: bool) -> dict[str, torch.Tensor]
     return {k: v.contiguous().clone() for k, v in state.items()}
 
 
-def _model_cfg(arch: str, job, image: str) -> dict:
+def _model_cfg(arch: str, job, image: str) -> tuple[dict, bool]:
+    """open_clip's config of `arch` with the run's embed_dim (and QuickGELU where the tower has it), and
+    whether that embed_dim is the architecture's own (then `arch` + the file load it by name)."""
     import open_clip
 
     base = open_clip.get_model_config(arch)
@@ -91,7 +93,7 @@ def _model_cfg(arch: str, job, image: str) -> dict:
     cfg["embed_dim"] = int(job.model.embed_dim)
     if any(isinstance(m, open_clip.transformer.QuickGELU) for m in job.model.towers[image].modules()):
         cfg["quick_gelu"] = True
-    return cfg
+    return cfg, cfg["embed_dim"] == base.get("embed_dim")
 
 
 def _check(out: Path, job, image: str, text: str) -> float:
@@ -116,7 +118,7 @@ def _check(out: Path, job, image: str, text: str) -> float:
 def export_openclip(job, out: Path) -> dict:
     """Write open_clip_config.json and open_clip_model.safetensors; returns the manifest's fields."""
     image, text, arch = _towers(job)
-    model_cfg = _model_cfg(arch, job, image)
+    model_cfg, same_dim = _model_cfg(arch, job, image)
     classic = not (model_cfg.get("custom_text") or model_cfg.get("text_cfg", {}).get("hf_model_name"))
     tower = job.model.towers[image]
     preprocess = {"size": list(tower.image_size), "mean": tower.mean.flatten().tolist(),
@@ -128,15 +130,7 @@ def export_openclip(job, out: Path) -> dict:
     if diff > 1e-4:
         raise RuntimeError(f"open_clip's features of the export differ from the run's by {diff:.2e}")
     left_out = [m for m in job.model.towers if m not in (image, text)]
-    same_dim = model_cfg["embed_dim"] == open_clip_embed_dim(arch)
     return {"architecture": arch, "modalities": {"image": image, "text": text}, "left_out": left_out,
             "files": [CONFIG, WEIGHTS], "max_abs_diff": diff, "arch_loads_file": same_dim,
             "load": (f"open_clip.create_model_and_transforms('{arch}', pretrained='DIR/{WEIGHTS}')"
                      if same_dim else "open_clip.create_model_and_transforms('local-dir:DIR')")}
-
-
-def open_clip_embed_dim(arch: str) -> int | None:
-    import open_clip
-
-    cfg = open_clip.get_model_config(arch)
-    return cfg.get("embed_dim") if cfg else None

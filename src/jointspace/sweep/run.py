@@ -29,10 +29,10 @@ def _sampler(cfg: SweepConfig, seed: int):
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group / multivariate
-    space = {k: p.choices if p.type == "categorical" else _grid_values(p) for k, p in cfg.space.items()}
     return {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-            "grid": lambda: optuna.samplers.GridSampler(space, seed=seed),
+            "grid": lambda: optuna.samplers.GridSampler(
+                {k: p.choices if p.type == "categorical" else _grid_values(p) for k, p in cfg.space.items()}, seed=seed),
             "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False),
             }[cfg.sampler]()
 
