@@ -131,9 +131,15 @@ def run_jointspace(spec: dict, held: dict) -> int:
         held["model"] = build(*a, **kw)
         return held["model"]
 
-    loop.build_from_info = keep
+    write_info = loop.write_run_info
+
+    def keep_info(run_dir, info):  # a run stopped before its first checkpoint leaves no folder: keep what
+        held["run_info"] = info      # evaluating its weights needs
+        write_info(run_dir, info)
+
+    loop.build_from_info, loop.write_run_info = keep, keep_info
     cfg = load_config(spec["config"])
-    held["run_dir"] = cfg.run_dir
+    held["run_dir"], held["cfg"] = cfg.run_dir, cfg
     loop.train(cfg, overwrite=True, show_progress=False)
     return cfg.train.batch_size
 
@@ -147,9 +153,15 @@ def save_weights(spec: dict, held: dict) -> None:
     if spec["trainer"] == "open_clip":  # leaves no run folder behind (jointspace), so make its place
         torch.save({"state_dict": state}, spec["weights"])
     else:
+        from jointspace.config import save_config
         from jointspace.engine.checkpoint import save_tensors
+        from jointspace.runs import CONFIG, write_run_info
 
         save_tensors(state, Path(spec["weights"]))
+        folder = Path(spec["weights"]).parent
+        if "run_info" in held and not (folder / "run.json").exists():
+            write_run_info(folder, held["run_info"])
+            save_config(held["cfg"], folder / CONFIG)
 
 
 def main() -> None:
@@ -157,6 +169,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    settings = spec.get("torch") or {}
+    if "interop_threads" in settings:
+        torch.set_num_interop_threads(int(settings["interop_threads"]))
+    if "mkldnn" in settings:
+        torch.backends.mkldnn.enabled = bool(settings["mkldnn"])
     if spec.get("model_config_dir"):
         import open_clip
 

@@ -89,6 +89,16 @@ def jointspace_config(args, name: str, cfg: dict, js_dir: Path, run_root: Path, 
     }
 
 
+def variant(text: str) -> tuple[str, str, dict, dict]:
+    """`LABEL:KEY=VALUE,...` -> (label, file tag, config overrides {section.field: value}, torch settings)."""
+    label, _, settings = text.partition(":")
+    overrides, torch_settings = {}, {}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        (torch_settings if key.startswith("torch.") else overrides)[key.removeprefix("torch.")] = yaml.safe_load(value)
+    return label, "jointspace-" + "".join(c if c.isalnum() else "-" for c in label), overrides, torch_settings
+
+
 def open_clip_args(args, name: str, prepared: dict, workers: int, logs: Path, run_name: str) -> list[str]:
     """open_clip_train's command line for the same run."""
     n_train = prepared["n_train"] // args.batch_size * args.batch_size  # full batches, as jointspace
@@ -168,6 +178,9 @@ def main() -> None:
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16"], help="default: fp32 on CPU, bf16 on CUDA")
     ap.add_argument("--work-dir", type=Path, default=Path("runs/bench_train"))
     ap.add_argument("--skip", nargs="*", default=[], choices=["jointspace", "jointspace-streaming", "open_clip"])
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
+                    help="another jointspace row with config overrides (train.compile=true) or torch settings "
+                         "(torch.mkldnn=false, torch.interop_threads=1); repeatable")
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # open_clip's "no pretrained weights loaded" when building for evaluation
     args.precision = args.precision or ("fp32" if args.device == "cpu" else "bf16")
@@ -193,6 +206,18 @@ def main() -> None:
         specs["jointspace"] = ("jointspace", lambda tag: {
             **common, "trainer": "jointspace", "config": str(cfg_path),
             "weights": str(run_root / "jointspace" / "model.safetensors")})
+    for text in args.variant:
+        label, tag, overrides, torch_settings = variant(text)
+        js = jointspace_config(args, name, cfg, prepared["js"], work / "runs")
+        js["name"] = tag
+        for key, value in overrides.items():
+            section, field = key.split(".", 1)
+            js[section][field] = value
+        path = work / f"{tag}.yaml"
+        path.write_text(yaml.safe_dump(js, sort_keys=False))
+        specs[f"jointspace [{label}]"] = (tag, lambda t, path=path, tag=tag, ts=torch_settings: {
+            **common, "trainer": "jointspace", "config": str(path), "torch": ts,
+            "weights": str(work / "runs" / tag / "model.safetensors")})
     if "jointspace-streaming" not in args.skip:
         run_root = work / "runs"
         stream_cfg = work / "jointspace-streaming.yaml"

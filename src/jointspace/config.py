@@ -144,7 +144,7 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int | None = Field(None, ge=1)  # also checkpoint mid-epoch (exact resume)
     local_loss: bool = False  # data parallel: score local anchors against the gathered batch (open_clip)
     compile: bool = False  # torch.compile the forward pass
-    channels_last: bool = False  # NHWC memory format on CUDA
+    channels_last: bool = False  # NHWC memory format for the convolutions
 
 
 class EvalConfig(_Strict):

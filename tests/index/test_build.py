@@ -13,7 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from jointspace.data.shards import ReadStats, iter_samples, split_urls
-from jointspace.index.build import add_shards, build_index, choose_factory, open_for_run
+from jointspace.index.build import add_shards, build_index, open_for_run
+from jointspace.index.bulk import choose_factory
 from jointspace.index.cli import index_app, search
 from jointspace.index.query import model_fingerprint
 from jointspace.index.store import FingerprintError, IndexStore
@@ -124,7 +125,11 @@ def test_cli_verbs(tiny_run, digits_dir, tmp_path):
     r = runner.invoke(app, ["index", "delete", out, "--where", "label=3", "--where", "split=test"])
     assert r.exit_code == 0 and "deleted" in r.output, r.output
     r = runner.invoke(app, ["index", "info", out])
-    assert r.exit_code == 0 and json.loads(r.output)["n_samples"] < 60
+    info = json.loads(r.output)
+    assert r.exit_code == 0 and info["n_samples"] < 60
+    mem = info["memory"]  # an exact index: vectors in FAISS (4 bytes x dim each), items in RAM, nothing on disk
+    assert mem["faiss_bytes"] >= info["n_vectors"] * info["dim"] * 4 and mem["exact_vectors_bytes"] == 0
+    assert mem["items_in"] == "ram" and mem["in_ram_bytes"] == mem["faiss_bytes"] + mem["items_bytes"]
 
 
 def test_cli_build_takes_its_defaults_from_the_run_config_index_section(tiny_run, digits_dir, tmp_path):

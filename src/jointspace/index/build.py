@@ -8,46 +8,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 from PIL import Image
 
 from jointspace.data.shards import DataError, ReadStats
 from jointspace.data.source import Source, shards_arg
+from jointspace.index.bulk import build_store
 from jointspace.index.query import Encoder
-from jointspace.index.store import IndexStore, IndexStoreError, index_ivf
+from jointspace.index.store import IndexStore
 from jointspace.kinds import get_kind, preview_modality, with_role
 
-EXACT_MAX = 50_000  # below this many vectors the index is exact (IndexFlatIP)
-DEFAULT_NPROBE_FRACTION = 1 / 256  # IVF: probe nlist/256 lists (at least 8); bench/search.py: recall 1.0 at 1M
 PREVIEW_MIN, PREVIEW_MAX = 64, 128
+CHUNK_ROWS = 65_536  # vectors embedded before they go to the index
 
 
 @dataclass
 class Embedded:
-    """Vectors [N, D] with one item per row, PNG previews per sample key, and read statistics."""
+    """Vectors [N, D] with one item per row and PNG previews per sample key: one chunk of an embedding."""
 
     vectors: np.ndarray
     items: list[dict]
     previews: dict[str, bytes] = field(default_factory=dict)
-    stats: ReadStats = field(default_factory=ReadStats)
 
-
-def choose_factory(n_vectors: int, factory: str = "auto") -> str:
-    """FAISS factory string: exact (`Flat`) below EXACT_MAX vectors, `IVF{nlist},Flat` above."""
-    if factory != "auto":
-        return factory
-    if n_vectors < EXACT_MAX:
-        return "Flat"
-    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n_vectors)))},Flat"
-
-
-def default_search_params(index: faiss.Index, factory: str) -> dict:
-    """Search knobs stored with an index: nprobe for IVF, efSearch for HNSW."""
-    ivf = index_ivf(index)
-    if ivf is not None:
-        return {"nprobe": max(8, round(ivf.nlist * DEFAULT_NPROBE_FRACTION))}
-    return {"efSearch": 128} if "HNSW" in factory.upper() else {}
+    def __iter__(self):  # unpacks as (vectors, items, previews), what IndexStore.add and build_store take
+        return iter((self.vectors, self.items, self.previews))
 
 
 def preview_png(kind: str, value: np.ndarray) -> bytes:
@@ -91,8 +75,11 @@ def _first(value):
 
 def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = None,
                  modalities: list[str] | None = None, batch_size: int = 256, max_bad_fraction: float = 0.01,
-                 progress: Callable[[int], None] | None = None) -> Embedded:
-    """Embed every sample of `splits` (default: all) in each of `modalities` (default: the model's)."""
+                 progress: Callable[[int], None] | None = None, stats: ReadStats | None = None,
+                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Embedded]:
+    """Embed every sample of `splits` (default: all) in each of `modalities` (default: the model's), in
+    chunks of about `chunk_rows` vectors. `stats` (given or new) counts what was read; the bad-sample
+    check runs when the last chunk is out."""
     root = shards_arg(root, encoder.cfg.data)
     info = root.info
     kinds, class_names = info["modalities"], list(info.get("class_names", []))
@@ -102,47 +89,33 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
     if bad:
         raise DataError(f"{root}: modalities {bad} are not in both the data ({', '.join(kinds)}) "
                         f"and the model ({', '.join(encoder.kinds)})")
-    text_mod = with_role(kinds, "captions")
-    preview_mod = preview_modality(kinds)
-    stats = ReadStats(n_expected=sum(info.get("splits", {}).get(s, {}).get("n_samples") or 0 for s in splits) or None)
-    chunks: list[np.ndarray] = []
-    items: list[dict] = []
-    previews: dict[str, bytes] = {}
+    text_mod, preview_mod = with_role(kinds, "captions"), preview_modality(kinds)
+    stats = stats if stats is not None else ReadStats()
+    stats.n_expected = sum(info.get("splits", {}).get(s, {}).get("n_samples") or 0 for s in splits) or None
+    chunk, n_items = Embedded([], [], {}), 0
     for batch in _batches(root, splits, modalities, stats, batch_size):
         for m in modalities:
-            chunks.append(encoder.encode(m, [_first(s[m]) for s, _, _ in batch], check=False))
+            chunk.vectors.append(encoder.encode(m, [_first(s[m]) for s, _, _ in batch], check=False))
             for s, split, source in batch:
                 label = s.get("label")
-                items.append({"key": s["key"], "modality": m, "label": label, "split": split, "source": source,
-                              "label_name": class_names[label] if label is not None and 0 <= label < len(class_names)
-                              else None, "caption": _first(s.get(text_mod)) if text_mod else None})
+                chunk.items.append({"key": s["key"], "modality": m, "label": label, "split": split, "source": source,
+                                    "label_name": class_names[label] if label is not None
+                                    and 0 <= label < len(class_names) else None,
+                                    "caption": _first(s.get(text_mod)) if text_mod else None})
         if preview_mod:
-            for s, _, _ in batch:
-                if preview_mod in s:
-                    previews[s["key"]] = preview_png(kinds[preview_mod], s[preview_mod])
+            chunk.previews.update({s["key"]: preview_png(kinds[preview_mod], s[preview_mod])
+                                   for s, _, _ in batch if preview_mod in s})
         if progress:
             progress(len(batch))
+        if len(chunk.items) >= chunk_rows:
+            n_items += len(chunk.items)
+            yield Embedded(np.concatenate(chunk.vectors), chunk.items, chunk.previews)
+            chunk = Embedded([], [], {})
     stats.check(max_bad_fraction, str(root))
-    if not items:
+    if not n_items and not chunk.items:
         raise DataError(f"{root}: no readable samples in splits {splits}")
-    return Embedded(np.concatenate(chunks), items, previews, stats)
-
-
-def new_store(vectors: np.ndarray, factory: str = "auto", meta: dict | None = None, seed: int = 0) -> IndexStore:
-    """An empty IndexStore for these vectors: factory chosen by their number, trained on a sample of them."""
-    fac = choose_factory(len(vectors), factory)
-    store = IndexStore.create(vectors.shape[1], fac, meta)
-    store.meta["search"] = default_search_params(store.index, fac)
-    if store.needs_training:
-        ivf = index_ivf(store.index)
-        n_train = min(len(vectors), 40 * (int(ivf.nlist) if ivf is not None else 256))
-        sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), n_train, replace=False))]
-        try:
-            store.train(sample)
-        except RuntimeError as err:
-            raise IndexStoreError(f"factory {fac!r}: training on {n_train} vectors failed: "
-                                  f"{str(err).strip().splitlines()[-1]}") from None
-    return store
+    if chunk.items:
+        yield Embedded(np.concatenate(chunk.vectors), chunk.items, chunk.previews)
 
 
 def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits: list[str] | None = None,
@@ -155,16 +128,15 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     enc = encoder or Encoder.from_run(run_dir, device)
     cfg = enc.cfg
-    emb = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress)
     meta = {"fingerprint": enc.fingerprint, "run_dir": str(enc.run_dir), "run_name": cfg.name,
-            "kinds": enc.kinds, "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards),
-            "splits_indexed": sorted({it["split"] for it in emb.items}),
-            "modalities_indexed": sorted({it["modality"] for it in emb.items})}
-    store = new_store(emb.vectors, factory, meta)
-    if nprobe is not None and "nprobe" in store.meta["search"]:
-        store.meta["search"]["nprobe"] = int(nprobe)
-    store.add(emb.vectors, emb.items, emb.previews)
-    store.meta["n_bad_samples"] = emb.stats.n_missing
+            "kinds": enc.kinds, "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards)}
+    stats = ReadStats()
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)  # the scratch folder goes beside it (same disk)
+    chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress, stats)
+    store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
+    for col in ("split", "modality"):
+        store.meta[f"{col}s_indexed"] = sorted(r[0] for r in store.db.execute(f"SELECT DISTINCT {col} FROM items"))
+    store.meta["n_bad_samples"] = stats.n_missing
     store.save(out)
     return store
 
@@ -187,7 +159,10 @@ def add_shards(index_dir: str | Path, shards: str | Path, splits: list[str] | No
                batch_size: int = 256, device: str = "cpu") -> int:
     """Embed more shards with the index's own model, add them and save atomically; returns items added."""
     store, enc = open_for_run(index_dir, run_dir, device)
-    emb = embed_shards(enc, shards, splits, modalities, batch_size, enc.cfg.data.max_bad_fraction)
-    store.add(emb.vectors, emb.items, emb.previews, replace=replace)
+    added = 0
+    for vectors, items, previews in embed_shards(enc, shards, splits, modalities, batch_size,
+                                                 enc.cfg.data.max_bad_fraction):
+        store.add(vectors, items, previews, replace=replace)
+        added += len(items)
     store.save()
-    return len(emb.items)
+    return added

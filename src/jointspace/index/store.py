@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import shutil
 import sqlite3
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from jointspace.index.filters import IndexStoreError, parse_where, sql_where
+from jointspace.index.swap import SLOW_SWAP_ENV, recover_interrupted, swap_in
+from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
 
-__all__ = ["FingerprintError", "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index", "parse_where"]
+__all__ = ["SLOW_SWAP_ENV", "FingerprintError", "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index", "parse_where"]
 
 FORMAT = "jointspace-index/1"
 INDEX_FILE, DB_FILE, META_FILE = "index.faiss", "items.sqlite", "meta.json"
 COLUMNS = ("key", "modality", "label", "label_name", "caption", "source", "split")
 EXACT_FILTER_MAX = 20_000  # filters matching at most this many items are searched exactly
+DB_MEMORY_MAX = 256 << 20  # item tables larger than this are worked on in a scratch file, not in RAM
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, key TEXT NOT NULL, modality TEXT NOT NULL, label INTEGER,
                     label_name TEXT, caption TEXT, source TEXT, split TEXT, UNIQUE (key, modality));
@@ -57,29 +56,61 @@ def new_faiss_index(dim: int, factory: str) -> faiss.Index:
     ivf = index_ivf(index)
     if ivf is None:
         return faiss.IndexIDMap2(index)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove by id
+    if not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):  # fast-scan lists remove by scanning, without a map
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove by id
     return index
 
 
 class IndexStore:
     """Vectors in FAISS (ids = item ids) and items (one per sample and modality) in SQLite."""
 
-    def __init__(self, index: faiss.Index, db: sqlite3.Connection, meta: dict, path: Path | None = None):
+    def __init__(self, index: faiss.Index, db: sqlite3.Connection | None, meta: dict, path: Path | None = None,
+                 scratch_dir: Path | None = None):
         self.index, self.db, self.meta, self.path = index, db, meta, path
+        self.exact: ExactVectors | None = None  # compressed factories: the vectors that re-rank candidates
         self._lock = threading.RLock()
+        self._scratch_dir, self._scratch = scratch_dir, None
+
+    @property
+    def scratch(self) -> Path:
+        """This store's private folder (a large item table, appended exact vectors), removed with it."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix=".jointspace-scratch-", dir=self._scratch_dir)
+        return Path(self._scratch.name)
+
+    def _new_db(self, on_disk: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.scratch / DB_FILE if on_disk else ":memory:", check_same_thread=False)
+        if on_disk:  # a private working copy: the saved file is written by `save`
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("PRAGMA journal_mode=OFF")
+        return db
+
+    def use_factory(self, factory: str, spooled: ExactVectors | None = None) -> None:
+        """Give an empty store another FAISS index; a compressed one keeps `spooled` as its exact vectors."""
+        if self.index.ntotal:
+            raise IndexStoreError("use_factory: the index already holds vectors")
+        self.index, self.meta["factory"] = new_faiss_index(self.dim, factory), factory
+        self.exact, self.meta["refine"] = None, None
+        if keeps_exact_vectors(factory):
+            self.exact = spooled if spooled is not None and spooled.private else ExactVectors.new(self.scratch, self.dim)
+            self.meta["refine"] = {"k_factor": DEFAULT_K_FACTOR}
 
     # ---- making, opening, saving ----
     @classmethod
     def create(cls, dim: int, factory: str = "Flat", meta: dict | None = None,
-               search_params: dict | None = None) -> IndexStore:
-        """An empty store (train it with `train` first when the factory needs training)."""
-        db = sqlite3.connect(":memory:", check_same_thread=False)
-        db.executescript(SCHEMA)
+               search_params: dict | None = None, on_disk: bool = False,
+               scratch_dir: Path | None = None) -> IndexStore:
+        """An empty store (train it with `train` first when the factory needs training); `on_disk`: its
+        item table is built in a scratch file (under `scratch_dir`) instead of RAM."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
         full = {"format": FORMAT, "dim": int(dim), "metric": "inner_product", "factory": factory,
                 "search": dict(search_params or {}), "next_id": 0, "n_tombstones": 0, "created": now,
                 "updated": now, **(meta or {})}
-        return cls(new_faiss_index(dim, factory), db, full)
+        store = cls(faiss.IndexFlatIP(dim), None, full, scratch_dir=scratch_dir)
+        store.db = store._new_db(on_disk)
+        store.db.executescript(SCHEMA)
+        store.use_factory(factory)
+        return store
 
     @classmethod
     def open(cls, path: str | Path, recover: bool = False) -> IndexStore:
@@ -98,14 +129,16 @@ class IndexStore:
         for name in (INDEX_FILE, DB_FILE):
             if not (path / name).exists():
                 raise IndexStoreError(f"{path / name}: missing; the index folder is incomplete")
-        index = faiss.read_index(str(path / INDEX_FILE))
+        store = cls(faiss.read_index(str(path / INDEX_FILE)), None, meta, path, scratch_dir=path.parent)
         src = sqlite3.connect(f"file:{path / DB_FILE}?mode=ro", uri=True)
-        db = sqlite3.connect(":memory:", check_same_thread=False)
+        store.db = store._new_db(on_disk=(path / DB_FILE).stat().st_size > DB_MEMORY_MAX)
         try:
-            src.backup(db)
+            src.backup(store.db)
         finally:
             src.close()
-        return cls(index, db, meta, path)
+        if meta.get("refine"):
+            store.exact = ExactVectors.open(path / VECTORS_FILE, meta["dim"], meta["next_id"])
+        return store
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write index, items and meta into a temporary folder, then swap it in place of `path`."""
@@ -119,13 +152,15 @@ class IndexStore:
         try:
             with self._lock:
                 faiss.write_index(self.index, str(tmp / INDEX_FILE))
+                if self.exact is not None:
+                    self.exact.save_into(tmp)
                 out = sqlite3.connect(tmp / DB_FILE)
                 self.db.backup(out)
                 out.close()
                 self.meta.update(n_items=self.n_items, n_vectors=int(self.index.ntotal),
                                  updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
                 (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
-            _swap_in(tmp, path)
+            swap_in(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -178,12 +213,25 @@ class IndexStore:
                 raise IndexStoreError(f"add: {len(taken)} items already in the index ({shown}); use replace")
             for key, modality in taken:
                 self._delete_ids(self._ids("SELECT id FROM items WHERE key=? AND modality=?", [key, modality]))
+            ids = self.add_items(items, previews)
+            self.index.add_with_ids(vectors, ids)
+            if self.exact is not None:
+                self.exact.append(vectors, int(ids[0]) if len(ids) else self.exact.n, self.scratch)
+        return ids
+
+    def add_items(self, items: list[dict], previews: dict[str, bytes] | None = None) -> np.ndarray:
+        """Give items the next ids and write them (not their vectors: `add` does both); a (key, modality)
+        already there is refused."""
+        with self._lock:
             start = int(self.meta["next_id"])
             ids = np.arange(start, start + len(items), dtype=np.int64)
-            self.index.add_with_ids(vectors, ids)
             rows = [(int(i), *(it.get(c) for c in COLUMNS)) for i, it in zip(ids, items)]
-            self.db.executemany(f"INSERT INTO items (id, {', '.join(COLUMNS)}) VALUES (?{',?' * len(COLUMNS)})",
-                                rows)
+            try:
+                self.db.executemany(f"INSERT INTO items (id, {', '.join(COLUMNS)}) "
+                                    f"VALUES (?{',?' * len(COLUMNS)})", rows)
+            except sqlite3.IntegrityError:
+                self.db.rollback()
+                raise IndexStoreError("add: the same (key, modality) appears twice among the items") from None
             self.db.executemany("INSERT OR REPLACE INTO previews (key, png) VALUES (?, ?)",
                                 list((previews or {}).items()))
             self.db.commit()
@@ -237,9 +285,10 @@ class IndexStore:
         return bytes(row[0]) if row else None
 
     # ---- search ----
-    def search(self, queries: np.ndarray, k: int = 10, where: dict | list[str] | None = None,
-               **search_params) -> list[list[dict]]:
-        """Top-k items per query [Q, D] by inner product, optionally filtered by metadata."""
+    def nearest(self, queries: np.ndarray, k: int = 10, where: dict | list[str] | None = None,
+                **search_params) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) [Q, k'] of the nearest vectors by inner product (-1: none; ids may include
+        tombstones): FAISS, then, for compressed codes, the exact re-ranking of k_factor x k candidates."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise IndexStoreError(f"search: queries must be [Q, {self.dim}], got {list(q.shape)}")
@@ -252,12 +301,21 @@ class IndexStore:
                 sql, params = sql_where(conds)
                 allowed = self._ids(f"SELECT id FROM items{sql}", params)
             if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
-                scores, ids = self._search_subset(q, k, allowed)
-            else:
-                extra = min(int(self.meta.get("n_tombstones", 0)), 4 * k + 256)  # deleted-but-unremovable ids
-                kk = min(k + extra, max(int(self.index.ntotal), 1))
-                params, _selector = self._params(allowed, search_params)  # the selector must outlive the call
-                scores, ids = self.index.search(q, kk, params=params)
+                return self._search_subset(q, k, allowed)
+            extra = min(int(self.meta.get("n_tombstones", 0)), 4 * k + 256)  # deleted-but-unremovable ids
+            kk = min(k + extra, max(int(self.index.ntotal), 1))
+            k_factor = int(search_params.pop("k_factor", None) or (self.meta.get("refine") or {}).get("k_factor", 1))
+            params, _selector = self._params(allowed, search_params)  # the selector must outlive the call
+            if self.exact is None:
+                return self.index.search(q, kk, params=params)
+            _, candidates = self.index.search(q, min(kk * k_factor, max(int(self.index.ntotal), 1)), params=params)
+            return self.exact.rerank(q, candidates, kk)
+
+    def search(self, queries: np.ndarray, k: int = 10, where: dict | list[str] | None = None,
+               **search_params) -> list[list[dict]]:
+        """Top-k items per query [Q, D] by inner product, optionally filtered by metadata."""
+        with self._lock:
+            scores, ids = self.nearest(queries, k, where, **search_params)
             found = ",".join(str(i) for i in {int(i) for i in ids.ravel() if i >= 0})  # ints only
             cols = ", ".join(f"i.{c}" for c in COLUMNS)
             rows = {r[0]: {**dict(zip(COLUMNS, r[1:-1])), "has_thumbnail": bool(r[-1])} for r in self.db.execute(
@@ -273,7 +331,7 @@ class IndexStore:
         """Exact search over a few ids (their vectors reconstructed from the index)."""
         if len(ids) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        vecs = self.index.reconstruct_batch(ids)
+        vecs = self.exact.rows(ids) if self.exact is not None else self.index.reconstruct_batch(ids)
         sims = q @ vecs.T
         kk = min(k, len(ids))
         top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
@@ -284,6 +342,7 @@ class IndexStore:
     def _params(self, allowed: np.ndarray | None, overrides: dict) -> tuple[faiss.SearchParameters, object]:
         """Search parameters: the stored nprobe / efSearch (or overrides) and an id filter."""
         knobs = {**self.meta.get("search", {}), **{k: v for k, v in overrides.items() if v is not None}}
+        knobs.pop("k_factor", None)
         sel = faiss.IDSelectorBatch(allowed) if allowed is not None else None
         kw = {"sel": sel} if sel is not None else {}
         if index_ivf(self.index) is not None:
@@ -302,53 +361,26 @@ class IndexStore:
             n_samples = self.db.execute("SELECT COUNT(DISTINCT key) FROM items").fetchone()[0]
         keep = ("dim", "factory", "search", "fingerprint", "run_dir", "created", "updated", "n_tombstones")
         return {"n_items": self.n_items, "n_samples": int(n_samples), "n_vectors": int(self.index.ntotal),
-                "modalities": per["modality"], "splits": per["split"],
-                **{k: self.meta.get(k) for k in keep}}
+                "modalities": per["modality"], "splits": per["split"], "refine": self.meta.get("refine"),
+                **{k: self.meta.get(k) for k in keep}, "memory": self.memory()}
+
+    def memory(self) -> dict:
+        """Bytes the index takes: FAISS (in RAM), the item table (in RAM, or in a scratch file when large),
+        the exact vectors of a compressed index (on disk, memory-mapped), and this process's resident set."""
+        with self._lock:
+            faiss_bytes = int(faiss.serialize_index(self.index).nbytes)
+            pages = self.db.execute("PRAGMA page_count").fetchone()[0] * self.db.execute("PRAGMA page_size").fetchone()[0]
+            in_ram = self.db.execute("PRAGMA database_list").fetchone()[2] == ""
+        return {"faiss_bytes": faiss_bytes, "items_bytes": int(pages), "items_in": "ram" if in_ram else "scratch file",
+                "exact_vectors_bytes": self.exact.nbytes if self.exact is not None else 0,
+                "in_ram_bytes": faiss_bytes + (int(pages) if in_ram else 0), **process_memory()}
 
 
-SLOW_SWAP_ENV = "JOINTSPACE_TEST_SLOW_INDEX_SWAP_S"
-
-
-def recover_interrupted(path: Path) -> None:
-    """An index folder missing because a write was killed after moving it aside: put the old version
-    back (the new one was not in place yet). A killed write's staging folder (`.<name>.tmp-*`) is only
-    left over; it is never read."""
-    if path.exists() or not path.parent.exists():
-        return
-    with _swap_lock(path):  # a live write holds it between its two renames
-        olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
-        if not path.exists() and olds:
-            os.replace(olds[-1], path)
-
-
-@contextlib.contextmanager
-def _swap_lock(path: Path):
-    """An exclusive lock (a lock file beside the folder) held by a swap and by a recovery."""
-    with open(path.parent / f".{path.name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Put folder `tmp` at `path`, replacing an old one; the old one is restored if the swap fails."""
-    with _swap_lock(path):
-        _swap_unlocked(tmp, path)
-
-
-def _swap_unlocked(tmp: Path, path: Path) -> None:
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(path, old)
-    if os.environ.get(SLOW_SWAP_ENV):  # crash tests only: widen the window between the two renames
-        time.sleep(float(os.environ[SLOW_SWAP_ENV]))
+def process_memory() -> dict:
+    """This process's resident set (Linux /proc: anonymous and file-backed parts), in bytes."""
     try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    want = {"VmRSS": "rss_bytes", "RssAnon": "rss_anon_bytes", "RssFile": "rss_file_bytes"}
+    return {want[k]: int(v.split()[0]) * 1024 for k, v in (ln.split(":", 1) for ln in status) if k in want}

@@ -79,7 +79,8 @@ def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[di
     (DDP / compiled wrapper of `model`) runs the forward passes; DDP syncs gradients on the last one.
     `backward` (the engine's, with loss scaling) back-propagates each loss.
     """
-    fwd, backward = forward_model or model, backward or torch.Tensor.backward
+    fwd = forward_model if forward_model is not None else model  # a compiled module has no truth value
+    backward = backward or torch.Tensor.backward
     bias = model.logit_bias
     if len(micro) == 1:
         with amp_ctx:
@@ -184,7 +185,7 @@ def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.de
            init: dict | None) -> tuple[JointModel, list, BindingLoss, BindingLoss]:
     model = build_from_info(cfg, run_info, init).to(device)
     model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
-    if cfg.train.channels_last and device.type == "cuda":
+    if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     pairs = binding_pairs(list(run_info["kinds"]), cfg.loss.anchor, cfg.loss.pairs)
     loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
