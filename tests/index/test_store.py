@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jointspace.index import reading as reading_mod
 from jointspace.index import store as store_mod
 from jointspace.index.filters import parse_where
 from jointspace.index.store import FingerprintError, IndexStore, IndexStoreError
@@ -59,7 +60,7 @@ def test_filters(where, check):
 def test_filter_through_faiss_selector_matches_exact(monkeypatch):
     store, vecs = make("IVF8,Flat", n=400, search={"nprobe": 8})  # nprobe = nlist: exhaustive
     exact = store.search(vecs[:20], 5, where={"label": 2})
-    monkeypatch.setattr(store_mod, "EXACT_FILTER_MAX", 0)  # force the IDSelector path
+    monkeypatch.setattr(reading_mod, "EXACT_FILTER_MAX", 0)  # force the IDSelector path
     via_faiss = store.search(vecs[:20], 5, where={"label": 2})
     assert [[h["id"] for h in r] for r in via_faiss] == [[h["id"] for h in r] for r in exact]
 
