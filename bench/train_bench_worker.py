@@ -155,11 +155,11 @@ def save_weights(spec: dict, held: dict) -> None:
     else:
         from jointspace.config import save_config
         from jointspace.engine.checkpoint import save_tensors
-        from jointspace.runs import CONFIG, write_run_info
+        from jointspace.runs import CONFIG, RUN_INFO, write_run_info
 
         save_tensors(state, Path(spec["weights"]))
         folder = Path(spec["weights"]).parent
-        if "run_info" in held and not (folder / "run.json").exists():
+        if "run_info" in held and not (folder / RUN_INFO).exists():
             write_run_info(folder, held["run_info"])
             save_config(held["cfg"], folder / CONFIG)
 

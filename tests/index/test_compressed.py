@@ -82,7 +82,7 @@ def test_saved_and_opened_it_searches_the_same_and_reports_its_memory(built):
     opened = IndexStore.open(path)
     q = data(30, seed=3)
     np.testing.assert_array_equal(opened.nearest(q, 5)[1], store.nearest(q, 5)[1])
-    mem = opened.stats()["memory"]
+    mem = opened.memory()
     assert mem["exact_vectors_bytes"] == N * DIM * 4
     assert 0 < mem["faiss_bytes"] < N * DIM * 4 / 2  # 4-byte codes and ids instead of 128-byte vectors
     assert mem["items_in"] == "ram" and mem["rss_bytes"] > 0

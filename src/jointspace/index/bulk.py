@@ -79,12 +79,10 @@ def build_store(chunks: Iterable[tuple[np.ndarray, list[dict], dict[str, bytes]]
     store: IndexStore | None = None
     spool: ExactVectors | None = None
     for vectors, items, previews in chunks:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if store is None:
-            store = IndexStore.create(vectors.shape[1], "Flat", meta, on_disk=True, scratch_dir=scratch_dir)
+            store = IndexStore.create(np.shape(vectors)[-1], "Flat", meta, on_disk=True, scratch_dir=scratch_dir)
             spool = ExactVectors.new(store.scratch, store.dim)
-        if vectors.ndim != 2 or vectors.shape[1] != store.dim or len(vectors) != len(items):
-            raise IndexStoreError(f"add: expected vectors [{len(items)}, {store.dim}], got {list(vectors.shape)}")
+        vectors = store.as_rows(vectors, len(items))
         ids = store.add_items(items, previews)
         spool.append(vectors, int(ids[0]) if len(ids) else spool.n, store.scratch)
     if store is None:

@@ -98,10 +98,11 @@ def index_delete(
 @index_app.command("info")
 @_friendly
 def index_info(index: Annotated[Path, typer.Argument(help="index folder")]) -> None:
-    """Counts per modality and split, factory, dimension and the model fingerprint."""
+    """Counts per modality and split, factory, dimension, the model fingerprint and the memory it takes."""
     from jointspace.index.store import IndexStore
 
-    console.print_json(json.dumps(IndexStore.open(index, recover=True).stats()))
+    store = IndexStore.open(index, recover=True)
+    console.print_json(json.dumps({**store.stats(), "memory": store.memory()}))
 
 
 @_friendly

@@ -101,10 +101,11 @@ class StoreReads:
         keep = ("dim", "factory", "search", "fingerprint", "run_dir", "created", "updated", "n_tombstones")
         return {"n_items": self.n_items, "n_samples": int(n_samples), "n_vectors": int(self.index.ntotal),
                 "modalities": per["modality"], "splits": per["split"], "refine": self.meta.get("refine"),
-                **{k: self.meta.get(k) for k in keep}, "memory": self.memory()}
+                **{k: self.meta.get(k) for k in keep}}
 
     def memory(self) -> dict:
-        """Bytes the index takes: FAISS (in RAM), the item table (in RAM, or in a scratch file when large),
+        """Bytes the index takes (`index info`; not in `stats`, which the service answers per request: this
+        serializes the whole FAISS index): FAISS (in RAM), the item table (in RAM, or in a scratch file when large),
         the exact vectors of a compressed index (on disk, memory-mapped), and this process's resident set."""
         with self._lock:
             faiss_bytes = int(faiss.serialize_index(self.index).nbytes)

@@ -189,9 +189,7 @@ class IndexStore(StoreReads):
     def add(self, vectors: np.ndarray, items: list[dict], previews: dict[str, bytes] | None = None,
             replace: bool = False) -> np.ndarray:
         """Add vectors [N, D] with one item dict each (key, modality, label, ...); returns their ids."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != len(items):
-            raise IndexStoreError(f"add: expected vectors [{len(items)}, {self.dim}], got {list(vectors.shape)}")
+        vectors = self.as_rows(vectors, len(items))
         if self.needs_training:
             raise IndexStoreError(f"add: factory {self.meta['factory']!r} needs training first")
         with self._lock:
@@ -210,6 +208,13 @@ class IndexStore(StoreReads):
             if self.exact is not None:
                 self.exact.append(vectors, int(ids[0]) if len(ids) else self.exact.n, self.scratch)
         return ids
+
+    def as_rows(self, vectors: np.ndarray, n_items: int) -> np.ndarray:
+        """Vectors as contiguous float32 [n_items, dim], or a clear error."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) != n_items:
+            raise IndexStoreError(f"add: expected vectors [{n_items}, {self.dim}], got {list(vectors.shape)}")
+        return vectors
 
     def add_items(self, items: list[dict], previews: dict[str, bytes] | None = None) -> np.ndarray:
         """Give items the next ids and write them (not their vectors: `add` does both); a (key, modality)
