@@ -174,6 +174,10 @@ def main() -> None:
         torch.set_num_interop_threads(int(settings["interop_threads"]))
     if "mkldnn" in settings:
         torch.backends.mkldnn.enabled = bool(settings["mkldnn"])
+    if "math_attention_max_tokens" in settings:  # 0: PyTorch's own kernel choice under CPU autocast
+        from jointspace.engine import precision
+
+        precision.MATH_MAX_TOKENS = int(settings["math_attention_max_tokens"])
     if spec.get("model_config_dir"):
         import open_clip
 

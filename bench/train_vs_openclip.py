@@ -4,8 +4,8 @@ The same open_clip architecture (a tiny ViT CLIP registered with open_clip as a 
 ViT-B-32) is trained by `open_clip_train` (open_clip_torch's trainer) and by jointspace (its
 `openclip_image` + `openclip_text` towers of that config, CLIP's instance-level InfoNCE), each in its
 own process, from the same samples written as shards for each (same PNG and caption bytes, same
-order), with the same batch, threads, AdamW settings, warmup + constant LR, grad clip and fp32 (bf16
-autocast on CUDA). jointspace runs twice: with its default data path (the train split decoded once
+order), with the same batch, threads, AdamW settings, warmup + constant LR, grad clip and precision (fp32 on
+CPU unless `--precision bf16`, bf16 autocast on CUDA). jointspace runs twice: with its default data path (the train split decoded once
 into memory at start-up) and with `data.streaming: true` (shards decoded and tokenised batch by
 batch every epoch, no DataLoader workers), which does the same per-epoch data work as open_clip_train.
 
@@ -54,6 +54,8 @@ TINY = {  # a CLIP small enough to train on 2 CPU cores
     "vision_cfg": {"image_size": 48, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
 }
+
+TARGET_RATIO = 2.0  # issue 15: samples/s over the fastest open_clip_train row, with R@1 no worse
 
 
 def model_config(work: Path, arch: str) -> tuple[str, Path | None, dict]:
@@ -180,7 +182,8 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["jointspace", "jointspace-streaming", "open_clip"])
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
                     help="another jointspace row with config overrides (train.compile=true) or torch settings "
-                         "(torch.mkldnn=false, torch.interop_threads=1); repeatable")
+                         "(torch.mkldnn=false, torch.interop_threads=1, torch.math_attention_max_tokens=0); "
+                         "repeatable")
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # open_clip's "no pretrained weights loaded" when building for evaluation
     args.precision = args.precision or ("fp32" if args.device == "cpu" else "bf16")
@@ -325,8 +328,8 @@ def print_table(args, name: str, prepared: dict, speed: dict, runs: dict, budget
             return sum(budget_runs[label]["recall"].values()) / 2
 
         ratio = speed["jointspace"] / speed[best_oc]
-        ok = ratio >= 1.5 and mean("jointspace") >= mean(best_oc)
-        print(f"acceptance (>= 1.5x samples/s, R@1 no worse): {ratio:.2f}x, mean R@1 {mean('jointspace'):.3f} vs "
+        ok = ratio >= TARGET_RATIO and mean("jointspace") >= mean(best_oc)
+        print(f"acceptance (>= {TARGET_RATIO}x samples/s, R@1 no worse): {ratio:.2f}x, mean R@1 {mean('jointspace'):.3f} vs "
               f"{mean(best_oc):.3f} -> {'met' if ok else 'NOT met'}")
 
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from jointspace.engine.checkpoint import latest_checkpoint, resume_latest, save_checkpoint
 from jointspace.engine.distributed import DistInfo, barrier
+from jointspace.engine.precision import amp_dtype, autocast
 from jointspace.engine.tracking import Tracker
 
 
@@ -42,19 +43,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast dtype of a precision setting ('auto': bf16 on a CUDA GPU that has it, else none)."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def autocast(device: torch.device, amp: str):
-    """Autocast context for the configured precision."""
-    dtype = amp_dtype(device, amp)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 _EPOCH_HOOKS: contextvars.ContextVar[tuple[Callable[[int, dict], None], ...]] = \
