@@ -15,7 +15,7 @@ import numpy as np
 
 from jointspace.index.filters import COLUMNS, IndexStoreError, parse_where, sql_where
 from jointspace.index.reading import StoreReads, index_ivf, process_memory
-from jointspace.index.swap import SLOW_SWAP_ENV, recover_interrupted, swap_in
+from jointspace.index.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers, swap_in
 from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
 
 __all__ = ["SLOW_SWAP_ENV", "FingerprintError", "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index",
@@ -23,6 +23,7 @@ __all__ = ["SLOW_SWAP_ENV", "FingerprintError", "IndexStore", "IndexStoreError",
 
 FORMAT = "jointspace-index/1"
 INDEX_FILE, DB_FILE, META_FILE = "index.faiss", "items.sqlite", "meta.json"
+SCRATCH_PREFIX = ".jointspace-scratch-"
 DB_MEMORY_MAX = 256 << 20  # item tables larger than this are worked on in a scratch file, not in RAM
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, key TEXT NOT NULL, modality TEXT NOT NULL, label INTEGER,
@@ -67,7 +68,9 @@ class IndexStore(StoreReads):
     def scratch(self) -> Path:
         """This store's private folder (a large item table, appended exact vectors), removed with it."""
         if self._scratch is None:
-            self._scratch = tempfile.TemporaryDirectory(prefix=".jointspace-scratch-", dir=self._scratch_dir)
+            folder = Path(self._scratch_dir or tempfile.gettempdir())
+            remove_leftovers(folder, SCRATCH_PREFIX)
+            self._scratch = tempfile.TemporaryDirectory(prefix=owned_prefix(SCRATCH_PREFIX), dir=folder)
         return Path(self._scratch.name)
 
     def _new_db(self, on_disk: bool) -> sqlite3.Connection:
@@ -140,7 +143,8 @@ class IndexStore(StoreReads):
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and not (path / META_FILE).exists() and any(path.iterdir()):
             raise IndexStoreError(f"{path}: exists and is not a jointspace index; refusing to replace it")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        remove_leftovers(path.parent, f".{path.name}.tmp-")
+        tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{path.name}.tmp-"), dir=path.parent))
         try:
             with self._lock:
                 faiss.write_index(self.index, str(tmp / INDEX_FILE))

@@ -1,4 +1,5 @@
-"""Putting a freshly written index folder in place of the old one, and undoing a swap a crash cut short."""
+"""Putting a freshly written index folder in place of the old one, undoing a swap a crash cut short, and
+removing what killed writers left: staging and scratch folders carry their process's host and pid."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -15,8 +17,8 @@ SLOW_SWAP_ENV = "JOINTSPACE_TEST_SLOW_INDEX_SWAP_S"
 
 def recover_interrupted(path: Path) -> None:
     """An index folder missing because a write was killed after moving it aside: put the old version
-    back (the new one was not in place yet). A killed write's staging folder (`.<name>.tmp-*`) is only
-    left over; it is never read."""
+    back (the new one was not in place yet). A killed write's staging folder (`.<name>.tmp-*`) is never
+    read; the next save removes it (remove_leftovers), and the next swap any old version left beside."""
     if path.exists() or not path.parent.exists():
         return
     with _swap_lock(path):  # a live write holds it between its two renames
@@ -46,6 +48,8 @@ def _swap_unlocked(tmp: Path, path: Path) -> None:
     if not path.exists():
         os.replace(tmp, path)
         return
+    for stale in path.parent.glob(f".{path.name}.old-*"):  # under the lock: no swap is between its renames
+        shutil.rmtree(stale, ignore_errors=True)
     old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
     os.replace(path, old)
     if os.environ.get(SLOW_SWAP_ENV):  # crash tests only: widen the window between the two renames
@@ -56,3 +60,30 @@ def _swap_unlocked(tmp: Path, path: Path) -> None:
         os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def owned_prefix(prefix: str) -> str:
+    """`prefix` plus this process's host and pid, for a temporary folder's name (see remove_leftovers)."""
+    return f"{prefix}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_leftovers(folder: Path, prefix: str) -> list[Path]:
+    """Remove the folders named by `owned_prefix(prefix)` in `folder` whose process on this host is
+    gone (killed mid-build or mid-save); a live process's, or another host's, are kept."""
+    host, removed = socket.gethostname(), []
+    for stale in folder.glob(f"{prefix}{host}-*"):
+        pid = stale.name[len(prefix) + len(host) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
