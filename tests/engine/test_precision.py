@@ -52,15 +52,32 @@ def test_long_attention_fp32_and_direct_calls_keep_pytorchs_choice():
         with autocast(CPU, "none"):
             return m(x[:, :37], x[:, :37], x[:, :37], need_weights=False)[0]
 
-    q = torch.randn(2, 4, 20, 16, requires_grad=True)
+    def direct(query_tokens: int, key_tokens: int):
+        q = torch.randn(2, 4, query_tokens, 16, requires_grad=True)
+        k = torch.randn(2, 4, key_tokens, 16, requires_grad=True)
 
-    def run_direct():
-        with ctx:
-            return F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        def run():
+            with ctx:
+                return F.scaled_dot_product_attention(query=q, key=k, value=k)
+        return run
 
     assert attention_kernels(run_long) == {FLASH}
     assert attention_kernels(run_fp32) == {FLASH}
-    assert attention_kernels(run_direct) == {MATH}
+    assert attention_kernels(direct(20, 20)) == {MATH}
+    assert attention_kernels(direct(20, MATH_MAX_TOKENS + 1)) == {FLASH}  # a long key is long
+    assert attention_kernels(direct(MATH_MAX_TOKENS + 1, 20)) == {FLASH}
+
+
+def test_unbatched_attention_is_routed_by_its_length():
+    m = torch.nn.MultiheadAttention(64, 4)
+    ctx = autocast(CPU, "bf16")
+    for tokens, kernel in ((37, MATH), (MATH_MAX_TOKENS + 1, FLASH)):
+        x = torch.randn(tokens, 64)  # [L, E]
+
+        def run(x=x):
+            with ctx:
+                return m(x, x, x, need_weights=False)[0]
+        assert attention_kernels(run) == {kernel}
 
 
 def test_routed_attention_is_the_math_kernels_result_and_close_to_flash():

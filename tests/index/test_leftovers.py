@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -34,10 +33,23 @@ def killed_scratch(folder) -> str:
     return scratch
 
 
+def dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def named_for(prefix: str, pid: int) -> str:
+    """owned_prefix(prefix) as process `pid` of this host and pid namespace would write it."""
+    return owned_prefix(prefix).removesuffix(f"-{os.getpid()}-") + f"-{pid}-"
+
+
 def test_a_killed_builds_scratch_folder_goes_with_the_next_build(tmp_path):
     left = killed_scratch(tmp_path)
     assert os.path.isdir(left) and os.listdir(left)  # the SQLite item table is in it
-    other_host = tmp_path / f"{SCRATCH_PREFIX}not-{socket.gethostname()}-1-abc"
+    dead = dead_pid()
+    # host "<this host>-<ns>-<dead>" (a name that starts with ours), its own pid namespace and pid:
+    # not ours to judge, though a loose parse would read <dead> as its pid
+    other_host = tmp_path / f"{named_for(SCRATCH_PREFIX, dead)}{dead}-{dead}-abc"
     live = tmp_path / f"{owned_prefix(SCRATCH_PREFIX)}abc"  # this process: alive
     other_host.mkdir()
     live.mkdir()
@@ -52,9 +64,7 @@ def test_a_killed_saves_staging_and_old_folders_go_with_the_next_save(tmp_path):
     store = IndexStore.create(4)
     store.add(np.eye(4, dtype=np.float32), [{"key": f"k{i}", "modality": "image"} for i in range(4)])
     store.save(path)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    staging = tmp_path / f".idx.tmp-{socket.gethostname()}-{dead}-xyz"
+    staging = tmp_path / f"{named_for('.idx.tmp-', dead_pid())}xyz"
     old = tmp_path / ".idx.old-1234abcd"  # a save killed after both renames, before removing the old copy
     for folder in (staging, old):
         folder.mkdir()

@@ -13,6 +13,7 @@ and so the rounding, differs. fp32 and GPU runs keep PyTorch's choice.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +40,21 @@ class _Autocast:
     one step's context in turn)."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
-        self.device, self.dtype, self._stacks = device, dtype, []
+        self.device, self.dtype, self._local = device, dtype, threading.local()
 
     def __enter__(self) -> None:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(self.device.type, dtype=self.dtype))
         stack.enter_context(attention_context(self.device, self.dtype))
-        self._stacks.append(stack)
+        self._local.__dict__.setdefault("stacks", []).append(stack)
 
     def __exit__(self, *exc) -> bool:
-        return bool(self._stacks.pop().__exit__(*exc))
+        return bool(self._local.stacks.pop().__exit__(*exc))
 
 
+# sdpa_kernel sets process-wide flags: routed calls of two threads must not interleave their set and
+# restore (the flags would stay math-only). Other threads' attention meanwhile also runs on math.
+_BACKEND_FLAGS = threading.RLock()
 MATH_MAX_TOKENS = 128  # measured: math ahead up to 160 tokens in bf16, flash ahead at 197 (2 threads)
 
 
@@ -63,7 +67,7 @@ class ShortAttentionOnMath(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if _short(func, args, kwargs):
-            with sdpa_kernel(SDPBackend.MATH):
+            with _BACKEND_FLAGS, sdpa_kernel(SDPBackend.MATH):
                 return func(*args, **kwargs)
         return func(*args, **kwargs)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
+import re
 import shutil
 import socket
 import time
@@ -63,20 +65,31 @@ def _swap_unlocked(tmp: Path, path: Path) -> None:
 
 
 def owned_prefix(prefix: str) -> str:
-    """`prefix` plus this process's host and pid, for a temporary folder's name (see remove_leftovers)."""
-    return f"{prefix}{socket.gethostname()}-{os.getpid()}-"
+    """`prefix` plus this process's owner (host, pid namespace) and pid, for a temporary folder's name;
+    tempfile's random tail follows (see remove_leftovers)."""
+    return f"{prefix}{_owner()}-{os.getpid()}-"
 
 
 def remove_leftovers(folder: Path, prefix: str) -> list[Path]:
-    """Remove the folders named by `owned_prefix(prefix)` in `folder` whose process on this host is
-    gone (killed mid-build or mid-save); a live process's, or another host's, are kept."""
-    host, removed = socket.gethostname(), []
-    for stale in folder.glob(f"{prefix}{host}-*"):
-        pid = stale.name[len(prefix) + len(host) + 1:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+    """Remove the folders named by `owned_prefix(prefix)` in `folder` whose process is gone (killed
+    mid-build or mid-save). Only this host's and pid namespace's are judged (a name must be exactly
+    owner-pid-random, so host `a` never reads host `a-2`'s); a live process's are kept."""
+    owner, removed = _owner(), []
+    for stale in folder.glob(f"{glob.escape(prefix)}*"):
+        m = re.fullmatch(rf"{re.escape(prefix + owner)}-(\d+)-[a-z0-9_]+", stale.name)
+        if m and not _alive(int(m.group(1))):
             shutil.rmtree(stale, ignore_errors=True)
             removed.append(stale)
     return removed
+
+
+def _owner() -> str:
+    """This host and its pid namespace (containers sharing a hostname have their own pids)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}-{namespace}"
 
 
 def _alive(pid: int) -> bool:
