@@ -19,6 +19,7 @@ import torch
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_bench_data import bare_step
 from train_vs_openclip import model_config
 
 from jointspace.engine.precision import autocast
@@ -28,25 +29,10 @@ SETTINGS = {"fp32": lambda: contextlib.nullcontext(),
             "bf16, jointspace (math up to 128 tokens)": lambda: autocast(torch.device("cpu"), "bf16")}
 
 
-def profile_step(name: str, ctx, batch: int, steps: int, top: int) -> tuple[float, list[tuple[str, float, float]]]:
-    """(ms per step, [(op, self ms per step, share)]) of `steps` training steps under `ctx`."""
-    import open_clip
-
-    torch.manual_seed(0)
-    model = open_clip.create_model(name).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    loss_fn = open_clip.ClipLoss()
-    size, length = model.visual.image_size[0], model.context_length
-    images, texts = torch.randn(batch, 3, size, size), torch.randint(1, 49400, (batch, length))
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with ctx:
-            loss = loss_fn(*model(images, texts)[:3])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
+def profile_step(name: str, cfg: dict, ctx, batch: int, steps: int, top: int) -> tuple[float, list]:
+    """(ms per step, [(op, self ms per step, share)]) of `steps` bare training steps under `ctx`."""
+    step = bare_step(name, batch, cfg["text_cfg"]["context_length"], cfg["vision_cfg"]["image_size"], "cpu", ctx,
+                     fused=True)
     for _ in range(3):
         step()
     with profile() as prof:
@@ -68,8 +54,8 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)  # open_clip's "no pretrained weights loaded"
-    name, _, _ = model_config(Path("runs/bench_train"), "tiny")
-    results = {label: profile_step(name, make(), args.batch_size, args.steps, 10) for label, make in SETTINGS.items()}
+    name, _, cfg = model_config(Path("runs/bench_train"), "tiny")
+    results = {label: profile_step(name, cfg, make(), args.batch_size, args.steps, 10) for label, make in SETTINGS.items()}
     print(f"tiny CLIP step, batch {args.batch_size}, {args.threads} threads, self time per step over {args.steps} steps")
     print("| # | " + " | ".join(f"{label}: op | ms/step | share" for label in results) + " |")
     print("|---:|" + "---|---:|---:|" * len(results))

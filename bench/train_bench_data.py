@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -137,23 +138,18 @@ def recall_at_1(emb: dict, labels: torch.Tensor) -> dict:
             for q, g in (("image", "text"), ("text", "image"))}
 
 
-def model_step_speed(name: str, batch_size: int, context_length: int, image_size: int, device: str,
-                     precision: str, seconds: float = 15.0) -> float:
-    """samples/s of the bare training step: open_clip's model and ClipLoss, torch AdamW and a grad clip
-    on random tensors already on the device, no data at all: what open_clip_train would reach with a
-    free data loader. (jointspace can pass it: fused AdamW, and its text tower skips the padding.)"""
-    import time
-
+def bare_step(name: str, batch_size: int, context_length: int, image_size: int, device: str, amp,
+              fused: bool = False) -> Callable[[], None]:
+    """One training step of open_clip's model and ClipLoss, torch AdamW (`fused` or its default) and a
+    grad clip, on random tensors already on the device, under the context `amp`: no data at all."""
     import open_clip
 
     gen = torch.Generator().manual_seed(0)
     model = open_clip.create_model(name).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     loss_fn = open_clip.ClipLoss()
     images = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
     texts = torch.randint(1, 49408, (batch_size, context_length), generator=gen).to(device)
-    amp = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
-           else torch.autocast(device, enabled=False))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -163,6 +159,20 @@ def model_step_speed(name: str, batch_size: int, context_length: int, image_size
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+
+    return step
+
+
+def model_step_speed(name: str, batch_size: int, context_length: int, image_size: int, device: str,
+                     precision: str, seconds: float = 15.0) -> float:
+    """samples/s of the bare training step (`bare_step`, torch's default AdamW): what open_clip_train
+    would reach with a free data loader. (jointspace can pass it: fused AdamW, and its text tower skips
+    the padding.)"""
+    import time
+
+    amp = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
+           else torch.autocast(device, enabled=False))
+    step = bare_step(name, batch_size, context_length, image_size, device, amp)
 
     def sync() -> None:
         if device == "cuda":
