@@ -42,12 +42,13 @@ def data_synth(
     seed: int = 0,
     n: Annotated[int | None, typer.Option(help="number of samples (default: the whole set / 3000)")] = None,
     maxcount: Annotated[int, typer.Option(help="samples per shard")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing shard folder (never another folder)")] = False,
 ) -> None:
     """Write a built-in dataset as train/val/test WebDataset shards."""
     from jointspace.data.builtin import synthesize
 
     t0 = time.time()
-    info = synthesize(name, out, seed=seed, n=n, maxcount=maxcount)
+    info = synthesize(name, out, seed=seed, n=n, maxcount=maxcount, overwrite=overwrite)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
     console.print(f"wrote {out} ({counts}) in {time.time() - t0:.1f}s; modalities {info['modalities']}")
 
@@ -63,13 +64,14 @@ def data_pack(
     label_map: Annotated[str | None, typer.Option(help="JSON {old: new} merging classes")] = None,
     val_fraction: Annotated[float, typer.Option(help="carve a stratified val split of this share from train "
                                                 "when the source has none (seeded)")] = 0.0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing shard folder (never another folder)")] = False,
 ) -> None:
     """Pack user data (manifest or class folders) into shards."""
     from jointspace.data.manifest import pack_folder, pack_manifest
 
     mapping = json.loads(label_map) if label_map else None
     kw = {"label_map": mapping, "seed": seed, "maxcount": maxcount, "max_bad_fraction": max_bad_fraction,
-          "val_fraction": val_fraction}
+          "val_fraction": val_fraction, "overwrite": overwrite}
     info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
     console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows")
@@ -83,11 +85,13 @@ def data_subsample(
     keep: Annotated[list[str], typer.Option("--keep", help="CLASS=FRACTION of that class to keep, repeatable")],
     split: str = "train",
     seed: int = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing shard folder (never the source, "
+                                            "nor another folder)")] = False,
 ) -> None:
     """Copy a shard folder with some classes of one split thinned out (class-imbalance experiments)."""
     from jointspace.data.subsample import parse_keep, subsample_classes
 
-    info = subsample_classes(root, out, parse_keep(keep), split, seed)
+    info = subsample_classes(root, out, parse_keep(keep), split, seed, overwrite=overwrite)
     counts = info["splits"][split]["class_counts"]
     console.print(f"wrote {out}; {split} class counts {counts}")
 
@@ -188,12 +192,13 @@ def embed(
     split: Annotated[str, typer.Option(help="split of the shard folder")] = "test",
     format_: Annotated[str, typer.Option("--format", help="npy or parquet")] = "npy",
     device: str = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace earlier embeddings in --out (never another folder)")] = False,
 ) -> None:
     """Write embeddings (+ keys, labels) per modality of a shard folder's split."""
     _require(run, "embed")
     from jointspace.evaluate.export import export_embeddings
 
-    meta = export_embeddings(run, shards, out, split, format_, device)
+    meta = export_embeddings(run, shards, out, split, format_, device, overwrite=overwrite)
     dims = ", ".join(f"{m}: {d}-d" for m, d in meta["dims"].items())
     console.print(f"wrote {out} ({meta['n_samples']} samples of {split}; {dims}; {format_})")
 
@@ -215,6 +220,7 @@ def demo(
     output_dir: Annotated[str, typer.Option(help="where runs go")] = "runs",
     data_dir: Annotated[str, typer.Option(help="where the generated shards go")] = "data/digits",
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace the run folder of an earlier demo")] = False,
 ) -> None:
     """Generate the digits set, train a joint space, evaluate it and write the report."""
     from jointspace.config import load_config
@@ -226,7 +232,7 @@ def demo(
     t0 = time.time()
     overrides = [f"name={name}", f"output_dir={output_dir}", f"data.path={data_dir}", *(set_ or [])]
     cfg = load_config(builtin_config("digits"), overrides)
-    run_dir = run_train(cfg, overwrite=True)
+    run_dir = run_train(cfg, overwrite=overwrite)
     result = evaluate_run(run_dir)
     path = write_report(run_dir)
     console.print(metrics_table(result))

@@ -1,17 +1,33 @@
-"""How every command reports an expected user error: one red line naming it, exit code 2, no traceback."""
+"""How every command reports an expected user error: one red line on stderr naming it, exit code 2, no
+traceback. Standard output stays for results (`search --json > hits.json` never captures an error)."""
 
 from __future__ import annotations
 
 import functools
+import re
+import sqlite3
 from collections.abc import Callable
 
 import typer
 from rich.console import Console
 
+errors = Console(stderr=True)
 
-def friendly(console: Console) -> Callable[[Callable], Callable]:
-    """Decorator for every typer command: config, data, non-finite-loss, failed-grid, file and value errors ->
-    one line, exit 2."""
+
+def one_line(err: BaseException) -> str:
+    """`Type: message` on one line (a message of several lines is joined with '; ')."""
+    text = re.sub(r"\s+", " ", "; ".join(part.strip() for part in str(err).splitlines() if part.strip()))
+    return f"{type(err).__name__}: {text}"
+
+
+def report(err: BaseException) -> None:
+    """Print one error line on stderr."""
+    errors.print(f"[bold red]error:[/] {one_line(err)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
+    """Decorator for every typer command: config, data, non-finite-loss, failed-grid, file, OS and value
+    errors -> one line on stderr, exit 2. (`console` is the command's output console; errors never go there.)"""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -22,9 +38,9 @@ def friendly(console: Console) -> Callable[[Callable], Callable]:
 
             try:
                 return fn(*args, **kwargs)
-            except (ConfigError, DataError, NonFiniteLossError, RunsFailed, FileExistsError, FileNotFoundError,
-                    ValueError) as err:
-                console.print(f"[bold red]error:[/] {type(err).__name__}: {err}", markup=True, highlight=False)
+            except (ConfigError, DataError, NonFiniteLossError, RunsFailed, OSError, ValueError,
+                    sqlite3.DatabaseError) as err:
+                report(err)
                 raise typer.Exit(2) from None
 
         return wrapper

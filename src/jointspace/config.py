@@ -37,9 +37,9 @@ class DataConfig(_Strict):
     synth_size: int | None = None  # samples to synthesise (None: the generator's default)
     modalities: list[str] = Field(default_factory=lambda: ["image", "text", "audio"])
     label_key: str = "label"
-    image_size: int = 32
-    context_length: int = 16
-    max_frames: int = 96
+    image_size: int = Field(32, ge=1)
+    context_length: int = Field(16, ge=2)  # start and end tokens at the least
+    max_frames: int = Field(96, ge=1)
     max_points: int = Field(1024, ge=1)  # point clouds: longer clouds are thinned by an even stride
     max_range: float | None = Field(None, gt=0.0)  # range images / point clouds: metres that map to 1
     # (None: dataset.json's `max_range`, else the train split's largest range; recorded in run.json)
@@ -338,11 +338,14 @@ def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
 def read_yaml(path: str | Path, what: str = "config") -> dict:
     """A YAML mapping from a file; a missing file, bad YAML or a non-mapping is a ConfigError naming the file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what} file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the {what} file is empty (start from one of the shipped configs, e.g. "
+                          "jointspace/configs/digits.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return raw

@@ -15,6 +15,7 @@ from jointspace.config import RunConfig, TowerConfig, load_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import Prep, get_kind, with_role
 from jointspace.model import JointModel, build_model, text_tokenizers
+from jointspace.outputs import OutputKind
 from jointspace.towers.lora import merge_lora
 
 CONFIG = "config.yaml"
@@ -23,6 +24,10 @@ WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 REPORT = "report.html"
+DONE = "done.json"
+# a run folder (any task's, a CILP or pipeline folder, a stage of one) is one of these from its first step on
+RUN_FOLDER = OutputKind("run folder", ((RUN_INFO,), (METRICS,), (DONE,), ("checkpoints/latest.json",),
+                                       (CONFIG, f"*/{CONFIG}"), (CONFIG, f"*/{METRICS}")))
 
 
 def write_run_info(run_dir: Path, info: dict) -> None:
@@ -163,13 +168,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, can_resume: bool = True) -> Path:
-    """Create the run folder; an existing one is kept to resume, replaced with `overwrite`, else refused
-    (the error names the flags the command has: `can_resume` False for commands without --resume)."""
+    """Create the run folder; an existing one is kept to resume, replaced with `overwrite` when it is a
+    run folder, else refused (the error names the flags the command has: `can_resume` False for commands
+    without --resume); a folder that is not a run is never replaced."""
     if run_dir.exists() and not resume:
-        if not overwrite:
-            hint = "pass --resume to continue it or --overwrite to replace it" if can_resume else \
-                "pass --overwrite to replace it"
-            raise FileExistsError(f"{run_dir} exists: {hint}")
-        shutil.rmtree(run_dir)
+        flag = "--resume to continue it or --overwrite" if can_resume else "--overwrite"
+        if RUN_FOLDER.check(run_dir, overwrite, flag=flag):
+            shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

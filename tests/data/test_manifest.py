@@ -11,6 +11,7 @@ from jointspace.data.dataset import load_split
 from jointspace.data.inspect import class_grid, format_inspection, inspect_shards, plot_class_balance
 from jointspace.data.manifest import pack_folder, pack_manifest
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.outputs import OutputError
 
 CLASSES = ("cat", "dog", "bird")
 
@@ -146,7 +147,7 @@ def test_pack_folder_with_and_without_captions(tmp_path):
             _png(split_root / split / ("a", "b")[i % 2] / f"{i}.png", i)
     info = pack_folder(split_root, tmp_path / "ds2")
     assert {s: v["n_samples"] for s, v in info["splits"].items()} == {"train": 4, "val": 2, "test": 1}
-    with pytest.raises(DataError, match="replace the source"):
+    with pytest.raises(OutputError, match="replace the source"):
         pack_folder(root, root)
 
 

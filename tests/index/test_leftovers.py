@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 
 from jointspace.index.store import SCRATCH_PREFIX, IndexStore
-from jointspace.index.swap import owned_prefix, remove_leftovers
+from jointspace.swap import owned_prefix, remove_leftovers
 
 KILLED_BUILD = textwrap.dedent("""
     import sys, time

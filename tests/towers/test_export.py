@@ -120,7 +120,14 @@ def test_export_refuses_clearly_and_writes_nothing(tiny_cfg, tmp_path):
     assert result.exit_code == 2 and "openclip_image" in result.output
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.*"))
     (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "not an export" in result.output
+    assert (tmp_path / "y" / "notes.txt").read_text() == "mine"
+    (tmp_path / "y" / "jointspace_export.json").write_text("{}")  # an earlier export: only with --overwrite
     result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "--overwrite" in result.output
+    result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(run.parent)])
+    assert result.exit_code == 2 and "would replace the source" in result.output
     result = runner.invoke(app, ["export", str(run), "--format", "tflite", "--out", str(tmp_path / "z")])
     assert result.exit_code == 2 and "open_clip, hf, onnx" in result.output

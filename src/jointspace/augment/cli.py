@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -53,29 +54,47 @@ def augment_sample(
     strength: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="image-to-image from the class's real "
                                                    "images in --data (0: keep them, 1: ignore them)")] = None,
     data: Annotated[Path | None, typer.Option(help="shard folder with the classes' real images (--strength)")] = None,
-    grid_guidance: Annotated[str, typer.Option(help="guidance values of the grid, comma-separated (empty: no "
-                                               "grid)")] = "0,1,2,4",
+    grid_guidance: Annotated[str, typer.Option(help="also write grid.png: guidance values of the grid, "
+                                               "comma-separated, e.g. 0,1,2,4 (default: no grid)")] = "",
     grid_steps: Annotated[str, typer.Option(help="step counts of the grid, comma-separated")] = "10,25,50",
     device: str = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace earlier samples in --out (never another folder)")] = False,
 ) -> None:
-    """Generate N images per class, plus grid.png exploring guidance x steps at the same seed."""
-    from jointspace.augment.sample import class_ids, load_sampler, real_images, settings_grid, write_samples
+    """Generate N images per class (with --grid-guidance, also grid.png exploring guidance x steps at the
+    same seed)."""
+    from jointspace.augment.sample import (
+        SAMPLES_FOLDER,
+        class_ids,
+        load_sampler,
+        real_images,
+        settings_grid,
+        write_samples,
+    )
 
     if (strength is None) != (data is None):
         raise typer.BadParameter("image-to-image needs both --strength and --data")
+    sources = [p for p in (Path(model), data) if p is not None and p.exists()]
+    SAMPLES_FOLDER.check(out, overwrite, sources)
     init = real_images(data, class_ or []) if data is not None else None
     sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt or ["a photo of {}"],
                            negative_prompt=negative_prompt, init_images=init, strength=strength or 0.6)
     ids = class_ids(sampler, class_ if (Path(model) / "run.json").exists() else None)
-    images = {c: sampler.sample_class(c, n_per_class, guidance, steps, scheduler, seed) for c in ids}
+    gs = [float(x) for x in grid_guidance.split(",") if x.strip()]
+    ss = [int(x) for x in grid_steps.split(",") if x.strip()]
+    images = {}
+    for k, c in enumerate(ids, 1):
+        t0 = time.time()
+        images[c] = sampler.sample_class(c, n_per_class, guidance, steps, scheduler, seed)
+        console.print(f"class {k}/{len(ids)} {sampler.class_names[c]}: {n_per_class} images in {time.time() - t0:.1f}s")
     settings = {"model": str(model), "guidance": guidance, "steps": steps, "scheduler": scheduler, "seed": seed,
                 "prompts": prompt, "negative_prompt": negative_prompt, "strength": strength,
                 "data": None if data is None else str(data)}
-    n = write_samples(out, images, sampler.class_names, settings)
-    gs = [float(x) for x in grid_guidance.split(",") if x.strip()]
-    ss = [int(x) for x in grid_steps.split(",") if x.strip()]
-    grid = settings_grid(sampler, ids, gs, ss, scheduler, seed, out / "grid.png") if gs and ss else None
-    console.print(f"wrote {n} images to {out}" + (f"; grid {grid}" if grid else ""))
+    with SAMPLES_FOLDER.staged(out, overwrite, sources) as stage:
+        n = write_samples(stage, images, sampler.class_names, settings)
+        if gs and ss:
+            console.print(f"grid: {len(gs)} x {len(ss)} panels of {len(ids)} classes ...")
+            settings_grid(sampler, ids, gs, ss, scheduler, seed, stage / "grid.png")
+    console.print(f"wrote {n} images to {out}" + (f"; grid {out / 'grid.png'}" if gs and ss else ""))
 
 
 @augment_app.command("explore")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from jointspace.augment.model import load_diffusion, make_scheduler
+from jointspace.outputs import OutputKind
 from jointspace.runs import RUN_INFO, resolve_device
 
 GRID_STREAM = 2**31 - 1  # the noise stream of grid panels (not a class id)
@@ -214,6 +215,9 @@ def class_ids(sampler: ClassSampler | PipelineSampler, names: Sequence[str] | No
     if unknown:
         raise ValueError(f"classes {unknown} unknown to the model (has: {', '.join(sampler.class_names)})")
     return [sampler.class_names.index(n) for n in names]
+
+
+SAMPLES_FOLDER = OutputKind("samples folder", (("samples.json",),))
 
 
 def write_samples(out: Path, images: dict[int, np.ndarray], class_names: Sequence[str], settings: dict) -> int:

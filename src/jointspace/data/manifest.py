@@ -118,14 +118,6 @@ def stratified_splits(labels: Sequence[int], fractions: Sequence[float], seed: i
 
 # ---- packing ----
 
-def _check_out(out_dir: Path, source: Path) -> None:
-    out, src = out_dir.resolve(), source.resolve()
-    if out == src or out in src.parents:
-        raise DataError(f"{out_dir}: output folder would replace the source data {source}")
-    if out.is_dir() and any(out.iterdir()) and not (out / shards.INFO_FILE).exists():
-        raise FileExistsError(f"{out_dir}: exists and is not a shard folder; refusing to replace it")
-
-
 def _check_row(n: int, rec: dict, base: Path, modalities: dict[str, str], use_split: bool, seen: dict,
                keys: set[str]) -> dict:
     """One record as a sample {key, <modality>: value, name, split, meta}; raises _Bad."""
@@ -166,8 +158,11 @@ def carve_val(samples: list[dict], val_fraction: float, seed: int) -> int:
 
 def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, modalities: dict[str, str],
                  label_map: dict[str, str] | None, split_fractions: Sequence[float], seed: int,
-                 maxcount: int, max_bad_fraction: float, extra: dict, val_fraction: float = 0.0) -> dict:
-    """Check every record, split the good ones and write shards; bad rows are skipped and counted."""
+                 maxcount: int, max_bad_fraction: float, extra: dict, val_fraction: float = 0.0,
+                 overwrite: bool = False) -> dict:
+    """Check every record, split the good ones and write shards; bad rows are skipped and counted. An
+    existing shard folder at `out_dir` is replaced only with `overwrite`; the source (`extra['source']`)
+    and any other folder never."""
     if not records:
         raise DataError(f"{extra['source']}: no rows")
     unknown = {m: k for m, k in modalities.items() if k not in KINDS}
@@ -206,13 +201,13 @@ def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, mod
     extra = {**extra, "seed": seed, "label_map": label_map, "skipped": len(bad), "skipped_rows": bad[:20],
              "split_source": "column" if use_split else list(split_fractions)}
     return write_dataset(out_dir, {sp: v for sp, v in by_split.items() if v}, modalities, class_names, extra,
-                         maxcount=maxcount)
+                         maxcount=maxcount, overwrite=overwrite, sources=[extra["source"]])
 
 
 def pack_manifest(manifest: Path, out_dir: Path, modalities: dict[str, str] | None = None,
                   label_map: dict[str, str] | None = None, split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
                   seed: int = 0, maxcount: int = 1000, max_bad_fraction: float = 0.01,
-                  val_fraction: float = 0.0) -> dict:
+                  val_fraction: float = 0.0, overwrite: bool = False) -> dict:
     """Pack a CSV/TSV/JSONL manifest into shards (file paths relative to the manifest's folder); returns
     dataset.json content plus `skipped`. `val_fraction`: a stratified val split carved from train when
     the source has none."""
@@ -228,20 +223,20 @@ def pack_manifest(manifest: Path, out_dir: Path, modalities: dict[str, str] | No
     if missing or not modalities:
         raise DataError(f"{manifest}: modality columns {missing or 'none found'} (columns: {', '.join(columns)}); "
                         "name them image/text or pass modalities={column: kind}")
-    _check_out(out_dir, manifest)
+    shards.SHARD_FOLDER.check(out_dir, overwrite, [manifest])
     extra = {"name": manifest.stem, "source": str(manifest)}
     return pack_records(records, manifest.resolve().parent, out_dir, modalities, label_map, split_fractions, seed,
-                        maxcount, max_bad_fraction, extra, val_fraction)
+                        maxcount, max_bad_fraction, extra, val_fraction, overwrite)
 
 
 def pack_folder(root: Path, out_dir: Path, label_map: dict[str, str] | None = None,
                 split_fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, maxcount: int = 1000,
-                max_bad_fraction: float = 0.01, val_fraction: float = 0.0) -> dict:
+                max_bad_fraction: float = 0.01, val_fraction: float = 0.0, overwrite: bool = False) -> dict:
     """Pack `root/<class>/*.png|jpg` (or `root/<split>/<class>/...`) with optional `.txt` captions;
     `val_fraction`: a stratified val split carved from train when the folders have none."""
     root, out_dir = Path(root), Path(out_dir)
     records = folder_records(root)
-    _check_out(out_dir, root)
+    shards.SHARD_FOLDER.check(out_dir, overwrite, [root])
     extra = {"name": root.name, "source": str(root)}
     return pack_records(records, root.resolve(), out_dir, {"image": "image", "text": "text"}, label_map,
-                        split_fractions, seed, maxcount, max_bad_fraction, extra, val_fraction)
+                        split_fractions, seed, maxcount, max_bad_fraction, extra, val_fraction, overwrite)

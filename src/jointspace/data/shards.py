@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +11,11 @@ from typing import Any
 import webdataset as wds
 
 from jointspace.kinds import decode_file, get_kind
+from jointspace.outputs import OutputKind
 
 INFO_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
+SHARD_FOLDER = OutputKind("shard folder", ((INFO_FILE,),))
 
 
 class DataError(RuntimeError):
@@ -43,18 +42,19 @@ def write_dataset(
     class_names: list[str],
     extra_info: dict | None = None,
     maxcount: int = 1000,
+    overwrite: bool = False,
+    sources: Iterable[str | Path] = (),
 ) -> dict:
     """Write samples per split into `out_dir/<split>/shard-NNNNNN.tar` plus `dataset.json`.
 
     A sample is a dict with `key`, one entry per modality (kinds: see `jointspace.kinds`),
-    `label` (int) and optional `meta` (dict). The folder appears atomically when complete.
+    `label` (int) and optional `meta` (dict). The folder appears atomically when complete; an existing
+    shard folder is replaced only with `overwrite`, anything else never (`SHARD_FOLDER.check`), nor the
+    `sources` the samples are read from.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     info: dict = {"modalities": modalities, "class_names": list(class_names), "splits": {}}
     info.update(extra_info or {})
-    try:
+    with SHARD_FOLDER.staged(out_dir, overwrite, sources) as tmp:
         for split, samples in splits.items():
             (tmp / split).mkdir()
             counts: dict[str, int] = {}
@@ -76,12 +76,6 @@ def write_dataset(
             shards = sorted(p.name for p in (tmp / split).glob("*.tar"))
             info["splits"][split] = {"n_samples": n, "shards": shards, "class_counts": counts}
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
@@ -90,7 +84,18 @@ def read_info(root: str | Path) -> dict:
     path = Path(root) / INFO_FILE
     if not path.exists():
         raise DataError(f"{root}: not a jointspace shard folder (no {INFO_FILE}); see `jointspace data synth`")
-    return json.loads(path.read_text())
+    return read_json(path)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file that jointspace wrote; unreadable or not an object: DataError naming it."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: cannot be read as JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def split_urls(root: str | Path, split: str) -> list[str]:

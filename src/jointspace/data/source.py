@@ -3,10 +3,11 @@ shards (`data.urls`) or open_clip-style CSVs (`data.csv`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from jointspace.data.csv_source import CsvSource
-from jointspace.data.shards import INFO_FILE
+from jointspace.data.shards import INFO_FILE, DataError
 from jointspace.data.webdataset import (
     OPENCLIP_KEYS,
     FolderSource,
@@ -45,6 +46,8 @@ def shards_arg(text: str | Path, data_cfg) -> Source:
     path = Path(str(text))
     if (path / INFO_FILE).exists():
         return FolderSource(path)
+    if not path.exists() and not re.search(r"[{}*?\[]|::|^[A-Za-z][\w+.-]*:", str(text)):
+        raise DataError(f"{text}: no such shard folder, file or shard pattern")
     if path.suffix.lower() in (".csv", ".tsv"):
         return source_of(data_cfg.model_copy(update={"csv": str(text), "val_csv": None, "test_csv": None,
                                                      "urls": None}))

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls, write_dataset
+from jointspace.data.shards import (
+    SHARD_FOLDER,
+    DataError,
+    ReadStats,
+    iter_samples,
+    read_info,
+    split_urls,
+    write_dataset,
+)
 
 
 def parse_keep(items: list[str]) -> dict[str, float]:
@@ -25,10 +33,12 @@ def parse_keep(items: list[str]) -> dict[str, float]:
 
 
 def subsample_classes(root: str | Path, out: str | Path, keep: dict[str, float], split: str = "train",
-                      seed: int = 0, maxcount: int = 1000) -> dict:
+                      seed: int = 0, maxcount: int = 1000, overwrite: bool = False) -> dict:
     """Write `out` as `root` with class c of `split` kept at fraction keep[c] (at least one sample, chosen by
-    seed); other splits and classes are copied unchanged. Returns the new dataset.json content."""
+    seed); other splits and classes are copied unchanged. Returns the new dataset.json content. `out` may
+    replace a shard folder only with `overwrite`, and never `root` or a folder holding it."""
     info = read_info(root)
+    SHARD_FOLDER.check(out, overwrite, [root])
     names = list(info.get("class_names", []))
     unknown = [c for c in keep if c not in names]
     if unknown:
@@ -50,4 +60,4 @@ def subsample_classes(root: str | Path, out: str | Path, keep: dict[str, float],
         splits[s] = samples
     extra = {k: v for k, v in info.items() if k not in ("modalities", "class_names", "splits")}
     extra["subsampled"] = {"from": str(root), "split": split, "keep": keep, "seed": seed}
-    return write_dataset(out, splits, modalities, names, extra, maxcount=maxcount)
+    return write_dataset(out, splits, modalities, names, extra, maxcount=maxcount, overwrite=overwrite, sources=[root])

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from jointspace.outputs import follow_umask, make_temp_dir
+
 LATEST = "latest.json"
 # crash tests only: seconds to wait between writing a checkpoint and moving it into place (it widens
 # the window a kill can land in; the write itself is the same)
@@ -44,6 +46,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    follow_umask(Path(tmp))
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -54,8 +57,10 @@ def _fsync_file(path: Path) -> None:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors save of detached, contiguous CPU copies."""
+    """safetensors save of detached, contiguous CPU copies (with the permissions the umask gives, not
+    safetensors' 0600)."""
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+    follow_umask(Path(path))
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -118,7 +123,7 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
                     state: dict, keep: int = 2) -> Path:
     """Write checkpoint `name` atomically, point latest.json at it, prune to the newest `keep`."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=ckpt_dir))
+    tmp = make_temp_dir(ckpt_dir, f".{name}.tmp-")
     try:
         save_tensors(model.state_dict(), tmp / "model.safetensors")
         extra: dict[str, torch.Tensor] = {}

@@ -10,9 +10,12 @@ import numpy as np
 from jointspace.data.shards import DataError
 from jointspace.data.source import shards_arg
 from jointspace.evaluate.embed import embed_split
+from jointspace.outputs import OutputKind
 from jointspace.runs import load_run, load_run_split, resolve_device
 
 FORMATS = ("npy", "parquet")
+META = "meta.json"
+EMBEDDINGS_FOLDER = OutputKind("embeddings folder", ((META, "keys.npy"), (META, "*.parquet")))
 
 
 def _write_npy(out: Path, name: str, array: np.ndarray) -> str:
@@ -44,14 +47,17 @@ def _write_parquet(out: Path, modality: str, emb: np.ndarray, keys: list[str], l
 
 
 def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, split: str = "test",
-                      fmt: str = "npy", device: str = "auto", batch_size: int = 512) -> dict:
+                      fmt: str = "npy", device: str = "auto", batch_size: int = 512, overwrite: bool = False) -> dict:
     """Embed `split` of `shards` with the run's model and write it under `out`; returns what `meta.json` says.
 
     npy: `<modality>.npy` [N, D] float32 (L2-normalised), `keys.npy`, `labels.npy`; parquet: `<modality>.parquet`
-    with columns key, label, class_name, embedding. Modalities are the run's that the shards have.
+    with columns key, label, class_name, embedding. Modalities are the run's that the shards have. The
+    folder appears whole; it replaces earlier embeddings only with `overwrite`, any other folder never.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    sources = [run_dir, *([shards] if Path(str(shards)).exists() else [])]
+    EMBEDDINGS_FOLDER.check(out, overwrite, sources)
     cfg, model, info = load_run(run_dir)
     shards = shards_arg(shards, cfg.data)
     have = shards.info["modalities"]
@@ -62,8 +68,12 @@ def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, 
     dev = resolve_device(device)
     data = load_run_split(cfg, info, shards, split, modalities)
     emb = embed_split(model.to(dev), data, batch_size=batch_size, device=dev)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with EMBEDDINGS_FOLDER.staged(out, overwrite, sources) as stage:
+        return _write(stage, fmt, emb, data, {"run": str(run_dir), "shards": str(shards), "split": split})
+
+
+def _write(out: Path, fmt: str, emb: dict, data, about: dict) -> dict:
+    """The embedding files and meta.json in `out`."""
     labels = data.labels.numpy().astype(np.int64)
     files: dict[str, str] = {}
     if fmt == "npy":
@@ -73,8 +83,8 @@ def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, 
         arr = e.numpy().astype(np.float32)
         files[m] = (_write_npy(out, m, arr) if fmt == "npy"
                     else _write_parquet(out, m, arr, data.keys, labels, data.class_names))
-    meta = {"run": str(run_dir), "shards": str(shards), "split": split, "format": fmt, "n_samples": len(data),
+    meta = {**about, "format": fmt, "n_samples": len(data),
             "skipped_samples": data.stats.n_missing, "dims": {m: int(e.shape[1]) for m, e in emb.items()},
             "class_names": data.class_names, "files": files}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    (out / META).write_text(json.dumps(meta, indent=2))
     return meta

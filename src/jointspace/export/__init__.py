@@ -13,16 +13,16 @@ checks itself before it is kept: what it wrote is loaded back and compared with 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from jointspace.model import JointModel
+from jointspace.outputs import OutputKind
 from jointspace.runs import load_run, model_fingerprint
 
 MANIFEST = "jointspace_export.json"
+EXPORT_FOLDER = OutputKind("export", ((MANIFEST,),))
 
 
 @dataclass
@@ -56,27 +56,14 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str, overwrite: bool =
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: pass --overwrite to replace it")
-    if out.exists() and not (out / MANIFEST).exists():
-        raise FileExistsError(f"{out} exists and is not an export (no {MANIFEST}); refusing to replace it")
-    if out.resolve() == run_dir.resolve() or run_dir.resolve().is_relative_to(out.resolve()):
-        raise ValueError(f"--out {out} would replace the run {run_dir} itself")
+    EXPORT_FOLDER.check(out, overwrite, [run_dir])
     cfg, model, info = load_run(run_dir)
     model.dedupe = False  # traced and compared row by row: no batch-dependent path
     job = Exporting(run_dir, cfg, model, info, model_fingerprint(run_dir), shards)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with EXPORT_FOLDER.staged(out, overwrite, [run_dir]) as stage:
         manifest = {"format": fmt, **job.stamp(), **_writers()[fmt](job, stage)}
         manifest["load"] = str(manifest.get("load", "")).replace("DIR", str(out))
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from jointspace.index.filters import COLUMNS, IndexStoreError, parse_where, sql_where
 from jointspace.index.reading import StoreReads, index_ivf, process_memory
-from jointspace.index.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers, swap_in
+from jointspace.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers, swap_in
 from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
 
 __all__ = ["SLOW_SWAP_ENV", "FingerprintError", "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index",

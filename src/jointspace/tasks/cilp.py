@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,11 +135,7 @@ def _heads(cfg: RunConfig, emb: dict, train_labels: torch.Tensor, n_classes: int
 def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
     """Run the three CILP stages (each resumable); returns (and writes to cilp.json) the table and details."""
     src, tgt, root = cfg.cilp.source, cfg.cilp.target, cfg.run_dir
-    if root.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{root} exists: pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(root, resume, overwrite)
     save_config(cfg, root / CONFIG)  # what `jointspace compare` compares a finished grid run against
     pre_dir = _pretrain(cfg, resume, show_progress)
     seed_everything(cfg.seed)

@@ -24,7 +24,6 @@ from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
     epochs_to_fraction,
-    fresh_or_resumed,
     init_towers,
     load_splits,
     n_classes_of,
@@ -37,6 +36,7 @@ from jointspace.tasks.common import (
     tracker_of,
     write_done,
 )
+from jointspace.tasks.lifecycle import fresh_or_resumed
 
 
 @torch.no_grad()

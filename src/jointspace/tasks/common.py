@@ -4,13 +4,8 @@ that `jointspace compare` uses to skip finished runs."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import resource
-import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,24 +13,38 @@ import torch
 from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.builtin import synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
-from jointspace.data.shards import DataError
+from jointspace.data.shards import INFO_FILE, DataError, read_info
 from jointspace.data.source import Source, source_of
 from jointspace.data.sources import load_sources
 from jointspace.engine import Plan, seed_everything
-from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
+from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.model import text_tokenizers
-from jointspace.runs import CONFIG, RUN_INFO, prepare_run_dir, read_run_info, resolve_init, run_prep
-
-DONE = "done.json"
+from jointspace.runs import (
+    CONFIG,
+    DONE,
+    RUN_INFO,
+    prepare_run_dir,
+    read_run_info,
+    resolve_init,
+    run_prep,
+)
 
 
 def ensure_dataset(cfg: RunConfig) -> Source:
     """The run's dataset; a built-in set is synthesised first when `data.path` is missing."""
-    root = Path(cfg.data.path)
-    if not (cfg.data.urls or cfg.data.csv) and not root.exists() and cfg.data.synth:
-        synthesize(cfg.data.synth, root, seed=cfg.seed, n=cfg.data.synth_size)
+    root, d = Path(cfg.data.path), cfg.data
+    if not (d.urls or d.csv) and d.synth:
+        if not root.exists():
+            synthesize(d.synth, root, seed=cfg.seed, n=d.synth_size)
+        elif (root / INFO_FILE).is_file():
+            made = read_info(root).get("synth")
+            if made is not None and (made.get("name"), made.get("n")) != (d.synth, d.synth_size):
+                raise DataError(f"data.path {root} holds the built-in set {made.get('name')} made with n="
+                                f"{made.get('n')}, but the config asks data.synth={d.synth}, data.synth_size="
+                                f"{d.synth_size}: point data.path at another folder, or remake this one with "
+                                "`jointspace data synth ... --overwrite`")
     return source_of(cfg.data)
 
 
@@ -74,29 +83,6 @@ def init_towers(cfg: RunConfig, resume: bool) -> tuple[RunConfig, dict | None]:
     stored = ensure_dataset(cfg).info["modalities"]
     cfg, init = resolve_init(cfg, {m: stored[m] for m in cfg.data.modalities if m in stored})
     return cfg, None if resume else init
-
-
-def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
-    """Decorator for a task's train(cfg, resume, overwrite, show_progress): `--resume` on a run without a
-    checkpoint starts from scratch (and says so); a run that fails before its first checkpoint leaves no
-    folder behind, so the plain rerun works (a folder that was there and not replaced is never touched)."""
-
-    @functools.wraps(train)
-    def wrapper(cfg, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
-        run_dir, ckpts = cfg.run_dir, cfg.run_dir / "checkpoints"
-        if resume and latest_checkpoint(ckpts) is None:
-            print(f"{run_dir}: no checkpoint to resume from: starting from scratch", file=sys.stderr)
-            resume, overwrite = False, True
-        untouchable = run_dir.exists() and not overwrite and not resume
-        try:
-            return train(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress)
-        except BaseException:
-            main = int(os.environ.get("RANK", "0")) == 0
-            if main and not untouchable and not resume and run_dir.exists() and latest_checkpoint(ckpts) is None:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-
-    return wrapper
 
 
 def skipped(**splits: SplitData | None) -> dict:

@@ -38,7 +38,6 @@ from jointspace.runs import (
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
 from jointspace.tasks.common import (
     ensure_dataset,
-    fresh_or_resumed,
     init_towers,
     plan_of,
     prepare_data,
@@ -48,6 +47,7 @@ from jointspace.tasks.common import (
     tracker_of,
     write_done,
 )
+from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.towers.lora import parameter_summary
 
 

@@ -25,7 +25,8 @@ from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
 from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir, resolve_device, write_run_info
-from jointspace.tasks.common import fresh_or_resumed, write_done
+from jointspace.tasks.common import write_done
+from jointspace.tasks.lifecycle import fresh_or_resumed
 
 
 class DiffusionState(nn.Module):

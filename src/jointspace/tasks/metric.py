@@ -25,7 +25,6 @@ from jointspace.model import count_parameters
 from jointspace.runs import WEIGHTS, resolve_device, write_run_info
 from jointspace.tasks.common import (
     PeakMemory,
-    fresh_or_resumed,
     init_towers,
     load_splits,
     n_classes_of,
@@ -38,6 +37,7 @@ from jointspace.tasks.common import (
     tracker_of,
     write_done,
 )
+from jointspace.tasks.lifecycle import fresh_or_resumed
 
 
 def n_mined(indices: tuple | None) -> int:

@@ -13,7 +13,6 @@ the seed project's contrastive stage, then a classifier over its joint space.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from jointspace.config import RunFolder, _Strict, apply_overrides
 from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
-from jointspace.runs import CONFIG, WEIGHTS
+from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir
 from jointspace.tasks.common import read_done, write_done
 
 STAGE_REF = "{stage:"
@@ -76,11 +75,7 @@ def run_pipeline(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume:
                  overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train every stage in order (finished stages kept, an interrupted one resumed with `resume`)."""
     root = cfg.run_dir
-    if root.exists() and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{root} exists: pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(root, resume, overwrite)
     atomic_write_text(root / CONFIG, json.dumps(cfg.model_dump(mode="json"), indent=2))
     dirs: dict[str, Path] = {}
     for stage in cfg.stages:

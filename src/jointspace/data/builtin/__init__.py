@@ -29,14 +29,18 @@ def _shapes_splits(n: int, seed: int) -> dict[str, Iterator[dict]]:
     return out
 
 
-def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = None, maxcount: int = 1000) -> dict:
-    """Generate a built-in dataset as shards under `out_dir`; returns its dataset.json content."""
+def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = None, maxcount: int = 1000,
+               overwrite: bool = False) -> dict:
+    """Generate a built-in dataset as shards under `out_dir`; returns its dataset.json content, which
+    records what was asked (`synth`: name, seed, n). An existing shard folder is replaced only with
+    `overwrite`; any other folder never."""
+    asked = {"synth": {"name": name, "seed": seed, "n": n}}
     if name == "digits":
         from jointspace.data.builtin import digits
 
         limit = None if n is None else max(1, n // 3)
         return write_dataset(out_dir, digits.generate(seed, limit), digits.MODALITIES, digits.CLASS_NAMES,
-                             {**digits.info(), "seed": seed}, maxcount=maxcount)
+                             {**digits.info(), "seed": seed, **asked}, maxcount=maxcount, overwrite=overwrite)
     if name == "shapes":
         from jointspace.data.builtin import shapes
 
@@ -46,7 +50,9 @@ def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = No
             "prompt_templates": shapes.prompt_templates(),
             "zero_shot_prompts": {c: shapes.zero_shot_prompts(c) for c in classes},
             "max_range": shapes.MAX_RANGE,  # metres: the range image's no-hit value, and the points' reach
+            **asked,
         }
         return write_dataset(out_dir, _shapes_splits(n or 3000, seed),
-                             {"image": "image", "lidar": "range", "points": "points", "text": "text"}, classes, extra, maxcount=maxcount)
+                             {"image": "image", "lidar": "range", "points": "points", "text": "text"}, classes, extra,
+                             maxcount=maxcount, overwrite=overwrite)
     raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")

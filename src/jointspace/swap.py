@@ -1,4 +1,4 @@
-"""Putting a freshly written index folder in place of the old one, undoing a swap a crash cut short, and
+"""Putting a freshly written output folder (an index, shards, an export...) in place of the old one, undoing a swap a crash cut short, and
 removing what killed writers left: staging and scratch folders carry their process's host and pid."""
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""The one guard of every command that writes a folder: it never replaces what jointspace did not write.
+
+An output folder is of one kind (shard folder, run, index, export, embeddings, samples, audit), and each
+kind is recognised by files only jointspace writes there (`OutputKind.marks`). A command may write `out`
+when it is missing or empty; it replaces an existing folder only when that folder is of its own kind and
+`--overwrite` was given. It never writes over the working directory or a folder holding it, nor over its
+own source or a folder holding the source. New contents are written in a staging folder beside `out`
+(same disk) and moved into place whole (`staged`), so a failure leaves the old folder as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from jointspace.swap import owned_prefix, remove_leftovers, swap_in
+
+
+class OutputError(FileExistsError):
+    """An output folder would replace something the command must not replace; the message says what."""
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder in `parent` with the permissions the umask gives (mkdtemp alone makes it 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o777 & ~_umask())
+    return path
+
+
+def follow_umask(path: Path) -> None:
+    """Give a file written through mkstemp (0600) the permissions the umask gives a new file."""
+    path.chmod(0o666 & ~_umask())
+
+
+def _holds(parent: Path, child: Path) -> bool:
+    return parent == child or parent in child.parents
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """A kind of folder a command writes: its name in messages, and the entries that mark a folder as one
+    (any one tuple of names all present)."""
+
+    noun: str
+    marks: tuple[tuple[str, ...], ...]
+
+    @property
+    def a(self) -> str:
+        """The noun with its article."""
+        return f"{'an' if self.noun[0] in 'aeiou' else 'a'} {self.noun}"
+
+    def holds(self, folder: str | Path) -> bool:
+        """Whether `folder` is an output of this kind."""
+        folder = Path(folder)
+        return folder.is_dir() and any(all((folder / n).exists() for n in names) for names in self.marks)
+
+    def check(self, out: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = (),
+              flag: str = "--overwrite") -> bool:
+        """Raise OutputError unless the command may write `out`; True when an existing output of this kind
+        will be replaced (with `overwrite`)."""
+        out = Path(out)
+        where = out.resolve()
+        if _holds(where, Path.cwd().resolve()):
+            raise OutputError(f"{out}: is the working directory or holds it; write to a new folder")
+        for src in sources:
+            if _holds(where, Path(src).resolve()):
+                raise OutputError(f"{out}: would replace the source {src}; write to a new folder")
+        if out.is_symlink():
+            raise OutputError(f"{out}: is a symbolic link; write to a new folder")
+        if not out.exists():
+            return False
+        if not out.is_dir():
+            raise OutputError(f"{out}: exists and is a file, not {self.a}; refusing to replace it")
+        entries = sorted(p.name for p in out.iterdir())
+        if not entries:
+            return False
+        if not self.holds(out):
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise OutputError(f"{out}: exists and is not {self.a} (it holds {shown}); refusing to replace it: "
+                              "write to a new folder")
+        if not overwrite:
+            raise OutputError(f"{out}: {self.a} exists there already: pass {flag} to replace it")
+        return True
+
+    @contextlib.contextmanager
+    def staged(self, out: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = (),
+               flag: str = "--overwrite") -> Iterator[Path]:
+        """Check `out`, yield a staging folder beside it to write into, and move it into place when the
+        block ends (the old output then goes); on an error the staging folder goes and `out` is untouched."""
+        out = Path(out)
+        sources = list(sources)
+        self.check(out, overwrite, sources, flag)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{out.name}.tmp-"
+        remove_leftovers(out.parent, prefix)
+        tmp = make_temp_dir(out.parent, owned_prefix(prefix))
+        try:
+            yield tmp
+            self.check(out, overwrite, sources, flag)  # what changed there meanwhile is judged again
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

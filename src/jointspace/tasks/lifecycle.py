@@ -1,0 +1,98 @@
+"""A run folder's life across commands: a fresh run that fails early leaves nothing, `--resume` of a
+finished run changes nothing, and `--overwrite` keeps the old run until the new one can stand in its place."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import glob
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from jointspace.config import ConfigError, read_yaml
+from jointspace.engine.checkpoint import latest_checkpoint
+from jointspace.runs import CONFIG, RUN_FOLDER, WEIGHTS
+
+
+def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
+    """Decorator for a task's train(cfg, resume, overwrite, show_progress): `--resume` on a run without a
+    checkpoint starts from scratch (and says so); a run that fails before its first checkpoint leaves no
+    folder behind, so the plain rerun works (a folder that was there and not replaced is never touched);
+    an old run replaced with `overwrite` comes back when the new one fails before that (`keeping_old_run`)."""
+
+    @functools.wraps(train)
+    def wrapper(cfg, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+        run_dir, ckpts = cfg.run_dir, cfg.run_dir / "checkpoints"
+        restore_replaced(run_dir)
+        if resume and finished(cfg):
+            print(f"{run_dir}: the run is finished ({WEIGHTS} written); nothing to resume, nothing changed "
+                  "(--overwrite trains it again, more train epochs/steps continue it)", file=sys.stderr)
+            return run_dir
+        if resume and latest_checkpoint(ckpts) is None:
+            print(f"{run_dir}: no checkpoint to resume from: starting from scratch", file=sys.stderr)
+            resume, overwrite = False, True
+        untouchable = run_dir.exists() and not overwrite and not resume
+        with keeping_old_run(run_dir, overwrite and not resume):
+            try:
+                return train(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress)
+            except BaseException:
+                main = int(os.environ.get("RANK", "0")) == 0
+                if main and not untouchable and not resume and run_dir.exists() and latest_checkpoint(ckpts) is None:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+
+    return wrapper
+
+
+def finished(cfg) -> bool:
+    """Whether cfg's run folder holds a finished run of as many epochs (steps) as cfg asks."""
+    if not (cfg.run_dir / WEIGHTS).exists():
+        return False
+    try:
+        saved = read_yaml(cfg.run_dir / CONFIG).get("train") or {}
+    except ConfigError:
+        return True
+    return all(saved.get(k) == getattr(cfg.train, k) for k in ("epochs", "steps") if hasattr(cfg.train, k))
+
+
+def _replaced(run_dir: Path) -> list[Path]:
+    """Old runs set aside by replacements of `run_dir`, oldest first."""
+    found = run_dir.parent.glob(f"{glob.escape(f'.{run_dir.name}.replaced-')}*")
+    return sorted(found, key=lambda p: p.stat().st_mtime)
+
+
+def restore_replaced(run_dir: Path) -> None:
+    """A replacement killed before its new run had a checkpoint (or weights) left the old run aside: put
+    it back in place of what the new one left (one writer per run folder)."""
+    old = _replaced(run_dir)
+    if not old or latest_checkpoint(run_dir / "checkpoints") is not None or (run_dir / WEIGHTS).exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.replace(old[-1], run_dir)
+
+
+@contextlib.contextmanager
+def keeping_old_run(run_dir: Path, replace: bool) -> Iterator[None]:
+    """With `replace` (--overwrite) the old run folder is checked to be a run and moved aside while the
+    new one trains; it is removed when the new run finishes or fails with a checkpoint to resume from,
+    and put back when the new run fails before that. Under torchrun the old folder is removed at once."""
+    aside = None
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    if replace and single and RUN_FOLDER.check(run_dir, overwrite=True):
+        aside = run_dir.parent / f".{run_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
+        os.replace(run_dir, aside)
+    try:
+        yield
+    except BaseException:
+        if aside is not None and latest_checkpoint(run_dir / "checkpoints") is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.replace(aside, run_dir)
+            aside = None
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
