@@ -74,7 +74,9 @@ def data_pack(
           "val_fraction": val_fraction, "overwrite": overwrite}
     info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
-    console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows")
+    console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows", soft_wrap=True)
+    for row in info.get("skipped_rows", [])[:5]:
+        console.print(f"  skipped {row}", soft_wrap=True, markup=False, highlight=False)
 
 
 @data_app.command("subsample")

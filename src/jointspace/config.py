@@ -304,7 +304,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """An override's value as YAML (numbers, lists, mappings...); what YAML cannot parse is a plain string."""
     if text == "":
         return ""
@@ -326,7 +326,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = parse_value(value)
     return raw
 
 

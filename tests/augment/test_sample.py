@@ -83,3 +83,22 @@ def test_cli_sample_writes_class_folders_and_grid(diffusion_run, pipeline_dir, t
     bad = CliRunner().invoke(app, ["augment", "sample", str(diffusion_run), "--out", str(tmp_path / "x"),
                                    "--class", "eleven"])
     assert bad.exit_code == 2 and "eleven" in bad.output
+
+
+def test_cli_sample_guards_its_folder_shows_progress_and_grids_only_when_asked(diffusion_run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("mine")
+    args = ["augment", "sample", str(diffusion_run), "--n-per-class", "1", "--steps", "1", "--class", "three",
+            "--device", "cpu"]
+    bad = CliRunner().invoke(app, [*args, "--out", str(mine), "--overwrite"])
+    assert bad.exit_code == 2 and "not a samples folder" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert (mine / "thesis.txt").read_text() == "mine"
+    out = tmp_path / "s"
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "class 1/1 three: 1 images" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["samples.json", "three"]  # no grid unless asked
+    again = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    assert CliRunner().invoke(app, [*args, "--out", str(out), "--overwrite"]).exit_code == 0

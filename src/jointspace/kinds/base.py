@@ -193,7 +193,10 @@ def resolve_path(value: Any, base: Path) -> Path:
     path = Path(str(value)).expanduser()
     if path.is_absolute():
         return path
-    inside = (base / path).resolve()
+    try:
+        inside = (base / path).resolve()
+    except (OSError, RuntimeError) as err:  # a symbolic link loop
+        raise BadCell(f"{value}: cannot be resolved ({err})") from None
     if not inside.is_relative_to(base.resolve()):
         raise BadCell(f"{value}: a relative path that leaves the manifest's folder ({inside}); "
                       "give an absolute path to read files elsewhere")

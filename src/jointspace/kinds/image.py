@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,19 @@ class ImageKind(Kind):
         if not path.is_file():
             raise BadCell(f"{column}: missing file {path}")
         try:
-            with Image.open(path) as img:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ours is the lower limit
+                img = Image.open(path)
+            with img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise BadCell(f"{column}: {path} is {img.width}x{img.height}, larger than the "
+                                  f"{MAX_IMAGE_PIXELS} pixels (4096x4096) every reader accepts")
                 img.load()
                 if path.suffix.lower() in IMAGE_EXTS:
                     return path, None
                 return np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB")), None
+        except BadCell:
+            raise
         except Exception as err:  # noqa: BLE001 - any unreadable file makes the row bad
             raise BadCell(f"{column}: unreadable image file {path} ({type(err).__name__}: {err})") from None
 

@@ -85,11 +85,17 @@ def config_for(raw: dict, source: str) -> RunConfig | AugmentConfig | pipeline.P
 def load_task_config(path: str | Path, overrides: list[str] | None = None):
     """Load any task's YAML config with `--set` overrides; `task:` picks the config type. A pipeline's
     stage configs given as file names are read relative to the pipeline's file."""
-    raw = apply_overrides(read_yaml(path), overrides or [])
-    if raw.get("task") == "pipeline":
-        for stage in raw.get("stages") or []:
-            if isinstance(stage, dict) and isinstance(stage.get("config"), str):
-                stage["config"] = read_yaml(Path(path).parent / stage["config"])
+    raw = read_yaml(path)
+    if raw.get("task") != "pipeline" and "task=pipeline" not in (overrides or []):
+        return config_for(apply_overrides(raw, overrides or []), str(path))
+    own = [o for o in overrides or [] if o.split("=", 1)[0].strip().split(".")[0] in pipeline.PipelineConfig.model_fields]
+    raw = apply_overrides(raw, own)
+    for stage in raw.get("stages") or []:
+        if isinstance(stage, dict) and isinstance(stage.get("config"), str):
+            stage["config"] = read_yaml(Path(path).parent / stage["config"])
+        if isinstance(stage, dict):  # every other override (train.epochs=1, tracker=none) goes to every stage
+            stage["set"] = {**(stage.get("set") or {}), **pipeline.overrides_as_set([o for o in overrides or []
+                                                                                    if o not in own])}
     return config_for(raw, str(path))
 
 

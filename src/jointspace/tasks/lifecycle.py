@@ -35,6 +35,8 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
         if resume and latest_checkpoint(ckpts) is None:
             print(f"{run_dir}: no checkpoint to resume from: starting from scratch", file=sys.stderr)
             resume, overwrite = False, True
+        if not resume:  # before any work: a folder that is not a run, or a run without --overwrite, stays
+            RUN_FOLDER.check(run_dir, overwrite, flag="--resume to continue it or --overwrite")
         untouchable = run_dir.exists() and not overwrite and not resume
         with keeping_old_run(run_dir, overwrite and not resume):
             try:

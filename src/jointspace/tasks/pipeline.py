@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from jointspace.config import RunFolder, _Strict, apply_overrides
+from jointspace.config import ConfigError, RunFolder, _Strict, apply_overrides, parse_value
 from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
 from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir
 from jointspace.tasks.common import read_done, write_done
@@ -39,6 +39,17 @@ class StageConfig(_Strict):
 class PipelineConfig(RunFolder):
     task: str = "pipeline"
     stages: list[StageConfig] = Field(min_length=1)
+
+
+def overrides_as_set(overrides: list[str]) -> dict[str, Any]:
+    """`--set key=value` overrides as a stage's `set:` mapping (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
 
 
 def _resolve(value: Any, dirs: dict[str, Path]) -> Any:
