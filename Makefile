@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# a second `make demo` refuses to replace runs/digits: `make demo DEMO_FLAGS=--overwrite`
+DEMO_FLAGS ?=
 demo: $(STAMP)
-	$(BIN)/jointspace demo
+	$(BIN)/jointspace demo $(DEMO_FLAGS)
 
 # tests/serve/test_browser.py drives Debian's headless Chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

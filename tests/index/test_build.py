@@ -78,7 +78,7 @@ def test_build_then_add_and_replace(tiny_run, digits_dir, tmp_path):
     out = tmp_path / "idx"
     store = build_index(tiny_run, digits_dir, out, splits=["test"], modalities=["image", "text"])
     assert store.n_items == 120
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(FileExistsError, match="exists there already: pass --overwrite"):
         build_index(tiny_run, digits_dir, out)
     assert add_shards(out, digits_dir, splits=["val"], modalities=["audio"]) == 60
     assert IndexStore.open(out).stats()["modalities"] == {"image": 60, "text": 60, "audio": 60}

@@ -7,6 +7,7 @@ import io
 import json
 import random
 import shutil
+import socket
 
 import numpy as np
 import pytest
@@ -30,6 +31,12 @@ def client(tiny_index):
 @pytest.fixture(scope="module")
 def sample(digits_dir):
     return next(iter_samples(split_urls(digits_dir, "test"), ReadStats()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png(arr) -> bytes:
@@ -99,6 +106,10 @@ def test_items_thumbnails_health_stats_docs_page(client, sample):
     ({"json": {"text": "x", "k": 51}}, 422, "k: must be between 1 and 50"),
     ({"json": {"text": "x", "where": {"colour": "red"}}}, 422, "unknown key 'colour'"),
     ({"json": {"text": "x", "where": {"label": "three"}}}, 422, "where label: expected a int"),
+    ({"json": {"text": "x", "where": {"label": []}}}, 422, "where label: an empty list allows no value"),
+    ({"json": {"text": "x", "where": {"split": "test", "modality": []}}}, 422, "where modality: an empty list"),
+    ({"files": {"file": ("x.png", png(np.zeros((8, 8))))}, "data": {"where": '{"label": []}'}}, 422,
+     "where label: an empty list"),
     ({"content": b"{bad json", "headers": {"content-type": "application/json"}}, 422, "Invalid JSON"),
     ({"content": b"hi", "headers": {"content-type": "text/plain"}}, 415, "content-type 'text/plain'"),
     ({"files": {"file": ("x.png", b"not an image at all")}, "data": {"modality": "image"}}, 400, "x.png: not an image"),
@@ -215,13 +226,14 @@ def test_serve_command_binds_loopback_by_default(tiny_index, monkeypatch):
     app = typer.Typer()
     app.command()(serve)
     app.command("other")(lambda: None)  # two commands: `serve` stays a sub-command
-    r = CliRunner().invoke(app, ["serve", str(tiny_index), "--port", "8123", "--max-k", "7"])
+    port = free_port()  # `serve` binds the port once to check it is free
+    r = CliRunner().invoke(app, ["serve", str(tiny_index), "--port", str(port), "--max-k", "7"])
     assert r.exit_code == 0, r.output
     (served, kw), = calls
-    assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
+    assert kw["host"] == "127.0.0.1" and kw["port"] == port
     with TestClient(served) as c:
         assert c.post("/search", json={"text": "one", "k": 8}).status_code == 422
-    r = CliRunner().invoke(app, ["serve", str(tiny_index), "--host", "0.0.0.0"])
+    r = CliRunner().invoke(app, ["serve", str(tiny_index), "--host", "0.0.0.0", "--port", str(free_port())])
     assert r.exit_code == 0 and "without a token" in r.output
 
 
@@ -275,7 +287,9 @@ def test_openapi_states_what_the_server_does(tiny_index):
     assert vector["vector"]["minItems"] == vector["vector"]["maxItems"] == 16 and vector["text"] == {"type": "null"}
     form = open_spec["paths"]["/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert form["schema"]["required"] == ["file"] and "image" in form["schema"]["properties"]["modality"]["enum"]
-    locked = TestClient(create_app(tiny_index, token="s3cret")).get("/openapi.json").json()
+    locked_client = TestClient(create_app(tiny_index, token="s3cret"))
+    assert locked_client.get("/openapi.json").status_code == 401  # README: only /healthz and the page are open
+    locked = locked_client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
     search = locked["paths"]["/search"]["post"]
     assert search["security"] and "401" in search["responses"] and "HTTPBearer" in locked["components"]["securitySchemes"]
     assert "security" not in locked["paths"]["/healthz"]["get"]

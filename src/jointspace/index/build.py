@@ -14,6 +14,7 @@ from PIL import Image
 from jointspace.data.shards import DataError, ReadStats
 from jointspace.data.source import Source, shards_arg
 from jointspace.index.bulk import build_store
+from jointspace.index.folder import INDEX_FOLDER
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore
 from jointspace.kinds import get_kind, preview_modality, with_role
@@ -73,16 +74,27 @@ def _first(value):
     return value[0] if isinstance(value, list) else value
 
 
+def merge_classes(classes: list[str], names: list[str]) -> dict[int, int]:
+    """The data's label -> the index's label, by class name: `names` missing from `classes` (the index's
+    class list) are appended to it, so one label number means one class in the whole index."""
+    for name in names:
+        if name not in classes:
+            classes.append(name)
+    return {i: classes.index(name) for i, name in enumerate(names)}
+
+
 def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = None,
                  modalities: list[str] | None = None, batch_size: int = 256, max_bad_fraction: float = 0.01,
                  progress: Callable[[int], None] | None = None, stats: ReadStats | None = None,
-                 chunk_rows: int = CHUNK_ROWS) -> Iterator[Embedded]:
+                 chunk_rows: int = CHUNK_ROWS, classes: list[str] | None = None) -> Iterator[Embedded]:
     """Embed every sample of `splits` (default: all) in each of `modalities` (default: the model's), in
     chunks of about `chunk_rows` vectors. `stats` (given or new) counts what was read; the bad-sample
-    check runs when the last chunk is out."""
+    check runs when the last chunk is out. `classes` (an index's class list, extended in place): labels
+    are renumbered into it by class name; without it they stay the data's own."""
     root = shards_arg(root, encoder.cfg.data)
     info = root.info
-    kinds, class_names = info["modalities"], list(info.get("class_names", []))
+    kinds, class_names = info["modalities"], [str(n) for n in info.get("class_names", [])]
+    relabel = merge_classes(classes, class_names) if classes is not None else {}
     splits = splits or list(info.get("splits", {}))
     modalities = modalities or [m for m in encoder.kinds if m in kinds]
     bad = [m for m in modalities if m not in kinds or m not in encoder.kinds]
@@ -98,9 +110,9 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
             chunk.vectors.append(encoder.encode(m, [_first(s[m]) for s, _, _ in batch], check=False))
             for s, split, source in batch:
                 label = s.get("label")
-                chunk.items.append({"key": s["key"], "modality": m, "label": label, "split": split, "source": source,
-                                    "label_name": class_names[label] if label is not None
-                                    and 0 <= label < len(class_names) else None,
+                name = class_names[label] if label is not None and 0 <= label < len(class_names) else None
+                chunk.items.append({"key": s["key"], "modality": m, "label": relabel.get(label, label), "split": split,
+                                    "source": source, "label_name": name,
                                     "caption": _first(s.get(text_mod)) if text_mod else None})
         if preview_mod:
             chunk.previews.update({s["key"]: preview_png(kinds[preview_mod], s[preview_mod])
@@ -124,16 +136,18 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
                 progress: Callable[[int], None] | None = None, nprobe: int | None = None) -> IndexStore:
     """Embed shards with a run, build a FAISS index chosen by size (or `factory`) and save it atomically."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    INDEX_FOLDER.check(out, overwrite, sources=[s for s in (run_dir, shards) if s])  # before any embedding
     enc = encoder or Encoder.from_run(run_dir, device)
     cfg = enc.cfg
+    classes: list[str] = []
     meta = {"fingerprint": enc.fingerprint, "run_dir": str(enc.run_dir), "run_name": cfg.name,
             "kinds": enc.kinds, "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards)}
     stats = ReadStats()
     out.resolve().parent.mkdir(parents=True, exist_ok=True)  # the scratch folder goes beside it (same disk)
-    chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress, stats)
+    chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress, stats,
+                          classes=classes)
     store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
+    store.meta["class_names"] = classes
     for col in ("split", "modality"):
         store.meta[f"{col}s_indexed"] = sorted(r[0] for r in store.db.execute(f"SELECT DISTINCT {col} FROM items"))
     store.meta["n_bad_samples"] = stats.n_missing
@@ -159,10 +173,22 @@ def add_shards(index_dir: str | Path, shards: str | Path, splits: list[str] | No
                batch_size: int = 256, device: str = "cpu") -> int:
     """Embed more shards with the index's own model, add them and save atomically; returns items added."""
     store, enc = open_for_run(index_dir, run_dir, device)
+    classes = index_classes(store)
     added = 0
     for vectors, items, previews in embed_shards(enc, shards, splits, modalities, batch_size,
-                                                 enc.cfg.data.max_bad_fraction):
+                                                 enc.cfg.data.max_bad_fraction, classes=classes):
         store.add(vectors, items, previews, replace=replace)
         added += len(items)
+    store.meta["class_names"] = classes
     store.save()
     return added
+
+
+def index_classes(store: IndexStore) -> list[str]:
+    """The index's class list (label i is class_names[i]); labels its items hold beyond it (an index from
+    before the list was recorded, or data without class names) keep their place under their own names."""
+    classes = list(store.meta.get("class_names") or [])
+    pairs = dict(store.db.execute("SELECT label, MAX(label_name) FROM items WHERE label >= 0 GROUP BY label"))
+    for i in range(len(classes), max(pairs, default=-1) + 1):
+        classes.append(pairs.get(i) or f"(label {i})")
+    return classes

@@ -23,6 +23,12 @@ def parse_where(where: dict | list[str] | tuple[str, ...] | None) -> dict[str, l
                 raise IndexStoreError(f"where {item!r}: expected key=value, e.g. label=3")
             pairs.append(tuple(s.strip() for s in item.split("=", 1)))
     elif isinstance(where, dict):
+        for key, value in where.items():
+            if key not in WHERE_TYPES:
+                raise IndexStoreError(f"where: unknown key {key!r} (known: {', '.join(WHERE_TYPES)})")
+            if isinstance(value, list) and not value:  # an empty allow-list would match nothing, not everything
+                raise IndexStoreError(f"where {key}: an empty list allows no value; leave {key!r} out to not "
+                                      "filter on it")
         pairs = [(k, x) for k, v in where.items() for x in (v if isinstance(v, list) else [v])]
     else:
         raise IndexStoreError(f"where: expected an object like {{\"label\": 3}}, got {type(where).__name__}")

@@ -98,7 +98,8 @@ class StoreReads:
             per = {c: dict(self.db.execute(f"SELECT {c}, COUNT(*) FROM items GROUP BY {c}").fetchall())
                    for c in ("modality", "split")}
             n_samples = self.db.execute("SELECT COUNT(DISTINCT key) FROM items").fetchone()[0]
-        keep = ("dim", "factory", "search", "fingerprint", "run_dir", "created", "updated", "n_tombstones")
+        keep = ("dim", "factory", "search", "fingerprint", "run_dir", "created", "updated", "n_tombstones",
+                "class_names")
         return {"n_items": self.n_items, "n_samples": int(n_samples), "n_vectors": int(self.index.ntotal),
                 "modalities": per["modality"], "splits": per["split"], "refine": self.meta.get("refine"),
                 **{k: self.meta.get(k) for k in keep}}

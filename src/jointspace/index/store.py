@@ -14,15 +14,15 @@ import faiss
 import numpy as np
 
 from jointspace.index.filters import COLUMNS, IndexStoreError, parse_where, sql_where
+from jointspace.index.folder import DB_FILE, FORMAT, INDEX_FILE, META_FILE, copy_items, read_faiss, read_meta
 from jointspace.index.reading import StoreReads, index_ivf, process_memory
-from jointspace.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers, swap_in
 from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
+from jointspace.outputs import make_temp_dir
+from jointspace.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers, swap_in
 
-__all__ = ["SLOW_SWAP_ENV", "FingerprintError", "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index",
-           "parse_where", "process_memory"]
+__all__ = ["DB_FILE", "FORMAT", "INDEX_FILE", "META_FILE", "SLOW_SWAP_ENV", "FingerprintError",
+           "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index", "parse_where", "process_memory"]
 
-FORMAT = "jointspace-index/1"
-INDEX_FILE, DB_FILE, META_FILE = "index.faiss", "items.sqlite", "meta.json"
 SCRATCH_PREFIX = ".jointspace-scratch-"
 DB_MEMORY_MAX = 256 << 20  # item tables larger than this are worked on in a scratch file, not in RAM
 SCHEMA = """
@@ -118,22 +118,27 @@ class IndexStore(StoreReads):
         if not meta_path.exists():
             raise IndexStoreError(f"{path}: not a jointspace index (no {META_FILE}); build one with "
                                   "`jointspace index build`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise IndexStoreError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        meta = read_meta(meta_path)
         for name in (INDEX_FILE, DB_FILE):
             if not (path / name).exists():
                 raise IndexStoreError(f"{path / name}: missing; the index folder is incomplete")
-        store = cls(faiss.read_index(str(path / INDEX_FILE)), None, meta, path, scratch_dir=path.parent)
-        src = sqlite3.connect(f"file:{path / DB_FILE}?mode=ro", uri=True)
+        store = cls(read_faiss(path / INDEX_FILE, meta), None, meta, path, scratch_dir=path.parent)
         store.db = store._new_db(on_disk=(path / DB_FILE).stat().st_size > DB_MEMORY_MAX)
         try:
-            src.backup(store.db)
-        finally:
-            src.close()
-        if meta.get("refine"):
-            store.exact = ExactVectors.open(path / VECTORS_FILE, meta["dim"], meta["next_id"])
+            copy_items(path / DB_FILE, store.db)
+            if meta.get("refine"):
+                store.exact = ExactVectors.open(path / VECTORS_FILE, meta["dim"], meta["next_id"])
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def close(self) -> None:
+        """Close the item table and remove this store's scratch folder (if it made one)."""
+        self.db.close()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write index, items and meta into a temporary folder, then swap it in place of `path`."""
@@ -144,7 +149,7 @@ class IndexStore(StoreReads):
         if path.exists() and not (path / META_FILE).exists() and any(path.iterdir()):
             raise IndexStoreError(f"{path}: exists and is not a jointspace index; refusing to replace it")
         remove_leftovers(path.parent, f".{path.name}.tmp-")
-        tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(f".{path.name}.tmp-"), dir=path.parent))
+        tmp = make_temp_dir(path.parent, owned_prefix(f".{path.name}.tmp-"))
         try:
             with self._lock:
                 faiss.write_index(self.index, str(tmp / INDEX_FILE))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hmac
 import threading
 import time
@@ -20,28 +19,16 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from jointspace.index.filters import MAX_VALUES, WHERE_TYPES
 from jointspace.index.query import Encoder, QueryError, parse_vector
 from jointspace.index.store import META_FILE, IndexStore, IndexStoreError
-from jointspace.kinds.text import NOT_BLANK
-from jointspace.serve.parsing import BadRequest, Query, SearchIn, SearchRequest, parse_search
+from jointspace.serve.launch import check_settings
+from jointspace.serve.middleware import UNAUTHORIZED, DocsGuard, StatusCounter
+from jointspace.serve.parsing import BadRequest, Query, SearchRequest, parse_search
+from jointspace.serve.schema import JSON_DEFS, JSON_SCHEMA, MULTIPART, MULTIPART_SCHEMA, contract
 
 STATIC = Path(str(resources.files("jointspace") / "serve" / "static"))
-JSON_SCHEMA = SearchIn.model_json_schema(ref_template="#/components/schemas/{model}")
-JSON_DEFS = JSON_SCHEMA.pop("$defs", {})
-# exactly one of the query forms, as the server enforces it (an empty body is a 422)
-JSON_SCHEMA["oneOf"] = [{"required": ["text"]}, {"required": ["vector"]}, {"required": ["queries"]}]
 BEARER = HTTPBearer(auto_error=False, description="needed when the server was started with a token")
-# a form carries one uploaded file (text queries go in a JSON body)
-MULTIPART = {"encoding": {"file": {"contentType": "image/png, image/jpeg, image/webp, application/x-npy"}}}
-MULTIPART_SCHEMA = {"type": "object", "required": ["file"], "additionalProperties": False, "properties": {
-    "file": {"type": "string", "format": "binary", "description": "image (PNG/JPEG/...) or .npy array"},
-    "modality": {"type": "string", "description": "modality of the file: a modality name, or a kind word (image, "
-                                                  "audio, lidar, points); it must read the file. Empty or "
-                                                  "left out: the one whose kind reads the file's type"},
-    "k": {"type": "integer", "default": 10, "minimum": 1},
-    "where": {"type": "string", "description": 'filter: "label=3&split=test" (a JSON object is also taken)'},
-}}
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")  # with the schema: need the token when one is set
 
 
 class Hit(BaseModel):
@@ -66,24 +53,6 @@ class Result(BaseModel):
 class SearchOut(BaseModel):
     results: list[Result]
     took_ms: float
-
-
-class StatusCounter:
-    """Pure ASGI middleware counting responses by status class (for /stats)."""
-
-    def __init__(self, app, counts: Counter):
-        self.app, self.counts = app, counts
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def counting_send(message):
-            if message["type"] == "http.response.start":
-                self.counts[f"{message['status'] // 100}xx"] += 1
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
 
 
 def _fastapi(**kwargs) -> FastAPI:
@@ -153,7 +122,7 @@ class Service:
 
     def auth(self, creds: HTTPAuthorizationCredentials | None) -> None:
         if self.token and (creds is None or not hmac.compare_digest(creds.credentials.encode(), self.token.encode())):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
     def embed(self, q: Query, store: IndexStore) -> np.ndarray:
         if q.vector is not None:
@@ -258,83 +227,13 @@ def _info_routes(app: FastAPI, svc: Service, auth) -> None:
         return FileResponse(STATIC / "index.html")
 
 
-def _query_forms(schema: dict, dim: int) -> None:
-    """Exactly one query form, as the server takes it: a non-blank text, `dim` finite numbers not all
-    zero, or (the body only) a batch; the other forms absent or null."""
-    forms = {"text": {"type": "string", "pattern": NOT_BLANK},
-             "vector": {"type": "array", "minItems": dim, "maxItems": dim, "items": {"type": "number"},
-                        "not": {"items": {"const": 0}}},
-             "queries": {"type": "array"}}
-
-    def one_of(names: list[str]) -> list[dict]:
-        branches = [{"required": [n], "properties": {o: forms[o] if o == n else {"type": "null"} for o in names}}
-                    for n in names]
-        if "queries" in names:  # a batch's queries name their own modality
-            branches[-1]["properties"]["modality"] = {"type": "null"}
-        return branches
-
-    schema["components"]["schemas"]["QueryIn"]["oneOf"] = one_of(["text", "vector"])
-    body = schema["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    body["oneOf"] = one_of(["text", "vector", "queries"])
-
-
-def _where_forms(schema: dict) -> None:
-    """`where` names only the filter keys, each with its type, as parse_where checks them."""
-    def one(typ: type) -> dict:
-        return {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1} if typ is int else {"type": "string"}
-
-    fields = {k: {"anyOf": [one(t), {"type": "array", "items": one(t), "maxItems": MAX_VALUES}]}
-              for k, t in WHERE_TYPES.items()}
-    body = schema["paths"]["/search"]["post"]["requestBody"]["content"]
-    body["application/json"]["schema"]["properties"]["where"] = {
-        "anyOf": [{"type": "object", "properties": fields, "additionalProperties": False}, {"type": "null"}],
-        "description": 'metadata filter, e.g. {"label": 3, "split": "test", "modality": ["image", "audio"]}'}
-    words = "|".join(k for k, t in WHERE_TYPES.items() if t is str)
-    pair = f"(?:(?:{words})=[^&]*|label=-?[0-9]{{1,18}})"
-    body["multipart/form-data"]["schema"]["properties"]["where"]["pattern"] = f"^(?:{pair}(?:&{pair})*)?$"
-
-
-def _limits(schema: dict, max_k: int, max_batch: int, words: dict[str, list[str]]) -> None:
-    """k and the batch within the server's limits; modality words its model resolves (text queries:
-    its caption modalities, files: the others)."""
-    body = schema["paths"]["/search"]["post"]["requestBody"]["content"]
-    as_json, form = body["application/json"]["schema"], body["multipart/form-data"]["schema"]
-    form["properties"]["modality"]["enum"] = ["", *words["file"]]
-    as_json["properties"]["k"]["maximum"] = form["properties"]["k"]["maximum"] = max_k
-    for branch in as_json["properties"]["queries"].get("anyOf", []):
-        if branch.get("type") == "array":
-            branch["maxItems"] = max_batch
-    for query in (as_json, schema["components"]["schemas"]["QueryIn"]):
-        query["properties"]["modality"] = {"anyOf": [{"enum": words["text"]}, {"type": "null"}],
-                                           "description": "modality to encode `text` with, if the model has several"}
-
-
-def contract(schema: dict, with_token: bool, max_k: int, max_batch: int, dim: int,
-             words: dict[str, list[str]]) -> dict:
-    """The schema as the server behaves: bearer auth (and its 401) only when a token is set; the
-    server's limits, the index's vector dimension and the model's modality words."""
-    schema = copy.deepcopy(schema)
-    _query_forms(schema, dim)
-    _where_forms(schema)
-    _limits(schema, max_k, max_batch, words)
-    for ops in schema.get("paths", {}).values():
-        for op in ops.values():
-            if "security" not in op:
-                continue
-            if with_token:
-                op.setdefault("responses", {})["401"] = {"description": "missing or wrong bearer token"}
-            else:
-                del op["security"]
-    if not with_token:
-        schema.get("components", {}).pop("securitySchemes", None)
-    return schema
-
-
 def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: str | None = None,
                max_upload_bytes: int = 8 * 1024 * 1024, max_k: int = 100, max_batch: int = 32,
                device: str = "cpu", load_model: bool = True, reload_every_s: float = 1.0) -> FastAPI:
     """The service for one index; the model is the index's own run (or `run_dir`, fingerprint-checked).
-    Changes written to the index folder (`index add` / `delete`) are picked up within `reload_every_s`."""
+    Changes written to the index folder (`index add` / `delete`) are picked up within `reload_every_s`.
+    With a token, every route but /healthz and the page needs it: the API docs and the schema too."""
+    check_settings(token, max_upload_bytes, max_k, max_batch)
     live = LiveStore(index_dir, reload_every_s)
     encoder, model_note = _open_model(live, run_dir, load_model, device)
     svc = Service(live, encoder, model_note, token, max_upload_bytes, max_k, max_batch)
@@ -345,7 +244,9 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     app = _fastapi(title="jointspace search", version="1",
                    description="Search a joint embedding space with text, files of any of its modalities "
                                "(images, .npy frames, range images, point clouds) or vectors.")
-    app.add_middleware(StatusCounter, counts=svc.counts)
+    if token:
+        app.add_middleware(DocsGuard, token=token, paths=(app.openapi_url, *DOCS_PATHS))
+    app.add_middleware(StatusCounter, counts=svc.counts)  # outermost: counts the guard's 401s too
     for add in (_search_routes, _item_routes, _info_routes):
         add(app, svc, auth)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
