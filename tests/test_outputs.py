@@ -161,6 +161,7 @@ def test_train_overwrite_replaces_only_a_run_and_a_failed_replacement_keeps_the_
 def test_demo_refuses_an_existing_run_without_overwrite(digits_dir, tmp_path):
     run = tmp_path / "runs" / "digits"
     run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: digits\n")
     (run / "run.json").write_text("{}")
     (run / "notes.txt").write_text("mine")
     one_error(runner.invoke(app, ["demo", "--output-dir", str(tmp_path / "runs"), "--data-dir", str(digits_dir)]),
@@ -196,9 +197,14 @@ def test_export_keeps_a_users_folder(tiny_run, tmp_path):
     assert intact(mine)
 
 
-def test_outputs_follow_the_umask(tmp_path, tiny_run):
+def test_outputs_follow_the_umask(tmp_path, tiny_config):
     old = os.umask(0o022)
     try:
+        cfg = tmp_path / "u.yaml"
+        cfg.write_text(tiny_config.read_text().replace("name: tiny", "name: u").replace(
+            f"output_dir: {tiny_config.parent / 'runs'}", f"output_dir: {tmp_path / 'runs'}"))
+        assert runner.invoke(app, ["train", str(cfg)]).exit_code == 0
+        tiny_run = tmp_path / "runs" / "u"
         synthesize("digits", tmp_path / "ds", n=9)
         mode = stat.S_IMODE((tmp_path / "ds").stat().st_mode)
         assert mode == 0o755, oct(mode)
@@ -228,3 +234,57 @@ def test_the_guard_itself(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "ds")
     with pytest.raises(OutputError, match="working directory"):
         SHARD_FOLDER.check(tmp_path / "ds", overwrite=True)
+
+
+def test_a_file_of_the_same_name_from_another_tool_is_not_an_output(tmp_path):
+    """nnU-Net datasets have a dataset.json too: not a shard folder, not even with --overwrite."""
+    nn = tmp_path / "nn"
+    nn.mkdir()
+    (nn / "dataset.json").write_text('{"name": "Task01", "labels": {"0": "background"}}')
+    (nn / "thesis.txt").write_text("years of work")
+    one_error(runner.invoke(app, ["data", "synth", "digits", "--out", str(nn), "--n", "9", "--overwrite"]),
+              "not a shard folder")
+    assert (nn / "thesis.txt").exists()
+
+
+def test_parquet_embeddings_are_replaced_with_overwrite(tiny_run, digits_dir, tmp_path):
+    out = tmp_path / "embp"
+    args = ["embed", str(tiny_run), str(digits_dir), "--out", str(out), "--format", "parquet"]
+    assert runner.invoke(app, args).exit_code == 0
+    one_error(runner.invoke(app, args), "--overwrite")
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_an_earlier_run_set_aside_never_replaces_a_users_folder(tiny_config, tmp_path):
+    """A hard-killed replacement left `.r.replaced-*`; a user's folder now at runs/r is not deleted for it."""
+    runs = tmp_path / "runs"
+    aside = runs / ".r.replaced-0000"
+    aside.mkdir(parents=True)
+    (aside / "config.yaml").write_text("name: r\n")
+    (aside / "run.json").write_text("{}")
+    mine = user_folder(runs / "r")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(tiny_config.read_text().replace("name: tiny", "name: r").replace(
+        f"output_dir: {tiny_config.parent / 'runs'}", f"output_dir: {runs}"))
+    one_error(runner.invoke(app, ["train", str(cfg), "--overwrite"]), "set aside")
+    assert intact(mine) and (aside / "run.json").exists()
+
+
+def test_a_pipeline_replaced_with_overwrite_comes_back_when_the_new_one_fails(tiny_config, tmp_path):
+    stage = tiny_config.read_text()
+    (tmp_path / "stage.yaml").write_text(stage)
+    pipe = tmp_path / "p.yaml"
+    pipe.write_text(f"task: pipeline\nname: p\noutput_dir: {tmp_path / 'runs'}\n"
+                    "stages:\n  - {name: joint, config: stage.yaml}\n")
+    assert runner.invoke(app, ["train", str(pipe)]).exit_code == 0
+    root = tmp_path / "runs" / "p"
+    (root / "joint" / "notes.txt").write_text("mine")
+    one_error(runner.invoke(app, ["train", str(pipe), "--overwrite", "--set", "data.modalities=[image, nope]"]),
+              "nope")
+    assert (root / "joint" / "notes.txt").read_text() == "mine" and (root / "done.json").exists()
+    assert sorted(p.name for p in root.parent.iterdir()) == ["p"]
+
+
+def test_error_text_is_never_read_as_markup(tmp_path):
+    line = one_error(runner.invoke(app, ["data", "inspect", str(tmp_path / "runs[bold]x[/x]")]))
+    assert "runs[bold]x[/x]" in line

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 errors = Console(stderr=True)
 
@@ -22,7 +23,7 @@ def one_line(err: BaseException) -> str:
 
 def report(err: BaseException) -> None:
     """Print one error line on stderr."""
-    errors.print(f"[bold red]error:[/] {one_line(err)}", markup=True, highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(one_line(err))}", markup=True, highlight=False, soft_wrap=True)
 
 
 def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:

@@ -11,14 +11,15 @@ own source or a folder holding the source. New contents are written in a staging
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from jointspace.swap import owned_prefix, remove_leftovers, swap_in
+from jointspace.swap import owned_prefix, recover_interrupted, remove_leftovers, swap_in
 
 
 class OutputError(FileExistsError):
@@ -49,17 +50,33 @@ def follow_umask(path: Path) -> None:
     path.chmod(0o666 & ~_umask())
 
 
+def _present(folder: Path, name: str) -> bool:
+    return any(folder.glob(name)) if any(c in name for c in "*?[") else (folder / name).exists()
+
+
+def json_with(name: str, *keys: str) -> Callable[[Path], bool]:
+    """A `verify` for kinds marked by a JSON file: `folder/name` is an object holding `keys`."""
+
+    def verify(folder: Path) -> bool:
+        value = json.loads((folder / name).read_text())
+        return isinstance(value, dict) and all(k in value for k in keys)
+
+    return verify
+
+
 def _holds(parent: Path, child: Path) -> bool:
     return parent == child or parent in child.parents
 
 
 @dataclass(frozen=True)
 class OutputKind:
-    """A kind of folder a command writes: its name in messages, and the entries that mark a folder as one
-    (any one tuple of names all present)."""
+    """A kind of folder a command writes: its name in messages, the entries that mark a folder as one (any
+    one tuple of names, or glob patterns, all present), and optionally a check of what a marked folder
+    holds (`verify`: a `dataset.json` of another tool is not a shard folder)."""
 
     noun: str
     marks: tuple[tuple[str, ...], ...]
+    verify: Callable[[Path], bool] | None = None
 
     @property
     def a(self) -> str:
@@ -69,7 +86,12 @@ class OutputKind:
     def holds(self, folder: str | Path) -> bool:
         """Whether `folder` is an output of this kind."""
         folder = Path(folder)
-        return folder.is_dir() and any(all((folder / n).exists() for n in names) for names in self.marks)
+        if not folder.is_dir() or not any(all(_present(folder, n) for n in names) for names in self.marks):
+            return False
+        try:
+            return self.verify is None or bool(self.verify(folder))
+        except (OSError, ValueError):  # unreadable or not what this kind writes
+            return False
 
     def check(self, out: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = (),
               flag: str = "--overwrite") -> bool:
@@ -106,6 +128,7 @@ class OutputKind:
         block ends (the old output then goes); on an error the staging folder goes and `out` is untouched."""
         out = Path(out)
         sources = list(sources)
+        recover_interrupted(out)  # a swap killed between its two renames left the old folder aside
         self.check(out, overwrite, sources, flag)
         out.parent.mkdir(parents=True, exist_ok=True)
         prefix = f".{out.name}.tmp-"

@@ -25,9 +25,9 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.json"
 REPORT = "report.html"
 DONE = "done.json"
-# a run folder (any task's, a CILP or pipeline folder, a stage of one) is one of these from its first step on
-RUN_FOLDER = OutputKind("run folder", ((RUN_INFO,), (METRICS,), (DONE,), ("checkpoints/latest.json",),
-                                       (CONFIG, f"*/{CONFIG}"), (CONFIG, f"*/{METRICS}")))
+# a run folder (any task's, a CILP or pipeline folder) holds its config and one of these from its first step on
+RUN_FOLDER = OutputKind("run folder", tuple((CONFIG, mark) for mark in (
+    RUN_INFO, METRICS, DONE, "checkpoints/latest.json", f"*/{CONFIG}", f"*/{METRICS}")))
 
 
 def write_run_info(run_dir: Path, info: dict) -> None:

@@ -21,8 +21,8 @@ def recover_interrupted(path: Path) -> None:
     """An index folder missing because a write was killed after moving it aside: put the old version
     back (the new one was not in place yet). A killed write's staging folder (`.<name>.tmp-*`) is never
     read; the next save removes it (remove_leftovers), and the next swap any old version left beside."""
-    if path.exists() or not path.parent.exists():
-        return
+    if path.exists() or not path.parent.exists() or not any(path.parent.glob(f"{glob.escape(f'.{path.name}.old-')}*")):
+        return  # (no lock file is made beside a folder that never had a swap)
     with _swap_lock(path):  # a live write holds it between its two renames
         olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
         if not path.exists() and olds:

@@ -39,7 +39,9 @@ def refused(args: list[str]) -> str:
     (["--max-k", "0"], "--max-k 0: must be at least 1"),
     (["--max-k", "-5"], "--max-k -5: must be at least 1"),
     (["--max-batch", "0"], "--max-batch 0: must be at least 1"),
-    (["--max-upload-mb", "0"], "--max-upload-mb 0: must be at least 1"),
+    (["--max-upload-mb", "0"], "--max-upload-mb 0.0: must be a finite size of at least one byte"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb inf: must be a finite size"),
+    (["--max-upload-mb", "nan"], "--max-upload-mb nan: must be a finite size"),
 ])
 def test_serve_refuses_settings_it_cannot_mean(tiny_index, started, args, says):
     assert says in refused([str(tiny_index), *args]) and not started

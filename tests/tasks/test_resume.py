@@ -83,6 +83,7 @@ def test_failed_start_leaves_nothing_and_resume_without_checkpoint_starts_fresh(
     assert not bad.run_dir.exists()  # the plain rerun is not refused
     cfg = tiny_cfg(name="fresh", epochs=1)
     cfg.run_dir.mkdir(parents=True)  # killed before its first checkpoint: a folder, no checkpoint
+    (cfg.run_dir / "config.yaml").write_text("name: fresh\n")  # written first by every run
     (cfg.run_dir / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 9.0}\n')
     run = train(cfg, resume=True, show_progress=False)
     assert "no checkpoint to resume from: starting from scratch" in capsys.readouterr().err

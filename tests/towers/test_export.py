@@ -124,7 +124,7 @@ def test_export_refuses_clearly_and_writes_nothing(tiny_cfg, tmp_path):
     result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "not an export" in result.output
     assert (tmp_path / "y" / "notes.txt").read_text() == "mine"
-    (tmp_path / "y" / "jointspace_export.json").write_text("{}")  # an earlier export: only with --overwrite
+    (tmp_path / "y" / "jointspace_export.json").write_text('{"format": "hf"}')  # an earlier export: --overwrite
     result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "--overwrite" in result.output
     result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(run.parent)])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from jointspace.augment.model import load_diffusion, make_scheduler
-from jointspace.outputs import OutputKind
+from jointspace.outputs import OutputKind, json_with
 from jointspace.runs import RUN_INFO, resolve_device
 
 GRID_STREAM = 2**31 - 1  # the noise stream of grid panels (not a class id)
@@ -217,7 +217,7 @@ def class_ids(sampler: ClassSampler | PipelineSampler, names: Sequence[str] | No
     return [sampler.class_names.index(n) for n in names]
 
 
-SAMPLES_FOLDER = OutputKind("samples folder", (("samples.json",),))
+SAMPLES_FOLDER = OutputKind("samples folder", (("samples.json",),), json_with("samples.json", "n_images"))
 
 
 def write_samples(out: Path, images: dict[int, np.ndarray], class_names: Sequence[str], settings: dict) -> int:

@@ -11,11 +11,11 @@ from typing import Any
 import webdataset as wds
 
 from jointspace.kinds import decode_file, get_kind
-from jointspace.outputs import OutputKind
+from jointspace.outputs import OutputKind, json_with
 
 INFO_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
-SHARD_FOLDER = OutputKind("shard folder", ((INFO_FILE,),))
+SHARD_FOLDER = OutputKind("shard folder", ((INFO_FILE,),), json_with(INFO_FILE, "modalities", "splits"))
 
 
 class DataError(RuntimeError):

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jointspace.model import JointModel
-from jointspace.outputs import OutputKind
+from jointspace.outputs import OutputKind, json_with
 from jointspace.runs import load_run, model_fingerprint
 
 MANIFEST = "jointspace_export.json"
-EXPORT_FOLDER = OutputKind("export", ((MANIFEST,),))
+EXPORT_FOLDER = OutputKind("export", ((MANIFEST,),), json_with(MANIFEST, "format"))
 
 
 @dataclass

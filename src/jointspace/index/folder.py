@@ -10,11 +10,12 @@ import faiss
 
 from jointspace.data.shards import DataError, read_json
 from jointspace.index.filters import COLUMNS, IndexStoreError
-from jointspace.outputs import OutputKind
+from jointspace.outputs import OutputKind, json_with
 
 FORMAT = "jointspace-index/1"
 INDEX_FILE, DB_FILE, META_FILE = "index.faiss", "items.sqlite", "meta.json"
-INDEX_FOLDER = OutputKind("jointspace index", ((META_FILE, INDEX_FILE),))  # what `index build --out` may replace
+INDEX_FOLDER = OutputKind("jointspace index", ((META_FILE, INDEX_FILE),),  # what `index build --out` may replace
+                          json_with(META_FILE, "format", "fingerprint"))
 
 
 def _first_line(err: BaseException) -> str:

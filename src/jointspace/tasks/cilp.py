@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,10 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.engine.tracking import Tracker
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.evaluate.embed import embed_split
-from jointspace.runs import CONFIG, WEIGHTS, load_run, prepare_run_dir, resolve_device
+from jointspace.runs import CONFIG, RUN_FOLDER, WEIGHTS, load_run, prepare_run_dir, resolve_device
 from jointspace.tasks.common import load_splits, n_classes_of, plan_of, read_done, write_done
 from jointspace.tasks.contrastive import train
+from jointspace.tasks.lifecycle import keeping_old_run
 
 PRETRAIN, PROJECTOR, CLASSIFIER = "pretrain", "projector", "classifier"
 
@@ -78,6 +80,8 @@ def fit_head(stage_dir: Path, module: nn.Module, x: torch.Tensor, y: torch.Tenso
         module.load_state_dict(load_file(str(stage_dir / WEIGHTS)))
         return read_done(stage_dir)["history"]
     resume = resume and latest_checkpoint(stage_dir / "checkpoints") is not None
+    if not resume:  # a stage folder of this CILP folder's own, not finished: started afresh
+        shutil.rmtree(stage_dir, ignore_errors=True)
     prepare_run_dir(stage_dir, resume=resume, overwrite=True)
     bs = min(tcfg.batch_size, len(x))
     obj = HeadObjective(module, x, y, loss_fn, bs, seed)
@@ -173,8 +177,12 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
 
 
 def train_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
-    """`jointspace train` for `task: cilp`: the three stages; returns the CILP folder."""
-    run_cilp(cfg, resume, overwrite, show_progress)
+    """`jointspace train` for `task: cilp`: the three stages; returns the CILP folder (an old one replaced
+    with `overwrite` comes back if the new one fails before its first checkpoint)."""
+    if not resume:
+        RUN_FOLDER.check(cfg.run_dir, overwrite, flag="--resume to continue it or --overwrite")
+    with keeping_old_run(cfg.run_dir, overwrite and not resume):
+        run_cilp(cfg, resume, overwrite, show_progress)
     return cfg.run_dir
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from jointspace.config import RunConfig, TrainConfig, save_config
-from jointspace.data.builtin import synthesize
+from jointspace.data.builtin import synth_size, synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
 from jointspace.data.shards import INFO_FILE, DataError, read_info
 from jointspace.data.source import Source, source_of
@@ -40,7 +40,7 @@ def ensure_dataset(cfg: RunConfig) -> Source:
             synthesize(d.synth, root, seed=cfg.seed, n=d.synth_size)
         elif (root / INFO_FILE).is_file():
             made = read_info(root).get("synth")
-            if made is not None and (made.get("name"), made.get("n")) != (d.synth, d.synth_size):
+            if made is not None and (made.get("name"), made.get("n")) != (d.synth, synth_size(d.synth, d.synth_size)):
                 raise DataError(f"data.path {root} holds the built-in set {made.get('name')} made with n="
                                 f"{made.get('n')}, but the config asks data.synth={d.synth}, data.synth_size="
                                 f"{d.synth_size}: point data.path at another folder, or remake this one with "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, read_yaml
 from jointspace.engine.checkpoint import latest_checkpoint
-from jointspace.runs import CONFIG, RUN_FOLDER, WEIGHTS
+from jointspace.runs import CONFIG, DONE, RUN_FOLDER, WEIGHTS
 
 
 def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
@@ -51,8 +51,10 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
 
 
 def finished(cfg) -> bool:
-    """Whether cfg's run folder holds a finished run of as many epochs (steps) as cfg asks."""
-    if not (cfg.run_dir / WEIGHTS).exists():
+    """Whether cfg's run folder holds a finished run of as many epochs (steps) as cfg asks: its weights
+    and what its task writes last (done.json; a contrastive run's train_summary.json)."""
+    run = cfg.run_dir
+    if not (run / WEIGHTS).exists() or not ((run / DONE).exists() or (run / "train_summary.json").exists()):
         return False
     try:
         saved = read_yaml(cfg.run_dir / CONFIG).get("train") or {}
@@ -67,12 +69,25 @@ def _replaced(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
+def _resumable(run_dir: Path) -> bool:
+    return latest_checkpoint(run_dir / "checkpoints") is not None or (run_dir / WEIGHTS).exists()
+
+
 def restore_replaced(run_dir: Path) -> None:
-    """A replacement killed before its new run had a checkpoint (or weights) left the old run aside: put
-    it back in place of what the new one left (one writer per run folder)."""
+    """What a replacement killed hard (SIGKILL, power) left: its old run set aside. When the new run got
+    as far as a checkpoint, the old one goes; when it did not, the old one comes back in place of what
+    the new one left, but only where that is nothing, an empty folder or a run folder (one writer per
+    run folder; rank 0 only)."""
     old = _replaced(run_dir)
-    if not old or latest_checkpoint(run_dir / "checkpoints") is not None or (run_dir / WEIGHTS).exists():
+    if not old or int(os.environ.get("RANK", "0")) != 0:
         return
+    if run_dir.exists() and _resumable(run_dir):
+        for stale in old:
+            shutil.rmtree(stale, ignore_errors=True)
+        return
+    if run_dir.exists() and any(run_dir.iterdir()) and not RUN_FOLDER.holds(run_dir):
+        raise FileExistsError(f"{run_dir}: holds files that are not a run, beside an earlier run set aside at "
+                              f"{old[-1]}: move one of them away")
     shutil.rmtree(run_dir, ignore_errors=True)
     os.replace(old[-1], run_dir)
 
@@ -90,7 +105,7 @@ def keeping_old_run(run_dir: Path, replace: bool) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if aside is not None and latest_checkpoint(run_dir / "checkpoints") is None:
+        if aside is not None and not _resumable(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
             os.replace(aside, run_dir)
             aside = None

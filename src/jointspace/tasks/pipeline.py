@@ -21,8 +21,9 @@ from pydantic import BaseModel, Field
 
 from jointspace.config import ConfigError, RunFolder, _Strict, apply_overrides, parse_value
 from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
-from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir
+from jointspace.runs import CONFIG, RUN_FOLDER, WEIGHTS, prepare_run_dir
 from jointspace.tasks.common import read_done, write_done
+from jointspace.tasks.lifecycle import keeping_old_run
 
 STAGE_REF = "{stage:"
 
@@ -85,6 +86,15 @@ def _finished(run_dir: Path, task: str) -> bool:
 def run_pipeline(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume: bool = False,
                  overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train every stage in order (finished stages kept, an interrupted one resumed with `resume`)."""
+    root = cfg.run_dir
+    if not resume:
+        RUN_FOLDER.check(root, overwrite, flag="--resume to continue it or --overwrite")
+    with keeping_old_run(root, overwrite and not resume):
+        return _run_stages(cfg, tasks, config_for, resume, overwrite, show_progress)
+
+
+def _run_stages(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume: bool, overwrite: bool,
+                show_progress: bool) -> Path:
     root = cfg.run_dir
     prepare_run_dir(root, resume, overwrite)
     atomic_write_text(root / CONFIG, json.dumps(cfg.model_dump(mode="json"), indent=2))

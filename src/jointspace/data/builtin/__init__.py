@@ -11,6 +11,12 @@ import numpy as np
 from jointspace.data.shards import write_dataset
 
 BUILTIN = ("digits", "shapes")
+DEFAULT_SIZE = {"digits": None, "shapes": 3000}  # None: the whole set
+
+
+def synth_size(name: str, n: int | None) -> int | None:
+    """The number of samples `synthesize(name, n=n)` is asked for, defaults resolved."""
+    return n if n is not None else DEFAULT_SIZE.get(name)
 SHAPES_SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
 
 
@@ -34,7 +40,7 @@ def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = No
     """Generate a built-in dataset as shards under `out_dir`; returns its dataset.json content, which
     records what was asked (`synth`: name, seed, n). An existing shard folder is replaced only with
     `overwrite`; any other folder never."""
-    asked = {"synth": {"name": name, "seed": seed, "n": n}}
+    asked = {"synth": {"name": name, "seed": seed, "n": synth_size(name, n)}}
     if name == "digits":
         from jointspace.data.builtin import digits
 
@@ -52,7 +58,7 @@ def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = No
             "max_range": shapes.MAX_RANGE,  # metres: the range image's no-hit value, and the points' reach
             **asked,
         }
-        return write_dataset(out_dir, _shapes_splits(n or 3000, seed),
+        return write_dataset(out_dir, _shapes_splits(synth_size(name, n), seed),
                              {"image": "image", "lidar": "range", "points": "points", "text": "text"}, classes, extra,
                              maxcount=maxcount, overwrite=overwrite)
     raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")
