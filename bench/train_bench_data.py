@@ -139,14 +139,16 @@ def recall_at_1(emb: dict, labels: torch.Tensor) -> dict:
 
 
 def bare_step(name: str, batch_size: int, context_length: int, image_size: int, device: str, amp,
-              fused: bool = False) -> Callable[[], None]:
+              fused: bool = False, compile: bool = False) -> Callable[[], None]:
     """One training step of open_clip's model and ClipLoss, torch AdamW (`fused` or its default) and a
-    grad clip, on random tensors already on the device, under the context `amp`: no data at all."""
+    grad clip, on random tensors already on the device, under the context `amp`: no data at all
+    (`compile`: the model's forward through torch.compile)."""
     import open_clip
 
     gen = torch.Generator().manual_seed(0)
     model = open_clip.create_model(name).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
+    forward = torch.compile(model) if compile else model
     loss_fn = open_clip.ClipLoss()
     images = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
     texts = torch.randint(1, 49408, (batch_size, context_length), generator=gen).to(device)
@@ -154,7 +156,7 @@ def bare_step(name: str, batch_size: int, context_length: int, image_size: int, 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with amp:
-            img, txt, scale = model(images, texts)[:3]
+            img, txt, scale = forward(images, texts)[:3]
             loss = loss_fn(img, txt, scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

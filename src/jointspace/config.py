@@ -100,7 +100,7 @@ class TowerConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    kind: Literal["linear", "mlp"] = "linear"
+    kind: Literal["linear", "mlp", "none"] = "linear"  # none: the tower's output as is (embed_dim = its width)
     hidden: int = Field(256, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 

@@ -72,7 +72,8 @@ def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, log
     if pos_mask is None:
         offset = rows.start if rows is not None else 0
         pos = torch.zeros_like(logits, dtype=torch.bool)
-        pos[torch.arange(a.shape[0]), torch.arange(a.shape[0]) + offset] = True
+        diag = torch.arange(a.shape[0], device=logits.device)
+        pos[diag, diag + offset] = True
     else:
         pos = pos_mask[rows] if rows is not None else pos_mask
     signs = pos.to(logits.dtype) * 2 - 1

@@ -11,7 +11,7 @@ from torch import nn
 from jointspace.config import ModelConfig, TowerConfig
 from jointspace.kinds import Prep, get_kind
 from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
-from jointspace.towers.dedupe import batch_independent, encode_unique
+from jointspace.towers.dedupe import batch_independent, distinct_rows, encode_unique
 from jointspace.towers.heads import build_head
 from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
 
@@ -50,19 +50,57 @@ class JointModel(nn.Module):
         """exp(logit_scale), clamped to max_logit_scale as in CLIP."""
         return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
-    def encode(self, modality: str, batch: dict[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
-        """Embed one modality of a batch: [B, embed_dim]."""
+    def encode(self, modality: str, batch: dict[str, torch.Tensor], normalize: bool = True,
+               plan: dict | None = None) -> torch.Tensor:
+        """Embed one modality of a batch: [B, embed_dim]. With `plan` (from `host_plan`: training) the
+        shapes and distinct rows were decided on the host and nothing here reads the device; without it
+        (evaluation) they are decided here."""
         tower, head = self.towers[modality], self.heads[modality]
         x, lengths = batch[modality], batch.get(f"{modality}_len")
-        if self.dedupe and not torch.jit.is_tracing() and batch_independent(tower) and batch_independent(head):
-            emb = encode_unique(lambda v, n: head(tower(v, n)), x, lengths)
+        if plan is not None:
+            rows = plan.get(modality)
+            if rows is None:
+                emb = head(tower(x, lengths))
+            else:  # the distinct rows only, gathered back: the duplicates' gradients sum as on the whole batch
+                first, inverse = rows
+                emb = head(tower(x[first], None if lengths is None else lengths[first]))[inverse]
+        elif self.dedupe and not torch.jit.is_tracing() and batch_independent(tower) and batch_independent(head):
+            emb = encode_unique(lambda v, n: head(tower(v, n)), self._trimmed(modality, x), lengths)
         else:
-            emb = head(tower(x, lengths))
+            emb = head(tower(self._trimmed(modality, x), lengths))
         return F.normalize(emb.float(), dim=-1) if normalize else emb
 
-    def forward(self, batch: dict[str, torch.Tensor], modalities: list[str] | None = None) -> dict[str, torch.Tensor]:
-        return {m: self.encode(m, batch) for m in (modalities or self.modalities) if m in batch}
+    def _trimmed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """x cut to the width its tower needs (towers with `host_width`: token columns no row uses)."""
+        width = getattr(self.towers[modality], "host_width", None)
+        return x[:, :width(x)] if width is not None and not torch.jit.is_tracing() else x
 
+    def forward(self, batch: dict[str, torch.Tensor], modalities: list[str] | None = None,
+                plan: dict | None = None) -> dict[str, torch.Tensor]:
+        return {m: self.encode(m, batch, plan=plan) for m in (modalities or self.modalities) if m in batch}
+
+    def host_plan(self, host: dict[str, torch.Tensor], chunks: int = 1) -> tuple[dict[str, int], list[dict]]:
+        """Shape decisions for a training batch, made on the host from CPU copies of its token inputs
+        (`host`: modality -> [B, L] ids, this rank's rows) before the step: the width each token input
+        is cut to (towers with `host_width`), and for each of `chunks` micro-batches (the rows
+        `arange(B).chunk(chunks)`) the distinct rows of every token input whose tower may encode them
+        once (model.dedupe): {modality: (first, inverse)} on the CPU."""
+        widths = {m: self.towers[m].host_width(x) for m, x in host.items()
+                  if m in self.towers and hasattr(self.towers[m], "host_width")}
+        if not host:
+            return widths, [{} for _ in range(chunks)]
+        rows = torch.arange(len(next(iter(host.values())))).chunk(chunks)
+        plans: list[dict] = [{} for _ in rows]
+        for m, x in host.items():
+            if m not in self.towers or not (self.dedupe and batch_independent(self.towers[m])
+                                            and batch_independent(self.heads[m])):
+                continue
+            x = x[:, :widths[m]] if m in widths else x
+            for plan, r in zip(plans, rows):
+                found = distinct_rows(x[r])
+                if found is not None:
+                    plan[m] = found
+        return widths, plans
 
 def tower_config(cfg: ModelConfig, name: str, kind: str, prep: Prep) -> TowerConfig:
     """The tower config of a modality (its config entry, else its kind's default tower), with the

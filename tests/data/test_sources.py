@@ -122,7 +122,7 @@ def test_streaming_with_sources_matches_in_memory_classes_without_a_val_split(ti
     batches = StreamedBatches(streamed, DistInfo(), torch.device("cpu"), NAMES)
     mem = load_sources(in_memory.data, "train", NAMES, modalities=["image", "text"])
     label_of = {tuple(t.tolist()): int(y) for t, y in zip(mem.inputs["text"], mem.labels, strict=True)}
-    seen = [(tuple(t.tolist()), int(y)) for batch, _ in batches.epoch(0)
+    seen = [(tuple(t.tolist()), int(y)) for batch, _, _ in batches.epoch(0)
             for t, y in zip(batch["text"], batch["label"], strict=True)]
     assert len(seen) == 64 and all(label_of[t] == y for t, y in seen)
     assert {y for _, y in seen} >= {0}  # "small" (zero + one) is drawn

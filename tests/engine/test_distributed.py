@@ -118,7 +118,9 @@ def torchrun_train(cfg, path) -> None:
     """`torchrun --nproc_per_node=2 -m jointspace.cli train` on `cfg`, written to `path`; it must succeed."""
     import yaml
 
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    raw = cfg.model_dump(mode="json")
+    raw["train"]["device"] = "cpu"  # gloo on the CPU, also on a machine with a GPU (or with one GPU)
+    path.write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
            "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train", str(path)]
     proc = run_torchrun(cmd, timeout=300)
@@ -129,7 +131,7 @@ def test_torchrun_training_matches_single_process(tiny_cfg, tmp_path):
     """`torchrun -m jointspace.cli train` on 2 CPU ranks ends at the weights of one process on the full batch."""
 
     extra = ("model.towers.image.params.norm=group", "model.towers.audio.params.norm=group",
-             "model.towers.audio.params.dropout=0.0", "train.grad_clip=null")
+             "model.towers.audio.params.dropout=0.0", "train.grad_clip=null", "train.device=cpu")
     single = tiny_cfg(*extra, name="single", epochs=1)
     from jointspace.tasks.contrastive import train
 
@@ -181,3 +183,15 @@ def test_torchrun_streams_foreign_shards(tmp_path):
     lines = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["split"] == "train"] == list(range(1, 8))  # 32 per rank / 4, minus 1
     assert json.loads((cfg.run_dir / "run.json").read_text())["kinds"] == {"image": "image", "text": "text"}
+
+
+def test_a_local_rank_without_a_gpu_is_one_clear_error(monkeypatch):
+    """torchrun with more processes than GPUs: rank N names LOCAL_RANK and the GPUs there are."""
+    from jointspace.engine.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
+    with pytest.raises(ValueError, match=rf"LOCAL_RANK {torch.cuda.device_count()} has no GPU: this machine has "
+                                         rf"{torch.cuda.device_count()}"):
+        init_distributed("cuda")

@@ -86,9 +86,11 @@ def test_openclip_text_skips_padding_after_the_last_end_of_text(tiny_clip_file):
     assert int(ids.argmax(1).max()) + 1 < 16  # there is padding to skip
     seen = []
     hook = tower.text.transformer.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
-    trimmed = tower(ids)
+    width = tower.host_width(ids)  # decided on the host; the forward takes the width it is given
+    trimmed = tower(ids[:, :width])
+    assert tower(ids).shape == trimmed.shape  # untrimmed ids: the whole context runs
     hook.remove()
-    assert seen == [int(ids.argmax(1).max()) + 1]
+    assert width == int(ids.argmax(1).max()) + 1 and seen == [width, 16]
     full = tower.text(ids)  # open_clip's forward, all 16 positions
     torch.testing.assert_close(trimmed, full, rtol=1e-12, atol=1e-12)
     params = [p for p in tower.parameters() if p.requires_grad]
@@ -97,7 +99,7 @@ def test_openclip_text_skips_padding_after_the_last_end_of_text(tiny_clip_file):
     for a, b in zip(g_trim, g_full, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     tower.text.use_pad_mask = True  # a tower that is not plain causal + end-of-text pooling is not trimmed
-    assert not tower.trims_padding
+    assert not tower.trims_padding and tower.host_width(ids) == 16
 
 
 def test_hf_text_skips_trailing_padding(tiny_bert_dir):

@@ -38,6 +38,9 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
     if world <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
+                         f"(start at most that many processes per node, or set train.device: cpu for gloo)")
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":

@@ -123,15 +123,17 @@ class Objective:
         return 1
 
     def backward(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict]:
-        """Forward + backward of one optimizer step; accumulation over micro-batches by default."""
+        """Forward + backward of one optimizer step; accumulation over micro-batches by default. The loss
+        stays where it was computed (no host read inside a step: the engine reads it when it logs)."""
         micro = self.split(batch, ctx.accum_steps)
         total = sum(self.size(m) for m in micro)
-        loss_sum, metrics = torch.zeros(()), {}
+        loss_sum, metrics = None, {}
         for part in micro:
             loss, metrics = self.loss(part, ctx)
             share = self.size(part) / total
             ctx.backward(loss * share)
-            loss_sum = loss_sum + loss.detach().float().cpu() * share
+            term = loss.detach().float() * share
+            loss_sum = term if loss_sum is None else loss_sum + term
         return loss_sum, metrics
 
     def clip_parameters(self) -> Iterable[nn.Parameter]:
@@ -174,6 +176,37 @@ class FitResult:
         return (self.step - self.start_step) / self.steps_per_epoch
 
 
+class Health:
+    """The first non-finite step of a run, kept on the device where loss and gradient norm are: watching
+    a step reads nothing back to the host; `first_bad` does."""
+
+    def __init__(self, scaler_skips: bool):
+        self.scaler_skips = scaler_skips  # a GradScaler skips overflowing steps itself: only the loss counts
+        self.bad: torch.Tensor | None = None  # [step (0: none), loss, grad norm]
+
+    def watch(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        loss = loss.detach().float().reshape(())
+        grad_norm = grad_norm.detach().float().reshape(()).to(loss.device)
+        bad = ~torch.isfinite(loss) if self.scaler_skips else ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if self.bad is None:
+            self.bad = loss.new_zeros(3)
+        row = torch.stack([loss.new_full((), float(step)), loss, grad_norm])
+        self.bad = torch.where(bad & (self.bad[0] == 0), row, self.bad)
+
+    def first_bad(self, dist: DistInfo) -> tuple[int, float, float] | None:
+        """(step, loss, grad norm) of the first non-finite step, or None; under torchrun every rank gets
+        the same answer (the step: the latest rank's first; loss and norm: this rank's)."""
+        if self.bad is None:
+            return None
+        step = self.bad[0].clone()
+        if dist.enabled:  # NCCL reduces device tensors only; every rank stops together
+            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MAX)
+        if not bool(step > 0):
+            return None
+        _, loss, grad_norm = self.bad.tolist()
+        return int(step), loss, grad_norm
+
+
 class Engine:
     """One training run of one objective (see the module docstring)."""
 
@@ -186,6 +219,7 @@ class Engine:
         self.dist = dist or DistInfo()
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, plan.amp) == torch.float16)
         self.epoch, self.step, self.skip = 0, 0, 0
+        self.health = Health(self.scaler.is_enabled())
 
     def resume(self) -> None:
         """Continue from the latest checkpoint: weights, optimizer, schedule, scaler, RNG, position."""
@@ -199,21 +233,27 @@ class Engine:
         self.obj.resumed(self.step)
 
     def save(self, name: str, epoch: int, in_epoch: int = 0) -> None:
+        """Write a checkpoint (rank 0; every rank has run check_finite just before: a collective)."""
         state = {"epoch": epoch, "step": self.step, "batch_in_epoch": in_epoch,
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
         save_checkpoint(self.ckpt_dir, name, self.obj.module, self.optimizer, state, keep=self.plan.keep_checkpoints)
 
-    def _all_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """Loss (and, without a GradScaler, which skips overflowing steps itself, the gradient norm)
-        finite on every rank."""
-        ok = bool(torch.isfinite(loss)) and (self.scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
-        flag = torch.tensor(float(ok), device=self.device)  # NCCL reduces device tensors only
-        if self.dist.enabled:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item())
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError naming the first non-finite step since the run (re)started, on every
+        rank alike. A host read: called where the engine reads anyway (log steps, checkpoints, epoch ends)."""
+        bad = self.health.first_bad(self.dist)
+        if bad is None:
+            return
+        step, loss, grad_norm = bad
+        self.tracker.close()
+        raise NonFiniteLossError(
+            f"non-finite loss {loss} / grad norm {grad_norm} at step {step} "
+            f"(epoch {(step - 1) // self.plan.steps_per_epoch + 1}). Stopped without saving at step {step}; last "
+            f"good checkpoint: {latest_checkpoint(self.ckpt_dir) or 'none yet'} (resume with --resume)")
 
-    def optimizer_step(self, batch: Any, epoch: int) -> tuple[float, dict]:
-        """One optimizer step on one batch; raises NonFiniteLossError (nothing saved) on NaN/inf."""
+    def optimizer_step(self, batch: Any, epoch: int) -> tuple[torch.Tensor, dict]:
+        """One optimizer step on one batch, with no host read: the loss (a tensor where it was computed) and
+        the finiteness of loss and gradient norm are read when the engine logs or saves (check_finite)."""
         p, amp_ctx = self.plan, autocast(self.device, self.plan.amp)
         self.optimizer.zero_grad(set_to_none=True)
         ctx = StepContext(self.step, epoch, p.accum_steps, lambda: amp_ctx,
@@ -221,28 +261,29 @@ class Engine:
         loss, metrics = self.obj.backward(batch, ctx)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.obj.clip_parameters(), p.grad_clip or float("inf"))
-        if not self._all_finite(loss, grad_norm):
-            self.tracker.close()
-            raise NonFiniteLossError(
-                f"non-finite loss {float(loss)} / grad norm {float(grad_norm)} at step {self.step + 1} "
-                f"(epoch {epoch + 1}). Stopped without saving at step {self.step + 1}; last good checkpoint: "
-                f"{latest_checkpoint(self.ckpt_dir) or 'none yet'} (resume with --resume)")
+        self.health.watch(self.step + 1, loss, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.obj.after_step(self.step)
         self.step += 1
-        return float(loss), metrics
+        return loss, metrics
 
-    def _log_step(self, loss: float, metrics: dict) -> None:
+    def logs_now(self) -> bool:
+        return self.step % self.plan.log_every == 0 or self.step == self.plan.total_steps
+
+    def _log_step(self, loss: torch.Tensor, metrics: dict) -> float:
+        """Write the step's log line (the host reads of a step happen here); returns the loss."""
         p = self.plan
-        if self.step % p.log_every == 0 or self.step == p.total_steps:
-            self.tracker.log({"step": self.step, "epoch": round(self.step / p.steps_per_epoch, 4), "split": "train",
-                              "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                              **{k: float(v) for k, v in metrics.items()}, **self.obj.log_extras()})
+        self.check_finite()
+        value = float(loss)
+        self.tracker.log({"step": self.step, "epoch": round(self.step / p.steps_per_epoch, 4), "split": "train",
+                          "loss": value, "lr": self.scheduler.get_last_lr()[0],
+                          **{k: float(v) for k, v in metrics.items()}, **self.obj.log_extras()})
+        return value
 
-    def run_epoch(self, epoch: int, on_step: Callable[[float], None]) -> list[float]:
-        """Train one epoch (from the resumed position); returns the step losses."""
+    def run_epoch(self, epoch: int, on_step: Callable[[float | None], None]) -> list[torch.Tensor]:
+        """Train one epoch (from the resumed position); returns the step losses (tensors where computed)."""
         p, losses = self.plan, []
         self.obj.train_mode()
         for batch in self.obj.batches(epoch, self.skip if epoch == self.epoch else 0):
@@ -250,16 +291,18 @@ class Engine:
                 break
             loss, metrics = self.optimizer_step(batch, epoch)
             losses.append(loss)
-            on_step(loss)
-            self._log_step(loss, metrics)
+            on_step(self._log_step(loss, metrics) if self.logs_now() else None)
             in_epoch = self.step - epoch * p.steps_per_epoch
             every = p.checkpoint_every_steps
-            if self.dist.is_main and every and self.step % every == 0 and in_epoch < p.steps_per_epoch:
-                self.save(f"step_{self.step:07d}", epoch, in_epoch)
+            if every and self.step % every == 0 and in_epoch < p.steps_per_epoch:
+                self.check_finite()  # weights after a non-finite step are never saved
+                if self.dist.is_main:
+                    self.save(f"step_{self.step:07d}", epoch, in_epoch)
         return losses
 
     def end_epoch(self, done: int, result: FitResult) -> None:
         """Validation and the epoch-end checkpoint."""
+        self.check_finite()
         p, last, val = self.plan, done == self.plan.epochs, None
         if self.dist.is_main and (done % p.eval_every == 0 or last):
             val = self.obj.validate()
@@ -285,12 +328,12 @@ class Engine:
                                      loss=float("nan"))
             for epoch in range(self.epoch, p.epochs):
                 t_epoch = time.perf_counter()
-                losses = self.run_epoch(epoch, lambda v, e=epoch: progress.update(task, advance=1, epoch=e + 1,
-                                                                                  loss=v))
+                losses = self.run_epoch(epoch, lambda v, e=epoch: progress.update(
+                    task, advance=1, epoch=e + 1, **({} if v is None else {"loss": v})))
                 result.train_seconds += time.perf_counter() - t_epoch
-                result.epoch_losses.append(float(np.mean(losses)) if losses else float("nan"))
-                result.loss = losses[-1] if losses else result.loss
                 self.end_epoch(epoch + 1, result)
+                result.epoch_losses.append(float(torch.stack(losses).float().mean()) if losses else float("nan"))
+                result.loss = float(losses[-1]) if losses else result.loss
         self.tracker.close()
         result.step, result.seconds = self.step, max(time.time() - t0, 1e-9)
         return result

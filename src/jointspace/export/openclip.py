@@ -16,6 +16,7 @@ from torch import nn
 from jointspace.kinds import with_role
 from jointspace.model import tower_config
 from jointspace.runs import run_prep
+from jointspace.towers.heads import NoHead
 from jointspace.towers.lora import merge_lora
 
 CONFIG = "open_clip_config.json"
@@ -24,7 +25,9 @@ _CLASSIC_TEXT = ("token_embedding", "positional_embedding", "transformer", "ln_f
 
 
 def _fold(head: nn.Module, where: str) -> torch.Tensor:
-    """The head's weight W [embed, width]: only a bias-free linear head folds into a projection."""
+    """The head's weight W [embed, width]: only a bias-free linear head (or none) folds into a projection."""
+    if isinstance(head, NoHead):
+        return torch.eye(head.dim)
     if not isinstance(head, nn.Linear) or head.bias is not None:
         raise ValueError(f"{where}: head.kind {type(head).__name__} cannot be folded into open_clip's "
                          "projection (only model.head.kind: linear can); use --format hf or onnx")

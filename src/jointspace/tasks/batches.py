@@ -1,8 +1,10 @@
 """Where a training step's batch comes from: decoded-in-memory splits or streamed shards.
 
-Both yield, for every step of an epoch, this rank's batch of input tensors and the positive mask
-over the global batch (all ranks), and both can start an epoch after `skip` steps for an exact
-mid-epoch resume.
+Both yield, for every step of an epoch, this rank's batch of input tensors (on the device), the positive
+mask over the global batch (all ranks) and host (CPU) copies of this rank's token inputs, from which the
+model decides shapes before the step (`JointModel.host_plan`); both can start an epoch after `skip`
+steps for an exact mid-epoch resume. Nothing here waits for the device: host tensors go over pinned and
+non-blocking (`to_device`), and the objective plans one step ahead (`one_ahead`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,35 @@ from jointspace.kinds import Prep, get_kind, input_channels, to_inputs, with_rol
 from jointspace.losses import positive_mask
 from jointspace.runs import config_prep
 
-Step = tuple[dict[str, torch.Tensor], torch.Tensor | None]
+Step = tuple[dict[str, torch.Tensor], torch.Tensor | None, dict[str, torch.Tensor]]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without the host waiting: pinned, then copied non-blocking (a copy from
+    pageable memory would wait for the device's queue). On the CPU: itself."""
+    if device.type == "cpu" or t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda" and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def one_ahead(items: Iterator) -> Iterator:
+    """The items of an iterator, each drawn one step before it is handed out: the host prepares step k+1
+    while the device still runs step k (the engine does not wait for it)."""
+    it = iter(items)
+    ahead = next(it, _END)
+    while ahead is not _END:
+        current, ahead = ahead, next(it, _END)
+        yield current
+
+
+_END = object()
+
+
+def host_tokens(batch: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The token (integer) inputs of a host batch: what the model reads to decide shapes."""
+    return {m: batch[m] for m in kinds if m in batch and not batch[m].is_floating_point()}
 
 
 class InMemoryBatches:
@@ -39,14 +69,17 @@ class InMemoryBatches:
         data.labels = data.labels.to(device)
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
-        """(local batch, global positive mask) per step, from step `skip` on."""
+        """(local batch, global positive mask, host token inputs) per step, from step `skip` on."""
         self.data.draw_variants(self.cfg.seed, epoch)  # one caption per sample this epoch
+        tokens = {m: t.cpu() for m, t in host_tokens(self.data.inputs, self.data.kinds).items()}  # once an epoch
         for k, idx in enumerate(self.sampler.batches(self.cfg.train.batch_size, self.cfg.seed, epoch)):
             if k < skip:
                 continue
-            idx = idx.to(self.device)
-            mask = positive_mask(self.data.batch(idx), self.cfg.loss.positives, self.text_key)
-            yield self.data.batch(shard_batch(idx, self.dist)), mask
+            local = shard_batch(idx, self.dist)
+            on_device = to_device(idx, self.device)
+            mask = positive_mask(self.data.batch(on_device), self.cfg.loss.positives, self.text_key)
+            mine = on_device if local is idx else to_device(local, self.device)
+            yield self.data.batch(mine), mask, {m: t[local] for m, t in tokens.items()}
 
 
 class StreamedBatches:
@@ -129,11 +162,12 @@ class StreamedBatches:
             seen[int(worker)] = (int(n_bad), reasons)
             if not batch:  # a worker's end-of-stream marker
                 continue
-            batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+            host = host_tokens(batch, self.kinds)
+            batch = {k: to_device(v, self.device) for k, v in batch.items() if torch.is_tensor(v)}
             glob = {"label": gather_no_grad(batch["label"])}
             if self.cfg.loss.positives == "caption" and self.text_key:
                 glob[self.text_key] = gather_no_grad(batch[self.text_key])
-            yield batch, positive_mask(glob, self.cfg.loss.positives, self.text_key)
+            yield batch, positive_mask(glob, self.cfg.loss.positives, self.text_key), host
             step += 1
         self._said_skipped(epoch, seen)
 

@@ -35,7 +35,7 @@ from jointspace.runs import (
     resolve_device,
     write_run_info,
 )
-from jointspace.tasks.batches import InMemoryBatches, StreamedBatches
+from jointspace.tasks.batches import InMemoryBatches, StreamedBatches, one_ahead, to_device
 from jointspace.tasks.common import (
     ensure_dataset,
     init_towers,
@@ -70,30 +70,33 @@ def frozen_norm_stats(model: torch.nn.Module):
 
 def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[dict], pos_mask,
                          amp_ctx, forward_model: torch.nn.Module | None = None,
-                         backward: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, dict]:
+                         backward: Callable[[torch.Tensor], None] | None = None,
+                         plans: list[dict] | None = None) -> tuple[torch.Tensor, dict]:
     """Backward over micro-batches with negatives from the whole accumulated batch (open_clip accum_freq).
 
     Features of all micro-batches are first computed without grad; each micro-batch is then re-encoded
     with grad and the loss over the full batch is back-propagated through its slice only. Summed, these
     give the gradient of the full-batch loss; the temperature gets its gradient once. `forward_model`
     (DDP / compiled wrapper of `model`) runs the forward passes; DDP syncs gradients on the last one.
-    `backward` (the engine's, with loss scaling) back-propagates each loss.
+    `backward` (the engine's, with loss scaling) back-propagates each loss. `plans`: one host plan per
+    micro-batch (`JointModel.host_plan`), so the forward passes read nothing back from the device.
     """
     fwd = forward_model if forward_model is not None else model  # a compiled module has no truth value
     backward = backward or torch.Tensor.backward
     bias = model.logit_bias
+    plans = plans or [None] * len(micro)
     if len(micro) == 1:
         with amp_ctx:
-            emb = fwd(micro[0])
+            emb = fwd(micro[0], plan=plans[0])
             loss, parts = loss_fn(emb, model.scale(), pos_mask, bias)
         backward(loss)
         return loss.detach(), parts
     with torch.no_grad(), amp_ctx, frozen_norm_stats(model):
-        cached = [model(mb) for mb in micro]
+        cached = [model(mb, plan=plan) for mb, plan in zip(micro, plans)]
     for j, mb in enumerate(micro):
         sync = contextlib.nullcontext() if j == len(micro) - 1 or not hasattr(fwd, "no_sync") else fwd.no_sync()
         with sync, amp_ctx:
-            fresh = fwd(mb)
+            fresh = fwd(mb, plan=plans[j])
             emb = {m: torch.cat([fresh[m] if k == j else cached[k][m] for k in range(len(micro))]) for m in fresh}
             scale = model.scale() if j == 0 else model.scale().detach()
             loss, parts = loss_fn(emb, scale, pos_mask, bias if j == 0 else bias.detach())
@@ -133,15 +136,25 @@ class ContrastiveObjective(Objective):
         self.val_loss_fn, self.val_data, self.forward_model, self.device = val_loss_fn, val_data, forward_model, device
 
     def batches(self, epoch: int, skip: int) -> Iterator:
-        return self.batches_of.epoch(epoch, skip)
+        """(device batch, global positive mask, micro-batch plans) per step: shapes and distinct rows are
+        decided on the host (JointModel.host_plan), one step ahead of the step that uses them."""
+        chunks = self.cfg.train.accum_steps
+        steps = (self._planned(local, mask, host, chunks) for local, mask, host in self.batches_of.epoch(epoch, skip))
+        return one_ahead(steps)
+
+    def _planned(self, local: dict, mask, host: dict, chunks: int) -> tuple:
+        widths, plans = self.module.host_plan(host, chunks)
+        local = {k: v[:, :widths[k]] if k in widths else v for k, v in local.items()}
+        moved = [{m: tuple(to_device(t, self.device) for t in rows) for m, rows in plan.items()} for plan in plans]
+        return local, mask, moved
 
     def backward(self, batch, ctx: StepContext) -> tuple[torch.Tensor, dict]:
-        local, mask = batch
+        local, mask, plans = batch
         rows = torch.arange(len(local["label"]), device=self.device).chunk(ctx.accum_steps)
         micro = [{k: v[r] for k, v in local.items()} for r in rows]
         loss, parts = accumulated_backward(self.module, self.loss_fn, micro, mask, ctx.autocast(),
-                                           self.forward_model, ctx.backward)
-        return loss, {f"loss/{k}": float(v) for k, v in parts.items()}
+                                           self.forward_model, ctx.backward, plans)
+        return loss, {f"loss/{k}": v for k, v in parts.items()}  # tensors: read when the engine logs
 
     def after_step(self, step: int) -> None:
         with torch.no_grad():

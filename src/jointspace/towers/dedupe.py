@@ -45,13 +45,21 @@ def unique_rows(x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[t
     return first, inverse
 
 
+def distinct_rows(x: torch.Tensor, lengths: torch.Tensor | None = None,
+                  min_saving: float = 0.1) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first, inverse) of `unique_rows` when at least `min_saving` of the rows repeat, else None (the
+    plain call is then cheaper). Meant for the host: it reads the values."""
+    if len(x) < 2:
+        return None
+    first, inverse = unique_rows(x, lengths)
+    return (first, inverse) if len(first) <= (1 - min_saving) * len(x) else None
+
+
 def encode_unique(encode, x: torch.Tensor, lengths: torch.Tensor | None, min_saving: float = 0.1):
     """`encode(x, lengths)` over the distinct rows only, gathered back to [B, ...] (unless fewer than
     `min_saving` of the rows repeat, when the plain call is cheaper)."""
-    if len(x) < 2:
+    found = distinct_rows(x, lengths, min_saving)
+    if found is None:
         return encode(x, lengths)
-    first, inverse = unique_rows(x, lengths)
-    if len(first) > (1 - min_saving) * len(x):
-        return encode(x, lengths)
-    out = encode(x[first], None if lengths is None else lengths[first])
-    return out[inverse]
+    first, inverse = found
+    return encode(x[first], None if lengths is None else lengths[first])[inverse]

@@ -128,6 +128,16 @@ class OpenCLIPText(nn.Module):
             return self._forward_trimmed(ids)
         return self.text(F.pad(ids, (0, self.context_length - ids.shape[1])))  # its causal mask has a fixed size
 
+    def host_width(self, ids: torch.Tensor) -> int:
+        """The token columns this batch needs: 1 + its last end-of-text position when the tower can skip
+        the rest (`trims_padding`), else all. Reads the ids: call it on the host (the model does, before
+        a training step), the forward then takes the width it is given."""
+        if not self.trims_padding or not len(ids):
+            return ids.shape[1]
+        t = self.text
+        eos = ids.argmax(1) if t.pool_type == "argmax" else (ids == t.eos_id).int().argmax(1)
+        return int(eos.max()) + 1
+
     @property
     def trims_padding(self) -> bool:
         """True for a causal text tower pooled at its end-of-text token (CLIP's): positions after the last
@@ -139,15 +149,14 @@ class OpenCLIPText(nn.Module):
                 and not getattr(t, "output_tokens", True) and hasattr(t, "transformer") and _has_text_pool())
 
     def _forward_trimmed(self, ids: torch.Tensor) -> torch.Tensor:
-        """open_clip's TextTransformer.forward on the first L positions only, L = 1 + the last end-of-text
-        position in the batch: the same pooled features and gradients as on the padded context, with
-        the text tower's cost cut by the share of padding (CLIP captions are mostly padding)."""
+        """open_clip's TextTransformer.forward on the L positions given (the model cuts the ids to
+        `host_width`, 1 + the last end-of-text position in the batch): the same pooled features and
+        gradients as on the padded context, with the text tower's cost cut by the share of padding (CLIP
+        captions are mostly padding). No value of `ids` is read here."""
         from open_clip.transformer import text_global_pool
 
         t = self.text
-        eos = ids.argmax(1) if t.pool_type == "argmax" else (ids == t.eos_id).int().argmax(1)
-        n = int(eos.max()) + 1
-        ids = ids[:, :n]
+        n = ids.shape[1]
         cast = t.transformer.get_cast_dtype()
         x = t.token_embedding(ids).to(cast) + t.positional_embedding[:n].to(cast)
         x = t.ln_final(t.transformer(x, attn_mask=t.attn_mask[:n, :n]))
