@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,20 +27,6 @@ def flops_per_sample(step, batch_size: int) -> float:
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops() / batch_size
-
-
-def timed(step, device: str, seconds: float) -> float:
-    """Seconds per step over at least `seconds` (after two warm-up steps), device-synchronised."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    step()
-    step()
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 3:
-        step()
-        n += 1
-    sync()
-    return (time.perf_counter() - t0) / n
 
 
 def main() -> None:
@@ -62,10 +47,10 @@ def main() -> None:
     shape = (args.batch_size, cfg["text_cfg"]["context_length"], cfg["vision_cfg"]["image_size"])
     eager = bd.bare_step(name, *shape, args.device, amp, fused=True)
     flops = flops_per_sample(eager, args.batch_size)
-    rows = [("eager", timed(eager, args.device, args.seconds))]
+    rows = [("eager", bd.seconds_per_step(eager, args.device, args.seconds, warmup=2))]
     if not args.no_compile:
         compiled = bd.bare_step(name, *shape, args.device, amp, fused=True, compile=True)
-        rows.append(("torch.compile", timed(compiled, args.device, args.seconds)))
+        rows.append(("torch.compile", bd.seconds_per_step(compiled, args.device, args.seconds, warmup=2)))
     print(f"bare open_clip step, {name}, batch {args.batch_size}, {args.precision} on {args.device} "
           f"({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}; torch {torch.__version__}); "
           f"{flops / 1e9:.1f} GFLOP per sample (forward + backward); peak {args.peak_tflops} TFLOP/s")

@@ -165,26 +165,29 @@ def bare_step(name: str, batch_size: int, context_length: int, image_size: int, 
     return step
 
 
+def seconds_per_step(step: Callable[[], None], device: str, seconds: float, warmup: int = 1) -> float:
+    """Seconds per call of `step` over at least `seconds` (and 2 calls), after `warmup` calls, with the
+    device synchronised at both ends."""
+    import time
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        step()
+        n += 1
+    sync()
+    return (time.perf_counter() - t0) / n
+
+
 def model_step_speed(name: str, batch_size: int, context_length: int, image_size: int, device: str,
                      precision: str, seconds: float = 15.0) -> float:
     """samples/s of the bare training step (`bare_step`, torch's default AdamW): what open_clip_train
     would reach with a free data loader. (jointspace can pass it: fused AdamW, and its text tower skips
     the padding.)"""
-    import time
-
     amp = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
            else torch.autocast(device, enabled=False))
     step = bare_step(name, batch_size, context_length, image_size, device, amp)
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    step()
-    sync()
-    n, t0 = 0, time.time()
-    while time.time() - t0 < seconds or n < 2:
-        step()
-        n += 1
-    sync()
-    return n * batch_size / (time.time() - t0)
+    return batch_size / seconds_per_step(step, device, seconds)
