@@ -134,6 +134,8 @@ def test_data_pack_keeps_a_users_folder(tmp_path):
               "not a shard folder")
     assert intact(mine)
     one_error(runner.invoke(app, ["data", "pack", str(tmp_path / "cls"), "--out", str(tmp_path)]), "source")
+    one_error(runner.invoke(app, ["data", "pack", str(tmp_path / "cls"), "--out", str(tmp_path / "cls" / "packed")]),
+              "inside the class folders")
 
 
 def test_train_overwrite_replaces_only_a_run_and_a_failed_replacement_keeps_the_old_one(tiny_config, tmp_path):

@@ -227,6 +227,7 @@ def demo(
     """Generate the digits set, train a joint space, evaluate it and write the report."""
     from jointspace.config import load_config
     from jointspace.evaluate.runner import evaluate_run
+    from jointspace.runs import RUN_FOLDER
     from jointspace.tasks.contrastive import train as run_train
     from jointspace.viz.report import metrics_table, write_report
 
@@ -234,6 +235,7 @@ def demo(
     t0 = time.time()
     overrides = [f"name={name}", f"output_dir={output_dir}", f"data.path={data_dir}", *(set_ or [])]
     cfg = load_config(builtin_config("digits"), overrides)
+    RUN_FOLDER.check(cfg.run_dir, overwrite, flag="--overwrite (make demo DEMO_FLAGS=--overwrite)")
     run_dir = run_train(cfg, overwrite=overwrite)
     result = evaluate_run(run_dir)
     path = write_report(run_dir)

@@ -45,8 +45,8 @@ def _config(tmp_path, name: str, path: str) -> dict:
     }
 
 
-def _reference_losses(name: str, state: dict, images: np.ndarray, captions: list[str], cfg: dict) -> list[float]:
-    """open_clip's own training step, as open_clip_train runs it."""
+def _reference_losses(name: str, state: dict, images: np.ndarray, captions: list[str], cfg: dict):
+    """open_clip's own training step, as open_clip_train runs it: (losses, trained model, pixels, tokens)."""
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip_train.scheduler import cosine_lr
@@ -79,7 +79,7 @@ def _reference_losses(name: str, state: dict, images: np.ndarray, captions: list
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
-    return losses
+    return losses, model.eval(), pixels, tokens
 
 
 def test_twenty_steps_give_open_clips_losses(tiny_clip_file, tmp_path):
@@ -95,7 +95,21 @@ def test_twenty_steps_give_open_clips_losses(tiny_clip_file, tmp_path):
     run = train(load_task_config(tmp_path / "js.yaml"), show_progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     ours = [r["loss"] for r in rows if r["split"] == "train"]
-    reference = _reference_losses(name, state, images, captions, raw)
+    reference, model, pixels, tokens = _reference_losses(name, state, images, captions, raw)
     assert len(ours) == len(reference) == 20
     assert ours == pytest.approx(reference, abs=1e-5), np.abs(np.array(ours) - np.array(reference)).max()
     assert reference[-1] < reference[0] - 0.05  # it learned something: the comparison is not of constants
+
+    # after the same 20 steps both trainers hold the same model: the same embeddings, the same R@1
+    from jointspace.evaluate.embed import embed_split
+    from jointspace.evaluate.retrieval import retrieval_metrics
+    from jointspace.runs import load_run, load_run_split
+
+    cfg, ours_model, info = load_run(run)
+    mine = embed_split(ours_model, load_run_split(cfg, info, tmp_path / "d", "train"))
+    with torch.no_grad():
+        theirs = {"image": model.encode_image(pixels, normalize=True), "text": model.encode_text(tokens, normalize=True)}
+    for m in ("image", "text"):
+        torch.testing.assert_close(mine[m], theirs[m], atol=2e-4, rtol=0)
+    r1 = [retrieval_metrics(e["image"], e["text"], ks=(1,))["R@1"] for e in (mine, theirs)]
+    assert r1[0] == r1[1] and r1[0] > 1 / N, r1

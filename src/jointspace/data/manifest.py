@@ -15,6 +15,7 @@ from jointspace.data import shards
 from jointspace.data.shards import DataError, write_dataset
 from jointspace.kinds import KINDS, BadCell, get_kind, recognise_column
 from jointspace.kinds.image import IMAGE_EXTS
+from jointspace.outputs import OutputError
 
 RESERVED = ("label", "split", "key")
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -237,6 +238,8 @@ def pack_folder(root: Path, out_dir: Path, label_map: dict[str, str] | None = No
     root, out_dir = Path(root), Path(out_dir)
     records = folder_records(root)
     shards.SHARD_FOLDER.check(out_dir, overwrite, [root])
+    if out_dir.resolve().is_relative_to(root.resolve()):  # it would be read as a class folder next time
+        raise OutputError(f"{out_dir}: inside the class folders of {root}; write the shards elsewhere")
     extra = {"name": root.name, "source": str(root)}
     return pack_records(records, root.resolve(), out_dir, {"image": "image", "text": "text"}, label_map,
                         split_fractions, seed, maxcount, max_bad_fraction, extra, val_fraction, overwrite)
