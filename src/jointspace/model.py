@@ -34,6 +34,7 @@ class JointModel(nn.Module):
         self.max_log_scale = math.log(max_logit_scale)
         self.locked: list[str] = []  # towers kept in eval mode (set by build_model from `freeze`)
         self.dedupe = dedupe  # identical inputs of a batch encoded once (towers that allow it)
+        self.kinds: dict[str, str] = {}  # modality -> kind (build_model sets it): how inputs become tensors
 
     @property
     def modalities(self) -> list[str]:
@@ -57,6 +58,8 @@ class JointModel(nn.Module):
         (evaluation) they are decided here."""
         tower, head = self.towers[modality], self.heads[modality]
         x, lengths = batch[modality], batch.get(f"{modality}_len")
+        if modality in self.kinds:  # compactly stored inputs (uint8 images) become what the tower takes, here
+            x = get_kind(self.kinds[modality]).on_device(x)
         if plan is not None:
             rows = plan.get(modality)
             if rows is None:
@@ -160,6 +163,7 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = Non
     model = JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
                        cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale, cfg.dedupe_inputs)
     load_heads(model.heads, init)
+    model.kinds = {m: k for m, k in kinds.items() if m in towers}
     model.locked = [m for m, t in cfg.towers.items() if m in towers and t.freeze]
     return model
 

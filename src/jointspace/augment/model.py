@@ -63,7 +63,7 @@ def load_images(cfg: DiffusionDataConfig) -> SplitData:
                       max_bad_fraction=cfg.max_bad_fraction)
     if not get_kind(data.kinds[cfg.modality]).picture:
         raise ValueError(f"data.modality={cfg.modality!r} of {cfg.path} is a {data.kinds[cfg.modality]}, not an image")
-    x = data.inputs[cfg.modality]
+    x = data.inputs[cfg.modality] = get_kind(data.kinds[cfg.modality]).on_device(data.inputs[cfg.modality])
     if cfg.channels and cfg.channels != x.shape[1]:
         x = x.mean(1, keepdim=True) if cfg.channels == 1 else x[:, :1].expand(-1, cfg.channels, -1, -1)
         data.inputs[cfg.modality] = x.contiguous()

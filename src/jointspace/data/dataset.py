@@ -12,7 +12,7 @@ import torch
 
 from jointspace.data.shards import DataError, ReadStats
 from jointspace.data.source import Source, as_source
-from jointspace.kinds import Prep, fit_prep, get_kind, input_channels, to_inputs
+from jointspace.kinds import Prep, fit_prep, get_kind, input_channels, ready, to_inputs
 
 
 @dataclass
@@ -47,8 +47,9 @@ class SplitData:
         return len(self.labels)
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gather a batch by sample indices."""
-        out = {name: t[idx] for name, t in self.inputs.items()}
+        """Gather a batch by sample indices, each input as its tower takes it (uint8 images are normalised
+        here, on the device the split is on: `Kind.on_device`)."""
+        out = ready({name: t[idx] for name, t in self.inputs.items()}, self.kinds)
         out["label"] = self.labels[idx]
         return out
 

@@ -91,6 +91,11 @@ def to_inputs(values: dict[str, list], kinds: dict[str, str], prep: Prep) -> dic
     return inputs
 
 
+def ready(batch: dict[str, torch.Tensor], kinds: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A batch with each modality's tensor as its tower takes it (`Kind.on_device`, where the batch is)."""
+    return {k: get_kind(kinds[k]).on_device(v) if k in kinds else v for k, v in batch.items()}
+
+
 def fit_prep(values: dict[str, list], kinds: dict[str, str], prep: Prep) -> Prep:
     """Fix what each modality's normalisation still needs from these values (e.g. max_range)."""
     for name, vals in values.items():

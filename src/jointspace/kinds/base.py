@@ -103,6 +103,11 @@ class Kind:
         """Input channels a batch tensor of this kind has (recorded in Prep.channels), or None."""
         return None
 
+    def on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch tensor as the tower takes it, made where it is used (on the device): kinds stored
+        compactly (images as uint8) are normalised here. Idempotent: a ready tensor comes back as is."""
+        return tensor
+
     def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
         """Tower constructor parameters the data fixes (used when the tower accepts them and the config
         does not set them)."""

@@ -18,21 +18,28 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # stored as is; other P
 MAX_IMAGE_PIXELS = 4096 * 4096
 
 
+def _uint8(t: torch.Tensor) -> torch.Tensor:
+    return t.round().clamp(0, 255).to(torch.uint8)
+
+
 def image_to_tensor(arrays: list[np.ndarray], size: int, channels: int | None = None) -> torch.Tensor:
-    """uint8 images [H, W] or [H, W, C] -> float [N, C, size, size] in [-1, 1]. Grey images are expanded to
-    the most channels in the batch, or to `channels` when that is more; with `channels` 1, colour
-    images become their channel mean."""
+    """Images [H, W] or [H, W, C] (0-255) -> uint8 [N, C, size, size], resized bilinearly and rounded:
+    they stay uint8 (4x smaller than float) until `ImageKind.on_device` maps them to [-1, 1] where they
+    are used. Grey images are expanded to the most channels in the batch, or to `channels` when that is
+    more; with `channels` 1, colour images become their channel mean."""
     out = []
     for arr in arrays:
-        t = torch.from_numpy(np.array(arr, dtype=np.float32))
+        arr = np.asarray(arr)
+        t = torch.from_numpy(np.array(arr if arr.dtype == np.uint8 else np.clip(np.rint(arr), 0, 255),
+                                      dtype=np.uint8))  # a writable copy (PIL's arrays are read-only)
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
         if t.shape[-2:] != (size, size):
-            t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+            t = _uint8(F.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0])
         out.append(t)
     width = max(channels or 1, *(t.shape[0] for t in out))
-    x = torch.stack([t.expand(width, -1, -1) if t.shape[0] == 1 else t for t in out]) / 127.5 - 1.0
+    x = torch.stack([t.expand(width, -1, -1) if t.shape[0] == 1 else t for t in out])
     if channels is not None and x.shape[1] > channels:
-        x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1)
+        x = _uint8(x.float().mean(1, keepdim=True)).expand(-1, channels, -1, -1)
     return x
 
 
@@ -114,6 +121,10 @@ class ImageKind(Kind):
 
     def channels_of(self, tensor: torch.Tensor) -> int | None:
         return int(tensor.shape[1])
+
+    def on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] -> float32 in [-1, 1] (as it was before: value / 127.5 - 1)."""
+        return tensor.float().div_(127.5).sub_(1.0) if tensor.dtype == torch.uint8 else tensor
 
     def tower_defaults(self, name: str, prep: Prep) -> dict[str, Any]:
         out: dict[str, Any] = {"img_size": prep.image_size}

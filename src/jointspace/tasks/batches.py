@@ -21,7 +21,7 @@ from jointspace.data.source import CsvSource, shards_arg, source_of
 from jointspace.data.sources import TrainSampler, source_label_lookups
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
 from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
-from jointspace.kinds import Prep, get_kind, input_channels, to_inputs, with_role
+from jointspace.kinds import Prep, get_kind, input_channels, ready, to_inputs, with_role
 from jointspace.losses import positive_mask
 from jointspace.runs import config_prep
 
@@ -163,7 +163,7 @@ class StreamedBatches:
             if not batch:  # a worker's end-of-stream marker
                 continue
             host = host_tokens(batch, self.kinds)
-            batch = {k: to_device(v, self.device) for k, v in batch.items() if torch.is_tensor(v)}
+            batch = ready({k: to_device(v, self.device) for k, v in batch.items() if torch.is_tensor(v)}, self.kinds)
             glob = {"label": gather_no_grad(batch["label"])}
             if self.cfg.loss.positives == "caption" and self.text_key:
                 glob[self.text_key] = gather_no_grad(batch[self.text_key])

@@ -67,8 +67,8 @@ def embed(model: ModalityEncoders, modality: str, data: SplitData, device: torch
     """Raw (unnormalised) embeddings [N, D] of a split, eval mode, on the CPU."""
     was_training = model.training
     model.eval()
-    out = [model({modality: data.inputs[modality][s:s + batch_size].to(device)})[modality].float().cpu()
-           for s in range(0, len(data), batch_size)]
+    rows = torch.arange(len(data)).split(batch_size)
+    out = [model({modality: data.batch(r)[modality].to(device)})[modality].float().cpu() for r in rows]
     model.train(was_training)
     return torch.cat(out)
 
