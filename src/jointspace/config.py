@@ -304,7 +304,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_value(text: str) -> Any:
+def _parse_value(text: str) -> Any:
     """An override's value as YAML (numbers, lists, mappings...); what YAML cannot parse is a plain string."""
     if text == "":
         return ""
@@ -314,19 +314,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def split_override(item: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ("a.b.c", value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    return key.strip(), _parse_value(value)
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
+        key, value = split_override(item)
         node = raw
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
-        node[parts[-1]] = parse_value(value)
+        node[parts[-1]] = value
     return raw
 
 

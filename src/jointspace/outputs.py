@@ -50,6 +50,25 @@ def follow_umask(path: Path) -> None:
     path.chmod(0o666 & ~_umask())
 
 
+@contextlib.contextmanager
+def staging(out: Path, before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
+    """A staging folder beside `out` (same disk; named for this process, so a killed writer's is removed
+    by the next one) to write into; when the block ends it is swapped in place of `out` (after
+    `before_swap`), and on an error it goes and `out` is untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.tmp-"
+    remove_leftovers(out.parent, prefix)
+    tmp = make_temp_dir(out.parent, owned_prefix(prefix))
+    try:
+        yield tmp
+        if before_swap is not None:
+            before_swap()
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _present(folder: Path, name: str) -> bool:
     return any(folder.glob(name)) if any(c in name for c in "*?[") else (folder / name).exists()
 
@@ -130,16 +149,5 @@ class OutputKind:
         sources = list(sources)
         recover_interrupted(out)  # a swap killed between its two renames left the old folder aside
         self.check(out, overwrite, sources, flag)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{out.name}.tmp-"
-        remove_leftovers(out.parent, prefix)
-        tmp = make_temp_dir(out.parent, owned_prefix(prefix))
-        try:
-            yield tmp
-            self.check(out, overwrite, sources, flag)  # what changed there meanwhile is judged again
-            if out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
-            swap_in(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with staging(out, lambda: self.check(out, overwrite, sources, flag)) as tmp:  # judged again: it may
+            yield tmp  # have changed meanwhile

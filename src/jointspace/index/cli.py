@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -179,11 +178,9 @@ def serve(
     import uvicorn
 
     from jointspace.serve.app import create_app
-    from jointspace.serve.launch import check_address, check_settings
+    from jointspace.serve.launch import check_address, check_settings, upload_bytes
 
-    if not (math.isfinite(max_upload_mb) and max_upload_mb * 1024 * 1024 >= 1):
-        raise ValueError(f"--max-upload-mb {max_upload_mb}: must be a finite size of at least one byte")
-    upload = int(max_upload_mb * 1024 * 1024)
+    upload = upload_bytes(max_upload_mb)
     check_settings(token, upload, max_k, max_batch)
     check_address(host, port)  # a bad port or one in use: refused before the index and the model load
     app = create_app(index, run, token, upload, max_k, max_batch)

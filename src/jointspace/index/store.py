@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import tempfile
 import threading
@@ -17,8 +16,8 @@ from jointspace.index.filters import COLUMNS, IndexStoreError, parse_where, sql_
 from jointspace.index.folder import DB_FILE, FORMAT, INDEX_FILE, META_FILE, copy_items, read_faiss, read_meta
 from jointspace.index.reading import StoreReads, index_ivf, process_memory
 from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
-from jointspace.outputs import make_temp_dir
-from jointspace.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers, swap_in
+from jointspace.outputs import staging
+from jointspace.swap import SLOW_SWAP_ENV, owned_prefix, recover_interrupted, remove_leftovers
 
 __all__ = ["DB_FILE", "FORMAT", "INDEX_FILE", "META_FILE", "SLOW_SWAP_ENV", "FingerprintError",
            "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index", "parse_where", "process_memory"]
@@ -145,26 +144,18 @@ class IndexStore(StoreReads):
         path = Path(path or self.path or "")
         if not str(path):
             raise IndexStoreError("save: no path given")
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and not (path / META_FILE).exists() and any(path.iterdir()):
             raise IndexStoreError(f"{path}: exists and is not a jointspace index; refusing to replace it")
-        remove_leftovers(path.parent, f".{path.name}.tmp-")
-        tmp = make_temp_dir(path.parent, owned_prefix(f".{path.name}.tmp-"))
-        try:
-            with self._lock:
-                faiss.write_index(self.index, str(tmp / INDEX_FILE))
-                if self.exact is not None:
-                    self.exact.save_into(tmp)
-                out = sqlite3.connect(tmp / DB_FILE)
-                self.db.backup(out)
-                out.close()
-                self.meta.update(n_items=self.n_items, n_vectors=int(self.index.ntotal),
-                                 updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
-            swap_in(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with staging(path) as tmp, self._lock:
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            if self.exact is not None:
+                self.exact.save_into(tmp)
+            out = sqlite3.connect(tmp / DB_FILE)
+            self.db.backup(out)
+            out.close()
+            self.meta.update(n_items=self.n_items, n_vectors=int(self.index.ntotal),
+                             updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
         self.path = path
         return path
 

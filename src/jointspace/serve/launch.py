@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import socket
+
+
+def upload_bytes(max_upload_mb: float) -> int:
+    """--max-upload-mb as bytes; ValueError naming the flag unless it is a finite size of at least one byte."""
+    if not (math.isfinite(max_upload_mb) and max_upload_mb * 1024 * 1024 >= 1):
+        raise ValueError(f"--max-upload-mb {max_upload_mb}: must be a finite size of at least one byte")
+    return int(max_upload_mb * 1024 * 1024)
 
 
 def check_settings(token: str | None, max_upload_bytes: float, max_k: int, max_batch: int) -> None:

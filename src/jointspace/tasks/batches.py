@@ -77,9 +77,12 @@ class InMemoryBatches:
                 continue
             local = shard_batch(idx, self.dist)
             on_device = to_device(idx, self.device)
-            mask = positive_mask(self.data.batch(on_device), self.cfg.loss.positives, self.text_key)
+            glob = {"label": self.data.labels[on_device]}  # the mask reads labels (and captions) only
+            if self.cfg.loss.positives == "caption" and self.text_key:
+                glob[self.text_key] = self.data.inputs[self.text_key][on_device]
             mine = on_device if local is idx else to_device(local, self.device)
-            yield self.data.batch(mine), mask, {m: t[local] for m, t in tokens.items()}
+            yield (self.data.batch(mine), positive_mask(glob, self.cfg.loss.positives, self.text_key),
+                   {m: t[local] for m, t in tokens.items()})
 
 
 class StreamedBatches:

@@ -34,7 +34,7 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.engine.tracking import Tracker
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.evaluate.embed import embed_split
-from jointspace.runs import CONFIG, RUN_FOLDER, WEIGHTS, load_run, prepare_run_dir, resolve_device
+from jointspace.runs import CONFIG, WEIGHTS, load_run, prepare_run_dir, resolve_device
 from jointspace.tasks.common import load_splits, n_classes_of, plan_of, read_done, write_done
 from jointspace.tasks.contrastive import train
 from jointspace.tasks.lifecycle import keeping_old_run
@@ -179,9 +179,7 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
 def train_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """`jointspace train` for `task: cilp`: the three stages; returns the CILP folder (an old one replaced
     with `overwrite` comes back if the new one fails before its first checkpoint)."""
-    if not resume:
-        RUN_FOLDER.check(cfg.run_dir, overwrite, flag="--resume to continue it or --overwrite")
-    with keeping_old_run(cfg.run_dir, overwrite and not resume):
+    with keeping_old_run(cfg.run_dir, resume, overwrite):
         run_cilp(cfg, resume, overwrite, show_progress)
     return cfg.run_dir
 

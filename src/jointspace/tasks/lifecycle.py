@@ -35,10 +35,8 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
         if resume and latest_checkpoint(ckpts) is None:
             print(f"{run_dir}: no checkpoint to resume from: starting from scratch", file=sys.stderr)
             resume, overwrite = False, True
-        if not resume:  # before any work: a folder that is not a run, or a run without --overwrite, stays
-            RUN_FOLDER.check(run_dir, overwrite, flag="--resume to continue it or --overwrite")
         untouchable = run_dir.exists() and not overwrite and not resume
-        with keeping_old_run(run_dir, overwrite and not resume):
+        with keeping_old_run(run_dir, resume, overwrite):
             try:
                 return train(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress)
             except BaseException:
@@ -57,7 +55,7 @@ def finished(cfg) -> bool:
     if not (run / WEIGHTS).exists() or not ((run / DONE).exists() or (run / "train_summary.json").exists()):
         return False
     try:
-        saved = read_yaml(cfg.run_dir / CONFIG).get("train") or {}
+        saved = read_yaml(run / CONFIG).get("train") or {}
     except ConfigError:
         return True
     return all(saved.get(k) == getattr(cfg.train, k) for k in ("epochs", "steps") if hasattr(cfg.train, k))
@@ -93,13 +91,15 @@ def restore_replaced(run_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def keeping_old_run(run_dir: Path, replace: bool) -> Iterator[None]:
-    """With `replace` (--overwrite) the old run folder is checked to be a run and moved aside while the
-    new one trains; it is removed when the new run finishes or fails with a checkpoint to resume from,
-    and put back when the new run fails before that. Under torchrun the old folder is removed at once."""
+def keeping_old_run(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Before any work of a run that does not resume: a folder that is not a run, or a run without
+    `overwrite`, is refused (RUN_FOLDER). With `overwrite` an old run is moved aside while the new one
+    trains; it is removed when the new run finishes or fails with a checkpoint to resume from, and put
+    back when the new run fails before that. Under torchrun the old folder is removed at once."""
     aside = None
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    if replace and single and RUN_FOLDER.check(run_dir, overwrite=True):
+    replace = not resume and RUN_FOLDER.check(run_dir, overwrite, flag="--resume to continue it or --overwrite")
+    if replace and single:
         aside = run_dir.parent / f".{run_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
         os.replace(run_dir, aside)
     try:

@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from jointspace.config import ConfigError, RunFolder, _Strict, apply_overrides, parse_value
+from jointspace.config import RunFolder, _Strict, apply_overrides, split_override
 from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
-from jointspace.runs import CONFIG, RUN_FOLDER, WEIGHTS, prepare_run_dir
+from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir
 from jointspace.tasks.common import read_done, write_done
 from jointspace.tasks.lifecycle import keeping_old_run
 
@@ -44,13 +44,7 @@ class PipelineConfig(RunFolder):
 
 def overrides_as_set(overrides: list[str]) -> dict[str, Any]:
     """`--set key=value` overrides as a stage's `set:` mapping (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value)
-    return out
+    return dict(split_override(item) for item in overrides)
 
 
 def _resolve(value: Any, dirs: dict[str, Path]) -> Any:
@@ -87,9 +81,7 @@ def run_pipeline(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume:
                  overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train every stage in order (finished stages kept, an interrupted one resumed with `resume`)."""
     root = cfg.run_dir
-    if not resume:
-        RUN_FOLDER.check(root, overwrite, flag="--resume to continue it or --overwrite")
-    with keeping_old_run(root, overwrite and not resume):
+    with keeping_old_run(root, resume, overwrite):
         return _run_stages(cfg, tasks, config_for, resume, overwrite, show_progress)
 
 
