@@ -94,18 +94,25 @@ def stub_pandas() -> None:
         sys.modules["pandas"] = mod
 
 
-def run_open_clip(spec: dict, held: dict) -> int:
-    """open_clip_train.main.main(args), keeping the model it builds; returns the batch size."""
+def open_clip_train_data():
+    """open_clip_train.data, made to read shards with the webdataset installed here: open_clip_train 3.3 pins
+    webdataset<=0.2.86; since 0.2.96 tar_file_expander yields an end-of-shard marker `{}` by default that
+    its group_by_keys_nothrow fails on (KeyError 'fname', open_clip#935). The fix its maintainers give:
+    eof_value=None."""
     stub_pandas()
     import functools
 
     import open_clip_train.data as oc_data
-    import open_clip_train.main as oc_main
 
-    # open_clip_train 3.3 pins webdataset<=0.2.86; since 0.2.96 tar_file_expander yields an end-of-shard
-    # marker `{}` by default that its group_by_keys_nothrow fails on (KeyError 'fname', open_clip#935).
-    # The fix its maintainers give: eof_value=None.
-    oc_data.tar_file_expander = functools.partial(oc_data.tar_file_expander, eof_value=None)
+    if not isinstance(oc_data.tar_file_expander, functools.partial):
+        oc_data.tar_file_expander = functools.partial(oc_data.tar_file_expander, eof_value=None)
+    return oc_data
+
+
+def run_open_clip(spec: dict, held: dict) -> int:
+    """open_clip_train.main.main(args), keeping the model it builds; returns the batch size."""
+    open_clip_train_data()
+    import open_clip_train.main as oc_main
 
     build = oc_main.create_model_and_transforms
 

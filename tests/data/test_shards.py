@@ -128,3 +128,12 @@ def test_digits_pairs_share_labels(digits_dir):
 
         assert CLASS_NAMES[s["label"]] in s["text"]
         assert s["image"].shape == (8, 8) and s["audio"].shape[1] == 13
+
+
+def test_shard_members_carry_no_pax_headers(tmp_path):
+    """Whole-second mtimes: a float one would give every member a pax header, read on every pass."""
+    samples = [{"key": f"k{i}", "image": np.zeros((4, 4), dtype=np.uint8), "text": "t", "label": 0} for i in range(3)]
+    write_dataset(tmp_path / "ds", {"train": samples}, {"image": "image", "text": "text"}, ["a"])
+    with tarfile.open(split_urls(tmp_path / "ds", "train")[0]) as tar:
+        members = tar.getmembers()
+    assert len(members) == 3 * 3 and not any(m.pax_headers for m in members)

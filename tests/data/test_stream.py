@@ -109,3 +109,21 @@ def test_label_lookup_reindexes_by_shard_and_expands_grey(shards):
         assert lb == (4 - la if key in first_half else la)
     assert a["image"].shape[1] == 1 and b["image"].shape[1] == 3
     assert torch.equal(b["image"][:, 2], a["image"][:, 0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_loader_serves_every_epoch_with_the_same_workers(shards, workers):
+    """set_epoch reaches persistent workers (shared memory): each pass is what a fresh loader of that
+    epoch (and skip) gives, and the worker processes are the same ones."""
+    stream = ShardStream(shards, MODS, batch_size=4, seed=5, epoch=0, image_size=4)
+    loader = stream_loader(stream, workers)
+    passes, pids = [], []
+    for epoch, skip in [(0, 0), (1, 0), (2, 5), (3, 0)]:
+        stream.set_epoch(epoch, skip)
+        passes.append(_keys(loader))
+        pids.append([w.pid for w in getattr(loader._iterator, "_workers", [])])
+    fresh = [_keys(stream_loader(ShardStream(shards, MODS, 4, seed=5, epoch=e, skip_batches=k, image_size=4), workers))
+             for e, k in [(0, 0), (1, 0), (2, 5), (3, 0)]]
+    assert passes == fresh and len(passes[1]) == 96 and len(passes[2]) == 96 - 5 * 4
+    assert passes[0] != passes[1]
+    assert all(p == pids[0] for p in pids) and len(pids[0]) == workers

@@ -163,3 +163,15 @@ def test_bad_factory_and_query_shape():
     store, _ = make(n=10)
     with pytest.raises(IndexStoreError, match=r"queries must be \[Q, 16\]"):
         store.search(np.zeros((1, 8), np.float32), 3)
+
+
+def test_search_survives_faiss_torch_utils(monkeypatch):
+    """pytorch-metric-learning imports faiss.contrib.torch_utils, which swaps Index.search for a version
+    without `params` in the whole process; filtered and compressed searches must still work after it."""
+    import faiss.contrib.torch_utils  # noqa: F401 - the import is the test's condition
+
+    store, vecs = make("IVF8,Flat", n=400, search={"nprobe": 8})
+    monkeypatch.setattr(reading_mod, "EXACT_FILTER_MAX", 0)  # through FAISS with an IDSelector
+    rows = store.search(vecs[:5], 3, where={"label": 2})
+    assert all(len(r) == 3 and all(h["label"] == 2 for h in r) for r in rows)
+    assert [r[0]["key"] for r in store.search(vecs[:3], 1)] == ["s0000", "s0001", "s0002"]

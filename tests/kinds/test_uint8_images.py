@@ -3,13 +3,18 @@ there `ImageKind.on_device` maps them to [-1, 1] exactly as the float path did (
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 from jointspace.data.dataset import load_split
 from jointspace.data.shards import split_urls
 from jointspace.data.stream import ShardStream, stream_loader
 from jointspace.kinds import Prep, get_kind
+from jointspace.kinds.image import image_to_tensor
 
 
 def test_to_tensors_keeps_uint8_and_on_device_gives_the_old_values():
@@ -38,3 +43,28 @@ def test_no_float_images_through_the_loaders_workers(digits_dir):
     stream = ShardStream(split_urls(digits_dir, "train"), {"image": "image", "text": "text"}, 8, image_size=16)
     batch = next(iter(stream_loader(stream, num_workers=1)))
     assert batch["image"].dtype == torch.uint8 and batch["text"].dtype == torch.int64
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"),
+                                           ("PNG", "I;16"), ("JPEG", "L"), ("JPEG", "RGB"), ("JPEG", "CMYK")])
+def test_shard_images_decode_to_what_pil_gives(fmt, mode):
+    """Grey and RGB PNG/JPEG go through torchvision.io, the rest through PIL: the same pixels either way,
+    and the same batch tensor as from a plain [H, W(, C)] array."""
+    rng = np.random.default_rng(1)
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((32, 32)))
+    img = Image.fromarray(smooth).convert(mode if mode != "I;16" else "L")
+    img = img.convert("I;16") if mode == "I;16" else img
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as pil:
+        expected = np.asarray(pil if pil.mode in ("L", "RGB") else pil.convert("RGB"))
+    got = get_kind("image").decode(fmt.lower(), buf.getvalue())
+    assert got.dtype == np.uint8 and got.shape == expected.shape and np.array_equal(got, expected)
+    assert torch.equal(image_to_tensor([got], 32), image_to_tensor([np.ascontiguousarray(expected)], 32))
+
+
+def test_a_truncated_image_is_an_error_not_a_picture():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(buf, format="JPEG")
+    with pytest.raises((RuntimeError, OSError)):
+        get_kind("image").decode("jpg", buf.getvalue()[: len(buf.getvalue()) // 2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ def write_dataset(
             counts: dict[str, int] = {}
             n = 0
             pattern = str(tmp / split / "shard-%06d.tar")
-            with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
+            # whole-second mtimes: a float one costs every tar member a pax header, read back on every pass
+            with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0, mtime=int(time.time())) as sink:
                 for sample in samples:
                     record = {"__key__": str(sample["key"]), "cls": str(int(sample["label"])).encode()}
                     for name, kind in modalities.items():

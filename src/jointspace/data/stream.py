@@ -78,10 +78,18 @@ class ShardStream(IterableDataset):
                                  tokenizers=dict(tokenizers or {}),
                                  channels={picture: image_channels} if picture and image_channels else {})
         self.stats = ReadStats()
+        # (epoch, batches to skip) in shared memory: persistent DataLoader workers keep the copy of this object
+        # they were started with, and read where the next epoch starts from here (`set_epoch`)
+        self._place = torch.tensor([epoch, skip_batches], dtype=torch.long).share_memory_()
         self.decode = decode  # how a raw sample is read: a function, {url: function}, or None (jointspace's)
         # batches carry "_skipped" = (worker, samples skipped so far, first reasons), and each worker ends
         # with a batch of that alone: workers are other processes, so the counts travel with the data
         self.report_skips = report_skips
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Where the next pass starts, in this process and in every (persistent) worker process."""
+        self._place[0], self._place[1] = epoch, skip_batches
+        self.epoch, self.skip_batches = epoch, skip_batches
 
     def _worker(self) -> tuple[int, int]:
         """(role, number of workers): the worker whose place in the epoch this DataLoader worker takes."""
@@ -139,6 +147,8 @@ class ShardStream(IterableDataset):
         return value[int.from_bytes(h[:8], "big") % len(value)]
 
     def __iter__(self) -> Iterator[dict]:
+        self.epoch, self.skip_batches = (int(v) for v in self._place.tolist())
+        self.stats = ReadStats()  # counts of this pass
         wid, n_workers = self._worker()
         skip = max(0, math.ceil((self.skip_batches - wid) / n_workers))
         pending: list[dict] = []
@@ -154,11 +164,14 @@ class ShardStream(IterableDataset):
             yield {"_skipped": (wid, self.stats.n_bad, list(self.stats.errors[:3]))}
 
 
-def stream_loader(stream: ShardStream, num_workers: int = 0) -> DataLoader:
+def stream_loader(stream: ShardStream, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over whole batches (the stream batches itself); partial last batches are dropped.
 
-    It gets a generator of its own: the default one would draw from the global RNG on every epoch,
-    which would shift dropout masks after a mid-epoch resume.
+    Its workers persist across passes: `stream.set_epoch(epoch, skip)` before each pass says where it
+    starts (they are not started again each epoch, nor their imports and tokenizers built again). Batches
+    are pinned for a CUDA device with `pin_memory`. It gets a generator of its own: the default one would
+    draw from the global RNG, which would shift dropout masks after a mid-epoch resume.
     """
     gen = torch.Generator().manual_seed(stream.seed * 100_003 + stream.epoch)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False, generator=gen)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=pin_memory, generator=gen)

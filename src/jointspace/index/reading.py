@@ -21,6 +21,13 @@ def index_ivf(index: faiss.Index):
         return None
 
 
+def faiss_search(index, q: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's numpy search with search parameters. Importing pytorch-metric-learning's inference utilities
+    imports faiss.contrib.torch_utils, which replaces `Index.search` process-wide with a torch-aware one
+    that takes no `params`, keeping the original as `search_numpy`."""
+    return getattr(index, "search_numpy", index.search)(q, k, params=params)
+
+
 class StoreReads:
     """Mixed into IndexStore (which holds index, db, meta, exact and the lock)."""
 
@@ -46,8 +53,8 @@ class StoreReads:
             k_factor = int(search_params.pop("k_factor", None) or (self.meta.get("refine") or {}).get("k_factor", 1))
             params, _selector = self._params(allowed, search_params)  # the selector must outlive the call
             if self.exact is None:
-                return self.index.search(q, kk, params=params)
-            _, candidates = self.index.search(q, min(kk * k_factor, max(int(self.index.ntotal), 1)), params=params)
+                return faiss_search(self.index, q, kk, params)
+            _, candidates = faiss_search(self.index, q, min(kk * k_factor, max(int(self.index.ntotal), 1)), params)
             return self.exact.rerank(q, candidates, kk)
 
     def search(self, queries: np.ndarray, k: int = 10, where: dict | list[str] | None = None,

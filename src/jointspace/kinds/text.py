@@ -30,12 +30,19 @@ def make_tokenizer(context_length: int, spec: str | None = None) -> Callable[[li
     if source == "hf":
         return _hf_tokenizer(name, context_length)
     if source == "openclip":  # openclip:<model>[|<cache_dir>]
-        import open_clip
-
-        model, _, cache_dir = name.partition("|")
-        oc_tok = open_clip.get_tokenizer(model, cache_dir=cache_dir or None)
+        oc_tok = _openclip_tokenizer(name)
         return lambda texts: oc_tok(list(texts), context_length=context_length)
     raise ValueError(f"tokenizer {spec!r}: expected hf:<folder> or openclip:<model>")
+
+
+@functools.lru_cache(maxsize=8)
+def _openclip_tokenizer(name: str):
+    """An open_clip model's tokenizer, built once per process (building it reads its vocabulary: ~0.1 s,
+    which every batch paid before)."""
+    import open_clip
+
+    model, _, cache_dir = name.partition("|")
+    return open_clip.get_tokenizer(model, cache_dir=cache_dir or None)
 
 
 @functools.lru_cache(maxsize=8)

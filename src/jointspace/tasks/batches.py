@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 
 import torch
+from torch.utils.data import DataLoader
 
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData, recorded_range
@@ -99,6 +100,7 @@ class StreamedBatches:
         d = cfg.data
         self.cfg, self.dist, self.device = cfg, dist_info, device
         self.skipped: dict[int, dict] = {}  # epoch -> {n_skipped, reasons} of streamed samples lost
+        self._stream: tuple[ShardStream, DataLoader] | None = None
         sources = [shards_arg(s.path, d) for s in d.sources] or [source_of(d)]
         if any(isinstance(s, CsvSource) for s in sources):
             raise DataError("data.csv: CSV datasets are read into memory; set data.streaming: false")
@@ -152,13 +154,10 @@ class StreamedBatches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask) per step, from step `skip` on."""
-        d = self.cfg.data
-        stream = ShardStream(self.urls, self.kinds, self.local_batch, self.cfg.seed, epoch, self.dist.rank,
-                             self.dist.world_size, d.resampled, skip, shuffle_buffer=d.shuffle_buffer,
-                             shard_probs=self.shard_probs, label_lookup=self.label_lookup, prep=self.prep,
-                             decode=self.decode, report_skips=True)
+        stream, loader = self._loader(epoch)
+        stream.set_epoch(epoch, skip)
         step, seen = skip, {}
-        for batch in stream_loader(stream, d.num_workers):
+        for batch in loader:
             if step >= self.steps_per_epoch:
                 break
             worker, n_bad, reasons = batch.pop("_skipped")
@@ -173,6 +172,17 @@ class StreamedBatches:
             yield batch, positive_mask(glob, self.cfg.loss.positives, self.text_key), host
             step += 1
         self._said_skipped(epoch, seen)
+
+    def _loader(self, epoch: int) -> tuple[ShardStream, DataLoader]:
+        """The run's stream and its DataLoader, made at the first epoch: its workers serve every epoch."""
+        if self._stream is None:
+            d = self.cfg.data
+            stream = ShardStream(self.urls, self.kinds, self.local_batch, self.cfg.seed, epoch, self.dist.rank,
+                                 self.dist.world_size, d.resampled, shuffle_buffer=d.shuffle_buffer,
+                                 shard_probs=self.shard_probs, label_lookup=self.label_lookup, prep=self.prep,
+                                 decode=self.decode, report_skips=True)
+            self._stream = (stream, stream_loader(stream, d.num_workers, pin_memory=self.device.type == "cuda"))
+        return self._stream
 
     def _said_skipped(self, epoch: int, seen: dict) -> None:
         """One warning line per epoch that lost samples (this rank's workers together); kept for run.json."""
