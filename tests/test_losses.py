@@ -4,7 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jointspace.losses import BindingLoss, binding_pairs, clip_loss, positive_mask, siglip_loss
+from jointspace.config import ConfigError, load_config
+from jointspace.losses import (
+    LOSSES,
+    BindingLoss,
+    LossContext,
+    TripletMargin,
+    binding_pairs,
+    build_pair_loss,
+    clip_loss,
+    positive_mask,
+    siglip_loss,
+)
 
 
 def _reference_multi_positive(a, b, scale, mask):
@@ -84,7 +95,57 @@ def test_binding_pairs_and_weights():
     emb = {m: _emb(4, seed=i) for i, m in enumerate(mods)}
     scale = torch.tensor(4.0, dtype=torch.float64)
     loss_fn = BindingLoss(binding_pairs(mods, anchor="image"), weights={"audio": 0.5})
-    total, parts = loss_fn(emb, scale, None)
+    total, parts = loss_fn(emb, None, LossContext(scale))
     expect = clip_loss(emb["image"], emb["text"], scale) + 0.5 * clip_loss(emb["image"], emb["audio"], scale)
     assert total.item() == pytest.approx(expect.item(), rel=1e-12)
     assert set(parts) == {"image-text", "image-audio"}
+
+
+def _t(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_triplet_identity_hand_worked():
+    # cosine distances d = 1 - a.b: [[0.4, 0], [0.2, 1]]; a->b: relu(.4-0+.5) = .9, relu(1-.2+.5) = 1.3;
+    # b->a (d transposed): relu(.4-.2+.5) = .7, relu(1-0+.5) = 1.5; both directions average 1.1
+    a, b = _t([[1, 0], [0, 1]]), _t([[0.6, 0.8], [1, 0]])
+    loss = build_pair_loss("triplet", {"margin": 0.5})(a, b, None, LossContext(torch.tensor(1.0)))
+    assert loss.item() == pytest.approx(1.1, rel=1e-12)
+
+
+def test_triplet_label_mask_hand_worked():
+    # labels [0, 0, 1]; d = [[0, 1, .2], [.4, .2, .04], [1, 0, .4]], margin .1. a->b triplets (i, p, q):
+    # (0,0,2) -> 0, (0,1,2) .9, (1,0,2) .46, (1,1,2) .26, (2,2,0) -> 0, (2,2,1) .5: 2.12 / 6
+    # b->a: (0,0,2) 0, (0,1,2) 0, (1,0,2) 1.1, (1,1,2) .3, (2,2,0) .3, (2,2,1) .46: 2.16 / 6
+    a = _t([[1, 0], [0.6, 0.8], [0, 1]])
+    b = _t([[1, 0], [0, 1], [0.8, 0.6]])
+    mask = positive_mask({"label": torch.tensor([0, 0, 1])}, "label")
+    loss = TripletMargin(TripletMargin.Params(margin=0.1))(a, b, mask, LossContext(torch.tensor(1.0)))
+    assert loss.item() == pytest.approx(0.5 * (2.12 + 2.16) / 6, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["infonce", "triplet"])
+def test_local_loss_of_two_ranks_averages_to_the_full_loss(name):
+    """Identity positives: every anchor has as many candidates, so the ranks' local losses average to the
+    loss of the whole batch (what DDP's gradient averaging then sees)."""
+    a, b = _emb(6, seed=7), _emb(6, seed=8)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    full = build_pair_loss(name)(a, b, None, LossContext(scale))
+    local = build_pair_loss(name, local_loss=True)
+    parts = [local(a[r], b[r], None, LossContext(scale, rows=r, a_all=a, b_all=b)) for r in (slice(0, 3), slice(3, 6))]
+    assert (sum(parts) / 2).item() == pytest.approx(full.item(), rel=1e-12)
+
+
+def test_registry_names_and_params():
+    assert {"infonce", "siglip", "triplet"} <= set(LOSSES)
+    assert build_pair_loss("triplet", {"margin": 0.3}).params.margin == 0.3
+    assert not LOSSES["triplet"].uses_scale and LOSSES["siglip"].uses_bias and LOSSES["siglip"].always_local
+    with pytest.raises(ValueError, match="unknown loss 'nope'; choose from"):
+        build_pair_loss("nope")
+    with pytest.raises(ConfigError, match=r"loss\.name: .*unknown loss 'nope'"):
+        load_config(None, ["loss.name=nope"])
+    with pytest.raises(ConfigError, match=r"loss\.params\.margn: unknown field"):
+        load_config(None, ["loss.name=triplet", "loss.params.margn=1"])
+    with pytest.raises(ConfigError, match=r"loss\.params\.margin: Input should be greater than 0"):
+        load_config(None, ["loss.name=triplet", "loss.params.margin=0"])
+    assert load_config(None, ["loss.name=triplet", "loss.params.margin=0.3"]).loss.params == {"margin": 0.3}

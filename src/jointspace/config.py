@@ -8,6 +8,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jointspace.losses.registry import loss_class, loss_params
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -117,11 +119,23 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    name: Literal["infonce", "siglip"] = "infonce"
+    name: str = "infonce"  # a registered loss (jointspace.losses.LOSSES)
+    params: dict[str, Any] = Field(default_factory=dict)  # the loss's own settings, checked by its Params
     positives: Literal["instance", "label", "caption"] = "label"
     anchor: str | None = None  # ImageBind-style: bind every other modality to this one
     pairs: list[tuple[str, str]] | None = None  # explicit pairs; default: anchor pairs or all pairs
     weights: dict[str, float] = Field(default_factory=dict)  # "a-b" or modality name -> weight
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        loss_class(v)
+        return v
+
+    @model_validator(mode="after")
+    def _params_fit_the_loss(self) -> LossConfig:
+        loss_params(self.name, self.params)
+        return self
 
 
 class TrainConfig(_Strict):

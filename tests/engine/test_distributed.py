@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jointspace.losses import BindingLoss, positive_mask
+from jointspace.losses import BindingLoss, LossContext, positive_mask
 
 WORKER = textwrap.dedent("""
     import sys, torch
     from torch.nn.parallel import DistributedDataParallel as DDP
     from safetensors.torch import save_file
-    from jointspace.losses import BindingLoss, positive_mask
+    from jointspace.losses import BindingLoss, LossContext, positive_mask
     from jointspace.engine.distributed import cleanup, gather_no_grad, init_distributed, shard_batch
     sys.path.insert(0, sys.argv[1])
     from common import make_model, make_batch
@@ -32,7 +32,7 @@ WORKER = textwrap.dedent("""
         glabels = gather_no_grad(labels[idx])
         mask = positive_mask({"label": glabels}, mode)
         loss_fn = BindingLoss([("a", "b")], kind, rank=info.rank, world_size=info.world_size, local_loss=local == "1")
-        loss, _ = loss_fn(emb, model.scale(), mask, model.bias)
+        loss, _ = loss_fn(emb, mask, LossContext(model.scale(), model.bias))
         loss.backward()
         if info.is_main:
             grads = {n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}
@@ -104,8 +104,8 @@ def test_two_process_gradients_match_single_process(tmp_path):
         ddp_grads = load_file(str(tmp_path / f"{case.replace(',', '_')}.safetensors"))
         model = common.make_model()
         x, y, labels = common.make_batch()
-        loss, _ = BindingLoss([("a", "b")], kind)(model(x, y), model.scale(),
-                                                  positive_mask({"label": labels}, mode), model.bias)
+        loss, _ = BindingLoss([("a", "b")], kind)(model(x, y), positive_mask({"label": labels}, mode),
+                                                  LossContext(model.scale(), model.bias))
         loss.backward()
         expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         assert ddp_grads.keys() == expected.keys() and "log_scale" in expected

@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from jointspace.losses import BindingLoss
+from jointspace.losses import BindingLoss, LossContext
 from jointspace.model import JointModel
 from jointspace.towers import build_tower
 from jointspace.towers.dedupe import batch_independent, unique_rows
@@ -34,7 +34,8 @@ def test_loss_and_gradients_equal_the_plain_path_in_float64():
         model = _model(dedupe).train()
         seen = []
         model.towers["text"].register_forward_hook(lambda mod, args, out, seen=seen: seen.append(len(args[0])))
-        loss, _ = BindingLoss([("image", "text")], "infonce")(model(batch), model.scale(), pos, model.logit_bias)
+        ctx = LossContext(model.scale(), model.logit_bias)
+        loss, _ = BindingLoss([("image", "text")], "infonce")(model(batch), pos, ctx)
         loss.backward()
         losses.append(loss.detach())
         assert seen == ([3] if dedupe else [12])  # the text tower encoded each distinct caption once

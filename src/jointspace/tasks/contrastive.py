@@ -23,7 +23,7 @@ from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
 from jointspace.evaluate.runner import evaluate_run
 from jointspace.kinds import Prep, with_role
-from jointspace.losses import BindingLoss, binding_pairs, positive_mask
+from jointspace.losses import BindingLoss, LossContext, binding_pairs, build_pair_loss, positive_mask
 from jointspace.model import JointModel, count_parameters
 from jointspace.runs import (
     CONFIG,
@@ -88,7 +88,7 @@ def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[di
     if len(micro) == 1:
         with amp_ctx:
             emb = fwd(micro[0], plan=plans[0])
-            loss, parts = loss_fn(emb, model.scale(), pos_mask, bias)
+            loss, parts = loss_fn(emb, pos_mask, LossContext(model.scale(), bias))
         backward(loss)
         return loss.detach(), parts
     with torch.no_grad(), amp_ctx, frozen_norm_stats(model):
@@ -99,7 +99,7 @@ def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[di
             fresh = fwd(mb, plan=plans[j])
             emb = {m: torch.cat([fresh[m] if k == j else cached[k][m] for k in range(len(micro))]) for m in fresh}
             scale = model.scale() if j == 0 else model.scale().detach()
-            loss, parts = loss_fn(emb, scale, pos_mask, bias if j == 0 else bias.detach())
+            loss, parts = loss_fn(emb, pos_mask, LossContext(scale, bias if j == 0 else bias.detach()))
             backward(loss)
     return loss.detach(), parts
 
@@ -115,7 +115,8 @@ def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunC
         sl = slice(start, start + 512)
         batch = {"label": labels[sl], **{m: data.inputs[m][sl] for m in data.inputs}}
         mask = positive_mask(batch, cfg.loss.positives, with_role(data.kinds, "captions"))
-        loss, _ = loss_fn({m: e[sl] for m, e in emb.items()}, model.scale().cpu(), mask, model.logit_bias.cpu())
+        ctx = LossContext(model.scale().cpu(), model.logit_bias.cpu())
+        loss, _ = loss_fn({m: e[sl] for m, e in emb.items()}, mask, ctx)
         losses.append(float(loss))
     out["loss"] = float(np.mean(losses))
     by_label = cfg.loss.positives == "label"
@@ -197,13 +198,16 @@ def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
 def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.device,
            init: dict | None) -> tuple[JointModel, list, BindingLoss, BindingLoss]:
     model = build_from_info(cfg, run_info, init).to(device)
-    model.logit_bias.requires_grad_(cfg.loss.name == "siglip")  # DDP needs every trainable parameter used
+    pairs = binding_pairs(list(run_info["kinds"]), cfg.loss.anchor, cfg.loss.pairs)
+    pair_loss = build_pair_loss(cfg.loss.name, cfg.loss.params, cfg.train.local_loss)
+    loss_fn = BindingLoss(pairs, pair_loss, cfg.loss.weights, dist_info.rank, dist_info.world_size)
+    # DDP needs every trainable parameter used: the logit parameters the loss does not read are frozen
+    model.logit_bias.requires_grad_(loss_fn.uses_bias)
+    if not loss_fn.uses_scale:
+        model.logit_scale.requires_grad_(False)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    pairs = binding_pairs(list(run_info["kinds"]), cfg.loss.anchor, cfg.loss.pairs)
-    loss_fn = BindingLoss(pairs, cfg.loss.name, cfg.loss.weights, dist_info.rank, dist_info.world_size,
-                          cfg.train.local_loss)
-    return model, pairs, loss_fn, BindingLoss(pairs, cfg.loss.name, cfg.loss.weights)
+    return model, pairs, loss_fn, BindingLoss(pairs, pair_loss, cfg.loss.weights)
 
 
 def summarise(run_dir: Path) -> dict:

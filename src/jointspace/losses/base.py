@@ -1,0 +1,81 @@
+"""What every loss of the joint space shares: the context it reads, its parameters model, and where it is
+computed under data parallelism (a flag, as open_clip's `ClipLoss(local_loss=...)`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class LossParams(BaseModel):
+    """A loss's own settings (config `loss.params`); a loss without any takes this empty model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a loss reads besides embeddings and positives: the model's logit scale (exp of the learned
+    log-temperature, clamped) and SigLIP's bias; under data parallelism, this rank's `rows` of the global
+    batch and the gathered embeddings `a_all`, `b_all` of the pair being scored (set by `BindingLoss`)."""
+
+    logit_scale: torch.Tensor
+    logit_bias: torch.Tensor | None = None
+    rows: slice | None = None
+    a_all: torch.Tensor | None = None
+    b_all: torch.Tensor | None = None
+
+
+class PairLoss(nn.Module):
+    """A loss between two modalities' normalised embeddings a [n, D] and b [n, D] with a positive mask.
+
+    A subclass writes `full(a, b, positives, ctx)`: the loss of a whole batch, `positives` its [N, N] mask
+    (None: the identity). Under data parallelism the base class either computes `full` on the gathered
+    batch (every rank the same loss) or, with `local_loss` (open_clip's --local-loss), `local`: this rank's
+    anchors against the gathered batch. A subclass that can only be computed one way says so
+    (`always_local`). `uses_scale` / `uses_bias`: which of the model's logit parameters it reads (the
+    others are frozen, so that DDP does not wait for their gradients).
+    """
+
+    Params: type[LossParams] = LossParams
+    always_local = False
+    uses_scale = True
+    uses_bias = False
+
+    def __init__(self, params: LossParams | None = None, local_loss: bool = False):
+        super().__init__()
+        self.params = params if params is not None else self.Params()
+        self.local_loss = local_loss or self.always_local
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor | None,
+                ctx: LossContext) -> torch.Tensor:
+        if ctx.rows is None:  # one process: the batch is all there is
+            return self.full(a, b, positives, ctx)
+        if self.local_loss:
+            return self.local(a, b, positives, ctx)
+        return self.full(ctx.a_all, ctx.b_all, positives, ctx)
+
+    def full(self, a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor | None,
+             ctx: LossContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def local(self, a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor | None,
+              ctx: LossContext) -> torch.Tensor:
+        """This rank's rows `ctx.rows` as anchors against the gathered `ctx.a_all`, `ctx.b_all`;
+        `positives` is the global mask."""
+        raise NotImplementedError
+
+
+def row_positives(positives: torch.Tensor | None, n: int, m: int, rows: slice | None,
+                  device: torch.device) -> torch.Tensor:
+    """[n, m] bool mask of the anchors `rows` (None: all n) against m candidates; None means identity."""
+    if positives is not None:
+        return positives[rows] if rows is not None else positives
+    offset = rows.start if rows is not None else 0
+    pos = torch.zeros(n, m, dtype=torch.bool, device=device)
+    diag = torch.arange(n, device=device)
+    pos[diag, diag + offset] = True
+    return pos

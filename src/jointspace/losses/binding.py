@@ -1,0 +1,74 @@
+"""N-modality binding: a weighted sum of one pairwise loss over pairs of modalities, gathered once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import combinations
+
+import torch
+from torch import nn
+
+from jointspace.engine.distributed import gather_with_grad
+from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.registry import build_pair_loss
+
+
+def binding_pairs(modalities: list[str], anchor: str | None = None,
+                  pairs: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """Pairs to align: explicit ones, else anchor<->each other (ImageBind), else all pairs."""
+    if pairs:
+        bad = [m for p in pairs for m in p if m not in modalities]
+        if bad:
+            raise ValueError(f"loss.pairs: {bad} not among modalities {modalities}")
+        return [tuple(p) for p in pairs]
+    if anchor is not None:
+        if anchor not in modalities:
+            raise ValueError(f"loss.anchor: {anchor!r} not among modalities {modalities}")
+        return [(anchor, m) for m in modalities if m != anchor]
+    return list(combinations(modalities, 2))
+
+
+class BindingLoss(nn.Module):
+    """Weighted sum of a pairwise loss over N modalities (ImageBind-style with an anchor).
+
+    `loss`: a registered loss name (built with its default params and `local_loss`) or a built `PairLoss`.
+    Under data parallelism (`world_size` > 1) embeddings are all-gathered with gradient once, and each
+    pair loss gets this rank's rows and the gathered pair in its context; where it is computed (locally or
+    over the whole gathered batch) is the pair loss's `local_loss` flag. Either way `positives` is the
+    global [N, N] mask (built from gathered labels), so positives across ranks count.
+    """
+
+    def __init__(self, pairs: list[tuple[str, str]], loss: str | PairLoss = "infonce",
+                 weights: dict[str, float] | None = None, rank: int = 0, world_size: int = 1,
+                 local_loss: bool = False):
+        super().__init__()
+        self.pairs = pairs
+        self.pair_loss = loss if isinstance(loss, PairLoss) else build_pair_loss(loss, local_loss=local_loss)
+        weights = weights or {}
+        # a weight may name the pair "a-b" or the non-anchor modality b
+        self.weights = {p: float(weights.get(f"{p[0]}-{p[1]}", weights.get(p[1], 1.0))) for p in pairs}
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def uses_scale(self) -> bool:
+        return self.pair_loss.uses_scale
+
+    @property
+    def uses_bias(self) -> bool:
+        return self.pair_loss.uses_bias
+
+    def forward(self, emb: dict[str, torch.Tensor], positives: torch.Tensor | None,
+                ctx: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows, gathered = None, emb
+        if self.world_size > 1:
+            gathered = {m: gather_with_grad(e) for m, e in emb.items()}
+            n = next(iter(emb.values())).shape[0]
+            rows = slice(self.rank * n, (self.rank + 1) * n)
+        parts: dict[str, torch.Tensor] = {}
+        total = emb[self.pairs[0][0]].new_zeros(())
+        for a, b in self.pairs:
+            pair_ctx = replace(ctx, rows=rows, a_all=gathered[a], b_all=gathered[b])
+            loss = self.pair_loss(emb[a], emb[b], positives, pair_ctx)
+            parts[f"{a}-{b}"] = loss.detach()
+            total = total + self.weights[(a, b)] * loss
+        return total, parts

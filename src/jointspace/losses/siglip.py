@@ -1,0 +1,42 @@
+"""SigLIP: the pairwise sigmoid loss (Zhai et al. 2023)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from jointspace.losses.base import LossContext, PairLoss
+
+
+def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                pos_mask: torch.Tensor | None = None, rows: slice | None = None,
+                b_all: torch.Tensor | None = None) -> torch.Tensor:
+    """Sigmoid loss (Zhai et al. 2023): -sum log sigmoid(z_ij * (t * a_i.b_j + bias)) / N.
+
+    Data parallel: a holds this rank's `rows`, b_all the gathered batch and `pos_mask` the global mask.
+    """
+    gallery = b if b_all is None else b_all
+    logits = logit_scale * a @ gallery.T + logit_bias
+    if pos_mask is None:
+        offset = rows.start if rows is not None else 0
+        pos = torch.zeros_like(logits, dtype=torch.bool)
+        diag = torch.arange(a.shape[0], device=logits.device)
+        pos[diag, diag + offset] = True
+    else:
+        pos = pos_mask[rows] if rows is not None else pos_mask
+    signs = pos.to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(signs * logits).sum() / a.shape[0]
+
+
+class SigLIP(PairLoss):
+    """Sigmoid loss at the model's logit scale and bias. A sum over pairs: under data parallelism each
+    rank scores its own anchors against the gathered batch (always local)."""
+
+    always_local = True
+    uses_bias = True
+
+    def full(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
+        return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives)
+
+    def local(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
+        return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives, ctx.rows, ctx.b_all)
