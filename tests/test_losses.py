@@ -149,3 +149,26 @@ def test_registry_names_and_params():
     with pytest.raises(ConfigError, match=r"loss\.params\.margin: Input should be greater than 0"):
         load_config(None, ["loss.name=triplet", "loss.params.margin=0"])
     assert load_config(None, ["loss.name=triplet", "loss.params.margin=0.3"]).loss.params == {"margin": 0.3}
+
+
+def test_pml_loss_across_towers_matches_pml_with_ref_emb():
+    from pytorch_metric_learning.losses import TripletMarginLoss
+
+    from jointspace.losses.pml import mask_labels
+
+    a, b = _emb(6, seed=9), _emb(6, seed=10)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    mask = positive_mask({"label": labels}, "label")
+    assert mask_labels(mask, 6, a.device).tolist() == [0, 1, 0, 3, 1, 0]
+    assert mask_labels(None, 3, a.device).tolist() == [0, 1, 2]
+    loss_fn = build_pair_loss("pml", {"loss": "TripletMarginLoss", "params": {"margin": 0.3}})
+    got = loss_fn(a, b, mask, LossContext(torch.tensor(1.0)))
+    ref = TripletMarginLoss(margin=0.3)
+    expect = 0.5 * (ref(a, labels, ref_emb=b, ref_labels=labels) + ref(b, labels, ref_emb=a, ref_labels=labels))
+    assert got.item() == pytest.approx(expect.item(), rel=1e-12) and got.item() > 0
+    with pytest.raises(ValueError, match="loss.params.loss: .*no class 'Nope'"):
+        build_pair_loss("pml", {"loss": "Nope"})
+    with pytest.raises(ValueError, match="loss.params: ArcFaceLoss"):  # needs its classes: the metric task's
+        build_pair_loss("pml", {"loss": "ArcFaceLoss"})
+    with pytest.raises(ConfigError, match=r"loss\.params\.loss: Field required"):
+        load_config(None, ["loss.name=pml"])

@@ -148,11 +148,13 @@ def test_mid_epoch_resume_is_exact(tiny_cfg, streaming):
     assert steps == [1, 2, 3, 4, 5, 6]  # the copy's log cut back to step 4, then the resumed steps: none twice
 
 
-def test_a_registered_loss_trains_by_name_and_freezes_what_it_does_not_read(tiny_cfg):
-    """loss.name picks any registered loss: the triplet loss reads no logit scale, so it stays as initialised."""
+@pytest.mark.parametrize("loss", [("loss.name=triplet", "loss.params.margin=0.3"),
+                                  ("loss.name=pml", "loss.params.loss=MultiSimilarityLoss")], ids=["triplet", "pml"])
+def test_a_registered_loss_trains_by_name_and_freezes_what_it_does_not_read(tiny_cfg, loss):
+    """loss.name picks any registered loss: these read no logit scale, so it stays as initialised."""
     import math
 
-    cfg = tiny_cfg("loss.name=triplet", "loss.params.margin=0.3", name="triplet", epochs=1)
+    cfg = tiny_cfg(*loss, name="other_loss", epochs=1)
     weights = _weights(train(cfg, show_progress=False))
     assert weights["logit_scale"].item() == pytest.approx(math.log(1 / cfg.model.init_temperature), rel=1e-6)
     rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ from jointspace.losses.binding import BindingLoss, binding_pairs
 from jointspace.losses.infonce import InfoNCE, clip_loss
 from jointspace.losses.masks import positive_mask
 from jointspace.losses.metric import build_metric_loss
+from jointspace.losses.pml import PMLLoss
 from jointspace.losses.registry import LOSSES, build_pair_loss, loss_class, loss_params, register
 from jointspace.losses.siglip import SigLIP, siglip_loss
 from jointspace.losses.triplet import TripletMargin
@@ -16,7 +17,8 @@ from jointspace.losses.triplet import TripletMargin
 register("infonce", InfoNCE)
 register("siglip", SigLIP)
 register("triplet", TripletMargin)
+register("pml", PMLLoss)
 
-__all__ = ["LOSSES", "BindingLoss", "InfoNCE", "LossContext", "LossParams", "PairLoss", "SigLIP", "TripletMargin",
-           "binding_pairs", "build_metric_loss", "build_pair_loss", "clip_loss", "loss_class", "loss_params",
-           "positive_mask", "register", "siglip_loss"]
+__all__ = ["LOSSES", "BindingLoss", "InfoNCE", "LossContext", "LossParams", "PMLLoss", "PairLoss", "SigLIP",
+           "TripletMargin", "binding_pairs", "build_metric_loss", "build_pair_loss", "clip_loss", "loss_class",
+           "loss_params", "positive_mask", "register", "siglip_loss"]
