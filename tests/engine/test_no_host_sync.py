@@ -46,8 +46,8 @@ def test_a_non_finite_loss_is_found_when_the_engine_reads_and_names_its_step(tin
     plain = BindingLoss.forward
     calls = {"n": 0}
 
-    def forward(self, emb, scale, mask, bias=None):
-        loss, parts = plain(self, emb, scale, mask, bias)
+    def forward(self, emb, positives, ctx):
+        loss, parts = plain(self, emb, positives, ctx)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] == 6 else loss), parts  # step 5 (validation is call 4)
 
