@@ -162,7 +162,7 @@ def save_weights(spec: dict, held: dict) -> None:
     else:
         from jointspace.config import save_config
         from jointspace.engine.checkpoint import save_tensors
-        from jointspace.runs import CONFIG, RUN_INFO, write_run_info
+        from jointspace.run_dir import CONFIG, RUN_INFO, write_run_info
 
         save_tensors(state, Path(spec["weights"]))
         folder = Path(spec["weights"]).parent

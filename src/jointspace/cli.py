@@ -227,7 +227,7 @@ def demo(
     """Generate the digits set, train a joint space, evaluate it and write the report."""
     from jointspace.config import load_config
     from jointspace.evaluate.runner import evaluate_run
-    from jointspace.runs import RUN_FOLDER
+    from jointspace.run_dir import RUN_FOLDER
     from jointspace.tasks.contrastive import train as run_train
     from jointspace.viz.report import metrics_table, write_report
 

@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 from jointspace.config import ConfigError, GridConfig, RunConfig, RunsFailed, apply_overrides, load_grid
-from jointspace.runs import CONFIG
+from jointspace.run_dir import RunDir
 from jointspace.tasks import TASKS, config_for
 from jointspace.tasks.common import read_done
 
@@ -82,7 +82,7 @@ def _is_current(cfg: RunConfig) -> bool:
     """A run is skipped when it finished (done marker) with the very same resolved config."""
     if read_done(cfg.run_dir) is None:
         return False
-    saved = yaml.safe_load((cfg.run_dir / CONFIG).read_text())
+    saved = yaml.safe_load(RunDir(cfg.run_dir).config.read_text())
     return saved == cfg.model_dump(mode="json")
 
 

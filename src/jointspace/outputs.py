@@ -50,6 +50,28 @@ def follow_umask(path: Path) -> None:
     path.chmod(0o666 & ~_umask())
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file atomically (tmp file + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    follow_umask(Path(tmp))
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 @contextlib.contextmanager
 def staging(out: Path, before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
     """A staging folder beside `out` (same disk; named for this process, so a killed writer's is removed

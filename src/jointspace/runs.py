@@ -1,10 +1,9 @@
-"""Run folder layout and loading a trained model back from it."""
+"""Loading a trained model back from its run folder (the folder itself: run_dir.RunDir)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -15,32 +14,8 @@ from jointspace.config import RunConfig, TowerConfig, load_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import Prep, get_kind, with_role
 from jointspace.model import JointModel, build_model, text_tokenizers
-from jointspace.outputs import OutputKind
+from jointspace.run_dir import CONFIG, RUN_FOLDER, WEIGHTS, RunDir, read_run_info
 from jointspace.towers.lora import merge_lora
-
-CONFIG = "config.yaml"
-RUN_INFO = "run.json"
-WEIGHTS = "model.safetensors"
-METRICS = "metrics.jsonl"
-EVAL = "eval.json"
-REPORT = "report.html"
-DONE = "done.json"
-# a run folder (any task's, a CILP or pipeline folder) holds its config and one of these from its first step on
-RUN_FOLDER = OutputKind("run folder", tuple((CONFIG, mark) for mark in (
-    RUN_INFO, METRICS, DONE, "checkpoints/latest.json", f"*/{CONFIG}", f"*/{METRICS}")))
-
-
-def write_run_info(run_dir: Path, info: dict) -> None:
-    """What is needed to rebuild the model without the data: modality kinds, channels, classes."""
-    (run_dir / RUN_INFO).write_text(json.dumps(info, indent=2))
-
-
-def read_run_info(run_dir: Path) -> dict:
-    """run.json of a run folder."""
-    path = Path(run_dir) / RUN_INFO
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a jointspace run (no {RUN_INFO}); train one with `jointspace train`")
-    return json.loads(path.read_text())
 
 
 def config_prep(cfg: RunConfig) -> Prep:
@@ -148,11 +123,11 @@ def resolve_init(cfg: RunConfig, kinds: dict[str, str]) -> tuple[RunConfig, dict
 
 def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[RunConfig, JointModel, dict]:
     """Config, model with its final (or given) weights, and run info of a finished run."""
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
-    cfg = load_config(run_dir / CONFIG)
+    run = RunDir(run_dir)
+    info = run.read_info()
+    cfg = load_config(run.config)
     model = build_from_info(cfg, info)
-    path = Path(weights) if weights else run_dir / WEIGHTS
+    path = Path(weights) if weights else run.weights
     if not path.exists():
         raise FileNotFoundError(f"{path}: no weights; has the run finished?")
     model.load_state_dict(load_file(str(path)))

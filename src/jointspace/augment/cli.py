@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from jointspace.cli_errors import friendly
+from jointspace.run_dir import RunDir
 
 augment_app = typer.Typer(no_args_is_help=True, help="Diffusion models for augmentation: train, sample, fix a run.")
 console = Console()
@@ -78,7 +79,7 @@ def augment_sample(
     init = real_images(data, class_ or []) if data is not None else None
     sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt or ["a photo of {}"],
                            negative_prompt=negative_prompt, init_images=init, strength=strength or 0.6)
-    ids = class_ids(sampler, class_ if (Path(model) / "run.json").exists() else None)
+    ids = class_ids(sampler, class_ if RunDir(model).has_info() else None)
     gs = [float(x) for x in grid_guidance.split(",") if x.strip()]
     ss = [int(x) for x in grid_steps.split(",") if x.strip()]
     images = {}
@@ -119,7 +120,7 @@ def augment_explore(
 
     sampler = load_sampler(model, device, class_names=class_, prompt_template=prompt or ["a photo of {}"],
                            negative_prompt=negative_prompt)
-    rows = explore(sampler, joint, out, class_ if (Path(model) / "run.json").exists() else None,
+    rows = explore(sampler, joint, out, class_ if RunDir(model).has_info() else None,
                    [float(x) for x in guidance.split(",") if x.strip()], [int(x) for x in steps.split(",") if x.strip()],
                    [x.strip() for x in scheduler.split(",") if x.strip()], seed, n)
     best = max(rows, key=lambda r: (r["R@1"], r["cosine"]))
@@ -140,10 +141,11 @@ def augment_fix(
 ) -> None:
     """Find the run's worst classes, generate images of them, retrain with them mixed in, compare before/after."""
     from jointspace.augment.config import load_augment_config
-    from jointspace.augment.fix import FIX_MD, run_fix
+    from jointspace.augment.fix import FIX_JSON, FIX_MD, run_fix
+    from jointspace.augment.report import FIX_HTML
 
     cfg = load_augment_config(config, set_ or [])
     result = run_fix(run, cfg, diffusion, out, overwrite, log=console.print)
     folder = Path(result["out"])
     console.print((folder / FIX_MD).read_text(), soft_wrap=True, markup=False, highlight=False)
-    console.print(f"written: {folder}/fix.md, fix.json, report.html")
+    console.print(f"written: {folder}/{FIX_MD}, {FIX_JSON}, {FIX_HTML}")

@@ -32,7 +32,8 @@ from jointspace.data.shards import ReadStats, iter_samples, read_info, split_url
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.evaluate.embed import embed_split
 from jointspace.kinds import get_kind, with_role
-from jointspace.runs import CONFIG, RUN_INFO, WEIGHTS, load_run, load_run_split, read_run_info
+from jointspace.run_dir import RunDir, read_run_info
+from jointspace.runs import load_run, load_run_split
 from jointspace.tasks.classify import build_classifier, predict, train_classifier
 from jointspace.tasks.common import read_done
 from jointspace.tasks.contrastive import train
@@ -45,10 +46,10 @@ def run_task(run_dir: Path) -> str:
     """'classify' or 'contrastive' (a finished run of either); anything else fails saying what is needed."""
     info = read_run_info(run_dir)
     task = info.get("task") or "contrastive"
-    if task not in ("classify", "contrastive") or not (run_dir / WEIGHTS).exists():
+    if task not in ("classify", "contrastive") or not RunDir(run_dir).weights.exists():
         raise ValueError(f"{run_dir}: augment fix needs a finished classifier run or "
                          f"contrastive run (`jointspace train`, task: classify or contrastive); this one is {task}"
-                         + ("" if (run_dir / WEIGHTS).exists() else f" without {WEIGHTS}"))
+                         + ("" if RunDir(run_dir).weights.exists() else f" without {RunDir(run_dir).weights.name}"))
     return task
 
 
@@ -68,11 +69,11 @@ def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
 
 def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
     """(predicted class, true class, class names, what was measured) for every sample of a split."""
-    cfg = load_config(run_dir / CONFIG)
+    cfg = load_config(RunDir(run_dir).config)
     data = load_run_split(cfg, read_run_info(run_dir), cfg.data.path, split)  # prepared as the run was
     if run_task(run_dir) == "classify":
         model = build_classifier(cfg, data)
-        model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
+        model.load_state_dict(load_file(str(RunDir(run_dir).weights)))
         return predict(model, data, torch.device("cpu")).argmax(1), data.labels, data.class_names, "prediction"
 
     _, model, info = load_run(run_dir)
@@ -84,7 +85,7 @@ def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, 
 
 def analyse_run(run_dir: Path) -> dict:
     """Per-class recall, support and the most confused (true, predicted) pairs of a run on its val split."""
-    return analyse_split(run_dir, _val_split(load_config(run_dir / CONFIG)))
+    return analyse_split(run_dir, _val_split(load_config(RunDir(run_dir).config)))
 
 
 def pick_targets(analysis: dict, worst: int, classes: list[str]) -> list[str]:
@@ -155,7 +156,7 @@ def retrain_config(cfg: RunConfig, name: str, out: Path, extra: Path, weight: fl
 
 def _run_metrics(run_dir: Path, split: str, targets: list[str]) -> dict:
     """Accuracy, macro recall and the targets' recall on `split` (the classifier's report, or retrieval)."""
-    report = run_dir / f"classification_{split}.json"
+    report = RunDir(run_dir).classification(split)
     if run_task(run_dir) == "classify" and report.exists():
         rep = json.loads(report.read_text())
         per = rep["per_class"]
@@ -197,7 +198,7 @@ def _sampler_for(model_dir: Path, aug: AugmentConfig, cfg: RunConfig, run_dir: P
     """The sampler of `model_dir`; a text-to-image pipeline gets each target's prompts (its name and its
     most confused captions), the negative prompt and, with fix.strength, its real images as starts."""
     f, names = aug.fix, read_info(cfg.data.path)["class_names"]
-    if (model_dir / RUN_INFO).exists():  # an `augment train` run: the class-conditional UNet, no prompts
+    if RunDir(model_dir).has_info():  # an `augment train` run: the class-conditional UNet, no prompts
         return load_sampler(model_dir, aug.train.device, class_names=names), {}
     init = None
     if f.strength:
@@ -245,7 +246,7 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
     if (out / FIX_JSON).exists() and not overwrite:
         raise FileExistsError(f"{out} holds a finished fix: pass --overwrite to redo it")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(run_dir / CONFIG)
+    cfg = load_config(RunDir(run_dir).config)
     if cfg.data.label_map:
         raise ValueError(f"{run_dir}: data.label_map runs are not supported by augment fix yet")
     stored = read_info(cfg.data.path)["modalities"]

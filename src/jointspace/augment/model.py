@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,7 +9,7 @@ import torch
 from jointspace.augment.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import get_kind
-from jointspace.runs import CONFIG, RUN_INFO, WEIGHTS
+from jointspace.run_dir import RUN_INFO, RunDir
 
 # scheduler name -> diffusers class; every one takes any trained DDPM-style schedule config
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
@@ -74,16 +73,15 @@ def load_diffusion(run_dir: str | Path) -> tuple[AugmentConfig, torch.nn.Module,
     """Config, trained UNet (eval mode) and run info of a finished `augment train` run."""
     from safetensors.torch import load_file
 
-    run_dir = Path(run_dir)
-    info_path = run_dir / RUN_INFO
-    if not info_path.exists():
+    run = RunDir(run_dir)
+    if not run.has_info():
         raise FileNotFoundError(f"{run_dir}: not an augment run (no {RUN_INFO}); train one with `jointspace augment train`")
-    info = json.loads(info_path.read_text())
+    info = run.read_info()
     if info.get("task") != "diffusion":
         raise ValueError(f"{run_dir}: a {info.get('task')!r} run, not a diffusion model")
-    weights = run_dir / WEIGHTS
+    weights = run.weights
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no weights; has `augment train` finished?")
     unet = build_unet(info["unet"])
     unet.load_state_dict(load_file(str(weights)))
-    return load_augment_config(run_dir / CONFIG), unet.eval(), info
+    return load_augment_config(run.config), unet.eval(), info

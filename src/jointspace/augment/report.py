@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jointspace.run_dir import RunDir
+
+FIX_HTML = "report.html"  # a fix folder's own report (not a run folder's)
 ROW_NAMES = {"before": "before", "oversampled": "+ real images of the targets, upsampled (control)",
              "generated": "+ generated images (fix)"}
 
@@ -81,11 +84,11 @@ def write_fix_report(out: Path, result: dict, grid: Path) -> Path:
                         [[d["true"], d["predicted"], str(d["count"])] for d in a["most_confused"]], "confused"),
             "<h2>Generated images</h2>", _img(grid, "first generated images of each targeted class")]
     for key, m in result["runs"].items():
-        png = Path(m["run"]) / "plots" / f"confusion_{result['split']}.png"
+        png = RunDir(m["run"]).plots / f"confusion_{result['split']}.png"
         if png.exists():
             body.append(_img(png, f"{ROW_NAMES.get(key, key)}: confusion on {result['split']}"))
     doc = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>augment fix</title>'
            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    path = out / "report.html"
+    path = out / FIX_HTML
     path.write_text(doc, encoding="utf-8")
     return path

@@ -13,7 +13,8 @@ import torch
 
 from jointspace.augment.model import load_diffusion, make_scheduler
 from jointspace.outputs import OutputKind, json_with
-from jointspace.runs import RUN_INFO, resolve_device
+from jointspace.run_dir import RUN_INFO, RunDir
+from jointspace.runs import resolve_device
 
 GRID_STREAM = 2**31 - 1  # the noise stream of grid panels (not a class id)
 
@@ -178,13 +179,13 @@ def load_sampler(path: str | Path, device: str = "auto", class_names: Sequence[s
                  strength: float = 0.6) -> ClassSampler | PipelineSampler:
     """An `augment train` run folder, a local diffusers pipeline folder (model_index.json) or a hub id."""
     local = Path(path)
-    if (local / RUN_INFO).exists():
+    if RunDir(local).has_info():
         if init_images is not None or negative_prompt:
             raise ValueError(f"{path}: prompts and image-to-image need a text-to-image pipeline, not a class UNet")
         return ClassSampler.from_run(local, device)
     if (local / "model_index.json").exists() or (not local.exists() and "/" in str(path)):
         return PipelineSampler(path, class_names, device, prompt_template, negative_prompt, init_images, strength)
-    raise FileNotFoundError(f"{path}: neither an augment run (run.json), a diffusers pipeline folder "
+    raise FileNotFoundError(f"{path}: neither an augment run ({RUN_INFO}), a diffusers pipeline folder "
                             "(model_index.json) nor a hub id (org/name)")
 
 

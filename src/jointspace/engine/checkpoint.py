@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,33 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from jointspace.outputs import follow_umask, make_temp_dir
+from jointspace.outputs import atomic_write_text, follow_umask, fsync_dir, make_temp_dir
 
 LATEST = "latest.json"
 # crash tests only: seconds to wait between writing a checkpoint and moving it into place (it widens
 # the window a kill can land in; the write itself is the same)
 SLOW_WRITE_ENV = "JOINTSPACE_TEST_SLOW_CHECKPOINT_S"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (tmp file + fsync + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    follow_umask(Path(tmp))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_file(path: Path) -> None:
@@ -142,7 +120,7 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,6 +33,7 @@ from jointspace.engine.distributed import DistInfo, barrier
 from jointspace.engine.objective import Health, Objective, StepContext
 from jointspace.engine.precision import amp_dtype, autocast
 from jointspace.engine.tracking import Tracker
+from jointspace.run_dir import RunDir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -115,7 +116,7 @@ class Engine:
         if plan.steps_per_epoch <= 0:
             raise ValueError("train.batch_size exceeds the training samples of one epoch")
         self.obj, self.optimizer, self.scheduler, self.plan = obj, optimizer, scheduler, plan
-        self.ckpt_dir, self.tracker, self.device = Path(run_dir) / "checkpoints", tracker, device
+        self.ckpt_dir, self.tracker, self.device = RunDir(run_dir).checkpoints, tracker, device
         self.dist = dist or DistInfo()
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, plan.amp) == torch.float16)
         self.epoch, self.step, self.skip = 0, 0, 0

@@ -6,13 +6,15 @@ import json
 import os
 from pathlib import Path
 
+from jointspace.run_dir import RunDir
+
 
 class Tracker:
-    """Writes each record to metrics.jsonl and to the chosen tracker."""
+    """Writes each record to the run's metrics.jsonl and to the chosen tracker."""
 
     def __init__(self, run_dir: Path, kind: str = "tensorboard", config: dict | None = None, name: str = "run",
                  enabled: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = RunDir(run_dir).metrics
         self.enabled = enabled  # False on every data-parallel rank but the first
         kind = kind if enabled else "none"
         self.kind = kind

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from jointspace.evaluate.classify import confusion_matrix, topk_accuracy
+from jointspace.run_dir import RunDir
 
 
 def classification_summary(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
@@ -35,14 +36,14 @@ def classification_summary(logits: torch.Tensor, labels: torch.Tensor, class_nam
               "confusion_matrix": cm.tolist(), "class_names": names, "per_class": report}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"classification_{split}.json").write_text(json.dumps(result, indent=2))
-    (out_dir / f"classification_{split}.txt").write_text(
+    RunDir(out_dir).classification(split).write_text(json.dumps(result, indent=2))
+    RunDir(out_dir).classification(split, ".txt").write_text(
         f"top-1 accuracy {result['top1']:.4f} on {len(labels)} {split} samples\n\n"
         + classification_report(y_true, y_pred, **report_kw) + "\nconfusion matrix (rows = true):\n"
         + "\n".join(" ".join(f"{v:5d}" for v in row) for row in np.asarray(cm)) + "\n")
     if plot:
         from jointspace.viz.plots import plot_confusion
 
-        plot_confusion(cm, names, out_dir / "plots" / f"confusion_{split}.png",
+        plot_confusion(cm, names, RunDir(out_dir).plots / f"confusion_{split}.png",
                        title=f"{split}: top-1 {result['top1']:.3f}")
     return result

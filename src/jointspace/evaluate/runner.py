@@ -15,7 +15,8 @@ from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_
 from jointspace.evaluate.retrieval import retrieval_report
 from jointspace.kinds import get_kind, with_role
 from jointspace.model import text_tokenizers
-from jointspace.runs import EVAL, load_run, load_run_split, resolve_device
+from jointspace.run_dir import RunDir
+from jointspace.runs import load_run, load_run_split, resolve_device
 
 PREVIEW_LIMIT = 2000  # samples whose raw inputs are kept in the embeddings file for galleries
 
@@ -71,7 +72,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
         train = load_run_split(cfg, info, root, "train")
         train_emb = embed_split(model, train, device=dev)
         result["linear_probe"] = {m: linear_probe(train_emb[m], train.labels, emb[m], data.labels) for m in emb}
-    (run_dir / "eval").mkdir(exist_ok=True)
-    _save_embeddings(run_dir / "eval" / f"embeddings_{split}.npz", emb, data)
-    (run_dir / EVAL).write_text(json.dumps(result, indent=2))
+    run = RunDir(run_dir)
+    run.embeddings(split).parent.mkdir(exist_ok=True)
+    _save_embeddings(run.embeddings(split), emb, data)
+    run.write_eval(result)
     return result

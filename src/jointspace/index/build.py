@@ -18,6 +18,7 @@ from jointspace.index.folder import INDEX_FOLDER
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore
 from jointspace.kinds import get_kind, preview_modality, with_role
+from jointspace.run_dir import RunDir
 
 PREVIEW_MIN, PREVIEW_MAX = 64, 128
 CHUNK_ROWS = 65_536  # vectors embedded before they go to the index
@@ -160,7 +161,7 @@ def open_for_run(index_dir: str | Path, run_dir: str | Path | None = None,
     """Open an index and the model that built it (or `run_dir`), refusing a different model."""
     store = IndexStore.open(index_dir, recover=True)
     run = Path(run_dir or store.meta.get("run_dir") or "")
-    if not str(run) or not (run / "model.safetensors").exists():
+    if not str(run) or not RunDir(run).weights.exists():
         raise FileNotFoundError(f"{index_dir}: built by run {store.meta.get('run_dir')!r}, which is not there; "
                                 "pass --run with that run (or a copy of it)")
     enc = Encoder.from_run(run, device)

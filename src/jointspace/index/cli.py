@@ -44,7 +44,7 @@ def index_build(
     Settings not given as flags come from the `index:` section of the run's config."""
     from jointspace.config import load_config
     from jointspace.index.build import build_index
-    from jointspace.runs import CONFIG
+    from jointspace.run_dir import CONFIG
     from jointspace.tasks import require_verb
 
     require_verb(run, "index")

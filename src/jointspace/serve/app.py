@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from jointspace.index.query import Encoder, QueryError, parse_vector
 from jointspace.index.store import META_FILE, IndexStore, IndexStoreError
+from jointspace.run_dir import WEIGHTS, RunDir
 from jointspace.serve.launch import check_settings
 from jointspace.serve.middleware import UNAUTHORIZED, DocsGuard, StatusCounter
 from jointspace.serve.parsing import BadRequest, Query, SearchRequest, parse_search
@@ -160,13 +161,13 @@ def _open_model(live: LiveStore, run_dir: str | Path | None, load_model: bool,
     run = Path(run_dir) if run_dir else Path(store.meta.get("run_dir") or "")
     if not load_model:
         return None, "started without a model: only vector queries work"
-    if str(run) and (run / "model.safetensors").exists():
+    if str(run) and RunDir(run).weights.exists():
         encoder = Encoder.from_run(run, device)
         store.check_model(encoder.fingerprint, run)
         live.check_model = (encoder.fingerprint, run)
         return encoder, None
     if run_dir is not None:
-        raise FileNotFoundError(f"{run_dir}: no model.safetensors; is it a finished jointspace run?")
+        raise FileNotFoundError(f"{run_dir}: no {WEIGHTS}; is it a finished jointspace run?")
     return None, f"run {store.meta.get('run_dir')!r} not found: only vector queries work"
 
 

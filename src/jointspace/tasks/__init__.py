@@ -6,14 +6,13 @@ below."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from jointspace.augment.config import AugmentConfig
 from jointspace.config import ConfigError, RunConfig, apply_overrides, read_yaml, validate_config
-from jointspace.runs import RUN_INFO
+from jointspace.run_dir import EVAL, EVAL_DIR, RUN_INFO, RunDir
 from jointspace.tasks import cilp, classify, contrastive, diffusion, metric, pipeline
 from jointspace.tasks.common import read_done
 
@@ -42,16 +41,17 @@ SUMMARY_KEYS = ("test_accuracy", "precision_at_1", "mean_average_precision_at_r"
 
 
 def _classify_summary(run_dir: Path) -> str:
-    split = json.loads((run_dir / "eval.json").read_text()).get("split", "test")
-    return (run_dir / f"classification_{split}.txt").read_text() + "\n" + _done_line(run_dir)
+    run = RunDir(run_dir)
+    split = run.read_eval().get("split", "test")
+    return run.classification(split, ".txt").read_text() + "\n" + _done_line(run_dir)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("contrastive", contrastive.train, ("eval", "embed", "report", "index", "export"), "", lambda d: f"done: {d}",
          contrastive.summarise, ("loss", "R@1", "*->*/R@1")),
-    Task("classify", classify.train_classifier, (), "eval.json and classification_<split>.txt (written when it "
-         "trained)", _classify_summary, val_metrics=("loss", "accuracy")),
-    Task("metric", metric.train_metric, ("report",), "eval.json and eval/embeddings_<split>.npz", _done_line,
+    Task("classify", classify.train_classifier, (), f"{EVAL} and classification_<split>.txt (written "
+         "when it trained)", _classify_summary, val_metrics=("loss", "accuracy")),
+    Task("metric", metric.train_metric, ("report",), f"{EVAL} and {EVAL_DIR}/embeddings_<split>.npz", _done_line,
          val_metrics=("loss",)),
     Task("cilp", cilp.train_cilp, (), "cilp.md and cilp.json; its contrastive stage is the run RUN/pretrain",
          lambda d: cilp.cilp_table([read_done(d)])),
@@ -101,10 +101,10 @@ def load_task_config(path: str | Path, overrides: list[str] | None = None):
 
 def run_task(run_dir: str | Path) -> str:
     """The task a run folder was trained for (runs from before tasks were recorded: contrastive)."""
-    run_dir = Path(run_dir)
-    if (run_dir / RUN_INFO).exists():
-        return json.loads((run_dir / RUN_INFO).read_text()).get("task", "contrastive")
-    if (run_dir / "cilp.json").exists() or (run_dir / cilp.PRETRAIN).is_dir():
+    run = RunDir(run_dir)
+    if run.has_info():
+        return run.read_info().get("task", "contrastive")
+    if (run / cilp.CILP_JSON).exists() or (run / cilp.PRETRAIN).is_dir():
         return "cilp"
     raise FileNotFoundError(f"{run_dir}: not a jointspace run (no {RUN_INFO}); train one with `jointspace train`")
 
@@ -113,7 +113,7 @@ def require_verb(run_dir: str | Path, verb: str) -> None:
     """Raise a ValueError naming the task when its runs do not support `verb`."""
     name = run_task(run_dir)
     if name not in TASKS:
-        raise ValueError(f"{run_dir}: run.json names task {name!r}, which this version does not know")
+        raise ValueError(f"{run_dir}: {RUN_INFO} names task {name!r}, which this version does not know")
     task = TASKS[name]
     if verb not in task.verbs:
         able = ", ".join(t.name for t in TASKS.values() if verb in t.verbs)

@@ -34,12 +34,14 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.engine.tracking import Tracker
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.evaluate.embed import embed_split
-from jointspace.runs import CONFIG, WEIGHTS, load_run, prepare_run_dir, resolve_device
+from jointspace.run_dir import RunDir
+from jointspace.runs import load_run, prepare_run_dir, resolve_device
 from jointspace.tasks.common import load_splits, n_classes_of, plan_of, read_done, write_done
 from jointspace.tasks.contrastive import train
 from jointspace.tasks.lifecycle import keeping_old_run
 
 PRETRAIN, PROJECTOR, CLASSIFIER = "pretrain", "projector", "classifier"
+CILP_JSON = "cilp.json"  # the CILP folder's results (its table and details)
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -64,7 +66,7 @@ class HeadObjective(Objective):
 
 def epoch_means(stage_dir: Path, steps_per_epoch: int) -> list[float]:
     """Mean training loss of each epoch, from a stage's metrics.jsonl (every step is logged)."""
-    rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = RunDir(stage_dir).read_metrics()
     by_epoch: dict[int, list[float]] = {}
     for r in rows:
         by_epoch.setdefault((r["step"] - 1) // steps_per_epoch, []).append(r["loss"])
@@ -77,9 +79,9 @@ def fit_head(stage_dir: Path, module: nn.Module, x: torch.Tensor, y: torch.Tenso
     retrained); returns the mean loss of each epoch."""
     torch.manual_seed(seed)
     if read_done(stage_dir) is not None:
-        module.load_state_dict(load_file(str(stage_dir / WEIGHTS)))
+        module.load_state_dict(load_file(str(RunDir(stage_dir).weights)))
         return read_done(stage_dir)["history"]
-    resume = resume and latest_checkpoint(stage_dir / "checkpoints") is not None
+    resume = resume and latest_checkpoint(RunDir(stage_dir).checkpoints) is not None
     if not resume:  # a stage folder of this CILP folder's own, not finished: started afresh
         shutil.rmtree(stage_dir, ignore_errors=True)
     prepare_run_dir(stage_dir, resume=resume, overwrite=True)
@@ -92,14 +94,13 @@ def fit_head(stage_dir: Path, module: nn.Module, x: torch.Tensor, y: torch.Tenso
         show_progress)
     module.eval()
     history = epoch_means(stage_dir, plan.steps_per_epoch)
-    save_tensors(module.state_dict(), stage_dir / WEIGHTS)
+    save_tensors(module.state_dict(), RunDir(stage_dir).weights)
     write_done(stage_dir, {"history": history})
     return history
 
 
 def _last_val_loss(run_dir: Path) -> float | None:
-    vals = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    vals = [r for r in vals if r.get("split") == "val"]
+    vals = [r for r in RunDir(run_dir).read_metrics() if r.get("split") == "val"]
     return float(vals[-1]["loss"]) if vals else None
 
 
@@ -114,9 +115,9 @@ def _pretrain(cfg: RunConfig, resume: bool, show_progress: bool) -> Path:
     """Stage 1 (kept when finished, resumed when asked and a checkpoint exists)."""
     pre_cfg = pretrain_config(cfg)
     pre_dir = pre_cfg.run_dir
-    if (pre_dir / WEIGHTS).exists():
+    if RunDir(pre_dir).weights.exists():
         return pre_dir
-    go_on = resume and latest_checkpoint(pre_dir / "checkpoints") is not None
+    go_on = resume and latest_checkpoint(RunDir(pre_dir).checkpoints) is not None
     return train(pre_cfg, resume=go_on, overwrite=not go_on, show_progress=show_progress)
 
 
@@ -140,7 +141,7 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
     """Run the three CILP stages (each resumable); returns (and writes to cilp.json) the table and details."""
     src, tgt, root = cfg.cilp.source, cfg.cilp.target, cfg.run_dir
     prepare_run_dir(root, resume, overwrite)
-    save_config(cfg, root / CONFIG)  # what `jointspace compare` compares a finished grid run against
+    save_config(cfg, RunDir(root).config)  # what `jointspace compare` compares a finished grid run against
     pre_dir = _pretrain(cfg, resume, show_progress)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)
@@ -169,7 +170,7 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
               f"classifier_accuracy_on_{tgt}": on_target["top1"], "classifier_accuracy_val": val_acc,
               "projector_loss_history": proj_hist, "classifier_loss_history": cls_hist,
               "pretrain_run": str(pre_dir)}
-    (root / "cilp.json").write_text(json.dumps(result, indent=2))
+    (root / CILP_JSON).write_text(json.dumps(result, indent=2))
     (root / "cilp.md").write_text(cilp_table([table]) + "\n")
     write_done(root, {"task": "cilp", "name": cfg.name, **table, "test_accuracy": table["classifier_accuracy"],
                       "epochs": cfg.train.epochs})

@@ -4,7 +4,6 @@ matrix and per-class report."""
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.fusion import FusionClassifier, build_fusion
 from jointspace.model import count_parameters
-from jointspace.runs import WEIGHTS, resolve_device, write_run_info
+from jointspace.run_dir import RunDir, write_run_info
+from jointspace.runs import resolve_device
 from jointspace.tasks.common import (
     PeakMemory,
     epochs_to_fraction,
@@ -122,7 +122,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
           f"{n_params:,} parameters, device {device}")
     with PeakMemory(device) as memory:
         result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
-    save_tensors(model.state_dict(), run_dir / WEIGHTS)
+    save_tensors(model.state_dict(), RunDir(run_dir).weights)
     test = classification_summary(predict(model, test_data, device, amp=cfg.train.amp), test_data.labels,
                                   test_data.class_names, run_dir, cfg.eval.split, ks=(1, 2, 3, 5))
     summary = {"task": "classify", "name": cfg.name, "seed": cfg.seed, "fusion": cfg.fusion.kind,
@@ -132,6 +132,6 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
                "epochs": cfg.train.epochs, "epochs_to_95": epochs_to_fraction(run_dir),
                "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run, 1e-9), 3), **memory.result(),
                "wall_seconds": round(time.time() - t_start, 1)}
-    (run_dir / "eval.json").write_text(json.dumps({"split": cfg.eval.split, **test}, indent=2))
+    RunDir(run_dir).write_eval({"split": cfg.eval.split, **test})
     write_done(run_dir, summary)
     return run_dir

@@ -4,7 +4,6 @@ that `jointspace compare` uses to skip finished runs."""
 
 from __future__ import annotations
 
-import json
 import resource
 from pathlib import Path
 
@@ -17,19 +16,11 @@ from jointspace.data.shards import INFO_FILE, DataError, read_info
 from jointspace.data.source import Source, source_of
 from jointspace.data.sources import load_sources
 from jointspace.engine import Plan, seed_everything
-from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.model import text_tokenizers
-from jointspace.runs import (
-    CONFIG,
-    DONE,
-    RUN_INFO,
-    prepare_run_dir,
-    read_run_info,
-    resolve_init,
-    run_prep,
-)
+from jointspace.run_dir import RunDir
+from jointspace.runs import prepare_run_dir, resolve_init, run_prep
 
 
 def ensure_dataset(cfg: RunConfig) -> Source:
@@ -97,7 +88,7 @@ def start_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> 
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if not resume:
-        save_config(cfg, run_dir / CONFIG)
+        save_config(cfg, RunDir(run_dir).config)
     seed_everything(cfg.seed)
     return run_dir
 
@@ -118,7 +109,8 @@ def tracker_of(cfg: RunConfig, run_dir: Path, enabled: bool = True) -> Tracker:
 
 def resumed_prep(cfg: RunConfig, resume: bool) -> Prep | None:
     """A resumed run's recorded Prep (None for a fresh run): its normalisation cannot change mid-run."""
-    return run_prep(cfg, read_run_info(cfg.run_dir)) if resume and (cfg.run_dir / RUN_INFO).exists() else None
+    run = RunDir(cfg.run_dir)
+    return run_prep(cfg, run.read_info()) if resume and run.has_info() else None
 
 
 def load_splits(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData, SplitData | None, SplitData]:
@@ -199,8 +191,7 @@ class PeakMemory:
 
 def epochs_to_fraction(run_dir: Path, key: str = "accuracy", fraction: float = 0.95) -> int | None:
     """The first epoch whose validation `key` reached `fraction` of the run's best (None: never logged)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = RunDir(run_dir).read_metrics()
     curve = [(r["epoch"], r[key]) for r in rows if r.get("split") == "val" and key in r]
     if not curve:
         return None
@@ -210,10 +201,9 @@ def epochs_to_fraction(run_dir: Path, key: str = "accuracy", fraction: float = 0
 
 def write_done(run_dir: Path, summary: dict) -> None:
     """Write the run's summary as its done marker (atomically: present only when the run finished)."""
-    atomic_write_text(Path(run_dir) / DONE, json.dumps(summary, indent=2))
+    RunDir(run_dir).write_done(summary)
 
 
 def read_done(run_dir: Path) -> dict | None:
     """The summary of a finished run, or None when it has not finished."""
-    path = Path(run_dir) / DONE
-    return json.loads(path.read_text()) if path.exists() else None
+    return RunDir(run_dir).read_done()

@@ -5,7 +5,6 @@ torchrun, with accumulation that keeps every negative of the accumulated batch (
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,16 +24,8 @@ from jointspace.evaluate.runner import evaluate_run
 from jointspace.kinds import Prep, with_role
 from jointspace.losses import BindingLoss, LossContext, binding_pairs, build_pair_loss, positive_mask
 from jointspace.model import JointModel, count_parameters
-from jointspace.runs import (
-    CONFIG,
-    METRICS,
-    WEIGHTS,
-    build_from_info,
-    load_run,
-    read_run_info,
-    resolve_device,
-    write_run_info,
-)
+from jointspace.run_dir import RunDir, read_run_info, write_run_info
+from jointspace.runs import build_from_info, load_run, resolve_device
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches, one_ahead, to_device
 from jointspace.tasks.common import (
     ensure_dataset,
@@ -213,12 +204,11 @@ def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.de
 def summarise(run_dir: Path) -> dict:
     """Evaluate a finished run and write its done.json for `jointspace compare`: test_accuracy is the
     mean class-level R@1 over the evaluated pairs."""
-    ev = evaluate_run(run_dir)
+    ev, run = evaluate_run(run_dir), RunDir(run_dir)
     r1 = [m["R@1"] for m in ev["retrieval"].values()]
-    rows = [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines() if x.strip()]
-    vals = [r["loss"] for r in rows if r.get("split") == "val"]
-    train_info = json.loads((run_dir / "train_summary.json").read_text())
-    cfg = load_config(run_dir / CONFIG)
+    vals = [r["loss"] for r in run.read_metrics() if r.get("split") == "val"]
+    train_info = run.read_train_summary()
+    cfg = load_config(run.config)
     summary = {"task": "contrastive", "name": cfg.name, "seed": cfg.seed, "test_accuracy": float(np.mean(r1)),
                "headline": "mean R@1", "val_loss": vals[-1] if vals else None,
                "n_params": count_parameters(load_run(run_dir)[1]), "epochs": cfg.train.epochs,
@@ -279,11 +269,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
             "reasons": next(iter(batches.skipped.values()))["reasons"]}
         write_run_info(run_dir, run_info)
     if main:
-        save_tensors(model.state_dict(), run_dir / (WEIGHTS + ".tmp"))
-        (run_dir / (WEIGHTS + ".tmp")).replace(run_dir / WEIGHTS)
-        (run_dir / "train_summary.json").write_text(json.dumps(
+        run = RunDir(run_dir)
+        tmp = run.weights.with_name(run.weights.name + ".tmp")
+        save_tensors(model.state_dict(), tmp)
+        tmp.replace(run.weights)
+        run.write_train_summary(
             {"steps": result.step, "seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
              "world_size": dist_info.world_size,
-             "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1)}))
+             "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1)})
     cleanup(dist_info)
     return run_dir

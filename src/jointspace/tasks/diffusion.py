@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from jointspace.engine import Objective, Plan, StepContext, fit
 from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
-from jointspace.runs import CONFIG, WEIGHTS, prepare_run_dir, resolve_device, write_run_info
+from jointspace.run_dir import RunDir, write_run_info
+from jointspace.runs import prepare_run_dir, resolve_device
 from jointspace.tasks.common import write_done
 from jointspace.tasks.lifecycle import fresh_or_resumed
 
@@ -127,7 +127,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
     optimizer = build_optimizer(state.unet, tc)
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, tc.warmup_steps, tc.steps))
     if not resume:
-        save_augment_config(cfg, run_dir / CONFIG)
+        save_augment_config(cfg, RunDir(run_dir).config)
         write_run_info(run_dir, _run_info(cfg, class_names, n_classes, images, kwargs, sched_cfg, labels))
     plan = Plan(steps_per_epoch=len(labels) // obj.batch_size, total_steps=tc.steps, log_every=tc.log_every,
                 checkpoint_every=None, checkpoint_every_steps=tc.checkpoint_every,
@@ -137,7 +137,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
           f"{n_params:,} parameters, device {device}, to step {tc.steps}")
     tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
     result = fit(obj, optimizer, lr_sched, plan, run_dir, tracker, device, resume, show_progress)
-    save_tensors(state.final(tc.ema_decay).state_dict(), run_dir / WEIGHTS)
+    save_tensors(state.final(tc.ema_decay).state_dict(), RunDir(run_dir).weights)
     write_done(run_dir, {"task": "diffusion", "name": cfg.name, "steps": tc.steps, "final_loss": result.loss,
                          "n_params": n_params, "train_seconds": round(result.train_seconds, 1),
                          "wall_seconds": round(time.time() - t_start, 1)})
@@ -146,5 +146,4 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
 
 def read_losses(run_dir: Path) -> list[float]:
     """Logged training losses of a diffusion run, in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(x)["loss"] for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return [r["loss"] for r in RunDir(run_dir).read_metrics()]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, read_yaml
 from jointspace.engine.checkpoint import latest_checkpoint
-from jointspace.runs import CONFIG, DONE, RUN_FOLDER, WEIGHTS
+from jointspace.run_dir import RUN_FOLDER, WEIGHTS, RunDir
 
 
 def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
@@ -26,7 +26,7 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
 
     @functools.wraps(train)
     def wrapper(cfg, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
-        run_dir, ckpts = cfg.run_dir, cfg.run_dir / "checkpoints"
+        run_dir, ckpts = cfg.run_dir, RunDir(cfg.run_dir).checkpoints
         restore_replaced(run_dir)
         if resume and finished(cfg):
             print(f"{run_dir}: the run is finished ({WEIGHTS} written); nothing to resume, nothing changed "
@@ -51,11 +51,11 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
 def finished(cfg) -> bool:
     """Whether cfg's run folder holds a finished run of as many epochs (steps) as cfg asks: its weights
     and what its task writes last (done.json; a contrastive run's train_summary.json)."""
-    run = cfg.run_dir
-    if not (run / WEIGHTS).exists() or not ((run / DONE).exists() or (run / "train_summary.json").exists()):
+    run = RunDir(cfg.run_dir)
+    if not run.weights.exists() or not (run.done.exists() or run.train_summary.exists()):
         return False
     try:
-        saved = read_yaml(run / CONFIG).get("train") or {}
+        saved = read_yaml(run.config).get("train") or {}
     except ConfigError:
         return True
     return all(saved.get(k) == getattr(cfg.train, k) for k in ("epochs", "steps") if hasattr(cfg.train, k))
@@ -68,7 +68,8 @@ def _replaced(run_dir: Path) -> list[Path]:
 
 
 def _resumable(run_dir: Path) -> bool:
-    return latest_checkpoint(run_dir / "checkpoints") is not None or (run_dir / WEIGHTS).exists()
+    run = RunDir(run_dir)
+    return latest_checkpoint(run.checkpoints) is not None or run.weights.exists()
 
 
 def restore_replaced(run_dir: Path) -> None:

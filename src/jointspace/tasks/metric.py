@@ -22,7 +22,8 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
 from jointspace.model import count_parameters
-from jointspace.runs import WEIGHTS, resolve_device, write_run_info
+from jointspace.run_dir import RunDir, write_run_info
+from jointspace.runs import resolve_device
 from jointspace.tasks.common import (
     PeakMemory,
     init_towers,
@@ -174,7 +175,7 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
           f"(+{sum(p.numel() for p in loss_params):,} in the loss), device {device}")
     with PeakMemory(device) as memory:
         fitted = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
-    save_tensors(obj.module.state_dict(), run_dir / WEIGHTS)
+    save_tensors(obj.module.state_dict(), RunDir(run_dir).weights)
     result = _evaluate(cfg, run_dir, obj, test_data)
     summary = {"task": "metric", "name": cfg.name, "seed": cfg.seed, "loss": cfg.metric.loss.name,
                "miner": cfg.metric.miner.name if cfg.metric.miner else None,
@@ -192,16 +193,16 @@ def _evaluate(cfg: RunConfig, run_dir: Path, obj: MetricObjective, test_data: Sp
     train_emb = F.normalize(embed(model, modality, train_data, device), dim=-1)
     test_emb = F.normalize(embed(model, modality, test_data, device), dim=-1)
     result = knn_metrics(train_emb, train_data.labels, test_emb, test_data.labels, cfg.metric.knn_k)
-    (run_dir / "eval").mkdir(exist_ok=True)
-    np.savez_compressed(run_dir / "eval" / f"embeddings_{cfg.eval.split}.npz",
+    run = RunDir(run_dir)
+    run.embeddings(cfg.eval.split).parent.mkdir(exist_ok=True)
+    np.savez_compressed(run.embeddings(cfg.eval.split),
                         **{f"emb_{modality}": test_emb.numpy()}, labels=test_data.labels.numpy(),
                         class_names=np.array(test_data.class_names), kinds=np.array(json.dumps(test_data.kinds)))
     if cfg.metric.plot != "none":
         from jointspace.viz.plots import plot_umap
 
         plot_umap({modality: test_emb.numpy()}, test_data.labels.numpy(), test_data.class_names,
-                  run_dir / "plots" / f"{cfg.metric.plot}_{cfg.eval.split}.png", seed=cfg.seed,
+                  run.plots / f"{cfg.metric.plot}_{cfg.eval.split}.png", seed=cfg.seed,
                   method=cfg.metric.plot)
-    (run_dir / "eval.json").write_text(json.dumps({"split": cfg.eval.split, "n_samples": len(test_data),
-                                                   "modality": modality, **result}, indent=2))
+    run.write_eval({"split": cfg.eval.split, "n_samples": len(test_data), "modality": modality, **result})
     return result

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from jointspace.kinds import with_role
+from jointspace.run_dir import EVAL, METRICS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,6 @@ def fmt(v: object, key: str = "") -> str:
     if key.startswith("n_"):
         return str(int(v))
     return f"{v:.3f}"
-
-
-def load_metrics(path: Path) -> list[dict]:
-    """Read metrics.jsonl, skipping blank or malformed lines; [] when missing."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def load_embeddings(path: Path) -> dict[str, np.ndarray]:
@@ -182,8 +167,8 @@ img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{font-siz
 
 def _skipped_note(run_dir: Path, ev: dict) -> list[str]:
     """A line per split that lost unreadable samples (run.json at training, eval.json at evaluation)."""
-    info_path = run_dir / "run.json"
-    lost = dict(json.loads(info_path.read_text()).get("skipped") or {}) if info_path.is_file() else {}
+    run = RunDir(run_dir)
+    lost = dict(run.read_info().get("skipped") or {}) if run.has_info() else {}
     if ev.get("skipped_samples"):
         lost[f"{ev.get('split', 'eval')} (eval)"] = {"n_skipped": ev["skipped_samples"], "reasons": []}
     return [f'<p class="note">skipped {v["n_skipped"]} unreadable samples of {html.escape(k)}'
@@ -196,7 +181,7 @@ def _tables(ev: dict) -> list[str]:
     rrows = _recall_rows(ev)
     body = ["<h2>Cross-modal retrieval</h2>",
             _html_table(["pair"] + [h for _, h in RECALL_COLS], rrows, "recall") if rrows
-            else '<p class="note">no retrieval results in eval.json</p>']
+            else f'<p class="note">no retrieval results in {EVAL}</p>']
     prows = _probe_rows(ev)
     if prows:
         body.append("<h2>Zero-shot and linear-probe classification</h2>")
@@ -243,12 +228,11 @@ def write_report(
     from jointspace.viz.plots import plot_curves
 
     run_dir = Path(run_dir)
-    plots = run_dir / "plots"
+    run = RunDir(run_dir)
+    plots = run.plots
     plots.mkdir(parents=True, exist_ok=True)
-    ev_path = run_dir / "eval.json"
-    ev = json.loads(ev_path.read_text(encoding="utf-8")) if ev_path.is_file() else {}
-    records = load_metrics(run_dir / "metrics.jsonl")
-    data = load_embeddings(run_dir / "eval" / f"embeddings_{split}.npz")
+    ev, records = run.read_eval(), run.read_metrics()
+    data = load_embeddings(run.embeddings(split))
     mods = [k.removeprefix("emb_") for k in data if k.startswith("emb_")]
     name, esc = run_dir.resolve().name, html.escape
     body = [f"<h1>Run report: {esc(name)}</h1>",
@@ -257,16 +241,16 @@ def write_report(
              f"{esc(', '.join(ev.get('modalities', mods)))}</p>"),
             *_skipped_note(run_dir, ev), *_tables(ev), "<h2>Training curves</h2>"]
     body.append(_img(plot_curves(records, plots / "curves.png"), "loss, R@1, learning rate, temperature") if records
-                else '<p class="note">metrics.jsonl missing or empty</p>')
+                else f'<p class="note">{METRICS} missing or empty</p>')
     if mods and data.get("labels") is not None:
         body += _embedding_sections(data, mods, plots, max_points, seed, method)
     else:
-        body.append(f'<p class="note">no embeddings found at eval/embeddings_{esc(split)}.npz</p>')
+        body.append(f'<p class="note">no embeddings found at {esc(str(run.embeddings(split).relative_to(run.path)))}</p>')
     doc = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(name)} report</title>'
         f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    out = run_dir / "report.html"
+    out = run.report
     out.write_text(doc, encoding="utf-8")
     log.info("wrote %s", out)
     return out

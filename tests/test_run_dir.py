@@ -1,0 +1,87 @@
+"""RunDir: the run folder's names, run.json, metrics.jsonl (a torn last line), done.json."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from jointspace import run_dir as rd
+from jointspace.engine import checkpoint
+from jointspace.engine.tracking import Tracker
+from jointspace.run_dir import RunDir
+
+SRC = Path(rd.__file__).parent
+
+
+def test_names_are_the_on_disk_names(tmp_path):
+    run = RunDir(tmp_path)
+    assert (run.config.name, run.run_info.name, run.weights.name, run.metrics.name, run.eval.name,
+            run.done.name, run.train_summary.name, run.checkpoints.name, run.report.name) == (
+        "config.yaml", "run.json", "model.safetensors", "metrics.jsonl", "eval.json", "done.json",
+        "train_summary.json", "checkpoints", "report.html")
+    assert run.embeddings("test") == tmp_path / "eval" / "embeddings_test.npz"
+    assert run.classification("val", ".txt") == tmp_path / "classification_val.txt"
+    assert run.stage("pretrain").path == tmp_path / "pretrain"
+    assert rd.LATEST == checkpoint.LATEST  # the run-folder mark follows the engine's pointer
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """The string constants of a module's code, its docstrings left out."""
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+            and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_no_other_module_spells_the_run_files():
+    """Code outside run_dir.py (docstrings and comments aside) never spells a run-folder file name."""
+    names = [rd.CONFIG, rd.RUN_INFO, rd.METRICS, rd.EVAL, rd.DONE, rd.TRAIN_SUMMARY]  # (a fix folder has its
+    # own report.html)
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in names) + r")(?![\w.])")
+    found = [f"{path.relative_to(SRC)}: {text!r}" for path in SRC.rglob("*.py") if path.name != "run_dir.py"
+             for text in _strings(ast.parse(path.read_text())) if pattern.search(text)]
+    assert found == []
+
+
+def test_read_metrics_skips_a_torn_last_line(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.read_metrics() == []  # no log yet
+    tracker = Tracker(tmp_path, "none")
+    tracker.log({"step": 1, "loss": 2.0})
+    tracker.log({"step": 2, "loss": 1.5})
+    tracker.close()
+    with run.metrics.open("a") as f:
+        f.write('{"step": 3, "lo')  # the writer was killed mid-append
+    assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_read_metrics_skips_blank_and_non_object_lines(tmp_path):
+    RunDir(tmp_path).metrics.write_text('{"step": 1}\n\n3\n{"step": 2}\n')
+    assert RunDir(tmp_path).read_metrics() == [{"step": 1}, {"step": 2}]
+
+
+def test_run_info_and_done_round_trip(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.has_info() and run.read_done() is None and run.read_eval() == {}
+    with pytest.raises(FileNotFoundError, match="not a jointspace run"):
+        run.read_info()
+    info = {"task": "metric", "modality": "image", "kinds": {"image": "image"}, "n_params": 3}
+    run.write_info(info)
+    assert json.loads(run.run_info.read_text()) == info and run.read_info() == info
+    run.write_done({"test_accuracy": 0.5})
+    assert run.read_done() == {"test_accuracy": 0.5}
+
+
+def test_run_folder_mark(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    run.config.write_text("seed: 0\n")
+    assert not rd.RUN_FOLDER.holds(run.path)
+    run.checkpoints.mkdir()
+    (run.checkpoints / rd.LATEST).write_text("{}")
+    assert rd.RUN_FOLDER.holds(run.path)
