@@ -12,7 +12,7 @@ import pytest
 from jointspace import run_dir as rd
 from jointspace.engine import checkpoint
 from jointspace.engine.tracking import Tracker
-from jointspace.run_dir import RunDir
+from jointspace.run_dir import RunDir, RunDirError, RunInfo
 
 SRC = Path(rd.__file__).parent
 
@@ -71,8 +71,9 @@ def test_run_info_and_done_round_trip(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a jointspace run"):
         run.read_info()
     info = {"task": "metric", "modality": "image", "kinds": {"image": "image"}, "n_params": 3}
-    run.write_info(info)
-    assert json.loads(run.run_info.read_text()) == info and run.read_info() == info
+    run.write_info(RunInfo(**info))
+    assert run.run_info.read_text() == json.dumps(info, indent=2)  # the same bytes as the plain dict gave
+    assert run.read_info().to_json() == info and run.read_info().part == {"modality": "image", "n_params": 3}
     run.write_done({"test_accuracy": 0.5})
     assert run.read_done() == {"test_accuracy": 0.5}
 
@@ -85,3 +86,39 @@ def test_run_folder_mark(tmp_path):
     run.checkpoints.mkdir()
     (run.checkpoints / rd.LATEST).write_text("{}")
     assert rd.RUN_FOLDER.holds(run.path)
+
+
+CONTRASTIVE = {"task": "contrastive", "kinds": {"image": "image", "text": "text"}, "prep": {"image_size": 16},
+               "class_names": ["0", "1"], "skipped": {}, "image_channels": 1, "data_path": "data/digits",
+               "dataset": {"modalities": {"image": "image", "text": "text"}}}
+
+
+def test_run_info_round_trip_keeps_keys_and_order(tmp_path):
+    info = RunInfo.from_json(CONTRASTIVE)
+    assert info.kinds == {"image": "image", "text": "text"} and info.class_names == ["0", "1"]
+    assert info.part == {"image_channels": 1, "dataset": CONTRASTIVE["dataset"]}
+    assert list(info.to_json().items()) == list(CONTRASTIVE.items())
+    RunDir(tmp_path).write_info(info)
+    assert RunDir(tmp_path).run_info.read_text() == json.dumps(CONTRASTIVE, indent=2)
+    moved = info.updated(skipped={"val": {"n_skipped": 1}}, init_from={"runs/a": "ab12"})
+    assert list(moved.to_json()) == [*CONTRASTIVE, "init_from"] and moved.skipped == {"val": {"n_skipped": 1}}
+
+
+def test_old_run_json_without_the_new_fields_still_reads(tmp_path):
+    """A run from before tasks and Prep were recorded: only kinds and image_channels."""
+    old = {"kinds": {"image": "image", "text": "text"}, "image_channels": 3}
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    info = RunDir(tmp_path).read_info()
+    assert (info.task, info.prep, info.class_names, info.skipped, info.init_from) == ("contrastive", None, None,
+                                                                                      {}, None)
+    assert info.get("image_channels") == 3 and info["kinds"] == old["kinds"] and info.get("prep") is None
+    assert info.to_json() == old  # written back as it was: no defaults added
+
+
+def test_a_damaged_run_json_is_one_line(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"kinds": ["image"]}))
+    with pytest.raises(RunDirError, match=r"run.json: kinds: .*dictionary"):
+        RunDir(tmp_path).read_info()
+    (tmp_path / "run.json").write_text("[1]")
+    with pytest.raises(RunDirError, match="not a JSON object"):
+        RunDir(tmp_path).read_info()

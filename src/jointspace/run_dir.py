@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from jointspace.outputs import OutputKind, atomic_write_text
 
@@ -31,6 +34,10 @@ RUN_FOLDER = OutputKind("run folder", tuple((CONFIG, mark) for mark in (
     RUN_INFO, METRICS, DONE, f"{CHECKPOINTS}/{LATEST}", f"*/{CONFIG}", f"*/{METRICS}")))
 
 
+class RunDirError(ValueError):
+    """A run folder's file is not what jointspace writes there; the message names it."""
+
+
 def parse_jsonl(text: str) -> list[dict]:
     """The JSON objects of a .jsonl text; blank or malformed lines (a torn last line: the writer was
     killed mid-append) are skipped."""
@@ -43,6 +50,64 @@ def parse_jsonl(text: str) -> list[dict]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+class RunInfo(BaseModel):
+    """run.json: what rebuilds the model without the data. The fields every task records (an old run.json
+    without one reads as its default) and the task's own part (`part`: the UNet and schedule of a
+    diffusion run, a metric run's modality, ...), written back with the keys it had, in their order."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    task: str = "contrastive"  # runs from before tasks were recorded are contrastive
+    kinds: dict[str, str] = {}  # modality -> kind
+    prep: dict[str, Any] | None = None  # Prep.to_json() (runs from before it was recorded: None)
+    class_names: list[Any] | None = None
+    data_path: str | None = None
+    skipped: dict[str, Any] = {}  # split -> {n_skipped, reasons} of the samples that could not be read
+    init_from: dict[str, str] | None = None  # source run -> fingerprint of the weights it started from
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    def __init__(self, **fields: Any) -> None:
+        super().__init__(**fields)
+        self._order = tuple(fields)
+
+    @property
+    def part(self) -> dict[str, Any]:
+        """The task's own fields."""
+        return dict(self.model_extra or {})
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field as written (common or the task's own), or `default` when run.json lacks it."""
+        return self.to_json().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        """A field as written (KeyError when run.json lacks it), as callers of the plain mapping read it."""
+        return self.to_json()[key]
+
+    def updated(self, **changes: Any) -> RunInfo:
+        """A copy with `changes` (a new key goes last, an existing one keeps its place)."""
+        return RunInfo(**{**self.to_json(), **changes})
+
+    def to_json(self) -> dict[str, Any]:
+        """The mapping written to run.json: the keys given, in their order."""
+        dumped = self.model_dump(mode="json")
+        return {k: dumped[k] for k in self._order}
+
+    @classmethod
+    def of(cls, info: RunInfo | dict) -> RunInfo:
+        """`info` as a RunInfo (callers may still hand over the plain mapping)."""
+        return info if isinstance(info, RunInfo) else cls.from_json(info)
+
+    @classmethod
+    def from_json(cls, raw: Any, source: str = RUN_INFO) -> RunInfo:
+        if not isinstance(raw, dict):
+            raise RunDirError(f"{source}: not a {RUN_INFO} (not a JSON object)")
+        try:
+            return cls(**raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise RunDirError(f"{source}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 @dataclass(frozen=True)
@@ -115,16 +180,16 @@ class RunDir:
     def has_info(self) -> bool:
         return self.run_info.exists()
 
-    def read_info(self) -> dict:
+    def read_info(self) -> RunInfo:
         """run.json; a folder without one is not a run."""
         if not self.run_info.exists():
             raise FileNotFoundError(f"{self.path}: not a jointspace run (no {RUN_INFO}); train one with "
                                     "`jointspace train`")
-        return json.loads(self.run_info.read_text())
+        return RunInfo.from_json(json.loads(self.run_info.read_text()), str(self.run_info))
 
-    def write_info(self, info: dict) -> None:
+    def write_info(self, info: RunInfo) -> None:
         """What is needed to rebuild the model without the data: modality kinds, channels, classes."""
-        self.run_info.write_text(json.dumps(info, indent=2))
+        self.run_info.write_text(json.dumps(info.to_json(), indent=2))
 
     def read_metrics(self) -> list[dict]:
         """metrics.jsonl's records in order ([] when missing; a torn last line is skipped)."""
@@ -154,11 +219,11 @@ class RunDir:
         self.train_summary.write_text(json.dumps(summary))
 
 
-def read_run_info(run_dir: str | Path) -> dict:
+def read_run_info(run_dir: str | Path) -> RunInfo:
     """run.json of a run folder."""
     return RunDir(run_dir).read_info()
 
 
-def write_run_info(run_dir: str | Path, info: dict) -> None:
+def write_run_info(run_dir: str | Path, info: RunInfo) -> None:
     """Write run.json (a module function, so a benchmark can wrap it)."""
     RunDir(run_dir).write_info(info)

@@ -14,7 +14,7 @@ from jointspace.config import RunConfig, TowerConfig, load_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import Prep, get_kind, with_role
 from jointspace.model import JointModel, build_model, text_tokenizers
-from jointspace.run_dir import CONFIG, RUN_FOLDER, WEIGHTS, RunDir, read_run_info
+from jointspace.run_dir import CONFIG, RUN_FOLDER, WEIGHTS, RunDir, RunInfo, read_run_info
 from jointspace.towers.lora import merge_lora
 
 
@@ -25,11 +25,12 @@ def config_prep(cfg: RunConfig) -> Prep:
                 max_points=d.max_points, tokenizers=text_tokenizers(cfg.model))
 
 
-def run_prep(cfg: RunConfig, info: dict) -> Prep:
+def run_prep(cfg: RunConfig, info: RunInfo | dict) -> Prep:
     """How a run turns values into inputs: run.json's recorded `prep` over the config's sizes (runs
     from before `prep` was recorded: their `image_channels`)."""
-    prep = Prep.from_json({**config_prep(cfg).to_json(), **(info.get("prep") or {})})
-    kinds = info.get("kinds", {})
+    info = RunInfo.of(info)
+    prep = Prep.from_json({**config_prep(cfg).to_json(), **(info.prep or {})})
+    kinds = info.kinds
     if cfg.data.max_range is not None:  # runs from before max_range was recorded: the config's, if it has one
         prep = prep.updated(max_range={m: cfg.data.max_range for m, k in kinds.items()
                                        if get_kind(k).ranged and m not in prep.max_range})
@@ -39,7 +40,7 @@ def run_prep(cfg: RunConfig, info: dict) -> Prep:
     return prep
 
 
-def load_run_split(cfg: RunConfig, info: dict, root: str | Path, split: str, modalities: list[str] | None = None,
+def load_run_split(cfg: RunConfig, info: RunInfo | dict, root: str | Path, split: str, modalities: list[str] | None = None,
                    keep_raw: bool = False) -> SplitData:
     """A split of any shard folder prepared exactly as the run's training data was (label map, Prep)."""
     d = cfg.data
@@ -47,9 +48,9 @@ def load_run_split(cfg: RunConfig, info: dict, root: str | Path, split: str, mod
                       keep_raw=keep_raw, label_map=d.label_map or None, prep=run_prep(cfg, info))
 
 
-def build_from_info(cfg: RunConfig, info: dict, init: dict | None = None) -> JointModel:
+def build_from_info(cfg: RunConfig, info: RunInfo | dict, init: dict | None = None) -> JointModel:
     """Build the (untrained, or `init`-started) model a run describes."""
-    return build_model(cfg.model, info["kinds"], run_prep(cfg, info), init)
+    return build_model(cfg.model, RunInfo.of(info).kinds, run_prep(cfg, info), init)
 
 
 def model_fingerprint(run_dir: str | Path) -> str:
@@ -83,7 +84,7 @@ def _merged_tower(model: JointModel, modality: str) -> dict[str, torch.Tensor]:
 def _source_run(run: Path, spec: str, loaded: dict, init: dict) -> tuple:
     """A finished contrastive run, loaded once, and its fingerprint recorded."""
     if run not in loaded:
-        if read_run_info(run).get("task", "contrastive") != "contrastive":
+        if read_run_info(run).task != "contrastive":
             raise ValueError(f"init_from {spec}: {run} is not a contrastive run (its towers are not a joint space)")
         loaded[run] = load_run(run)
         init["sources"][str(run)] = model_fingerprint(run)
@@ -121,7 +122,7 @@ def resolve_init(cfg: RunConfig, kinds: dict[str, str]) -> tuple[RunConfig, dict
     return cfg.model_copy(update={"model": model_cfg}), init
 
 
-def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[RunConfig, JointModel, dict]:
+def load_run(run_dir: str | Path, weights: str | Path | None = None) -> tuple[RunConfig, JointModel, RunInfo]:
     """Config, model with its final (or given) weights, and run info of a finished run."""
     run = RunDir(run_dir)
     info = run.read_info()

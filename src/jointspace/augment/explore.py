@@ -63,7 +63,7 @@ def explore(sampler, joint_run: str | Path, out: str | Path, classes: Sequence[s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     enc = Encoder.from_run(joint_run)
-    names = list(enc.info.get("class_names") or [])
+    names = list(enc.info.class_names or [])
     cents = class_centroids(enc, names)
     ids = class_ids(sampler, classes)
     rows, panels = [], []

@@ -45,7 +45,7 @@ FIX_JSON, FIX_MD = "fix.json", "fix.md"
 def run_task(run_dir: Path) -> str:
     """'classify' or 'contrastive' (a finished run of either); anything else fails saying what is needed."""
     info = read_run_info(run_dir)
-    task = info.get("task") or "contrastive"
+    task = info.task
     if task not in ("classify", "contrastive") or not RunDir(run_dir).weights.exists():
         raise ValueError(f"{run_dir}: augment fix needs a finished classifier run or "
                          f"contrastive run (`jointspace train`, task: classify or contrastive); this one is {task}"
@@ -77,7 +77,7 @@ def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, 
         return predict(model, data, torch.device("cpu")).argmax(1), data.labels, data.class_names, "prediction"
 
     _, model, info = load_run(run_dir)
-    query, gallery = retrieval_pair(info["kinds"])
+    query, gallery = retrieval_pair(info.kinds)
     emb = embed_split(model, data, device="cpu")
     top1 = torch.cat([(emb[query][i:i + 1024] @ emb[gallery].T).argmax(1) for i in range(0, len(data), 1024)])
     return data.labels[top1], data.labels, data.class_names, f"{query}->{gallery} R@1 (class-level)"
@@ -172,7 +172,7 @@ def analyse_split(run_dir: Path, split: str) -> dict:
     """Per-class recall, support, accuracy and most confused pairs of a run on `split`: the classifier's
     predictions, or for a contrastive run the class of each image query's top-1 retrieved item."""
     preds, labels, names, measure = predictions(run_dir, split)
-    names = list(read_run_info(run_dir).get("class_names") or names)
+    names = list(read_run_info(run_dir).class_names or names)
     cm = confusion_matrix(preds, labels, len(names))
     support = cm.sum(1)
     off = [(int(cm[t, p]), names[t], names[p]) for t in range(len(names)) for p in range(len(names)) if t != p and cm[t, p]]

@@ -9,7 +9,7 @@ import torch
 from jointspace.augment.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import get_kind
-from jointspace.run_dir import RUN_INFO, RunDir
+from jointspace.run_dir import RUN_INFO, RunDir, RunInfo
 
 # scheduler name -> diffusers class; every one takes any trained DDPM-style schedule config
 SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
@@ -69,7 +69,7 @@ def load_images(cfg: DiffusionDataConfig) -> SplitData:
     return data
 
 
-def load_diffusion(run_dir: str | Path) -> tuple[AugmentConfig, torch.nn.Module, dict]:
+def load_diffusion(run_dir: str | Path) -> tuple[AugmentConfig, torch.nn.Module, RunInfo]:
     """Config, trained UNet (eval mode) and run info of a finished `augment train` run."""
     from safetensors.torch import load_file
 
@@ -77,11 +77,11 @@ def load_diffusion(run_dir: str | Path) -> tuple[AugmentConfig, torch.nn.Module,
     if not run.has_info():
         raise FileNotFoundError(f"{run_dir}: not an augment run (no {RUN_INFO}); train one with `jointspace augment train`")
     info = run.read_info()
-    if info.get("task") != "diffusion":
-        raise ValueError(f"{run_dir}: a {info.get('task')!r} run, not a diffusion model")
+    if info.task != "diffusion":
+        raise ValueError(f"{run_dir}: a {info.task!r} run, not a diffusion model")
     weights = run.weights
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no weights; has `augment train` finished?")
-    unet = build_unet(info["unet"])
+    unet = build_unet(info.part["unet"])
     unet.load_state_dict(load_file(str(weights)))
     return load_augment_config(run.config), unet.eval(), info

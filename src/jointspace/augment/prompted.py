@@ -41,7 +41,7 @@ def class_prompts(run_dir: Path, data_path: str, analysis: dict, targets: list[s
         return out
     data = load_split(data_path, "train", [text])
     captions = [v[0] if isinstance(v, (list, tuple)) and v else v for v in data.captions.get(text, [])]
-    names = list(enc.info.get("class_names") or data.class_names)
+    names = list(enc.info.class_names or data.class_names)
     cents = class_centroids(enc, names)
     for c in targets:
         own = [str(captions[i]) for i in range(len(captions)) if data.class_names[int(data.labels[i])] == c]
@@ -62,7 +62,7 @@ def judge(run_dir: Path, analysis: dict, images: dict[str, np.ndarray]) -> tuple
     enc = _joint(run_dir)
     if enc is None:
         raise ValueError(f"{run_dir}: fix.filter needs a contrastive run with images and captions")
-    names = list(enc.info.get("class_names") or [])
+    names = list(enc.info.class_names or [])
     cents = class_centroids(enc, names)
     picture = with_role(enc.kinds, "picture")
     channels = int(enc.prep.channels.get(picture, 3))

@@ -45,7 +45,7 @@ class ClassSampler:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> ClassSampler:
         _cfg, unet, info = load_diffusion(run_dir)
-        return cls(unet, info["scheduler"], info["class_names"], info["null_class"], resolve_device(device))
+        return cls(unet, info.part["scheduler"], info.class_names, info.part["null_class"], resolve_device(device))
 
     @torch.no_grad()
     def _eps(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance: float) -> torch.Tensor:

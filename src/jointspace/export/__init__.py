@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jointspace.model import JointModel
 from jointspace.outputs import OutputKind, json_with
+from jointspace.run_dir import RunInfo
 from jointspace.runs import load_run, model_fingerprint
 
 MANIFEST = "jointspace_export.json"
@@ -32,7 +33,7 @@ class Exporting:
     run_dir: Path
     cfg: object
     model: JointModel
-    info: dict
+    info: RunInfo
     fingerprint: str
     shards: str | None = None
 

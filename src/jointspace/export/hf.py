@@ -39,7 +39,7 @@ def _save_backbone(tower: nn.Module, source: str | None, folder: Path) -> bool:
 
 def _tower_entry(job, m: str, tower: nn.Module, folder: Path) -> tuple[dict, str | None]:
     """The tower's config entry (weights come from the export, never downloaded) and its tokenizer spec."""
-    kinds = job.info["kinds"]
+    kinds = job.info.kinds
     tcfg = tower_config(job.cfg.model, m, kinds[m], run_prep(job.cfg, job.info))
     params = dict(tcfg.params)
     tokenizer = tower_tokenizer(tcfg.name, params)
@@ -58,7 +58,7 @@ def _tower_entry(job, m: str, tower: nn.Module, folder: Path) -> tuple[dict, str
 
 def _export_modality(job, m: str, folder: Path) -> dict:
     folder.mkdir()
-    model, kinds = job.model, job.info["kinds"]
+    model, kinds = job.model, job.info.kinds
     tower = merge_lora(copy.deepcopy(model.towers[m]))
     entry, tokenizer = _tower_entry(job, m, tower, folder)
     h = job.cfg.model.head

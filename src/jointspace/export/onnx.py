@@ -47,7 +47,7 @@ def _stamp(path: Path, job, modality: str, inputs: list[str]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    meta = {**job.stamp(), "modality": modality, "kind": job.info["kinds"][modality], "inputs": ",".join(inputs),
+    meta = {**job.stamp(), "modality": modality, "kind": job.info.kinds[modality], "inputs": ",".join(inputs),
             "prep": json.dumps(run_prep(job.cfg, job.info).to_json())}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -43,7 +43,7 @@ def _projected(proj, weight: torch.Tensor, where: str) -> torch.Tensor:
 
 def _towers(job) -> tuple[str, str, str]:
     """(picture modality, caption modality, open_clip architecture), or a ValueError saying why not."""
-    kinds = job.info["kinds"]
+    kinds = job.info.kinds
     image, text = with_role(kinds, "picture"), with_role(kinds, "captions")
     if image is None or text is None:
         raise ValueError(f"{job.run_dir}: --format open_clip needs a picture and a caption modality "

@@ -12,6 +12,7 @@ from jointspace.kinds import QueryError, get_kind, kind_for_alias, with_role
 from jointspace.kinds.base import read_npy_query
 from jointspace.kinds.image import read_image  # noqa: F401  (re-exported for callers of the query API)
 from jointspace.model import JointModel
+from jointspace.run_dir import RunInfo
 from jointspace.runs import load_run, model_fingerprint, resolve_device, run_prep
 
 
@@ -38,13 +39,13 @@ def parse_vector(values, dim: int, name: str = "vector") -> np.ndarray:
 class Encoder:
     """A trained run ready to embed raw values of any of its modalities into the joint space."""
 
-    def __init__(self, cfg: RunConfig, model: JointModel, info: dict, run_dir: Path | None = None,
+    def __init__(self, cfg: RunConfig, model: JointModel, info: RunInfo, run_dir: Path | None = None,
                  device: str = "cpu"):
         self.cfg, self.model, self.info = cfg, model.eval(), info
         self.run_dir = Path(run_dir).resolve() if run_dir else None
         self.device = resolve_device(device)
         self.model.to(self.device)
-        self.kinds: dict[str, str] = {m: info["kinds"][m] for m in model.modalities}
+        self.kinds: dict[str, str] = {m: info.kinds[m] for m in model.modalities}
         self.prep = run_prep(cfg, info)
         self._fingerprint: str | None = None
 

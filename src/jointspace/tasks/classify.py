@@ -19,7 +19,7 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.fusion import FusionClassifier, build_fusion
 from jointspace.model import count_parameters
-from jointspace.run_dir import RunDir, write_run_info
+from jointspace.run_dir import RunDir, RunInfo, write_run_info
 from jointspace.runs import resolve_device
 from jointspace.tasks.common import (
     PeakMemory,
@@ -108,12 +108,12 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
     model = build_classifier(cfg, train_data, init).to(device)
     n_params, kinds = count_parameters(model), train_data.kinds
     if not resume:
-        write_run_info(run_dir, {"task": "classify", "kinds": kinds, "prep": train_data.prep.to_json(),
-                                 "class_names": train_data.class_names,
-                                 "input_shapes": {m: list(train_data.inputs[m].shape[1:]) for m in kinds},
-                                 "data_path": cfg.data.path, "n_params": n_params,
-                                 "skipped": skipped(train=train_data, val=val_data, test=test_data),
-                                 **({"init_from": init["sources"]} if init else {})})
+        write_run_info(run_dir, RunInfo(task="classify", kinds=kinds, prep=train_data.prep.to_json(),
+                                        class_names=train_data.class_names,
+                                        input_shapes={m: list(train_data.inputs[m].shape[1:]) for m in kinds},
+                                        data_path=cfg.data.path, n_params=n_params,
+                                        skipped=skipped(train=train_data, val=val_data, test=test_data),
+                                        **({"init_from": init["sources"]} if init else {})))
     obj = ClassifyObjective(cfg, model, train_data, val_data, device)
     plan = plan_of(cfg.train, steps_or_fail(obj.sampler.n_samples, cfg.train.batch_size))
     optimizer = build_optimizer(model, cfg.train)

@@ -24,7 +24,7 @@ from jointspace.evaluate.runner import evaluate_run
 from jointspace.kinds import Prep, with_role
 from jointspace.losses import BindingLoss, LossContext, binding_pairs, build_pair_loss, positive_mask
 from jointspace.model import JointModel, count_parameters
-from jointspace.run_dir import RunDir, read_run_info, write_run_info
+from jointspace.run_dir import RunDir, RunInfo, read_run_info, write_run_info
 from jointspace.runs import build_from_info, load_run, resolve_device
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches, one_ahead, to_device
 from jointspace.tasks.common import (
@@ -177,10 +177,10 @@ def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
     source = streamed or train_data
     kinds, prep = source.kinds, source.prep
     picture = with_role(kinds, "picture")
-    run_info = {"task": "contrastive", "kinds": kinds, "prep": prep.to_json(), "class_names": source.class_names,
-                "skipped": skipped(train=train_data, val=val_data),
-                "image_channels": prep.channels.get(picture) if picture else None,
-                "data_path": cfg.data.path, "dataset": {k: v for k, v in info.items() if k != "splits"}}
+    run_info = RunInfo(task="contrastive", kinds=kinds, prep=prep.to_json(), class_names=source.class_names,
+                       skipped=skipped(train=train_data, val=val_data),
+                       image_channels=prep.channels.get(picture) if picture else None,
+                       data_path=cfg.data.path, dataset={k: v for k, v in info.items() if k != "splits"})
     text_key = with_role(kinds, "captions")
     batches = streamed or InMemoryBatches(cfg, train_data, dist_info, device, text_key)
     return info, batches, val_data, run_info
@@ -189,7 +189,7 @@ def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
 def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.device,
            init: dict | None) -> tuple[JointModel, list, BindingLoss, BindingLoss]:
     model = build_from_info(cfg, run_info, init).to(device)
-    pairs = binding_pairs(list(run_info["kinds"]), cfg.loss.anchor, cfg.loss.pairs)
+    pairs = binding_pairs(list(run_info.kinds), cfg.loss.anchor, cfg.loss.pairs)
     pair_loss = build_pair_loss(cfg.loss.name, cfg.loss.params, cfg.train.local_loss)
     loss_fn = BindingLoss(pairs, pair_loss, cfg.loss.weights, dist_info.rank, dist_info.world_size)
     # DDP needs every trainable parameter used: the logit parameters the loss does not read are frozen
@@ -239,7 +239,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     _info, batches, val_data, run_info = _data(cfg, dist_info, device, resumed_prep(cfg, resume))
     model, pairs, loss_fn, val_loss_fn = _build(cfg, run_info, dist_info, device, init)
     if init:
-        run_info["init_from"] = init["sources"]  # run -> fingerprint of the weights it started from
+        run_info = run_info.updated(init_from=init["sources"])  # run -> fingerprint of the weights it started from
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
         raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
@@ -257,17 +257,16 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     obj = ContrastiveObjective(cfg, model, batches, loss_fn, val_loss_fn, val_data, forward_model, device, dist_info)
     if main:
         print(f"run {run_dir}: {plan.steps_per_epoch * batch_size} train samples per epoch, modalities "
-              f"{list(run_info['kinds'])}, pairs {pairs}, device {device}, world size {dist_info.world_size}\n"
+              f"{list(run_info.kinds)}, pairs {pairs}, device {device}, world size {dist_info.world_size}\n"
               f"  {parameter_summary(model)}")
     result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir, enabled=main), device,
                  resume=resume, show_progress=show_progress, dist=dist_info)
     if main and getattr(batches, "skipped", None):  # streamed samples lost, counted as they were read
         run_info = read_run_info(run_dir)
-        run_info.setdefault("skipped", {})["train (streamed)"] = {
-            "n_skipped": max(v["n_skipped"] for v in batches.skipped.values()),
-            "per_epoch": {str(e + 1): v["n_skipped"] for e, v in sorted(batches.skipped.items())},
-            "reasons": next(iter(batches.skipped.values()))["reasons"]}
-        write_run_info(run_dir, run_info)
+        streamed = {"n_skipped": max(v["n_skipped"] for v in batches.skipped.values()),
+                    "per_epoch": {str(e + 1): v["n_skipped"] for e, v in sorted(batches.skipped.items())},
+                    "reasons": next(iter(batches.skipped.values()))["reasons"]}
+        write_run_info(run_dir, run_info.updated(skipped={**run_info.skipped, "train (streamed)": streamed}))
     if main:
         run = RunDir(run_dir)
         tmp = run.weights.with_name(run.weights.name + ".tmp")

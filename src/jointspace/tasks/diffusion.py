@@ -23,7 +23,7 @@ from jointspace.engine import Objective, Plan, StepContext, fit
 from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
-from jointspace.run_dir import RunDir, write_run_info
+from jointspace.run_dir import RunDir, RunInfo, write_run_info
 from jointspace.runs import prepare_run_dir, resolve_device
 from jointspace.tasks.common import write_done
 from jointspace.tasks.lifecycle import fresh_or_resumed
@@ -94,11 +94,11 @@ class DiffusionObjective(Objective):
 
 
 def _run_info(cfg: AugmentConfig, class_names: list[str], n_classes: int, images: torch.Tensor, kwargs: dict,
-              sched_cfg: dict, labels: torch.Tensor) -> dict:
-    return {"task": "diffusion", "class_names": class_names, "null_class": n_classes,
-            "image_size": cfg.data.image_size, "channels": int(images.shape[1]), "unet": kwargs,
-            "scheduler": sched_cfg, "data_path": cfg.data.path,
-            "train_class_counts": torch.bincount(labels, minlength=n_classes).tolist()}
+              sched_cfg: dict, labels: torch.Tensor) -> RunInfo:
+    return RunInfo(task="diffusion", class_names=class_names, null_class=n_classes,
+                   image_size=cfg.data.image_size, channels=int(images.shape[1]), unet=kwargs,
+                   scheduler=sched_cfg, data_path=cfg.data.path,
+                   train_class_counts=torch.bincount(labels, minlength=n_classes).tolist())
 
 
 @fresh_or_resumed

@@ -22,7 +22,7 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
 from jointspace.model import count_parameters
-from jointspace.run_dir import RunDir, write_run_info
+from jointspace.run_dir import RunDir, RunInfo, write_run_info
 from jointspace.runs import resolve_device
 from jointspace.tasks.common import (
     PeakMemory,
@@ -163,10 +163,10 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
     obj = MetricObjective(cfg, modality, model, loss_fn.to(device), miner, train_data, val_data, device)
     n_params = count_parameters(model)
     if not resume:
-        write_run_info(run_dir, {"task": "metric", "modality": modality, "kinds": kinds,
-                                 "prep": train_data.prep.to_json(), "class_names": train_data.class_names,
-                                 "input_shape": list(shape), "data_path": cfg.data.path, "n_params": n_params,
-                                 "skipped": skipped(train=train_data, val=val_data, test=test_data)})
+        write_run_info(run_dir, RunInfo(task="metric", modality=modality, kinds=kinds,
+                                        prep=train_data.prep.to_json(), class_names=train_data.class_names,
+                                        input_shape=list(shape), data_path=cfg.data.path, n_params=n_params,
+                                        skipped=skipped(train=train_data, val=val_data, test=test_data)))
     optimizer, loss_params = _optimizer(cfg, model, loss_fn)
     plan = plan_of(cfg.train, steps_or_fail(len(train_data), cfg.train.batch_size))
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)

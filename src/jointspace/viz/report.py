@@ -168,7 +168,7 @@ img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{font-siz
 def _skipped_note(run_dir: Path, ev: dict) -> list[str]:
     """A line per split that lost unreadable samples (run.json at training, eval.json at evaluation)."""
     run = RunDir(run_dir)
-    lost = dict(run.read_info().get("skipped") or {}) if run.has_info() else {}
+    lost = dict(run.read_info().skipped) if run.has_info() else {}
     if ev.get("skipped_samples"):
         lost[f"{ev.get('split', 'eval')} (eval)"] = {"n_skipped": ev["skipped_samples"], "reasons": []}
     return [f'<p class="note">skipped {v["n_skipped"]} unreadable samples of {html.escape(k)}'
