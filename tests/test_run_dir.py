@@ -12,6 +12,7 @@ import pytest
 from jointspace import run_dir as rd
 from jointspace.engine import checkpoint
 from jointspace.engine.tracking import Tracker
+from jointspace.outputs import OutputError
 from jointspace.run_dir import RunDir, RunDirError, RunInfo
 
 SRC = Path(rd.__file__).parent
@@ -122,3 +123,24 @@ def test_a_damaged_run_json_is_one_line(tmp_path):
     (tmp_path / "run.json").write_text("[1]")
     with pytest.raises(RunDirError, match="not a JSON object"):
         RunDir(tmp_path).read_info()
+
+
+def test_create_keeps_replaces_or_refuses(tmp_path):
+    run = RunDir(tmp_path / "a" / "run").create()
+    assert run.path.is_dir()
+    run.config.write_text("seed: 0\n")
+    run.write_info(RunInfo(kinds={}))
+    with pytest.raises(OutputError, match="--resume to continue it or --overwrite"):
+        run.create()
+    assert run.create(resume=True).has_info()  # kept to resume
+    assert not run.create(overwrite=True).has_info()  # replaced: an empty folder
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="is not a run folder"):
+        RunDir(other).create(overwrite=True)  # never replaced
+    assert (other / "notes.txt").exists()
+    stage = RunDir(tmp_path / "stage")
+    stage.path.mkdir()
+    (stage / "half.txt").write_text("")
+    assert list(stage.start_afresh().path.iterdir()) == []

@@ -8,6 +8,7 @@ Below every module but `outputs` and `swap`: it imports no torch, no config, no 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ LATEST = "latest.json"  # the engine's pointer in checkpoints/ (engine.checkpoin
 EVAL_DIR = "eval"  # embeddings_<split>.npz
 PLOTS = "plots"
 
+RESUME_OR_OVERWRITE = "--resume to continue it or --overwrite"  # the flags that act on an existing run
 # a run folder (any task's, a CILP or pipeline folder) holds its config and one of these from its first step on
 RUN_FOLDER = OutputKind("run folder", tuple((CONFIG, mark) for mark in (
     RUN_INFO, METRICS, DONE, f"{CHECKPOINTS}/{LATEST}", f"*/{CONFIG}", f"*/{METRICS}")))
@@ -176,6 +178,22 @@ class RunDir:
     def stage(self, name: str) -> RunDir:
         """A run folder inside this one (a CILP stage, a pipeline stage)."""
         return RunDir(self.path / name)
+
+    def create(self, resume: bool = False, overwrite: bool = False) -> RunDir:
+        """Create the folder; an existing one is kept to resume, replaced with `overwrite` when it is a run
+        folder, else refused; a folder that is not a run is never replaced. (Commands keep the old run
+        until the new one stands in its place: tasks.lifecycle.keeping_old_run.)"""
+        replace = self.path.exists() and not resume
+        if replace and RUN_FOLDER.check(self.path, overwrite, flag=RESUME_OR_OVERWRITE):
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def start_afresh(self) -> RunDir:
+        """Empty the folder (a folder a run owns inside its own, as a CILP head stage): whatever is there goes."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        return self
 
     def has_info(self) -> bool:
         return self.run_info.exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import shutil
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from jointspace.config import RunConfig, TowerConfig, load_config
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.kinds import Prep, get_kind, with_role
 from jointspace.model import JointModel, build_model, text_tokenizers
-from jointspace.run_dir import CONFIG, RUN_FOLDER, WEIGHTS, RunDir, RunInfo, read_run_info
+from jointspace.run_dir import CONFIG, WEIGHTS, RunDir, RunInfo, read_run_info
 from jointspace.towers.lora import merge_lora
 
 
@@ -141,15 +140,3 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, can_resume: bool = True) -> Path:
-    """Create the run folder; an existing one is kept to resume, replaced with `overwrite` when it is a
-    run folder, else refused (the error names the flags the command has: `can_resume` False for commands
-    without --resume); a folder that is not a run is never replaced."""
-    if run_dir.exists() and not resume:
-        flag = "--resume to continue it or --overwrite" if can_resume else "--overwrite"
-        if RUN_FOLDER.check(run_dir, overwrite, flag=flag):
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,16 @@ from torch import nn
 from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.dataset import epoch_batches
 from jointspace.engine import Objective, StepContext, fit, seed_everything
-from jointspace.engine.checkpoint import latest_checkpoint, save_tensors
+from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.engine.tracking import Tracker
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.evaluate.embed import embed_split
 from jointspace.run_dir import RunDir
-from jointspace.runs import load_run, prepare_run_dir, resolve_device
+from jointspace.runs import load_run, resolve_device
 from jointspace.tasks.common import load_splits, n_classes_of, plan_of, read_done, write_done
 from jointspace.tasks.contrastive import train
-from jointspace.tasks.lifecycle import keeping_old_run
+from jointspace.tasks.lifecycle import has_checkpoint, keeping_old_run, train_stage
 
 PRETRAIN, PROJECTOR, CLASSIFIER = "pretrain", "projector", "classifier"
 CILP_JSON = "cilp.json"  # the CILP folder's results (its table and details)
@@ -81,10 +80,9 @@ def fit_head(stage_dir: Path, module: nn.Module, x: torch.Tensor, y: torch.Tenso
     if read_done(stage_dir) is not None:
         module.load_state_dict(load_file(str(RunDir(stage_dir).weights)))
         return read_done(stage_dir)["history"]
-    resume = resume and latest_checkpoint(RunDir(stage_dir).checkpoints) is not None
+    resume = resume and has_checkpoint(stage_dir)
     if not resume:  # a stage folder of this CILP folder's own, not finished: started afresh
-        shutil.rmtree(stage_dir, ignore_errors=True)
-    prepare_run_dir(stage_dir, resume=resume, overwrite=True)
+        RunDir(stage_dir).start_afresh()
     bs = min(tcfg.batch_size, len(x))
     obj = HeadObjective(module, x, y, loss_fn, bs, seed)
     plan = plan_of(tcfg, len(x) // bs, log_every=1, checkpoint_every=max(1, tcfg.epochs // 4), keep_checkpoints=2)
@@ -117,8 +115,7 @@ def _pretrain(cfg: RunConfig, resume: bool, show_progress: bool) -> Path:
     pre_dir = pre_cfg.run_dir
     if RunDir(pre_dir).weights.exists():
         return pre_dir
-    go_on = resume and latest_checkpoint(RunDir(pre_dir).checkpoints) is not None
-    return train(pre_cfg, resume=go_on, overwrite=not go_on, show_progress=show_progress)
+    return train_stage(train, pre_cfg, resume, show_progress)
 
 
 def _heads(cfg: RunConfig, emb: dict, train_labels: torch.Tensor, n_classes: int, resume: bool) -> tuple:
@@ -140,8 +137,8 @@ def _heads(cfg: RunConfig, emb: dict, train_labels: torch.Tensor, n_classes: int
 def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
     """Run the three CILP stages (each resumable); returns (and writes to cilp.json) the table and details."""
     src, tgt, root = cfg.cilp.source, cfg.cilp.target, cfg.run_dir
-    prepare_run_dir(root, resume, overwrite)
-    save_config(cfg, RunDir(root).config)  # what `jointspace compare` compares a finished grid run against
+    run = RunDir(root).create(resume, overwrite)
+    save_config(cfg, run.config)  # what `jointspace compare` compares a finished grid run against
     pre_dir = _pretrain(cfg, resume, show_progress)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.train.device)

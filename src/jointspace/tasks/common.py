@@ -20,7 +20,7 @@ from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.model import text_tokenizers
 from jointspace.run_dir import RunDir
-from jointspace.runs import prepare_run_dir, resolve_init, run_prep
+from jointspace.runs import resolve_init, run_prep
 
 
 def ensure_dataset(cfg: RunConfig) -> Source:
@@ -84,7 +84,7 @@ def skipped(**splits: SplitData | None) -> dict:
 
 def start_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Create (or, to resume, keep) the run folder, write the resolved config, seed and set threads."""
-    run_dir = prepare_run_dir(cfg.run_dir, resume=resume, overwrite=overwrite)
+    run_dir = RunDir(cfg.run_dir).create(resume, overwrite).path
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if not resume:

@@ -24,7 +24,7 @@ from jointspace.engine.checkpoint import save_tensors
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
 from jointspace.run_dir import RunDir, RunInfo, write_run_info
-from jointspace.runs import prepare_run_dir, resolve_device
+from jointspace.runs import resolve_device
 from jointspace.tasks.common import write_done
 from jointspace.tasks.lifecycle import fresh_or_resumed
 
@@ -111,7 +111,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
     from diffusers import DDPMScheduler  # heavy: imported when a diffusion run starts
 
     t_start, tc = time.time(), cfg.train
-    run_dir = prepare_run_dir(cfg.run_dir, resume, overwrite)
+    run_dir = RunDir(cfg.run_dir).create(resume, overwrite).path
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, read_yaml
 from jointspace.engine.checkpoint import latest_checkpoint
-from jointspace.run_dir import RUN_FOLDER, WEIGHTS, RunDir
+from jointspace.run_dir import RESUME_OR_OVERWRITE, RUN_FOLDER, WEIGHTS, RunDir
 
 
 def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
@@ -26,13 +26,13 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
 
     @functools.wraps(train)
     def wrapper(cfg, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
-        run_dir, ckpts = cfg.run_dir, RunDir(cfg.run_dir).checkpoints
+        run_dir = cfg.run_dir
         restore_replaced(run_dir)
         if resume and finished(cfg):
             print(f"{run_dir}: the run is finished ({WEIGHTS} written); nothing to resume, nothing changed "
                   "(--overwrite trains it again, more train epochs/steps continue it)", file=sys.stderr)
             return run_dir
-        if resume and latest_checkpoint(ckpts) is None:
+        if resume and not has_checkpoint(run_dir):
             print(f"{run_dir}: no checkpoint to resume from: starting from scratch", file=sys.stderr)
             resume, overwrite = False, True
         untouchable = run_dir.exists() and not overwrite and not resume
@@ -41,7 +41,7 @@ def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
                 return train(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress)
             except BaseException:
                 main = int(os.environ.get("RANK", "0")) == 0
-                if main and not untouchable and not resume and run_dir.exists() and latest_checkpoint(ckpts) is None:
+                if main and not untouchable and not resume and run_dir.exists() and not has_checkpoint(run_dir):
                     shutil.rmtree(run_dir, ignore_errors=True)
                 raise
 
@@ -67,9 +67,20 @@ def _replaced(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a run folder holds a checkpoint to resume from (what `latest.json` names is there)."""
+    return latest_checkpoint(RunDir(run_dir).checkpoints) is not None
+
+
+def train_stage(train: Callable[..., Path], cfg, resume: bool, show_progress: bool) -> Path:
+    """Train a stage of a CILP or pipeline folder: resumed when asked and it has a checkpoint, else afresh
+    (its unfinished folder replaced)."""
+    go_on = resume and has_checkpoint(cfg.run_dir)
+    return train(cfg, resume=go_on, overwrite=not go_on, show_progress=show_progress)
+
+
 def _resumable(run_dir: Path) -> bool:
-    run = RunDir(run_dir)
-    return latest_checkpoint(run.checkpoints) is not None or run.weights.exists()
+    return has_checkpoint(run_dir) or RunDir(run_dir).weights.exists()
 
 
 def restore_replaced(run_dir: Path) -> None:
@@ -99,7 +110,7 @@ def keeping_old_run(run_dir: Path, resume: bool, overwrite: bool) -> Iterator[No
     back when the new run fails before that. Under torchrun the old folder is removed at once."""
     aside = None
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
-    replace = not resume and RUN_FOLDER.check(run_dir, overwrite, flag="--resume to continue it or --overwrite")
+    replace = not resume and RUN_FOLDER.check(run_dir, overwrite, flag=RESUME_OR_OVERWRITE)
     if replace and single:
         aside = run_dir.parent / f".{run_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
         os.replace(run_dir, aside)

@@ -20,11 +20,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jointspace.config import RunFolder, _Strict, apply_overrides, split_override
-from jointspace.engine.checkpoint import atomic_write_text, latest_checkpoint
+from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.run_dir import RunDir
-from jointspace.runs import prepare_run_dir
 from jointspace.tasks.common import read_done, write_done
-from jointspace.tasks.lifecycle import keeping_old_run
+from jointspace.tasks.lifecycle import keeping_old_run, train_stage
 
 STAGE_REF = "{stage:"
 
@@ -89,16 +88,14 @@ def run_pipeline(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume:
 def _run_stages(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume: bool, overwrite: bool,
                 show_progress: bool) -> Path:
     root = cfg.run_dir
-    prepare_run_dir(root, resume, overwrite)
-    atomic_write_text(RunDir(root).config, json.dumps(cfg.model_dump(mode="json"), indent=2))
+    atomic_write_text(RunDir(root).create(resume, overwrite).config, json.dumps(cfg.model_dump(mode="json"), indent=2))
     dirs: dict[str, Path] = {}
     for stage in cfg.stages:
         one = stage_config(cfg, stage, dirs, config_for)
         dirs[stage.name] = one.run_dir
         if _finished(one.run_dir, one.task):
             continue
-        go_on = resume and latest_checkpoint(RunDir(one.run_dir).checkpoints) is not None
-        tasks[one.task].train(one, resume=go_on, overwrite=not go_on, show_progress=show_progress)
+        train_stage(tasks[one.task].train, one, resume, show_progress)
     last = read_done(dirs[cfg.stages[-1].name]) or {}
     write_done(root, {**last, "task": "pipeline", "name": cfg.name, "stages": {k: str(v) for k, v in dirs.items()}})
     return root
