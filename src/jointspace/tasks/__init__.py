@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jointspace.augment.config import AugmentConfig
 from jointspace.config import ConfigError, RunConfig, apply_overrides, read_yaml, validate_config
-from jointspace.run_dir import EVAL, EVAL_DIR, RUN_INFO, RunDir
+from jointspace.run_dir import EVAL, EVAL_DIR, RUN_INFO, WEIGHTS, RunDir
 from jointspace.tasks import cilp, classify, contrastive, diffusion, metric, pipeline
 from jointspace.tasks.common import read_done
 
@@ -55,7 +55,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          val_metrics=("loss",)),
     Task("cilp", cilp.train_cilp, (), "cilp.md and cilp.json; its contrastive stage is the run RUN/pretrain",
          lambda d: cilp.cilp_table([read_done(d)])),
-    Task("diffusion", diffusion.train_diffusion, (), "model.safetensors: sample it with `jointspace augment "
+    Task("diffusion", diffusion.train_diffusion, (), f"{WEIGHTS}: sample it with `jointspace augment "
          "sample`", _done_line),
     Task("pipeline", lambda cfg, resume=False, overwrite=False, show_progress=True: pipeline.run_pipeline(
         cfg, TASKS, config_for, resume, overwrite, show_progress), (), "its stages' folders (RUN/<stage>)",
