@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the GPU machine shared/GPU.md describes (one H200, 16 cores, torch 2.11 preinstalled,
-# no package index): the CUDA tests, the bare step's MFU, and jointspace against open_clip_train.
+# no package index): the CUDA tests, the bare step's MFU, jointspace against open_clip_train, and the loader.
 # Everything it writes goes under OUT (the first argument); it ends inside 8 minutes: the stages'
 # timeouts add up to 480 s (each stage has its own timeout, so a slow stage loses its own figures, not the others').
 #
@@ -44,8 +44,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline
 
 # 1. the tests that mean a GPU (AMP steps, fused AdamW, retrieval on the device, pinned batches, no host
 #    reads in a bf16 step), and the torchrun tests (pinned to gloo on the CPU: one GPU here)
-stage cuda_tests 60 $PY -m pytest -q -rA -m cuda --junitxml="$OUT/cuda_tests.xml" tests/engine/test_cuda.py
-stage ddp_tests 60 $PY -m pytest -q -rA --junitxml="$OUT/ddp_tests.xml" tests/engine/test_distributed.py
+stage cuda_tests 45 $PY -m pytest -q -rA -m cuda --junitxml="$OUT/cuda_tests.xml" tests/engine/test_cuda.py
+stage ddp_tests 40 $PY -m pytest -q -rA --junitxml="$OUT/ddp_tests.xml" tests/engine/test_distributed.py
 
 # 2. the bare open_clip step, eager and compiled: samples/s and MFU against the 790 TFLOP/s measured bf16 peak
 stage mfu_256 45 $PY bench/step_mfu.py --device cuda --arch ViT-B-32 --batch-size 256 --peak-tflops 790 \
@@ -61,9 +61,13 @@ stage train_256 210 $PY bench/train_vs_openclip.py --device cuda --arch ViT-B-32
   --variant "stream16:data.streaming=true,data.num_workers=16" \
   --variant "compile:train.compile=true" --work-dir "$OUT/work_train"
 # batch 1024, in memory only (the step, not the loader)
-stage train_1024 40 $PY bench/train_vs_openclip.py --device cuda --arch ViT-B-32 --batch-size 1024 --rounds 0 \
+stage train_1024 30 $PY bench/train_vs_openclip.py --device cuda --arch ViT-B-32 --batch-size 1024 --rounds 0 \
   --budget-seconds 15 --n-samples 3000 --threads 8 --skip open_clip jointspace-streaming \
   --work-dir "$OUT/work_train_1024"
+
+
+# 4. the streamed loader alone (no model) against open_clip_train's pipeline, 8 and 16 workers, JPEG shards
+stage loader 45 $PY bench/loader.py --rounds 1 --n-samples 2000 --formats jpg --workers 8 16 --threads 8
 
 rm -rf "$OUT"/work_*/shards "$OUT"/work_*/runs 2> /dev/null  # keep the logs and tables, not the data
 echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/stages.txt"
