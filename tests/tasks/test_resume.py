@@ -108,3 +108,27 @@ def test_skipped_samples_are_said_and_recorded(digits_dir, tiny_cfg, tmp_path, c
     lost = json.loads((run / "run.json").read_text())["skipped"]
     assert set(lost) == {"train"} and lost["train"]["n_skipped"] > 0
     assert f"skipped {lost['train']['n_skipped']} unreadable samples of train" in write_report(run).read_text()
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(shapes_dir, tmp_path, capsys, damage):
+    """checksums.json: at resume, the newest checkpoint fails its check (one line), moves to
+    .corrupt-<name>, and the run goes on from the one before it to the weights of a straight run."""
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
+                             "data.modalities=[image, lidar]", "model.towers.lidar.name=range_cnn",
+                             "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=late"])
+    full = train_classifier(cfg, show_progress=False)
+    half = cut_copy(full, "epoch_0002", "half")
+    target = half / "checkpoints" / "epoch_0002" / ("model.safetensors" if damage == "flip a byte"
+                                                     else "optimizer.safetensors")
+    raw = bytearray(target.read_bytes())
+    if damage == "flip a byte":
+        raw[len(raw) // 2] ^= 0x01
+    target.write_bytes(raw if damage == "flip a byte" else raw[: len(raw) // 3])
+    capsys.readouterr()
+    resumed = train_classifier(cfg.model_copy(update={"name": "half"}), resume=True, show_progress=False)
+    err = [line for line in capsys.readouterr().err.splitlines() if "fails its check" in line]
+    assert len(err) == 1 and "epoch_0002" in err[0] and target.name in err[0]
+    assert (half / "checkpoints" / ".corrupt-epoch_0002" / target.name).exists()
+    assert_same_weights(full, resumed)
+    assert train_steps(resumed) == list(range(1, 10))

@@ -4,15 +4,19 @@ A checkpoint is a folder `checkpoints/<name>/` with `model.safetensors`, `optimi
 (optimizer moments + torch RNG state) and `state.json`. It is written into a temporary folder,
 fsynced and renamed into place; only then is `latest.json` atomically replaced to point at it.
 A crash (even kill -9) at any moment leaves `latest.json` naming a complete checkpoint.
-Nothing here unpickles: loading untrusted files cannot run code.
+`checksums.json` records each file's size and sha256: at resume, a checkpoint that fails its check (a
+flipped byte, a truncated file) is set aside as `.corrupt-<name>` with one line, and the newest good one
+before it is used. Nothing here unpickles: loading untrusted files cannot run code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from jointspace.outputs import atomic_write_text, follow_umask, fsync_dir, make_temp_dir
 
 LATEST = "latest.json"
+CHECKSUMS = "checksums.json"
 # crash tests only: seconds to wait between writing a checkpoint and moving it into place (it widens
 # the window a kill can land in; the write itself is the same)
 SLOW_WRITE_ENV = "JOINTSPACE_TEST_SLOW_CHECKPOINT_S"
@@ -112,6 +117,7 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
         extra.update(rng_t)
         save_tensors(extra, tmp / "optimizer.safetensors")
         (tmp / "state.json").write_text(json.dumps({**state, **meta}))
+        (tmp / CHECKSUMS).write_text(json.dumps({f.name: _file_sum(f) for f in sorted(tmp.iterdir())}))
         for f in tmp.iterdir():
             _fsync_file(f)
         if os.environ.get(SLOW_WRITE_ENV):
@@ -129,10 +135,63 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
     return final
 
 
-def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
-    done = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+def _file_sum(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` fails its checksums (None: it passes; one written before checksums: trusted)."""
+    sums_file = path / CHECKSUMS
+    if not sums_file.exists():
+        return None
+    try:
+        sums = json.loads(sums_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{CHECKSUMS} unreadable ({err})"
+    for name, want in sums.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != want["size"]:
+            return f"{name} is {f.stat().st_size} bytes, {want['size']} were written"
+        if _file_sum(f)["sha256"] != want["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def good_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint that passes its check, from the one latest.json names back: each that fails is
+    set aside as `.corrupt-<name>` (one line on stderr) and latest.json is pointed at the one used."""
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is None:
+        return None
+    older = [p for p in reversed(_kept(ckpt_dir)) if p != latest and p.stat().st_mtime <= latest.stat().st_mtime]
+    for path in [latest, *older]:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if path != latest:
+                atomic_write_text(ckpt_dir / LATEST, json.dumps({"name": path.name}))
+            return path
+        aside = ckpt_dir / f".corrupt-{path.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(path, aside)
+        print(f"warning: checkpoint {path} fails its check ({problem}); set aside as {aside.name}",
+              file=sys.stderr)
+    return None
+
+
+def _kept(ckpt_dir: Path) -> list[Path]:
+    """The complete checkpoints of a folder, oldest first."""
+    return sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: p.stat().st_mtime)
-    for old in done[:-keep]:
+
+
+def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
+    for old in _kept(ckpt_dir)[:-keep]:
         if old.name != protect:
             shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt_dir.glob(".*.tmp-*"):  # left by a crash mid-write
@@ -163,9 +222,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def resume_latest(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
     """Restore model, optimizer, RNG and LR scheduler from the latest checkpoint; returns its state.json."""
-    latest = latest_checkpoint(ckpt_dir)
+    latest = good_checkpoint(ckpt_dir)
     if latest is None:
-        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from")
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from that passes its check")
     state = load_checkpoint(latest, model, optimizer)
     scheduler.load_state_dict(state["scheduler"])
     return state
