@@ -20,6 +20,7 @@ from jointspace.data.builtin import synthesize
 from jointspace.data.dataset import SplitData, load_split
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.retrieval import retrieval_metrics
+from jointspace.kinds import Prep
 
 SPLITS = ("train", "test")
 LEVEL = {"shapes": "scene (hit = same shape, colour, size and position as the query's caption states; "
@@ -96,8 +97,8 @@ def _to_open_clip(src: Path, dst: Path) -> None:
 
 def load_test(prepared: dict, image_size: int, context_length: int, model_name: str) -> tuple[SplitData, torch.Tensor]:
     """The test split as model inputs (open_clip BPE of that model) and its evaluation labels."""
-    test = load_split(prepared["js"], "test", ["image", "text"], image_size, context_length,
-                      tokenizers={"text": f"openclip:{model_name}"})
+    prep = Prep(image_size=image_size, context_length=context_length, tokenizers={"text": f"openclip:{model_name}"})
+    test = load_split(prepared["js"], "test", ["image", "text"], prep)
     labels = torch.tensor([prepared["eval_labels"][k] for k in test.keys], dtype=torch.long)
     return test, labels
 

@@ -6,8 +6,17 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from jointspace.kinds import size_fields
 from jointspace.losses.registry import loss_class, loss_params
 
 M = TypeVar("M", bound=BaseModel)
@@ -33,16 +42,21 @@ class SourceConfig(_Strict):
     weight: float = Field(1.0, gt=0.0)
 
 
-class DataConfig(_Strict):
+class _DataHead(_Strict):
     path: str = "data/digits"
     synth: Literal["digits", "shapes"] | None = None  # generate this built-in set if `path` is missing
     synth_size: int | None = None  # samples to synthesise (None: the generator's default)
     modalities: list[str] = Field(default_factory=lambda: ["image", "text", "audio"])
     label_key: str = "label"
-    image_size: int = Field(32, ge=1)
-    context_length: int = Field(16, ge=2)  # start and end tokens at the least
-    max_frames: int = Field(96, ge=1)
-    max_points: int = Field(1024, ge=1)  # point clouds: longer clouds are thinned by an even stride
+
+
+# every registered kind's size fields (`Kind.sizes`: data.image_size, data.context_length...), each an int
+# of at least its minimum; they follow data.label_key, and become the run's Prep sizes (`runs.config_prep`)
+_DataSizes = create_model("_DataSizes", __base__=_DataHead, __module__=__name__, **{
+    name: (int, Field(size.default, ge=size.minimum, description=size.doc)) for name, size in size_fields().items()})
+
+
+class DataConfig(_DataSizes):
     max_range: float | None = Field(None, gt=0.0)  # range images / point clouds: metres that map to 1
     # (None: dataset.json's `max_range`, else the train split's largest range; recorded in run.json)
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -68,6 +82,10 @@ class DataConfig(_Strict):
     csv_img_key: str = "filepath"  # open_clip's --csv-img-key
     csv_caption_key: str = "title"  # --csv-caption-key
     csv_separator: str = "\t"  # --csv-separator
+
+    def prep_sizes(self) -> dict[str, int]:
+        """The registered kinds' size fields as set here (defaults filled in)."""
+        return {name: getattr(self, name) for name in size_fields()}
 
     @model_validator(mode="after")
     def _foreign_modalities(self) -> DataConfig:

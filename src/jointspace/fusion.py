@@ -196,8 +196,8 @@ def shapes_prep(kinds: dict[str, str], input_shapes: dict[str, tuple[int, ...]])
     """A Prep with the channels (and image size) that per-sample input shapes show."""
     channels = input_channels({m: torch.empty((0, *input_shapes[m])) for m in kinds}, kinds)
     picture = with_role(kinds, "picture")
-    size = int(input_shapes[picture][-1]) if picture else Prep.image_size
-    return Prep(image_size=size, channels=channels)
+    sizes = {"image_size": int(input_shapes[picture][-1])} if picture else {}
+    return Prep(sizes, channels=channels)
 
 
 def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],

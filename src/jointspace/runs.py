@@ -19,9 +19,7 @@ from jointspace.towers.lora import merge_lora
 
 def config_prep(cfg: RunConfig) -> Prep:
     """The Prep a config implies before any data is seen (sizes, the text towers' tokenizers)."""
-    d = cfg.data
-    return Prep(image_size=d.image_size, context_length=d.context_length, max_frames=d.max_frames,
-                max_points=d.max_points, tokenizers=text_tokenizers(cfg.model))
+    return Prep(cfg.data.prep_sizes(), tokenizers=text_tokenizers(cfg.model))
 
 
 def run_prep(cfg: RunConfig, info: RunInfo | dict) -> Prep:

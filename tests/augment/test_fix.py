@@ -10,6 +10,7 @@ from jointspace.cli import app
 from jointspace.config import load_config
 from jointspace.data.shards import read_info
 from jointspace.data.subsample import subsample_classes
+from jointspace.kinds import Prep
 from jointspace.tasks.classify import train_classifier
 
 from .conftest import tiny_augment_overrides
@@ -79,7 +80,7 @@ def test_generated_shards_borrow_other_modalities(digits_dir, tmp_path):
     cfg = load_config(None, [f"data.path={digits_dir}", "data.modalities=[image, text, audio]"])
     images = {"seven": np.full((3, 8, 8), 200, dtype=np.uint8)}
     assert write_generated(tmp_path / "gen", images, cfg, "image", {"generated": True}) == 3
-    data = load_split(tmp_path / "gen", "train", ["image", "text", "audio"], image_size=8)
+    data = load_split(tmp_path / "gen", "train", ["image", "text", "audio"], Prep(image_size=8))
     assert data.labels.tolist() == [7, 7, 7] and all("seven" in c for c in data.captions["text"])
     assert data.inputs["audio"].shape[0] == 3 and data.inputs["image"].shape == (3, 1, 8, 8)
 

@@ -18,6 +18,7 @@ from PIL import Image
 from jointspace.data.dataset import load_split
 from jointspace.data.manifest import pack_manifest
 from jointspace.data.shards import DataError
+from jointspace.kinds import Prep
 
 
 def png_claiming(width: int, height: int) -> bytes:
@@ -79,7 +80,7 @@ def hostile_shards(digits_dir, tmp_path):
 
 def test_hostile_samples_and_shards_are_skipped_counted_and_named(hostile_shards):
     root, n_hostile = hostile_shards
-    data = load_split(root, "train", ["image", "text", "audio"], image_size=16, max_bad_fraction=0.5)
+    data = load_split(root, "train", ["image", "text", "audio"], Prep(image_size=16), max_bad_fraction=0.5)
     assert len(data) == 60  # every good sample, none of the hostile ones
     errors = "\n".join(data.stats.errors)
     assert data.stats.n_missing >= n_hostile
@@ -89,7 +90,7 @@ def test_hostile_samples_and_shards_are_skipped_counted_and_named(hostile_shards
     assert "UnicodeDecodeError" in errors
     assert "shard-000901.tar" in errors and "shard-000902.tar" in errors  # zero-byte and not-a-tar shards
     with pytest.raises(DataError, match="unreadable"):  # over the default max_bad_fraction: a clear error
-        load_split(root, "train", ["image", "text", "audio"], image_size=16)
+        load_split(root, "train", ["image", "text", "audio"], Prep(image_size=16))
 
 
 def test_a_manifest_path_that_escapes_its_folder_is_refused(tmp_path):

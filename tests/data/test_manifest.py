@@ -11,6 +11,7 @@ from jointspace.data.dataset import load_split
 from jointspace.data.inspect import class_grid, format_inspection, inspect_shards, plot_class_balance
 from jointspace.data.manifest import pack_folder, pack_manifest
 from jointspace.data.shards import DataError, ReadStats, iter_samples, read_info, split_urls
+from jointspace.kinds import Prep
 from jointspace.outputs import OutputError
 
 CLASSES = ("cat", "dog", "bird")
@@ -65,7 +66,7 @@ def test_pack_csv_manifest_round_trip(tmp_path):
     assert all(v["class_counts"] == {"0": 8, "1": 8, "2": 8} for k, v in info["splits"].items() if k == "train")
     seen = 0
     for split in info["splits"]:
-        data = load_split(out, split, ["image", "text", "audio", "depth"], image_size=6, keep_raw=True)
+        data = load_split(out, split, ["image", "text", "audio", "depth"], Prep(image_size=6), keep_raw=True)
         for i, text in enumerate(data.captions["text"]):
             w = want[text]
             assert data.class_names[data.labels[i]] == w["label"]
@@ -131,7 +132,7 @@ def test_pack_folder_with_and_without_captions(tmp_path):
             (root / cls / f"p{i}.txt").write_text(f"an owl at night {i}\n")
     info = pack_folder(root, tmp_path / "ds", split_fractions=(1, 0, 0))
     assert info["class_names"] == ["owl", "red_fox"] and info["splits"]["train"]["n_samples"] == 6
-    data = load_split(tmp_path / "ds", "train", ["image", "text"], image_size=6, keep_raw=True)
+    data = load_split(tmp_path / "ds", "train", ["image", "text"], Prep(image_size=6), keep_raw=True)
     for i, key in enumerate(data.keys):
         caption = data.captions["text"][i]
         if data.class_names[data.labels[i]] == "owl":

@@ -10,6 +10,7 @@ import torch
 
 from jointspace.data.dataset import epoch_batches, load_split
 from jointspace.data.shards import DataError, ReadStats, iter_samples, split_urls, write_dataset
+from jointspace.kinds import Prep
 
 MODS = {"image": "image", "text": "text", "audio": "sequence", "lidar": "range"}
 
@@ -43,7 +44,7 @@ def test_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(g["image"], w["image"])
         np.testing.assert_array_equal(g["audio"], w["audio"])
         np.testing.assert_array_equal(g["lidar"], w["lidar"])
-    split = load_split(root, "train", list(MODS), image_size=6, context_length=8, max_frames=10)
+    split = load_split(root, "train", list(MODS), Prep(image_size=6, context_length=8, max_frames=10))
     assert split.inputs["image"].shape == (23, 3, 6, 6)
     assert split.inputs["audio"].shape == (23, 10, 4) and split.inputs["audio_len"][0] == len(want[0]["audio"])
     assert split.inputs["text"].shape == (23, 8) and split.inputs["lidar"].shape == (23, 1, 4, 8)

@@ -10,8 +10,10 @@ from jointspace.data.stream import (
     shard_probabilities,
     stream_loader,
 )
+from jointspace.kinds import Prep
 
 MODS = {"image": "image", "text": "text"}
+P4 = Prep(image_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +33,21 @@ def _keys(loader):
 def test_ranks_and_workers_split_the_epoch_exactly(shards):
     seen = []
     for rank in range(2):
-        stream = ShardStream(shards, MODS, batch_size=4, seed=1, epoch=0, rank=rank, world_size=2, image_size=4)
+        stream = ShardStream(shards, MODS, batch_size=4, seed=1, epoch=0, rank=rank, world_size=2, prep=P4)
         seen.append(_keys(stream_loader(stream, num_workers=2)))
     assert len(seen[0]) == len(seen[1]) == 48
     assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 96
-    again = _keys(stream_loader(ShardStream(shards, MODS, 4, seed=1, epoch=0, rank=0, world_size=2, image_size=4), 2))
+    again = _keys(stream_loader(ShardStream(shards, MODS, 4, seed=1, epoch=0, rank=0, world_size=2, prep=P4), 2))
     assert again == seen[0]
     other_epoch = _keys(stream_loader(ShardStream(shards, MODS, 4, seed=1, epoch=1, rank=0, world_size=2,
-                                                  image_size=4), 2))
+                                                  prep=P4), 2))
     assert other_epoch != seen[0]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_mid_epoch_resume_skips_exactly_the_consumed_batches(shards, workers):
     def stream(skip):
-        return ShardStream(shards, MODS, batch_size=4, seed=3, epoch=2, skip_batches=skip, image_size=4,
+        return ShardStream(shards, MODS, batch_size=4, seed=3, epoch=2, skip_batches=skip, prep=P4,
                            shuffle_buffer=10)
 
     full = [b["key"] for b in stream_loader(stream(0), workers)]
@@ -54,7 +56,7 @@ def test_mid_epoch_resume_skips_exactly_the_consumed_batches(shards, workers):
 
 
 def test_batches_are_tensors(shards):
-    batch = next(iter(stream_loader(ShardStream(shards, MODS, batch_size=6, image_size=8))))
+    batch = next(iter(stream_loader(ShardStream(shards, MODS, batch_size=6, prep=Prep(image_size=8)))))
     assert batch["image"].shape == (6, 1, 8, 8) and batch["text"].shape == (6, 16)
     assert batch["label"].dtype.is_floating_point is False and len(batch["key"]) == 6
 
@@ -87,7 +89,7 @@ def test_shard_probabilities_follow_weight_times_size():
 def test_resampled_stream_resumes_exactly(shards):
     def stream(skip):
         return ShardStream(shards, MODS, batch_size=4, seed=3, epoch=1, resampled=True, skip_batches=skip,
-                           image_size=4, shuffle_buffer=10)
+                           prep=P4, shuffle_buffer=10)
 
     def take(loader, n):
         it = iter(loader)
@@ -100,8 +102,8 @@ def test_resampled_stream_resumes_exactly(shards):
 
 def test_label_lookup_reindexes_by_shard_and_expands_grey(shards):
     lookup = {u: np.array([4, 3, 2, 1, 0]) for u in shards[:6]}  # the other shards keep their labels
-    plain = ShardStream(shards, MODS, batch_size=96, image_size=4)
-    mapped = ShardStream(shards, MODS, batch_size=96, image_size=4, label_lookup=lookup, image_channels=3)
+    plain = ShardStream(shards, MODS, batch_size=96, prep=P4)
+    mapped = ShardStream(shards, MODS, batch_size=96, prep=Prep(image_size=4, channels={"image": 3}), label_lookup=lookup)
     a, b = next(iter(stream_loader(plain))), next(iter(stream_loader(mapped)))
     assert a["key"] == b["key"]
     first_half = {f"k{i:03d}" for i in range(48)}  # shards are written in key order, 8 per shard
@@ -115,14 +117,14 @@ def test_label_lookup_reindexes_by_shard_and_expands_grey(shards):
 def test_one_loader_serves_every_epoch_with_the_same_workers(shards, workers):
     """set_epoch reaches persistent workers (shared memory): each pass is what a fresh loader of that
     epoch (and skip) gives, and the worker processes are the same ones."""
-    stream = ShardStream(shards, MODS, batch_size=4, seed=5, epoch=0, image_size=4)
+    stream = ShardStream(shards, MODS, batch_size=4, seed=5, epoch=0, prep=P4)
     loader = stream_loader(stream, workers)
     passes, pids = [], []
     for epoch, skip in [(0, 0), (1, 0), (2, 5), (3, 0)]:
         stream.set_epoch(epoch, skip)
         passes.append(_keys(loader))
         pids.append([w.pid for w in getattr(loader._iterator, "_workers", [])])
-    fresh = [_keys(stream_loader(ShardStream(shards, MODS, 4, seed=5, epoch=e, skip_batches=k, image_size=4), workers))
+    fresh = [_keys(stream_loader(ShardStream(shards, MODS, 4, seed=5, epoch=e, skip_batches=k, prep=P4), workers))
              for e, k in [(0, 0), (1, 0), (2, 5), (3, 0)]]
     assert passes == fresh and len(passes[1]) == 96 and len(passes[2]) == 96 - 5 * 4
     assert passes[0] != passes[1]

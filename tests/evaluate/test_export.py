@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from jointspace.cli import app
 from jointspace.data.dataset import load_split
 from jointspace.evaluate.embed import embed_split
-from jointspace.runs import load_run
+from jointspace.runs import config_prep, load_run
 from jointspace.tasks.contrastive import train
 
 
@@ -26,7 +26,7 @@ def test_embed_command_npy_and_parquet(tiny_cfg, digits_dir, tmp_path):
     assert meta["dims"] == {"image": 16, "text": 16, "audio": 16} and meta["split"] == "val"
     assert meta["class_names"][0] == "round" and len(meta["class_names"]) == 7
 
-    data = load_split(digits_dir, "val", cfg.data.modalities, cfg.data.image_size, cfg.data.context_length)
+    data = load_split(digits_dir, "val", cfg.data.modalities, config_prep(cfg))
     _, model, _ = load_run(run)
     ref = embed_split(model, data)
     keys = np.load(tmp_path / "npy" / "keys.npy")

@@ -32,7 +32,7 @@ def test_to_tensors_keeps_uint8_and_on_device_gives_the_old_values():
 
 
 def test_the_in_memory_split_is_uint8_and_its_batches_are_ready(digits_dir):
-    data = load_split(digits_dir, "train", ["image", "text"], image_size=16)
+    data = load_split(digits_dir, "train", ["image", "text"], Prep(image_size=16))
     assert data.inputs["image"].dtype == torch.uint8  # 4x less memory than float32
     batch = data.batch(torch.arange(4))
     assert batch["image"].dtype == torch.float32 and -1.0 <= float(batch["image"].min()) <= float(batch["image"].max()) <= 1.0
@@ -40,7 +40,7 @@ def test_the_in_memory_split_is_uint8_and_its_batches_are_ready(digits_dir):
 
 
 def test_no_float_images_through_the_loaders_workers(digits_dir):
-    stream = ShardStream(split_urls(digits_dir, "train"), {"image": "image", "text": "text"}, 8, image_size=16)
+    stream = ShardStream(split_urls(digits_dir, "train"), {"image": "image", "text": "text"}, 8, prep=Prep(image_size=16))
     batch = next(iter(stream_loader(stream, num_workers=1)))
     assert batch["image"].dtype == torch.uint8 and batch["text"].dtype == torch.int64
 

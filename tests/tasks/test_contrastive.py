@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from jointspace.engine.checkpoint import latest_checkpoint, load_checkpoint
 from jointspace.losses import BindingLoss
+from jointspace.runs import config_prep
 from jointspace.tasks.contrastive import NonFiniteLossError, accumulated_backward, train
 
 
@@ -72,7 +73,7 @@ def test_accumulation_keeps_all_negatives(tiny_cfg):
 
     cfg = tiny_cfg("model.towers.image.params.norm=group", "model.towers.audio.params.norm=group",
                    "model.towers.audio.params.dropout=0.0")
-    data = load_split(cfg.data.path, "train", cfg.data.modalities, cfg.data.image_size, cfg.data.context_length)
+    data = load_split(cfg.data.path, "train", cfg.data.modalities, config_prep(cfg))
     info = {"kinds": data.kinds, "image_channels": 1}
     torch.manual_seed(0)
     model = build_from_info(cfg, info).double()
@@ -107,7 +108,7 @@ def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(tiny_cfg
     from jointspace.runs import build_from_info
 
     cfg = tiny_cfg()  # the image tower's CNN has BatchNorm
-    data = load_split(cfg.data.path, "train", cfg.data.modalities, cfg.data.image_size, cfg.data.context_length)
+    data = load_split(cfg.data.path, "train", cfg.data.modalities, config_prep(cfg))
     torch.manual_seed(0)
     model = build_from_info(cfg, {"kinds": data.kinds, "image_channels": 1}).train()
     reference = copy.deepcopy(model)

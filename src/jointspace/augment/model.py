@@ -8,7 +8,7 @@ import torch
 
 from jointspace.augment.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.data.dataset import SplitData, load_split
-from jointspace.kinds import get_kind
+from jointspace.kinds import Prep, get_kind
 from jointspace.run_dir import RUN_INFO, RunDir, RunInfo
 
 # scheduler name -> diffusers class; every one takes any trained DDPM-style schedule config
@@ -58,7 +58,7 @@ def make_scheduler(kind: str, config: dict):
 
 def load_images(cfg: DiffusionDataConfig) -> SplitData:
     """The split's images as [N, C, S, S] in [-1, 1] (C forced to `cfg.channels` when set) with labels."""
-    data = load_split(cfg.path, cfg.split, [cfg.modality], image_size=cfg.image_size,
+    data = load_split(cfg.path, cfg.split, [cfg.modality], Prep(image_size=cfg.image_size),
                       max_bad_fraction=cfg.max_bad_fraction)
     if not get_kind(data.kinds[cfg.modality]).picture:
         raise ValueError(f"data.modality={cfg.modality!r} of {cfg.path} is a {data.kinds[cfg.modality]}, not an image")

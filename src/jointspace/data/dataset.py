@@ -88,22 +88,17 @@ def load_split(
     root: str | Path | Source,
     split: str,
     modalities: list[str],
-    image_size: int = 32,
-    context_length: int = 16,
-    max_frames: int = 96,
+    prep: Prep | None = None,
     max_bad_fraction: float = 0.01,
     keep_raw: bool = False,
     label_map: dict[str, str] | None = None,
-    tokenizers: dict[str, str] | None = None,
     max_range: float | None = None,
-    max_points: int = 1024,
-    prep: Prep | None = None,
 ) -> SplitData:
     """Read and decode one split; fails (naming files) past `max_bad_fraction` unreadable samples.
 
-    `label_map` {old class name: new} merges classes; `tokenizers` {text modality: spec} picks the
-    tokenizer of a text tower (default OpenCLIP BPE). `prep` (a run's) fixes how values become tensors;
-    without it, the sizes given here are used and what normalisation still needs (a range modality's
+    `label_map` {old class name: new} merges classes. `prep` fixes how values become tensors: its sizes,
+    its text towers' tokenizers (default OpenCLIP BPE) and, for a run's Prep, what it recorded (default:
+    `Prep()`, every kind's default sizes); what normalisation still needs (a range modality's
     `max_range`: `max_range`, else dataset.json's, else this split's largest) is fixed from the data.
     `root`: a shard folder, or any Source (foreign WebDataset shards)."""
     source = as_source(root)
@@ -115,9 +110,7 @@ def load_split(
     values, labels, keys, stats = _read(source, split, modalities, info, max_bad_fraction)
     sub_kinds = {m: kinds[m] for m in modalities}
     variants, values = split_variants(values)
-    prep = prep or Prep(image_size=image_size, context_length=context_length, max_frames=max_frames,
-                        max_points=max_points, tokenizers=dict(tokenizers or {}))
-    prep = fit_prep(values, sub_kinds, recorded_range(prep, info, sub_kinds, max_range))
+    prep = fit_prep(values, sub_kinds, recorded_range(prep or Prep(), info, sub_kinds, max_range))
     inputs = to_inputs(values, sub_kinds, prep)
     every = {m: (to_inputs({m: flat}, sub_kinds, prep)[m], owner) for m, (flat, owner) in variants.items()}
     class_names, label_t = list(info.get("class_names", [])), torch.tensor(labels, dtype=torch.long)

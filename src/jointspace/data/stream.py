@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jointspace.data.shards import ReadStats, iter_samples
-from jointspace.kinds import Prep, to_inputs, with_role
+from jointspace.kinds import Prep, to_inputs
 
 
 def epoch_shards(urls: list[str], seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[str]:
@@ -63,20 +63,14 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls: list[str], kinds: dict[str, str], batch_size: int, seed: int = 0, epoch: int = 0,
                  rank: int = 0, world_size: int = 1, resampled: bool = False, skip_batches: int = 0,
-                 image_size: int = 32, context_length: int = 16, max_frames: int = 96,
-                 tokenizers: dict[str, str] | None = None, shuffle_buffer: int = 0,
-                 shard_probs: list[float] | None = None, label_lookup: dict[str, np.ndarray | None] | None = None,
-                 image_channels: int | None = None, prep: Prep | None = None, decode=None,
-                 report_skips: bool = False):
+                 prep: Prep | None = None, shuffle_buffer: int = 0, shard_probs: list[float] | None = None,
+                 label_lookup: dict[str, np.ndarray | None] | None = None, decode=None, report_skips: bool = False):
         super().__init__()
         self.urls, self.kinds, self.batch_size = urls, kinds, batch_size
         self.shard_probs, self.label_lookup = shard_probs, label_lookup or {}
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.resampled, self.skip_batches, self.shuffle_buffer = resampled, skip_batches, shuffle_buffer
-        picture = with_role(kinds, "picture")
-        self.prep = prep or Prep(image_size=image_size, context_length=context_length, max_frames=max_frames,
-                                 tokenizers=dict(tokenizers or {}),
-                                 channels={picture: image_channels} if picture and image_channels else {})
+        self.prep = prep or Prep()  # the run's: sizes, tokenizers, channels (grey and colour sources mixed)
         self.stats = ReadStats()
         # (epoch, batches to skip) in shared memory: persistent DataLoader workers keep the copy of this object
         # they were started with, and read where the next epoch starts from here (`set_epoch`)

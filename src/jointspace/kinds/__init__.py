@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from jointspace.kinds.base import BadCell, Kind, Prep, QueryError
+from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size
 from jointspace.kinds.image import ImageKind
 from jointspace.kinds.points import PointsKind
 from jointspace.kinds.range import RangeKind
@@ -20,9 +20,15 @@ _KINDS: dict[str, Kind] = {}
 
 
 def register(kind: Kind) -> Kind:
-    """Add a kind to the registry under its name."""
+    """Add a kind to the registry under its name, and its size fields to `Prep.SIZES` (kinds may share a
+    size, such as `image_size`, when they declare it alike)."""
     if kind.name in _KINDS:
         raise ValueError(f"kind {kind.name!r} registered twice")
+    for size in kind.sizes:
+        known = Prep.SIZES.get(size.name)
+        if known is not None and (known.default, known.minimum) != (size.default, size.minimum):
+            raise ValueError(f"kind {kind.name!r}: size {size.name!r} is declared with another default or minimum")
+        Prep.SIZES.setdefault(size.name, size)
     _KINDS[kind.name] = kind
     return kind
 
@@ -112,6 +118,11 @@ def input_channels(inputs: dict[str, torch.Tensor], kinds: dict[str, str]) -> di
     return out
 
 
+def size_fields() -> dict[str, Size]:
+    """Every registered kind's size fields, in registration order (`data.<name>` config fields)."""
+    return dict(Prep.SIZES)
+
+
 def describe() -> list[dict]:
     """Registered kinds: name, extensions, aliases, default tower, roles."""
     roles = ("spatial", "captions", "picture")
@@ -120,6 +131,6 @@ def describe() -> list[dict]:
             for k in _KINDS.values()]
 
 
-__all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "all_kinds", "decode_file", "describe", "fit_prep",
+__all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "Size", "all_kinds", "decode_file", "describe", "fit_prep",
            "get_kind", "input_channels", "kind_for_alias", "kind_for_extension", "preview_modality", "recognise_column", "register",
-           "to_inputs", "with_role"]
+           "size_fields", "to_inputs", "with_role"]

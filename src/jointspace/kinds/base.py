@@ -9,9 +9,9 @@ Nothing outside `kinds/` branches on a kind's name.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,31 +29,71 @@ class BadCell(Exception):
 MAX_ARRAY_VALUES = 4_000_000
 
 
-@dataclass
-class Prep:
-    """How values become model inputs, fixed for a run and recorded in its run.json: sizes shared by all
-    modalities, and per modality its input channels, tokenizer spec and metric range scale."""
+@dataclass(frozen=True)
+class Size:
+    """One size field a kind declares (a number that fixes its tensors' shape): its name, default, least
+    value, and one line saying what it bounds. Each is a `data.<name>` config field and a `Prep` size."""
 
-    image_size: int = 32
-    context_length: int = 16
-    max_frames: int = 96
-    max_points: int = 1024
-    channels: dict[str, int] = field(default_factory=dict)  # images: target channels; range: 1; points: 3|4
-    tokenizers: dict[str, str] = field(default_factory=dict)  # text modality -> spec (absent: OpenCLIP BPE)
-    max_range: dict[str, float] = field(default_factory=dict)  # range/points modality -> metres that map to 1
+    name: str
+    default: int
+    minimum: int = 1
+    doc: str = ""
+
+
+PREP_DICTS = ("channels", "tokenizers", "max_range")
+
+
+@dataclass(init=False)
+class Prep:
+    """How values become model inputs, fixed for a run and recorded in its run.json: the sizes every
+    registered kind declares (`Kind.sizes`: `image_size`, `context_length`...; read as `prep.image_size`),
+    and per modality its input channels, tokenizer spec and metric range scale."""
+
+    sizes: dict[str, int]
+    channels: dict[str, int]  # images: target channels; range: 1; points: 3|4
+    tokenizers: dict[str, str]  # text modality -> spec (absent: OpenCLIP BPE)
+    max_range: dict[str, float]  # range/points modality -> metres that map to 1
+
+    SIZES: ClassVar[dict[str, Size]] = {}  # every registered kind's size fields (filled by kinds.register)
+
+    def __init__(self, sizes: dict[str, int] | None = None, channels: dict[str, int] | None = None,
+                 tokenizers: dict[str, str] | None = None, max_range: dict[str, float] | None = None,
+                 **named: int):
+        given = {**(sizes or {}), **named}
+        unknown = [k for k in given if k not in self.SIZES]
+        if unknown:
+            raise ValueError(f"Prep: unknown size field {unknown[0]!r} (known: {', '.join(self.SIZES)})")
+        self.sizes = {**{k: s.default for k, s in self.SIZES.items()}, **given}
+        self.channels, self.tokenizers = dict(channels or {}), dict(tokenizers or {})
+        self.max_range = dict(max_range or {})
+
+    def __getattr__(self, name: str) -> int:
+        sizes = self.__dict__.get("sizes")
+        if sizes is not None and name in sizes:
+            return sizes[name]
+        raise AttributeError(f"Prep has no field or size {name!r}")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Flat: each size at the top level (as run.json files have always had them), then the dicts."""
+        return {**self.sizes, **{k: dict(getattr(self, k)) for k in PREP_DICTS}}
 
     @classmethod
     def from_json(cls, raw: dict | None) -> Prep:
-        return cls(**{k: v for k, v in (raw or {}).items() if k in cls.__dataclass_fields__})
+        """A recorded Prep (flat sizes, or a `sizes` mapping); keys no registered kind knows are ignored."""
+        raw = dict(raw or {})
+        sizes = {**raw.pop("sizes", {}), **{k: v for k, v in raw.items() if k in cls.SIZES}}
+        return cls({k: v for k, v in sizes.items() if k in cls.SIZES}, **{k: raw[k] for k in PREP_DICTS if k in raw})
 
     def updated(self, **kw) -> Prep:
-        """A copy with fields replaced (dict fields merged)."""
-        out = Prep(**asdict(self))
+        """A copy with sizes or fields replaced (dict fields merged)."""
+        out = Prep(self.sizes, self.channels, self.tokenizers, self.max_range)
         for k, v in kw.items():
-            setattr(out, k, {**getattr(out, k), **v} if isinstance(v, dict) else v)
+            if k in PREP_DICTS or k == "sizes":
+                getattr(out, k).update(v)
+            elif k in self.SIZES:
+                out.sizes[k] = v
+            else:
+                raise ValueError(f"Prep: unknown field {k!r}")
         return out
 
 
@@ -71,6 +111,7 @@ class Kind:
     preview_rank: int | None = None  # lower ranks become a sample's thumbnail first; None: never
     fallback: bool = False  # recognised only when no other kind claims a manifest column
     ranged: bool = False  # values are metric distances, scaled by a per-run Prep.max_range
+    sizes: tuple[Size, ...] = ()  # size fields it reads from Prep (each a `data.<name>` config field)
 
     # ---- storage ----
     def encode(self, value: Any) -> tuple[str, bytes]:

@@ -14,10 +14,11 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as decode_torchvision
 
-from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, resolve_path
+from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size, resolve_path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # stored as is; other PIL formats are re-encoded
 MAX_IMAGE_PIXELS = 4096 * 4096
+IMAGE_SIZE = Size("image_size", 32, doc="images are resized to image_size x image_size")
 
 
 def _uint8(t: torch.Tensor) -> torch.Tensor:
@@ -88,6 +89,7 @@ class ImageKind(Kind):
     spatial = True
     picture = True
     preview_rank = 0
+    sizes = (IMAGE_SIZE,)
 
     def encode(self, value: Any) -> tuple[str, bytes]:
         if isinstance(value, (str, Path)):

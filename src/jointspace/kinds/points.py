@@ -15,6 +15,7 @@ from jointspace.kinds.base import (
     NpyKind,
     Prep,
     QueryError,
+    Size,
     check_array_cell,
     first_conv_channels,
 )
@@ -51,6 +52,7 @@ class PointsKind(NpyKind):
     default_tower = "pointnet"
     ranged = True
     preview_rank = 2
+    sizes = (Size("max_points", 1024, doc="point clouds: longer clouds are thinned by an even stride"),)
 
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         out, arr = check_array_cell(value, base, column, self.name)

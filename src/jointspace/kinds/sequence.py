@@ -12,6 +12,7 @@ from jointspace.kinds.base import (
     NpyKind,
     Prep,
     QueryError,
+    Size,
     check_array_cell,
     first_conv_channels,
     scaled_grey,
@@ -43,6 +44,7 @@ class SequenceKind(NpyKind):
     default_tower = "frames_cnn"
     preview_rank = 3
     fallback = True  # a .npy column that no other kind claims by its name
+    sizes = (Size("max_frames", 96, doc="feature sequences: longer ones are cut, shorter ones padded"),)
 
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         out, arr = check_array_cell(value, base, column, self.name)

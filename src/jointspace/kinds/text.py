@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jointspace.kinds.base import Kind, Prep, QueryError
+from jointspace.kinds.base import Kind, Prep, QueryError, Size
 
 MAX_TEXT_CHARS = 2000
 # a query text must hold a character outside JSON Schema's (ECMAScript's) whitespace, so the API's
@@ -71,6 +71,7 @@ class TextKind(Kind):
     aliases = ("text", "caption", "txt")
     default_tower = "transformer"
     captions = True
+    sizes = (Size("context_length", 16, minimum=2, doc="tokens per caption, start and end tokens included"),)
 
     def encode(self, value: Any) -> tuple[str, bytes]:
         return "txt", str(value).encode("utf-8")

@@ -18,9 +18,8 @@ from jointspace.data.sources import load_sources
 from jointspace.engine import Plan, seed_everything
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
-from jointspace.model import text_tokenizers
 from jointspace.run_dir import RunDir
-from jointspace.runs import resolve_init, run_prep
+from jointspace.runs import config_prep, resolve_init, run_prep
 
 
 def ensure_dataset(cfg: RunConfig) -> Source:
@@ -39,12 +38,12 @@ def ensure_dataset(cfg: RunConfig) -> Source:
     return source_of(cfg.data)
 
 
-def split_kwargs(cfg: RunConfig) -> dict:
-    """load_split keyword arguments a run's config implies (sizes, label map, the text towers' tokenizers)."""
+def split_kwargs(cfg: RunConfig, prep: Prep | None = None) -> dict:
+    """load_split keyword arguments a run's config implies (label map, range scale), with `prep` (default:
+    the config's, `runs.config_prep`: sizes and the text towers' tokenizers)."""
     d = cfg.data
-    return {"modalities": d.modalities, "image_size": d.image_size, "context_length": d.context_length,
-            "max_frames": d.max_frames, "max_bad_fraction": d.max_bad_fraction, "label_map": d.label_map or None,
-            "tokenizers": text_tokenizers(cfg.model), "max_range": d.max_range, "max_points": d.max_points}
+    return {"modalities": d.modalities, "prep": prep or config_prep(cfg), "max_bad_fraction": d.max_bad_fraction,
+            "label_map": d.label_map or None, "max_range": d.max_range}
 
 
 def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitData | None, SplitData | None]:
@@ -53,15 +52,15 @@ def prepare_data(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitD
     the streamed train split's)."""
     root = ensure_dataset(cfg)
     info = root.info
-    kw = split_kwargs(cfg)
+    kw = split_kwargs(cfg, prep)
     if cfg.data.streaming:
         train = None
     elif cfg.data.sources:  # the train split mixes these folders; val/test stay those of data.path
-        train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None, "prep": prep})
+        train = load_sources(cfg.data, "train", info.get("class_names"), **{**kw, "label_map": None})
     else:
-        train = load_split(root, "train", **kw, prep=prep)
+        train = load_split(root, "train", **kw)
     fixed = train.prep if train is not None else prep
-    val = load_split(root, "val", **kw, prep=fixed) if root.has_split("val") else None
+    val = load_split(root, "val", **split_kwargs(cfg, fixed)) if root.has_split("val") else None
     return info, train, val
 
 
@@ -119,7 +118,7 @@ def load_splits(cfg: RunConfig, prep: Prep | None = None) -> tuple[dict, SplitDa
     if not train.labelled:
         raise DataError(f"{cfg.data.urls or cfg.data.csv}: no labels (cls, a json field data.label_key, class "
                         f"folders or a label column); task {cfg.task} trains on labels")
-    test = load_split(source_of(cfg.data), cfg.eval.split, **split_kwargs(cfg), prep=train.prep)  # as train
+    test = load_split(source_of(cfg.data), cfg.eval.split, **split_kwargs(cfg, train.prep))  # as train
     return info, train, val, test
 
 
