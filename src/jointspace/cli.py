@@ -37,7 +37,7 @@ def builtin_config(name: str) -> Path:
 @data_app.command("synth")
 @_friendly
 def data_synth(
-    name: Annotated[str, typer.Argument(help="digits (real: images + spoken digits + captions) or shapes (RGB + LiDAR)")],
+    name: Annotated[str, typer.Argument(help="digits (real: images + spoken digits + captions), shapes (RGB + LiDAR) or moving (video clips)")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     seed: int = 0,
     n: Annotated[int | None, typer.Option(help="number of samples (default: the whole set / 3000)")] = None,

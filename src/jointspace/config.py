@@ -44,7 +44,7 @@ class SourceConfig(_Strict):
 
 class _DataHead(_Strict):
     path: str = "data/digits"
-    synth: Literal["digits", "shapes"] | None = None  # generate this built-in set if `path` is missing
+    synth: Literal["digits", "shapes", "moving"] | None = None  # generate this built-in set if `path` is missing
     synth_size: int | None = None  # samples to synthesise (None: the generator's default)
     modalities: list[str] = Field(default_factory=lambda: ["image", "text", "audio"])
     label_key: str = "label"

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-KINDS = {"image": "image", "text": "text", "audio": "sequence", "lidar": "range", "points": "points"}
+KINDS = {"image": "image", "text": "text", "audio": "sequence", "lidar": "range", "points": "points",
+         "video": "video"}
 CLASSES = ["disc", "ring", "bar"]
 SPLIT_SIZES = {"train": 48, "val": 24, "test": 24}
 
@@ -21,8 +22,9 @@ def make_sample(rng: np.random.Generator, split: str, i: int) -> dict:
     lidar = (scale * rng.uniform(0.2 + 0.2 * label, 1.0, (8, 16))).astype(np.float32)
     n = int(rng.integers(30, 90))
     points = rng.normal(0, 1, (n, 3)).astype(np.float32) * np.array([1 + label, 1, 1], np.float32) * scale
+    video = np.clip(rng.normal(60 + 60 * label, 25, (int(rng.integers(2, 9)), 8, 8, 3)), 0, 255).astype(np.uint8)
     return {"key": f"all-{split}-{i:03d}", "image": image, "text": f"a {CLASSES[label]} sample {i % 5}",
-            "audio": frames, "lidar": lidar, "points": points, "label": label}
+            "audio": frames, "lidar": lidar, "points": points, "video": video, "label": label}
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +50,7 @@ def all_kinds_overrides(data: Path, out: Path, name: str = "all") -> list[str]:
         "model.towers.audio.name=frames_cnn", "model.towers.audio.params.channels=[16, 16]",
         "model.towers.lidar.name=range_cnn", "model.towers.lidar.params.channels=[8, 16]",
         "model.towers.points.name=pointnet", "model.towers.points.params.widths=[16, 32]",
+        "model.towers.video.name=video_cnn", "model.towers.video.params.channels=[8, 8]", "data.video_frames=4",
     ]
 
 

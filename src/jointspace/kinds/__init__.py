@@ -15,6 +15,7 @@ from jointspace.kinds.points import PointsKind
 from jointspace.kinds.range import RangeKind
 from jointspace.kinds.sequence import SequenceKind
 from jointspace.kinds.text import TextKind
+from jointspace.kinds.video import VideoKind
 
 _KINDS: dict[str, Kind] = {}
 
@@ -38,6 +39,7 @@ register(TextKind())
 register(SequenceKind())
 register(RangeKind())
 register(PointsKind())
+register(VideoKind())
 
 KINDS = tuple(_KINDS)
 

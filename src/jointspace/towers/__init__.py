@@ -11,6 +11,7 @@ from jointspace.towers import (  # noqa: F401  (register the built-in towers; he
     pointnet,
     pretrained,
     text,
+    video,
 )
 from jointspace.towers.registry import (
     build_tower,

@@ -1,5 +1,5 @@
-"""Embedded datasets, generated offline: `digits` (real) and `shapes` (procedural RGB + LiDAR range image
-and point cloud + caption)."""
+"""Embedded datasets, generated offline: `digits` (real), `shapes` (procedural RGB + LiDAR range image
+and point cloud + caption) and `moving` (procedural video clips + caption)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 
 from jointspace.data.shards import write_dataset
 
-BUILTIN = ("digits", "shapes")
-DEFAULT_SIZE = {"digits": None, "shapes": 3000}  # None: the whole set
+BUILTIN = ("digits", "shapes", "moving")
+DEFAULT_SIZE = {"digits": None, "shapes": 3000, "moving": 1200}  # None: the whole set
 
 
 def synth_size(name: str, n: int | None) -> int | None:
@@ -61,4 +61,9 @@ def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = No
         return write_dataset(out_dir, _shapes_splits(synth_size(name, n), seed),
                              {"image": "image", "lidar": "range", "points": "points", "text": "text"}, classes, extra,
                              maxcount=maxcount, overwrite=overwrite)
+    if name == "moving":
+        from jointspace.data.builtin import moving
+
+        return write_dataset(out_dir, moving.splits(synth_size(name, n), seed), moving.MODALITIES, moving.CLASS_NAMES,
+                             {**moving.info(), "seed": seed, **asked}, maxcount=maxcount, overwrite=overwrite)
     raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")
