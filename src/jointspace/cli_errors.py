@@ -4,8 +4,11 @@ traceback. Standard output stays for results (`search --json > hits.json` never 
 from __future__ import annotations
 
 import functools
+import inspect
 import re
+import shlex
 import sqlite3
+import sys
 from collections.abc import Callable
 
 import typer
@@ -26,6 +29,14 @@ def report(err: BaseException) -> None:
     errors.print(f"[bold red]error:[/] {escape(one_line(err))}", markup=True, highlight=False, soft_wrap=True)
 
 
+def said_stopped(stop: BaseException, resumable: bool) -> None:
+    """The one line of a preempted command: where it stopped, its checkpoint, the command that goes on."""
+    argv = ["jointspace", *sys.argv[1:]]
+    again = shlex.join(argv + (["--resume"] if resumable and "--resume" not in argv else []))
+    errors.print(f"[bold yellow]preempted:[/] {escape(one_line(stop).split(': ', 1)[1])}; continue with: "
+                 f"{escape(again)}", markup=True, highlight=False, soft_wrap=True)
+
+
 def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
     """Decorator for every typer command: config, data, non-finite-loss, failed-grid, file, OS and value
     errors -> one line on stderr, exit 2. (`console` is the command's output console; errors never go there.)"""
@@ -36,9 +47,13 @@ def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
             from jointspace.config import ConfigError, RunsFailed
             from jointspace.data.shards import DataError
             from jointspace.engine import NonFiniteLossError
+            from jointspace.engine.preempt import PREEMPTED_EXIT, Preempted
 
             try:
                 return fn(*args, **kwargs)
+            except Preempted as stop:
+                said_stopped(stop, "resume" in inspect.signature(fn).parameters)
+                raise typer.Exit(PREEMPTED_EXIT) from None
             except (ConfigError, DataError, NonFiniteLossError, RunsFailed, OSError, ValueError,
                     sqlite3.DatabaseError) as err:
                 report(err)

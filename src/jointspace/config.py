@@ -177,6 +177,17 @@ class TrainConfig(_Strict):
     local_loss: bool = False  # data parallel: score local anchors against the gathered batch (open_clip)
     compile: bool = False  # torch.compile the forward pass
     channels_last: bool = False  # NHWC memory format for the convolutions
+    # signals that stop the run at the next step with a checkpoint (clusters and spot machines send them)
+    preempt_signals: list[str] = Field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+
+    @field_validator("preempt_signals")
+    @classmethod
+    def _catchable(cls, v: list[str]) -> list[str]:
+        from jointspace.engine.preempt import signal_number  # the engine names the signals it can catch
+
+        for name in v:
+            signal_number(name)
+        return v
 
 
 class EvalConfig(_Strict):

@@ -1,7 +1,12 @@
 """Crash tests: `jointspace train` killed with SIGKILL at random steps and once inside a checkpoint
 write, resumed with --resume each time, ends with exactly the weights of an uninterrupted run (a
 contrastive, a classifier and a diffusion run). The checkpoint write is only slowed (an environment
-hook) to widen the window the kill lands in."""
+hook) to widen the window the kill lands in.
+
+Preemption: SIGTERM or SIGUSR1 (what Slurm, Kubernetes and spot machines send before a kill) stops the
+run at the next step with a mid-epoch checkpoint, one line naming it and the command that resumes, and
+exit code 75; a second signal during that save changes nothing. Stopped at three random steps and
+resumed each time, the run ends with exactly the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from safetensors.torch import load_file
 
 from jointspace.cli import builtin_config
 from jointspace.engine.checkpoint import SLOW_WRITE_ENV
+from jointspace.engine.preempt import PREEMPTED_EXIT
 
 JOINTSPACE = str(Path(sys.executable).parent / "jointspace")
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -119,3 +125,50 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(task, digits_d
     crashed = crash_and_resume(config, overrides + ["name=crashed"], out / "crashed", steps, seed=len(task))
     assert_exactly_equal(out / "straight", crashed)
     assert _train_rows(crashed) == _train_rows(out / "straight")  # every step logged once
+
+
+def _signal_when(proc: subprocess.Popen, run: Path, step: int, signals: list[int], timeout: float = 180) -> str:
+    """Send `signals[0]` once `step` steps are logged and this process has logged one (and, with a second
+    one, that one while the stop's checkpoint is being written); returns the process's stderr at its exit."""
+    deadline, start = time.time() + timeout, _steps_logged(run)  # a resumed run's log holds earlier steps
+    while _steps_logged(run) < max(step, start + 1):  # a step of this process: it is inside the engine
+        assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "the run did not reach the step"
+        time.sleep(0.02)
+    os.kill(proc.pid, signals[0])
+    for sig in signals[1:]:
+        while not _writing(run) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, sig)
+    _, err = proc.communicate(timeout=timeout)
+    return err
+
+
+def test_sigterm_at_three_random_steps_then_resume_equals_an_uninterrupted_run(digits_dir, tmp_path):
+    out = tmp_path / "runs"
+    overrides = [f"output_dir={out}", f"data.path={digits_dir}", "data.synth=null", "train.epochs=4",
+                 "train.batch_size=16", "train.warmup_steps=2", "train.log_every=1", "train.keep_checkpoints=3",
+                 "model.embed_dim=16", "model.towers.image.params.channels=[8, 16]",
+                 "model.towers.text.params.width=16", "model.towers.text.params.layers=1",
+                 "model.towers.audio.params.channels=[16, 16]", "eval.linear_probe=false", "tracker=none"]
+    config = builtin_config("digits")
+    _reference(config, overrides + ["name=straight"])
+    base = [JOINTSPACE, "train", str(config)] + [a for o in overrides + ["name=stopped"] for a in ("--set", o)]
+    run = out / "stopped"
+    targets = sorted(random.Random(7).sample(range(1, 11), 3))  # of 12 steps
+    stops = [[signal.SIGTERM], [signal.SIGUSR1], [signal.SIGTERM, signal.SIGTERM]]  # the last: twice
+    for i, (target, sigs) in enumerate(zip(targets, stops, strict=True)):
+        env = {**os.environ, SLOW_WRITE_ENV: "2"} if len(sigs) > 1 else dict(os.environ)
+        proc = subprocess.Popen(base + (["--resume"] if i else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        err = _signal_when(proc, run, target, sigs)
+        assert proc.returncode == PREEMPTED_EXIT, err[-2000:]
+        line = [x for x in err.splitlines() if x.startswith("preempted:")]
+        name = signal.Signals(sigs[0]).name
+        assert len(line) == 1 and f"stopped by {name} at step" in line[0] and line[0].endswith("--resume"), err
+        checkpoint = Path(line[0].split("checkpoint ", 1)[1].split(";", 1)[0])
+        assert checkpoint.is_dir() and (checkpoint / "model.safetensors").exists()
+    done = subprocess.run(base + ["--resume"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_exactly_equal(out / "straight", run)
+    assert _train_rows(run) == _train_rows(out / "straight")  # every step logged once

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import signal
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -163,9 +164,17 @@ def stream_loader(stream: ShardStream, num_workers: int = 0, pin_memory: bool = 
 
     Its workers persist across passes: `stream.set_epoch(epoch, skip)` before each pass says where it
     starts (they are not started again each epoch, nor their imports and tokenizers built again). Batches
-    are pinned for a CUDA device with `pin_memory`. It gets a generator of its own: the default one would
+    are pinned for a CUDA device with `pin_memory`. Its workers leave preemption signals to the training
+    process (`leave_signals_to_the_trainer`). It gets a generator of its own: the default one would
     draw from the global RNG, which would shift dropout masks after a mid-epoch resume.
     """
     gen = torch.Generator().manual_seed(stream.seed * 100_003 + stream.epoch)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=pin_memory, generator=gen)
+                      pin_memory=pin_memory, generator=gen, worker_init_fn=leave_signals_to_the_trainer)
+
+
+def leave_signals_to_the_trainer(_worker_id: int) -> None:
+    """A worker ignores the signals a cluster sends a whole job before it stops it (SIGTERM, SIGUSR1):
+    the training process catches them, finishes its step, saves and then stops its workers itself."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)

@@ -6,7 +6,8 @@ its loss), an optimizer, a scheduler and a Plan; `fit` owns the rest, written on
 - warmup + cosine (the scheduler steps once per optimizer step), logging and the progress bar,
 - validation every `eval_every` epochs, atomic checkpoints (every `checkpoint_every` epochs and every
   `checkpoint_every_steps` steps) and exact resume from any of them (batches skipped, RNG restored,
-  the metrics log cut back to the checkpoint so no step is logged twice).
+  the metrics log cut back to the checkpoint so no step is logged twice),
+- preemption (preempt.py): a signal stops the run at the next step boundary with a checkpoint.
 
 Nothing here knows a task: the engine imports no task module. What a task hands over (`Objective`,
 `StepContext`) and the device-side record of the first non-finite step (`Health`) are in objective.py.
@@ -18,6 +19,7 @@ import contextlib
 import contextvars
 import math
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from jointspace.engine.checkpoint import latest_checkpoint, resume_latest, save_
 from jointspace.engine.distributed import DistInfo, barrier
 from jointspace.engine.objective import Health, Objective, StepContext
 from jointspace.engine.precision import amp_dtype, autocast
+from jointspace.engine.preempt import DEFAULT_SIGNALS, Preempted, PreemptWatch, signal_number
 from jointspace.engine.tracking import Tracker
 from jointspace.run_dir import RunDir
 
@@ -83,6 +86,7 @@ class Plan:
     grad_clip: float | None = 1.0
     amp: str = "none"
     accum_steps: int = 1
+    preempt_signals: tuple[str, ...] = DEFAULT_SIGNALS
 
     @property
     def epochs(self) -> int:
@@ -121,6 +125,7 @@ class Engine:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, plan.amp) == torch.float16)
         self.epoch, self.step, self.skip = 0, 0, 0
         self.health = Health(self.scaler.is_enabled())
+        self.watch: PreemptWatch | None = None
 
     def resume(self) -> None:
         """Continue from the latest checkpoint: weights, optimizer, schedule, scaler, RNG, position."""
@@ -132,6 +137,28 @@ class Engine:
             self.scaler.load_state_dict(state["scaler"])
         self.tracker.keep_until(self.step)
         self.obj.resumed(self.step)
+
+    def stop_asked(self) -> str | None:
+        """The preemption signal received, if any, on every rank alike: under torchrun the ranks agree on
+        log steps (a collective where the engine reads anyway), so all stop after the same step."""
+        asked = self.watch.requested if self.watch is not None else None
+        if not self.dist.enabled:
+            return asked
+        if not self.logs_now():
+            return None
+        flag = torch.tensor([signal_number(asked) if asked else 0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return signal.Signals(int(flag)).name if int(flag) else None
+
+    def stop(self, signal_name: str, epoch: int) -> None:
+        """Write a mid-epoch checkpoint where the run stands and raise Preempted."""
+        self.check_finite()
+        name = f"step_{self.step:07d}"
+        if self.dist.is_main:
+            self.save(name, epoch, self.step - epoch * self.plan.steps_per_epoch)
+        barrier(self.dist)
+        self.tracker.close()
+        raise Preempted(signal_name, self.step, self.plan.total_steps, epoch + 1, str(self.ckpt_dir / name))
 
     def save(self, name: str, epoch: int, in_epoch: int = 0) -> None:
         """Write a checkpoint (rank 0; every rank has run check_finite just before: a collective)."""
@@ -199,6 +226,8 @@ class Engine:
                 self.check_finite()  # weights after a non-finite step are never saved
                 if self.dist.is_main:
                     self.save(f"step_{self.step:07d}", epoch, in_epoch)
+            if (asked := self.stop_asked()) is not None:
+                self.stop(asked, epoch)
         return losses
 
     def end_epoch(self, done: int, result: FitResult) -> None:
@@ -224,7 +253,7 @@ class Engine:
         p, t0 = self.plan, time.time()
         result = FitResult(step=self.step, start_step=self.step, seconds=0.0, train_seconds=0.0,
                            steps_per_epoch=p.steps_per_epoch)
-        with progress_bar(show_progress and self.dist.is_main) as progress:
+        with PreemptWatch(p.preempt_signals) as self.watch, progress_bar(show_progress and self.dist.is_main) as progress:
             task = progress.add_task("train", total=p.total_steps, completed=self.step, epoch=self.epoch + 1,
                                      loss=float("nan"))
             for epoch in range(self.epoch, p.epochs):

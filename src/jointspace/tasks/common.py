@@ -97,7 +97,8 @@ def plan_of(train: TrainConfig, steps_per_epoch: int, **changes) -> Plan:
     fields = {"steps_per_epoch": steps_per_epoch, "total_steps": steps_per_epoch * train.epochs,
               "log_every": train.log_every, "eval_every": train.eval_every, "checkpoint_every": train.checkpoint_every,
               "checkpoint_every_steps": train.checkpoint_every_steps, "keep_checkpoints": train.keep_checkpoints,
-              "grad_clip": train.grad_clip, "amp": train.amp, "accum_steps": train.accum_steps}
+              "grad_clip": train.grad_clip, "amp": train.amp, "accum_steps": train.accum_steps,
+              "preempt_signals": tuple(train.preempt_signals)}
     return Plan(**{**fields, **changes})
 
 
