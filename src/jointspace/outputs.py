@@ -5,12 +5,14 @@ kind is recognised by files only jointspace writes there (`OutputKind.marks`). A
 when it is missing or empty; it replaces an existing folder only when that folder is of its own kind and
 `--overwrite` was given. It never writes over the working directory or a folder holding it, nor over its
 own source or a folder holding the source. New contents are written in a staging folder beside `out`
-(same disk) and moved into place whole (`staged`), so a failure leaves the old folder as it was.
+(same disk) and moved into place whole (`staged`), so a failure leaves the old folder as it was. A
+full disk or quota while writing is one `DiskFull` line (`disk_guard`), with nothing half-written left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -24,6 +26,66 @@ from jointspace.swap import owned_prefix, recover_interrupted, remove_leftovers,
 
 class OutputError(FileExistsError):
     """An output folder would replace something the command must not replace; the message says what."""
+
+
+class DiskFull(OSError):
+    """The disk (or the quota) filled while writing: one line with the path, the bytes needed and free."""
+
+    def __init__(self, path: Path, needed: int | None, free: int, written: int | None = None):
+        need = (f"needs about {_mb(needed)}" if needed else
+                f"needs more than the {_mb(written or 0)} written when it filled")
+        super().__init__(errno.ENOSPC, f"{path}: no space left on the disk: {need}, {_mb(free)} free; "
+                                       "nothing was left half-written")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+FULL_MARKS = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122",
+              "database or disk is full")
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk holding `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def disk_filled(err: BaseException, where: Path) -> bool:
+    """Whether `err` came from a full disk or quota (ENOSPC, EDQUOT, or a library's write error while
+    less than 1 MB is free where it wrote)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(err, (OSError, RuntimeError)) and not type(err).__module__.startswith(("sqlite3", "safetensors")):
+        return False
+    return any(mark in str(err).lower() for mark in FULL_MARKS) or free_bytes(where) < (1 << 20)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+@contextlib.contextmanager
+def disk_guard(path: Path, needed: int | None = None, scratch: Path | None = None) -> Iterator[None]:
+    """Turn a full disk while writing `path` into one DiskFull line (what it needed, or what `scratch`
+    held when it filled, and what is free). Removing what was half-written is the writer's own cleanup."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as err:
+        if not disk_filled(err, Path(path).parent):
+            raise
+        written = _size(scratch) if scratch is not None else None
+        raise DiskFull(Path(path), needed, free_bytes(Path(path).parent), written) from None
 
 
 def _umask() -> int:
@@ -63,12 +125,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file atomically (tmp file + fsync + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    follow_umask(Path(tmp))
-    os.replace(tmp, path)
+    try:
+        with disk_guard(path, len(text.encode())), os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        follow_umask(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -82,9 +148,10 @@ def staging(out: Path, before_swap: Callable[[], None] | None = None) -> Iterato
     remove_leftovers(out.parent, prefix)
     tmp = make_temp_dir(out.parent, owned_prefix(prefix))
     try:
-        yield tmp
-        if before_swap is not None:
-            before_swap()
+        with disk_guard(out, scratch=tmp):
+            yield tmp
+            if before_swap is not None:
+                before_swap()
         swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

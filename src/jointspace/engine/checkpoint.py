@@ -3,7 +3,9 @@
 A checkpoint is a folder `checkpoints/<name>/` with `model.safetensors`, `optimizer.safetensors`
 (optimizer moments + torch RNG state) and `state.json`. It is written into a temporary folder,
 fsynced and renamed into place; only then is `latest.json` atomically replaced to point at it.
-A crash (even kill -9) at any moment leaves `latest.json` naming a complete checkpoint.
+A crash (even kill -9) at any moment leaves `latest.json` naming a complete checkpoint. On a short disk,
+older checkpoints go first to make room (`make_room`: never the newest), and a disk that still fills is
+one DiskFull line with the bytes needed and free, the half-written folder removed.
 `checksums.json` records each file's size and sha256: at resume, a checkpoint that fails its check (a
 flipped byte, a truncated file) is set aside as `.corrupt-<name>` with one line, and the newest good one
 before it is used. Nothing here unpickles: loading untrusted files cannot run code.
@@ -25,7 +27,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from jointspace.outputs import atomic_write_text, follow_umask, fsync_dir, make_temp_dir
+from jointspace.outputs import (
+    atomic_write_text,
+    disk_guard,
+    follow_umask,
+    free_bytes,
+    fsync_dir,
+    make_temp_dir,
+)
 
 LATEST = "latest.json"
 CHECKSUMS = "checksums.json"
@@ -44,6 +53,44 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     safetensors' 0600)."""
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
     follow_umask(Path(path))
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: Path, ckpt_dir: Path | None = None) -> None:
+    """A run's weights file, written atomically (a temporary file beside it, then renamed): after older
+    checkpoints of `ckpt_dir` made room when the disk is short (never the newest); a full disk is one
+    DiskFull line and leaves no partial file."""
+    path = Path(path)
+    needed = _bytes_of(tensors)
+    if ckpt_dir is not None and ckpt_dir.exists():
+        make_room(ckpt_dir, needed)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with disk_guard(path, needed):
+            save_tensors(tensors, tmp)
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _bytes_of(tensors: dict[str, torch.Tensor]) -> int:
+    """About what safetensors writes for these tensors (data plus a header line per tensor)."""
+    return sum(t.numel() * t.element_size() + 128 for t in tensors.values()) + 1024
+
+
+def make_room(ckpt_dir: Path, needed: int) -> list[str]:
+    """Remove older checkpoints, oldest first, until `needed` bytes (and 5 % more) are free: never the one
+    latest.json names (nor the newest). Returns the names removed."""
+    protect = {p.name for p in (latest_checkpoint(ckpt_dir),) if p is not None}
+    removed = []
+    for old in _kept(ckpt_dir)[:-1]:
+        if free_bytes(ckpt_dir) >= needed * 1.05:
+            break
+        if old.name not in protect:
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old.name)
+    return removed
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -106,20 +153,22 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
                     state: dict, keep: int = 2) -> Path:
     """Write checkpoint `name` atomically, point latest.json at it, prune to the newest `keep`."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    weights, extra, meta = model.state_dict(), {}, {}
+    if optimizer is not None:
+        extra, meta["optimizer"] = optimizer_to_flat(optimizer)
+    rng_t, meta["rng"] = rng_state()
+    extra.update(rng_t)
+    needed = _bytes_of(weights) + _bytes_of(extra) + 64 * 1024  # + state.json and checksums
+    make_room(ckpt_dir, needed)
     tmp = make_temp_dir(ckpt_dir, f".{name}.tmp-")
     try:
-        save_tensors(model.state_dict(), tmp / "model.safetensors")
-        extra: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {}
-        if optimizer is not None:
-            extra, meta["optimizer"] = optimizer_to_flat(optimizer)
-        rng_t, meta["rng"] = rng_state()
-        extra.update(rng_t)
-        save_tensors(extra, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps({**state, **meta}))
-        (tmp / CHECKSUMS).write_text(json.dumps({f.name: _file_sum(f) for f in sorted(tmp.iterdir())}))
-        for f in tmp.iterdir():
-            _fsync_file(f)
+        with disk_guard(ckpt_dir / name, needed):
+            save_tensors(weights, tmp / "model.safetensors")
+            save_tensors(extra, tmp / "optimizer.safetensors")
+            (tmp / "state.json").write_text(json.dumps({**state, **meta}))
+            (tmp / CHECKSUMS).write_text(json.dumps({f.name: _file_sum(f) for f in sorted(tmp.iterdir())}))
+            for f in tmp.iterdir():
+                _fsync_file(f)
         if os.environ.get(SLOW_WRITE_ENV):
             time.sleep(float(os.environ[SLOW_WRITE_ENV]))
         final = ckpt_dir / name

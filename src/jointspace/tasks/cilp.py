@@ -28,7 +28,7 @@ from torch import nn
 from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.dataset import epoch_batches
 from jointspace.engine import Objective, StepContext, fit, seed_everything
-from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.engine.tracking import Tracker
 from jointspace.evaluate.classifier_report import classification_summary
@@ -92,7 +92,7 @@ def fit_head(stage_dir: Path, module: nn.Module, x: torch.Tensor, y: torch.Tenso
         show_progress)
     module.eval()
     history = epoch_means(stage_dir, plan.steps_per_epoch)
-    save_tensors(module.state_dict(), RunDir(stage_dir).weights)
+    save_weights(module.state_dict(), RunDir(stage_dir).weights, RunDir(stage_dir).checkpoints)
     write_done(stage_dir, {"history": history})
     return history
 
@@ -159,8 +159,8 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
                                            f"test_{tgt}", plot=False)
         val_acc = (float((classifier(projected["val"]).argmax(1) == val_data.labels).float().mean())
                    if "val" in projected else None)  # for choosing settings without looking at the test split
-    save_tensors(projector.state_dict(), root / "projector.safetensors")
-    save_tensors(classifier.state_dict(), root / "classifier.safetensors")
+    save_weights(projector.state_dict(), root / "projector.safetensors")
+    save_weights(classifier.state_dict(), root / "classifier.safetensors")
     table = {"seed": cfg.seed, "val_loss": _last_val_loss(pre_dir), "projector_mse": mse["test"],
              "classifier_accuracy": on_projected["top1"]}
     result = {"table": table, "source": src, "target": tgt, "projector_mse": mse,

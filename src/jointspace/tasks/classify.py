@@ -14,7 +14,7 @@ from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData
 from jointspace.data.sources import TrainSampler
 from jointspace.engine import Objective, StepContext, autocast, fit
-from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.fusion import FusionClassifier, build_fusion
@@ -122,7 +122,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
           f"{n_params:,} parameters, device {device}")
     with PeakMemory(device) as memory:
         result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
-    save_tensors(model.state_dict(), RunDir(run_dir).weights)
+    save_weights(model.state_dict(), RunDir(run_dir).weights, RunDir(run_dir).checkpoints)
     test = classification_summary(predict(model, test_data, device, amp=cfg.train.amp), test_data.labels,
                                   test_data.class_names, run_dir, cfg.eval.split, ks=(1, 2, 3, 5))
     summary = {"task": "classify", "name": cfg.name, "seed": cfg.seed, "fusion": cfg.fusion.kind,

@@ -15,7 +15,7 @@ from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
 from jointspace.data.source import source_of
 from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
-from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.embed import embed_split
@@ -269,9 +269,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         write_run_info(run_dir, run_info.updated(skipped={**run_info.skipped, "train (streamed)": streamed}))
     if main:
         run = RunDir(run_dir)
-        tmp = run.weights.with_name(run.weights.name + ".tmp")
-        save_tensors(model.state_dict(), tmp)
-        tmp.replace(run.weights)
+        save_weights(model.state_dict(), run.weights, run.checkpoints)
         run.write_train_summary(
             {"steps": result.step, "seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
              "world_size": dist_info.world_size,

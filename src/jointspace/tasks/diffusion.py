@@ -20,7 +20,7 @@ from jointspace.augment.config import AugmentConfig, save_augment_config
 from jointspace.augment.model import build_unet, load_images, scheduler_config, unet_kwargs
 from jointspace.data.dataset import epoch_batches
 from jointspace.engine import Objective, Plan, StepContext, fit
-from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
 from jointspace.run_dir import RunDir, RunInfo, write_run_info
@@ -137,7 +137,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
           f"{n_params:,} parameters, device {device}, to step {tc.steps}")
     tracker = Tracker(run_dir, cfg.tracker, cfg.model_dump(mode="json"), cfg.name)
     result = fit(obj, optimizer, lr_sched, plan, run_dir, tracker, device, resume, show_progress)
-    save_tensors(state.final(tc.ema_decay).state_dict(), RunDir(run_dir).weights)
+    save_weights(state.final(tc.ema_decay).state_dict(), RunDir(run_dir).weights, RunDir(run_dir).checkpoints)
     write_done(run_dir, {"task": "diffusion", "name": cfg.name, "steps": tc.steps, "final_loss": result.loss,
                          "n_params": n_params, "train_seconds": round(result.train_seconds, 1),
                          "wall_seconds": round(time.time() - t_start, 1)})

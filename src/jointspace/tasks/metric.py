@@ -17,7 +17,7 @@ from torch import nn
 from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData, epoch_batches
 from jointspace.engine import Objective, StepContext, fit
-from jointspace.engine.checkpoint import save_tensors
+from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
@@ -175,7 +175,7 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
           f"(+{sum(p.numel() for p in loss_params):,} in the loss), device {device}")
     with PeakMemory(device) as memory:
         fitted = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
-    save_tensors(obj.module.state_dict(), RunDir(run_dir).weights)
+    save_weights(obj.module.state_dict(), RunDir(run_dir).weights, RunDir(run_dir).checkpoints)
     result = _evaluate(cfg, run_dir, obj, test_data)
     summary = {"task": "metric", "name": cfg.name, "seed": cfg.seed, "loss": cfg.metric.loss.name,
                "miner": cfg.metric.miner.name if cfg.metric.miner else None,
