@@ -195,3 +195,56 @@ def test_a_local_rank_without_a_gpu_is_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=rf"LOCAL_RANK {torch.cuda.device_count()} has no GPU: this machine has "
                                          rf"{torch.cuda.device_count()}"):
         init_distributed("cuda")
+
+
+def _rank_pid(rank: int, run_id_of: int) -> int | None:
+    """The pid of torchrun worker `rank` under the torchrun process `run_id_of` (from /proc)."""
+    import os
+    from pathlib import Path
+
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == run_id_of:
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"jointspace.cli" in cmd and os.getppid() != int(d.name):
+            return int(d.name)
+    return None
+
+
+def test_a_lost_rank_restarts_resumes_and_ends_at_the_uninterrupted_weights(tiny_cfg, tmp_path):
+    """`torchrun --max-restarts 1 ... --resume` with rank 1 SIGKILLed mid-epoch: torchrun restarts both ranks,
+    they meet again (each attempt's store keys apart) and resume from the last checkpoint, and the run
+    ends with the weights of a run that lost nothing."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    extra = ("model.towers.image.params.norm=group", "model.towers.audio.params.norm=group", "train.device=cpu",
+             "train.checkpoint_every_steps=2", "train.keep_checkpoints=3")
+    straight = tiny_cfg(*extra, name="straight", epochs=4)
+    torchrun_train(straight, tmp_path / "straight.yaml")
+    cfg = straight.model_copy(update={"name": "lost"})
+    raw = cfg.model_dump(mode="json")
+    (tmp_path / "lost.yaml").write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
+           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train",
+           str(tmp_path / "lost.yaml"), "--resume"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = cfg.run_dir / "metrics.jsonl", time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count('"train"') >= 5):
+        assert proc.poll() is None and time.time() < deadline, "the job ended before step 5"
+        time.sleep(0.02)
+    os.kill(_rank_pid(1, proc.pid), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    a = load_file(str(straight.run_dir / "model.safetensors"))
+    b = load_file(str(cfg.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
+    assert steps == list(range(1, 13))  # resumed from a checkpoint: the steps after it logged once

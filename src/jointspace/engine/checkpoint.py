@@ -137,12 +137,15 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Restore RNG states saved by rng_state."""
-    torch.set_rng_state(tensors["rng.torch"])
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, rank: int = 0) -> None:
+    """Restore RNG states saved by rng_state; under torchrun each rank takes its own torch (and GPU) state
+    where the checkpoint has every rank's (`rng.torch.rank<r>`, `rng.device.rank<r>`)."""
+    torch.set_rng_state(tensors.get(f"rng.torch.rank{rank}", tensors["rng.torch"]))
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+    if f"rng.device.rank{rank}" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"rng.device.rank{rank}"])
     py = meta["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     npm = meta["numpy"]
@@ -150,14 +153,16 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict, keep: int = 2) -> Path:
-    """Write checkpoint `name` atomically, point latest.json at it, prune to the newest `keep`."""
+                    state: dict, keep: int = 2, rank_rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoint `name` atomically, point latest.json at it, prune to the newest `keep`
+    (`rank_rng`: every rank's RNG states under torchrun, saved beside this process's)."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     weights, extra, meta = model.state_dict(), {}, {}
     if optimizer is not None:
         extra, meta["optimizer"] = optimizer_to_flat(optimizer)
     rng_t, meta["rng"] = rng_state()
     extra.update(rng_t)
+    extra.update(rank_rng or {})
     needed = _bytes_of(weights) + _bytes_of(extra) + 64 * 1024  # + state.json and checksums
     make_room(ckpt_dir, needed)
     tmp = make_temp_dir(ckpt_dir, f".{name}.tmp-")
@@ -257,7 +262,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng: bool = True) -> dict:
+                    restore_rng: bool = True, rank: int = 0) -> dict:
     """Load weights (strict), optimizer and RNG state; returns state.json's content."""
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     state = json.loads((path / "state.json").read_text())
@@ -265,15 +270,16 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(optimizer_from_flat(extra, state["optimizer"]))
     if restore_rng and "rng" in state:
-        set_rng_state(extra, state["rng"])
+        set_rng_state(extra, state["rng"], rank)
     return state
 
 
-def resume_latest(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict:
+def resume_latest(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                  rank: int = 0) -> dict:
     """Restore model, optimizer, RNG and LR scheduler from the latest checkpoint; returns its state.json."""
     latest = good_checkpoint(ckpt_dir)
     if latest is None:
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from that passes its check")
-    state = load_checkpoint(latest, model, optimizer)
+    state = load_checkpoint(latest, model, optimizer, rank=rank)
     scheduler.load_state_dict(state["scheduler"])
     return state

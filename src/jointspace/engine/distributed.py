@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,8 +46,39 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, rank=rank, world_size=world)
+        dist.init_process_group(backend, rank=rank, world_size=world, store=_attempt_store(rank, world))
     return DistInfo(rank, world, local_rank)
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store | None:
+    """After torchrun restarts a job (`--max-restarts`, a lost rank), the workers find the store of the
+    first attempt still holding the dead ranks' addresses; each attempt's keys get a prefix of their own
+    (TORCHELASTIC_RESTART_COUNT) so that gloo and NCCL meet only this attempt's ranks. None (the default
+    env:// store) outside a restarted torchrun job."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if attempt == 0 or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent_store and rank == 0, timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"jointspace/attempt_{attempt}", store)
+
+
+def rank_rng_states(info: DistInfo, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's torch RNG state (and its GPU's) on every rank, for rank 0's checkpoint (a collective;
+    `rng.torch.rank<r>`, `rng.device.rank<r>`); {} outside torchrun."""
+    if not info.enabled:
+        return {}
+    mine = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["device"] = torch.cuda.get_rng_state(device)
+    out = {}
+    for kind, state in mine.items():
+        state = state.to(device)
+        parts = [torch.empty_like(state) for _ in range(info.world_size)]
+        dist.all_gather(parts, state)
+        out.update({f"rng.{kind}.rank{r}": part.cpu() for r, part in enumerate(parts)})
+    return out
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jointspace.engine.checkpoint import latest_checkpoint, resume_latest, save_checkpoint
-from jointspace.engine.distributed import DistInfo, barrier
+from jointspace.engine.checkpoint import good_checkpoint, latest_checkpoint, resume_latest, save_checkpoint
+from jointspace.engine.distributed import DistInfo, barrier, rank_rng_states
 from jointspace.engine.objective import Health, Objective, StepContext
 from jointspace.engine.precision import amp_dtype, autocast
 from jointspace.engine.preempt import DEFAULT_SIGNALS, Preempted, PreemptWatch, signal_number
@@ -129,7 +129,10 @@ class Engine:
 
     def resume(self) -> None:
         """Continue from the latest checkpoint: weights, optimizer, schedule, scaler, RNG, position."""
-        state = resume_latest(self.ckpt_dir, self.obj.module, self.optimizer, self.scheduler)
+        if self.dist.is_main:  # a checkpoint failing its check is set aside once, by rank 0
+            good_checkpoint(self.ckpt_dir)
+        barrier(self.dist)
+        state = resume_latest(self.ckpt_dir, self.obj.module, self.optimizer, self.scheduler, self.dist.rank)
         self.step = state["step"]
         self.epoch = state.get("epoch", self.step // self.plan.steps_per_epoch)  # older step-only states
         self.skip = state.get("batch_in_epoch", self.step - self.epoch * self.plan.steps_per_epoch)
@@ -154,17 +157,22 @@ class Engine:
         """Write a mid-epoch checkpoint where the run stands and raise Preempted."""
         self.check_finite()
         name = f"step_{self.step:07d}"
-        if self.dist.is_main:
-            self.save(name, epoch, self.step - epoch * self.plan.steps_per_epoch)
+        self.save(name, epoch, self.step - epoch * self.plan.steps_per_epoch)
         barrier(self.dist)
         self.tracker.close()
         raise Preempted(signal_name, self.step, self.plan.total_steps, epoch + 1, str(self.ckpt_dir / name))
 
     def save(self, name: str, epoch: int, in_epoch: int = 0) -> None:
-        """Write a checkpoint (rank 0; every rank has run check_finite just before: a collective)."""
+        """Write a checkpoint: called on every rank (each has run check_finite just before); every rank's
+        RNG state goes to rank 0 (a collective), which writes it, so each rank resumes with its own
+        (validation, on rank 0 only, draws random numbers the other ranks do not)."""
+        rank_rng = rank_rng_states(self.dist, self.device)
+        if not self.dist.is_main:
+            return
         state = {"epoch": epoch, "step": self.step, "batch_in_epoch": in_epoch,
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
-        save_checkpoint(self.ckpt_dir, name, self.obj.module, self.optimizer, state, keep=self.plan.keep_checkpoints)
+        save_checkpoint(self.ckpt_dir, name, self.obj.module, self.optimizer, state, keep=self.plan.keep_checkpoints,
+                        rank_rng=rank_rng)
 
     def check_finite(self) -> None:
         """Raise NonFiniteLossError naming the first non-finite step since the run (re)started, on every
@@ -224,8 +232,7 @@ class Engine:
             every = p.checkpoint_every_steps
             if every and self.step % every == 0 and in_epoch < p.steps_per_epoch:
                 self.check_finite()  # weights after a non-finite step are never saved
-                if self.dist.is_main:
-                    self.save(f"step_{self.step:07d}", epoch, in_epoch)
+                self.save(f"step_{self.step:07d}", epoch, in_epoch)
             if (asked := self.stop_asked()) is not None:
                 self.stop(asked, epoch)
         return losses
@@ -240,9 +247,9 @@ class Engine:
                 result.last_val = val
                 self.tracker.log({"step": self.step, "epoch": done, "split": "val", **val})
         by_steps = p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0
-        if self.dist.is_main and p.checkpoint_every and (done % p.checkpoint_every == 0 or last):
+        if p.checkpoint_every and (done % p.checkpoint_every == 0 or last):
             self.save(f"epoch_{done:04d}", done)
-        elif self.dist.is_main and not p.checkpoint_every and (by_steps or last):
+        elif not p.checkpoint_every and (by_steps or last):
             self.save(f"step_{self.step:07d}", done)
         barrier(self.dist)
         for hook in _EPOCH_HOOKS.get() if val is not None else ():

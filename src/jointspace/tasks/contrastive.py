@@ -155,10 +155,6 @@ class ContrastiveObjective(Objective):
     def log_extras(self) -> dict:
         return {"temperature": float(1 / self.module.scale().detach())}
 
-    def resumed(self, step: int) -> None:
-        if self.dist.enabled:  # every rank restored rank 0's RNG: give each its own dropout again
-            torch.manual_seed(self.cfg.seed * 1000 + self.dist.rank + step)
-
     def validate(self) -> dict | None:
         if self.val_data is None:
             return None
