@@ -18,8 +18,10 @@ from jointspace.index.store import IndexStore, IndexStoreError
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under the folder's parent (the index and anything written beside it), with its bytes."""
-    return {str(p.relative_to(folder.parent)): p.read_bytes() for p in sorted(folder.parent.rglob("*")) if p.is_file()}
+    """Every file under the folder's parent (the index and anything written beside it), with its bytes; an
+    empty writer lock file (what a writer leaves beside the folder once it has let go) is not counted."""
+    return {str(p.relative_to(folder.parent)): p.read_bytes() for p in sorted(folder.parent.rglob("*"))
+            if p.is_file() and not (p.name.endswith(".writer.lock") and p.stat().st_size == 0)}
 
 
 def one_error_line(result) -> str:

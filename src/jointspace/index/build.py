@@ -15,6 +15,7 @@ from jointspace.data.shards import DataError, ReadStats
 from jointspace.data.source import Source, shards_arg
 from jointspace.index.bulk import build_store
 from jointspace.index.folder import INDEX_FOLDER
+from jointspace.index.lock import LOCK_TIMEOUT_S, writer_lock
 from jointspace.index.query import Encoder
 from jointspace.index.store import IndexStore
 from jointspace.kinds import get_kind, preview_modality, with_role
@@ -134,10 +135,13 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
 def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits: list[str] | None = None,
                 modalities: list[str] | None = None, factory: str = "auto", batch_size: int = 256,
                 device: str = "cpu", overwrite: bool = False, encoder: Encoder | None = None,
-                progress: Callable[[int], None] | None = None, nprobe: int | None = None) -> IndexStore:
-    """Embed shards with a run, build a FAISS index chosen by size (or `factory`) and save it atomically."""
+                progress: Callable[[int], None] | None = None, nprobe: int | None = None,
+                lock_timeout_s: float = LOCK_TIMEOUT_S, on_wait: Callable[[str], None] | None = None) -> IndexStore:
+    """Embed shards with a run, build a FAISS index chosen by size (or `factory`) and save it atomically,
+    holding `out`'s writer lock (waiting up to `lock_timeout_s` for another writer) from check to save."""
     out = Path(out)
-    INDEX_FOLDER.check(out, overwrite, sources=[s for s in (run_dir, shards) if s])  # before any embedding
+    sources = [s for s in (run_dir, shards) if s]
+    INDEX_FOLDER.check(out, overwrite, sources=sources)  # before any embedding
     enc = encoder or Encoder.from_run(run_dir, device)
     cfg = enc.cfg
     classes: list[str] = []
@@ -145,14 +149,16 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
             "kinds": enc.kinds, "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards)}
     stats = ReadStats()
     out.resolve().parent.mkdir(parents=True, exist_ok=True)  # the scratch folder goes beside it (same disk)
-    chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress, stats,
-                          classes=classes)
-    store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
-    store.meta["class_names"] = classes
-    for col in ("split", "modality"):
-        store.meta[f"{col}s_indexed"] = sorted(r[0] for r in store.db.execute(f"SELECT DISTINCT {col} FROM items"))
-    store.meta["n_bad_samples"] = stats.n_missing
-    store.save(out)
+    with writer_lock(out, lock_timeout_s, on_wait):
+        INDEX_FOLDER.check(out, overwrite, sources=sources)  # again: another writer may have written it meanwhile
+        chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress,
+                              stats, classes=classes)
+        store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
+        store.meta["class_names"] = classes
+        for col in ("split", "modality"):
+            store.meta[f"{col}s_indexed"] = sorted(r[0] for r in store.db.execute(f"SELECT DISTINCT {col} FROM items"))
+        store.meta["n_bad_samples"] = stats.n_missing
+        store.save(out)
     return store
 
 
@@ -171,17 +177,20 @@ def open_for_run(index_dir: str | Path, run_dir: str | Path | None = None,
 
 def add_shards(index_dir: str | Path, shards: str | Path, splits: list[str] | None = None,
                modalities: list[str] | None = None, run_dir: str | Path | None = None, replace: bool = False,
-               batch_size: int = 256, device: str = "cpu") -> int:
-    """Embed more shards with the index's own model, add them and save atomically; returns items added."""
-    store, enc = open_for_run(index_dir, run_dir, device)
-    classes = index_classes(store)
-    added = 0
-    for vectors, items, previews in embed_shards(enc, shards, splits, modalities, batch_size,
-                                                 enc.cfg.data.max_bad_fraction, classes=classes):
-        store.add(vectors, items, previews, replace=replace)
-        added += len(items)
-    store.meta["class_names"] = classes
-    store.save()
+               batch_size: int = 256, device: str = "cpu", lock_timeout_s: float = LOCK_TIMEOUT_S,
+               on_wait: Callable[[str], None] | None = None) -> int:
+    """Embed more shards with the index's own model, add them and save atomically, holding the index's
+    writer lock from open to save (waiting up to `lock_timeout_s` for another writer); returns items added."""
+    with writer_lock(index_dir, lock_timeout_s, on_wait):
+        store, enc = open_for_run(index_dir, run_dir, device)
+        classes = index_classes(store)
+        added = 0
+        for vectors, items, previews in embed_shards(enc, shards, splits, modalities, batch_size,
+                                                     enc.cfg.data.max_bad_fraction, classes=classes):
+            store.add(vectors, items, previews, replace=replace)
+            added += len(items)
+        store.meta["class_names"] = classes
+        store.save()
     return added
 
 

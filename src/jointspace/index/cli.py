@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jointspace.cli_errors import friendly
+from jointspace.cli_errors import errors, friendly
+from jointspace.index.lock import LOCK_TIMEOUT_S
 
 index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect a search index (FAISS + SQLite).")
 console = Console()
@@ -20,7 +21,13 @@ WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="metadata fi
 SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="split to index, repeatable (default: all)")]
 ModalityOpt = Annotated[list[str] | None, typer.Option("--modality", help="modality to index, repeatable "
                                                        "(default: every modality of the model in the data)")]
+LockTimeoutOpt = Annotated[float, typer.Option("--lock-timeout", min=0, help="seconds to wait while another writer "
+                                               "holds the index's writer lock, then fail")]
 _friendly = friendly(console)
+
+
+def _say_waiting(line: str) -> None:
+    errors.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @index_app.command("build")
@@ -39,6 +46,7 @@ def index_build(
     batch_size: Annotated[int | None, typer.Option(min=1, help="default: index.batch_size (256)")] = None,
     device: str = "cpu",
     overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
+    lock_timeout: LockTimeoutOpt = LOCK_TIMEOUT_S,
 ) -> None:
     """Embed every sample of the chosen splits and modalities into a new index, written atomically.
     Settings not given as flags come from the `index:` section of the run's config."""
@@ -55,7 +63,7 @@ def index_build(
         factory, nprobe = factory or ic.factory, nprobe or ic.nprobe
         batch_size, split, modality = batch_size or ic.batch_size, split or ic.splits or None, modality or ic.modalities or None
     store = build_index(run, shards, out, split, modality, factory or "auto", batch_size or 256, device, overwrite,
-                        nprobe=nprobe)
+                        nprobe=nprobe, lock_timeout_s=lock_timeout, on_wait=_say_waiting)
     s = store.stats()
     console.print(f"wrote {out}: {s['n_items']} items ({s['n_samples']} samples; {s['modalities']}), "
                   f"{s['factory']} {s['search'] or ''}, model {s['fingerprint'][:12]} in {time.time() - t0:.1f}s")
@@ -71,11 +79,13 @@ def index_add(
     run: Annotated[Path | None, typer.Option(help="the index's run, if it moved (fingerprint-checked)")] = None,
     replace: Annotated[bool, typer.Option(help="replace items whose key/modality is already indexed")] = False,
     device: str = "cpu",
+    lock_timeout: LockTimeoutOpt = LOCK_TIMEOUT_S,
 ) -> None:
-    """Embed more samples with the index's own model and add them."""
+    """Embed more samples with the index's own model and add them (one writer at a time: a second waits)."""
     from jointspace.index.build import add_shards
 
-    n = add_shards(index, shards, split, modality, run, replace, device=device)
+    n = add_shards(index, shards, split, modality, run, replace, device=device, lock_timeout_s=lock_timeout,
+                   on_wait=_say_waiting)
     console.print(f"added {n} items to {index}")
 
 
@@ -85,13 +95,16 @@ def index_delete(
     index: Annotated[Path, typer.Argument(help="index folder")],
     keys: Annotated[list[str] | None, typer.Argument(help="sample keys to delete (all their modalities)")] = None,
     where: WhereOpt = None,
+    lock_timeout: LockTimeoutOpt = LOCK_TIMEOUT_S,
 ) -> None:
     """Delete items by sample key(s) and/or metadata filter (both given: items matching both)."""
+    from jointspace.index.lock import writer_lock
     from jointspace.index.store import IndexStore
 
-    store = IndexStore.open(index, recover=True)
-    n = store.delete(keys or None, where or None)
-    store.save()
+    with writer_lock(index, lock_timeout, _say_waiting):
+        store = IndexStore.open(index, recover=True)
+        n = store.delete(keys or None, where or None)
+        store.save()
     console.print(f"deleted {n} items from {index}; {store.n_items} left")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tempfile
 import threading
@@ -23,6 +24,7 @@ __all__ = ["DB_FILE", "FORMAT", "INDEX_FILE", "META_FILE", "SLOW_SWAP_ENV", "Fin
            "IndexStore", "IndexStoreError", "index_ivf", "new_faiss_index", "parse_where", "process_memory"]
 
 SCRATCH_PREFIX = ".jointspace-scratch-"
+SLOW_SAVE_ENV = "JOINTSPACE_TEST_SLOW_INDEX_SAVE_S"  # lock tests only: a pause before a save writes anything
 DB_MEMORY_MAX = 256 << 20  # item tables larger than this are worked on in a scratch file, not in RAM
 SCHEMA = """
 CREATE TABLE items (id INTEGER PRIMARY KEY, key TEXT NOT NULL, modality TEXT NOT NULL, label INTEGER,
@@ -146,6 +148,8 @@ class IndexStore(StoreReads):
             raise IndexStoreError("save: no path given")
         if path.exists() and not (path / META_FILE).exists() and any(path.iterdir()):
             raise IndexStoreError(f"{path}: exists and is not a jointspace index; refusing to replace it")
+        if os.environ.get(SLOW_SAVE_ENV):  # widen the window in which a second writer without the lock would read
+            time.sleep(float(os.environ[SLOW_SAVE_ENV]))
         with staging(path) as tmp, self._lock:
             faiss.write_index(self.index, str(tmp / INDEX_FILE))
             if self.exact is not None:
