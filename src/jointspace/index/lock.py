@@ -76,8 +76,8 @@ def _acquire(fd: int, index: str | Path, timeout_s: float, on_wait: Callable[[st
         waited = time.monotonic() - start
         if waited >= timeout_s:
             raise IndexLockError(f"{index}: another writer (pid {holder(index)}) holds the index's writer lock "
-                                 f"{lock_file(index)}; gave up after {timeout_s:g} s (--lock-timeout): let it "
-                                 "finish, or wait longer") from None
+                                 f"{lock_file(index)}; gave up after {timeout_s:g} s: let it finish, or give "
+                                 "a longer --lock-timeout") from None
         if on_wait is not None and not said and waited >= SAY_WAITING_AFTER_S:
             on_wait(f"waiting for {index}: another writer (pid {holder(index)}) holds its writer lock "
                     f"(up to {timeout_s:g} s, --lock-timeout)")
