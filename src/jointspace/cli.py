@@ -135,10 +135,10 @@ def _print_table(text: str) -> None:
 def _train_task(config: Path, overrides: list[str], resume: bool, overwrite: bool, seeds: list[int] | None,
                 task: str | None = None) -> list[Path]:
     """Train the config's task (or `task`) once, or once per seed; prints each run's summary."""
-    from jointspace.tasks import TASKS, load_task_config
+    from jointspace.tasks import get_task, load_task_config
 
     cfg = load_task_config(config, [*([f"task={task}"] if task else []), *overrides])
-    spec = TASKS[cfg.task]
+    spec = get_task(cfg.task)
     runs = []
     for seed in seeds or [cfg.seed]:
         one = cfg.model_copy(update={"seed": seed, "name": f"{cfg.name}-s{seed}"}) if seeds else cfg

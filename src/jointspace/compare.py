@@ -33,7 +33,7 @@ import yaml
 
 from jointspace.config import ConfigError, GridConfig, RunConfig, RunsFailed, apply_overrides, load_grid
 from jointspace.run_dir import RunDir
-from jointspace.tasks import TASKS, config_for
+from jointspace.tasks import DEFAULT_TASK, config_for, get_task
 from jointspace.tasks.common import read_done
 
 METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb", "test_top3", "trainable_params",
@@ -64,6 +64,7 @@ def _as_overrides(values: dict) -> list[str]:
 def expand_grid(grid: GridConfig, grid_path: Path,
                 overrides: list[str] | None = None) -> list[tuple[str, str, RunConfig]]:
     """(variant, task, resolved config) for every variant x seed, in run order."""
+    check_tasks(grid, grid_path)
     base = _base_raw(grid, grid_path)
     runs_dir = grid.grid_dir / "runs"
     out = []
@@ -72,10 +73,19 @@ def expand_grid(grid: GridConfig, grid_path: Path,
             sets = _as_overrides(grid.set) + _as_overrides(variant.set) + list(overrides or [])
             raw = apply_overrides(json.loads(json.dumps(base)), sets)
             raw.update({"name": f"{variant.name}-s{seed}", "output_dir": str(runs_dir), "seed": seed})
-            raw["task"] = variant.task or grid.task or raw.get("task") or "contrastive"
+            raw["task"] = variant.task or grid.task or raw.get("task") or DEFAULT_TASK
             cfg = config_for(raw, f"{grid_path} (variant {variant.name})")
             out.append((variant.name, raw["task"], cfg))
     return out
+
+
+def check_tasks(grid: GridConfig, grid_path: Path) -> None:
+    """The grid's `task:` and its variants' are registered tasks (a ConfigError names the field)."""
+    if grid.task is not None:
+        get_task(grid.task, f"{grid_path}: task")
+    for i, variant in enumerate(grid.variants):
+        if variant.task is not None:
+            get_task(variant.task, f"{grid_path}: variants.{i}.task")
 
 
 def _is_current(cfg: RunConfig) -> bool:
@@ -89,7 +99,8 @@ def _is_current(cfg: RunConfig) -> bool:
 def run_one(task: str, cfg_raw: dict) -> dict:
     """Run one configuration (in this process) and return its summary; used by the grid's workers."""
     cfg = config_for({**cfg_raw, "task": task}, f"<{task} run>")
-    return TASKS[task].finish(TASKS[task].train(cfg, overwrite=True, show_progress=False)) or {}
+    spec = get_task(task)
+    return spec.finish(spec.train(cfg, overwrite=True, show_progress=False)) or {}
 
 
 def _done_line(name: str, s: dict) -> str:
@@ -203,9 +214,11 @@ def write_comparison(grid_dir: Path, rows: list[dict], order: list[str], meta: d
         w.writeheader()
         w.writerows(rows)
     (grid_dir / "grid.json").write_text(json.dumps(meta, indent=2))
-    task = ", ".join(sorted({r["task"] for r in rows}))
-    note = ("test accuracy: top-1 of the classifier" if task == "classify" else
-            "test accuracy: k-NN accuracy of test embeddings against train embeddings")
+    tasks = sorted({r["task"] for r in rows})
+    task = ", ".join(tasks)
+    measures = {get_task(t).measure for t in tasks}
+    note = "test accuracy: " + (measures.pop() if len(measures) == 1 else
+                                "; ".join(f"{t}: {get_task(t).measure}" for t in tasks))
     (grid_dir / "comparison.md").write_text(
         f"# {meta['grid']} ({task})\n\nMean ± std over seeds. {note}; "
         "val loss: last epoch's validation loss; "

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from jointspace.config import load_config
-from jointspace.runs import load_run, model_fingerprint, resolve_init
+from jointspace.runs import load_run, model_fingerprint
 from jointspace.tasks.classify import train_classifier
 from jointspace.tasks.contrastive import train
+from jointspace.tasks.init_from import resolve_init
 
 TOWERS = ["model.embed_dim=8", "model.towers.image.name=cnn", "model.towers.image.params.channels=[4, 8]",
           "model.towers.text.name=transformer", "model.towers.text.params.width=16",

@@ -1,10 +1,10 @@
 """`augment fix RUN`: find a run's worst classes on its validation split, generate images of them, pack
 those as an extra shard source, retrain the same config with it mixed in, and compare before/after.
 
-A classifier run (`jointspace classify`) is judged by its predictions; a contrastive run (`jointspace
-train`) by retrieval: each image query's nearest item of the paired modality (text if there is one)
-counts as a hit when it is of the query's class, so a class's recall is its image queries' class-level
-R@1 and "accuracy" is that R@1 over all queries.
+A run is judged by what its task predicts of each sample's class (`Task.predictions`): a classifier by
+its predictions; a contrastive run by retrieval: each image query's nearest item of the paired modality
+(text if there is one) counts as a hit when it is of the query's class, so a class's recall is its image
+queries' class-level R@1 and "accuracy" is that R@1 over all queries.
 
 The retrained runs keep the original number of samples per epoch (so the same number of steps); the
 generated source gets `fix.upsample` x its size of the sampling mass. A control run mixes in the real
@@ -20,67 +20,38 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 from jointspace.augment.config import AugmentConfig
 from jointspace.augment.prompted import class_prompts, judge
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler, real_images
-from jointspace.config import RunConfig, apply_overrides, config_from_dict, load_config
+from jointspace.config import RunConfig, apply_overrides, load_config
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.classify import confusion_matrix
-from jointspace.evaluate.embed import embed_split
-from jointspace.kinds import get_kind, with_role
-from jointspace.run_dir import RunDir, read_run_info
-from jointspace.runs import load_run, load_run_split
-from jointspace.tasks.classify import build_classifier, predict, train_classifier
+from jointspace.kinds import with_role
+from jointspace.run_dir import RUN_INFO, RunDir, read_run_info
+from jointspace.tasks import Task, config_for, get_task
 from jointspace.tasks.common import read_done
-from jointspace.tasks.contrastive import train
 from jointspace.tasks.diffusion import train_diffusion
+from jointspace.tasks.registry import able
 
 FIX_JSON, FIX_MD = "fix.json", "fix.md"
 
 
-def run_task(run_dir: Path) -> str:
-    """'classify' or 'contrastive' (a finished run of either); anything else fails saying what is needed."""
-    info = read_run_info(run_dir)
-    task = info.task
-    if task not in ("classify", "contrastive") or not RunDir(run_dir).weights.exists():
-        raise ValueError(f"{run_dir}: augment fix needs a finished classifier run or "
-                         f"contrastive run (`jointspace train`, task: classify or contrastive); this one is {task}"
-                         + ("" if RunDir(run_dir).weights.exists() else f" without {RunDir(run_dir).weights.name}"))
+def fixable_task(run_dir: Path) -> Task:
+    """The task of a finished run that augment fix can judge; anything else fails saying what is needed."""
+    task = get_task(read_run_info(run_dir).task, f"{run_dir}: {RUN_INFO}: task")
+    weights = RunDir(run_dir).weights
+    if task.predictions is None or not weights.exists():
+        raise ValueError(f"{run_dir}: augment fix needs a finished classifier run or contrastive run (`jointspace "
+                         f"train`, task: {able(lambda t: t.predictions)}); this one is {task.name}"
+                         + ("" if weights.exists() else f" without {weights.name}"))
     return task
 
 
 def _val_split(cfg: RunConfig) -> str:
     """val, or train when there is none: the test split stays unseen until the before/after table."""
     return "val" if (Path(cfg.data.path) / "val").exists() else "train"
-
-
-def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
-    """(image query modality, gallery modality) a contrastive run is judged by: text first, else the next one."""
-    image = with_role(kinds, "picture")
-    others = sorted((m for m in kinds if m != image), key=lambda m: not get_kind(kinds[m]).captions)
-    if image is None or not others:
-        raise ValueError(f"augment fix on a contrastive run needs an image modality and another one (has {kinds})")
-    return image, others[0]
-
-
-def predictions(run_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
-    """(predicted class, true class, class names, what was measured) for every sample of a split."""
-    cfg = load_config(RunDir(run_dir).config)
-    data = load_run_split(cfg, read_run_info(run_dir), cfg.data.path, split)  # prepared as the run was
-    if run_task(run_dir) == "classify":
-        model = build_classifier(cfg, data)
-        model.load_state_dict(load_file(str(RunDir(run_dir).weights)))
-        return predict(model, data, torch.device("cpu")).argmax(1), data.labels, data.class_names, "prediction"
-
-    _, model, info = load_run(run_dir)
-    query, gallery = retrieval_pair(info.kinds)
-    emb = embed_split(model, data, device="cpu")
-    top1 = torch.cat([(emb[query][i:i + 1024] @ emb[gallery].T).argmax(1) for i in range(0, len(data), 1024)])
-    return data.labels[top1], data.labels, data.class_names, f"{query}->{gallery} R@1 (class-level)"
 
 
 def analyse_run(run_dir: Path) -> dict:
@@ -151,13 +122,13 @@ def retrain_config(cfg: RunConfig, name: str, out: Path, extra: Path, weight: fl
     sources = raw["data"]["sources"] or [{"path": cfg.data.path, "weight": 1.0}]
     raw["data"].update(sources=[*sources, {"path": str(extra), "weight": weight}], resampled=True,
                        samples_per_epoch=cfg.data.samples_per_epoch or n_train, synth=None)
-    return config_from_dict(apply_overrides(raw, overrides), f"retrain {name}")
+    return config_for(apply_overrides(raw, overrides), f"retrain {name}")
 
 
 def _run_metrics(run_dir: Path, split: str, targets: list[str]) -> dict:
     """Accuracy, macro recall and the targets' recall on `split` (the classifier's report, or retrieval)."""
     report = RunDir(run_dir).classification(split)
-    if run_task(run_dir) == "classify" and report.exists():
+    if report.exists():  # a classifier's own report on `split`, written when it trained
         rep = json.loads(report.read_text())
         per = rep["per_class"]
         return {"run": str(run_dir), "accuracy": rep["top1"], "macro_recall": per["macro avg"]["recall"],
@@ -171,12 +142,12 @@ def _run_metrics(run_dir: Path, split: str, targets: list[str]) -> dict:
 def analyse_split(run_dir: Path, split: str) -> dict:
     """Per-class recall, support, accuracy and most confused pairs of a run on `split`: the classifier's
     predictions, or for a contrastive run the class of each image query's top-1 retrieved item."""
-    preds, labels, names, measure = predictions(run_dir, split)
-    names = list(read_run_info(run_dir).class_names or names)
-    cm = confusion_matrix(preds, labels, len(names))
+    p = fixable_task(run_dir).predictions(run_dir, split)
+    names = list(read_run_info(run_dir).class_names or p.class_names)
+    cm = confusion_matrix(p.predicted, p.true, len(names))
     support = cm.sum(1)
     off = [(int(cm[t, p]), names[t], names[p]) for t in range(len(names)) for p in range(len(names)) if t != p and cm[t, p]]
-    return {"split": split, "measure": measure, "accuracy": float(np.trace(cm) / max(1, cm.sum())),
+    return {"split": split, "measure": p.measure, "overall": p.overall, "accuracy": float(np.trace(cm) / max(1, cm.sum())),
             "recall": {n: float(cm[i, i] / support[i]) if support[i] else None for i, n in enumerate(names)},
             "support": dict(zip(names, support.tolist(), strict=True)),
             "most_confused": [{"true": t, "predicted": p, "count": c} for c, t, p in sorted(off, reverse=True)[:10]]}
@@ -241,7 +212,7 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
 
     t0 = time.time()
     run_dir = Path(run_dir)
-    task = run_task(run_dir)
+    task = fixable_task(run_dir)
     out = Path(out) if out else run_dir.parent / f"{run_dir.name}-fix"
     if (out / FIX_JSON).exists() and not overwrite:
         raise FileExistsError(f"{out} holds a finished fix: pass --overwrite to redo it")
@@ -274,13 +245,10 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
     for label, extra, weight in plans:
         rcfg = retrain_config(cfg, f"{run_dir.name}-{label}", out, extra, weight, n_train, f.retrain_set)
         log(f"retraining with {extra.name} (weight {weight:.3g}) -> {rcfg.run_dir}")
-        if task == "classify":
-            train_classifier(rcfg, overwrite=True, show_progress=False)
-        else:
-            train(rcfg, overwrite=True, show_progress=False)
+        task.train(rcfg, overwrite=True, show_progress=False)
         runs[label] = _run_metrics(rcfg.run_dir, cfg.eval.split, targets)
 
-    result = {"run": str(run_dir), "task": task, "out": str(out), "split": cfg.eval.split, "targets": targets,
+    result = {"run": str(run_dir), "task": task.name, "out": str(out), "split": cfg.eval.split, "targets": targets,
               "measure": analysis["measure"], "analysis": analysis,
               "n_generated": n_gen, "upsample": f.upsample, "samples_per_epoch": n_train, "generation": gen_meta,
               "runs": runs, "seconds": round(time.time() - t0, 1)}

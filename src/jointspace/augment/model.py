@@ -77,7 +77,7 @@ def load_diffusion(run_dir: str | Path) -> tuple[AugmentConfig, torch.nn.Module,
     if not run.has_info():
         raise FileNotFoundError(f"{run_dir}: not an augment run (no {RUN_INFO}); train one with `jointspace augment train`")
     info = run.read_info()
-    if info.task != "diffusion":
+    if "unet" not in info.part:  # what a diffusion run records of its model
         raise ValueError(f"{run_dir}: a {info.task!r} run, not a diffusion model")
     weights = run.weights
     if not weights.exists():

@@ -13,6 +13,7 @@ from jointspace.augment.explore import class_centroids, fit_channels
 from jointspace.data.dataset import load_split
 from jointspace.index.query import Encoder
 from jointspace.kinds import with_role
+from jointspace.tasks import get_task, run_task
 
 
 def confused_with(analysis: dict, target: str) -> str | None:
@@ -21,10 +22,8 @@ def confused_with(analysis: dict, target: str) -> str | None:
 
 
 def _joint(run_dir: Path) -> Encoder | None:
-    """The run's joint space, when it has a caption modality (a contrastive run); else None."""
-    from jointspace.tasks import run_task
-
-    if run_task(run_dir) != "contrastive":
+    """The run's joint space, when its task's towers form one with a caption and a picture modality; else None."""
+    if not get_task(run_task(run_dir)).joint_space:
         return None
     enc = Encoder.from_run(run_dir)
     return enc if with_role(enc.kinds, "captions") and with_role(enc.kinds, "picture") else None

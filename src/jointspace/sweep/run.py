@@ -90,7 +90,7 @@ class TrialRunner:
     def __call__(self, trial) -> float | tuple[float, ...]:
         import optuna
 
-        from jointspace.tasks import TASKS, config_for
+        from jointspace.tasks import config_for, get_task
 
         values = suggest(trial, self.cfg.space, self.base)
         raw = apply_overrides(json.loads(json.dumps(self.base)), overrides_of(self.cfg.set) + overrides_of(values))
@@ -111,9 +111,9 @@ class TrialRunner:
         os.environ.setdefault("WANDB_RUN_GROUP", self.cfg.name)  # W&B (offline) groups a sweep's trials
         trial.set_user_attr("run_dir", str(run_cfg.run_dir))
         with epoch_hook(report):
-            run_dir = TASKS[self.task].train(run_cfg, overwrite=True, show_progress=False)
+            run_dir = get_task(self.task).train(run_cfg, overwrite=True, show_progress=False)
         wants_summary = any(not o.metric.startswith("val/") for o in self.cfg.objectives)
-        summary = (TASKS[self.task].finish(run_dir) or {}) if wants_summary else {}
+        summary = (get_task(self.task).finish(run_dir) or {}) if wants_summary else {}
         out = []
         for o in self.cfg.objectives:
             value = last.get(o.metric, summary.get(o.metric))
@@ -166,15 +166,16 @@ def work(sweep_path: str, worker: int = 0) -> None:
 def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Path:
     """Check the sweep, run its trials (`jobs` worker processes) and write sweep.md / .csv / .html."""
     from jointspace.sweep.report import write_report
-    from jointspace.tasks import TASKS, config_for, task_of_raw
+    from jointspace.tasks import config_for, get_task, task_of_raw
+    from jointspace.tasks.registry import able
 
     cfg, base = load_sweep(sweep_path)
     jobs = jobs or cfg.jobs
     task = check_sweep(cfg, base, config_for, lambda raw: task_of_raw(raw, str(sweep_path)),
-                       lambda t: TASKS[t].val_metrics)
-    if not TASKS[task].val_metrics:
+                       lambda t: get_task(t).val_metrics)
+    if not get_task(task).val_metrics:
         raise ConfigError(f"{sweep_path}: a {task} run logs no per-epoch validation; sweeps take "
-                          f"{', '.join(t.name for t in TASKS.values() if t.val_metrics)} runs")
+                          f"{able(lambda t: t.val_metrics)} runs")
     study = open_study(cfg)
     log(f"sweep {cfg.name}: {task} runs, {cfg.n_trials} trials ({_finished(study)} finished), {cfg.sampler} "
         f"sampler, {cfg.pruner} pruner, {jobs} at a time, storage {cfg.storage_url}")

@@ -1,85 +1,24 @@
 """The tasks a run can train (`task:` in its config), each an objective for the one engine, and what the
 run verbs (`eval`, `embed`, `report`, `index`) accept of each.
 
-Adding a task is a module with a `train(cfg, resume, overwrite, show_progress) -> run folder` and an entry
-below."""
+Adding a task is a module that defines its `TASK = Task(...)` (tasks/registry.py says what a task
+declares) and one `register(...)` line below."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from jointspace.augment.config import AugmentConfig
-from jointspace.config import ConfigError, RunConfig, apply_overrides, read_yaml, validate_config
-from jointspace.run_dir import EVAL, EVAL_DIR, RUN_INFO, WEIGHTS, RunDir
+from jointspace.config import apply_overrides, read_yaml
+from jointspace.run_dir import RUN_INFO, RunDir
 from jointspace.tasks import cilp, classify, contrastive, diffusion, metric, pipeline
-from jointspace.tasks.common import read_done
+from jointspace.tasks.registry import DEFAULT_TASK, TASKS, Task, config_for, get_task, register, task_of_raw
 
-
-@dataclass(frozen=True)
-class Task:
-    """A task: how it trains, the run verbs its runs support, and what its runs' folders hold."""
-
-    name: str
-    train: Callable[..., Path]
-    verbs: tuple[str, ...]
-    results: str  # where a finished run's results are, for verbs it does not support
-    summary: Callable[[Path], str]
-    finish: Callable[[Path], dict | None] = read_done  # the summary `jointspace compare` tabulates
-    val_metrics: tuple[str, ...] = ()  # what its validation logs each epoch (fnmatch patterns; sweeps)
-
-
-def _done_line(run_dir: Path) -> str:
-    s = read_done(run_dir) or {}
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in s.items() if k in SUMMARY_KEYS and isinstance(v, float))
-    return f"done: {run_dir}  {shown}".rstrip()
-
-
-SUMMARY_KEYS = ("test_accuracy", "precision_at_1", "mean_average_precision_at_r", "val_loss", "final_loss",
-                "classifier_accuracy", "projector_mse")
-
-
-def _classify_summary(run_dir: Path) -> str:
-    run = RunDir(run_dir)
-    split = run.read_eval().get("split", "test")
-    return run.classification(split, ".txt").read_text() + "\n" + _done_line(run_dir)
-
-
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("contrastive", contrastive.train, ("eval", "embed", "report", "index", "export"), "", lambda d: f"done: {d}",
-         contrastive.summarise, ("loss", "R@1", "*->*/R@1")),
-    Task("classify", classify.train_classifier, (), f"{EVAL} and classification_<split>.txt (written "
-         "when it trained)", _classify_summary, val_metrics=("loss", "accuracy")),
-    Task("metric", metric.train_metric, ("report",), f"{EVAL} and {EVAL_DIR}/embeddings_<split>.npz", _done_line,
-         val_metrics=("loss",)),
-    Task("cilp", cilp.train_cilp, (), "cilp.md and cilp.json; its contrastive stage is the run RUN/pretrain",
-         lambda d: cilp.cilp_table([read_done(d)])),
-    Task("diffusion", diffusion.train_diffusion, (), f"{WEIGHTS}: sample it with `jointspace augment "
-         "sample`", _done_line),
-    Task("pipeline", lambda cfg, resume=False, overwrite=False, show_progress=True: pipeline.run_pipeline(
-        cfg, TASKS, config_for, resume, overwrite, show_progress), (), "its stages' folders (RUN/<stage>)",
-        _done_line),
-)}
-
-
-def task_of_raw(raw: dict, source: str) -> str:
-    """The task a config mapping names (default contrastive); an unknown one is a ConfigError."""
-    name = raw.get("task") or "contrastive"
-    if not isinstance(name, str) or name not in TASKS:
-        raise ConfigError(f"{source}: task: {name!r} is not a task (known: {', '.join(TASKS)})")
-    stray = [s for s in ("fusion", "metric", "cilp") if s in raw and name != s.replace("fusion", "classify")]
-    if "task" not in raw and stray:  # a config written for `jointspace classify`/`metric`/`cilp`
-        raise ConfigError(f"{source}: has a {stray[0]}: section but no task: line; say which task it trains "
-                          f"(task: {stray[0].replace('fusion', 'classify')})")
-    return name
-
-
-def config_for(raw: dict, source: str) -> RunConfig | AugmentConfig | pipeline.PipelineConfig:
-    """Validate a config mapping into its task's config type."""
-    task = task_of_raw(raw, source)
-    model = {"diffusion": AugmentConfig, "pipeline": pipeline.PipelineConfig}.get(task, RunConfig)
-    return validate_config(model, raw, source)
+register(contrastive.TASK)
+register(classify.TASK)
+register(metric.TASK)
+register(cilp.TASK)
+register(diffusion.TASK)
+register(pipeline.TASK)
 
 
 def load_task_config(path: str | Path, overrides: list[str] | None = None):
@@ -103,7 +42,7 @@ def run_task(run_dir: str | Path) -> str:
     """The task a run folder was trained for (runs from before tasks were recorded: contrastive)."""
     run = RunDir(run_dir)
     if run.has_info():
-        return run.read_info().get("task", "contrastive")
+        return run.read_info().get("task", DEFAULT_TASK)
     if (run / cilp.CILP_JSON).exists() or (run / cilp.PRETRAIN).is_dir():
         return "cilp"
     raise FileNotFoundError(f"{run_dir}: not a jointspace run (no {RUN_INFO}); train one with `jointspace train`")
@@ -121,4 +60,5 @@ def require_verb(run_dir: str | Path, verb: str) -> None:
                          f"are in {task.results}")
 
 
-__all__ = ["TASKS", "Task", "config_for", "load_task_config", "require_verb", "run_task", "task_of_raw"]
+__all__ = ["DEFAULT_TASK", "TASKS", "Task", "config_for", "get_task", "load_task_config", "register", "require_verb",
+           "run_task", "task_of_raw"]

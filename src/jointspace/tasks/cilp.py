@@ -38,6 +38,7 @@ from jointspace.runs import load_run, resolve_device
 from jointspace.tasks.common import load_splits, n_classes_of, plan_of, read_done, write_done
 from jointspace.tasks.contrastive import train
 from jointspace.tasks.lifecycle import has_checkpoint, keeping_old_run, train_stage
+from jointspace.tasks.registry import Task
 
 PRETRAIN, PROJECTOR, CLASSIFIER = "pretrain", "projector", "classifier"
 CILP_JSON = "cilp.json"  # the CILP folder's results (its table and details)
@@ -197,3 +198,8 @@ def cilp_table(rows: list[dict]) -> str:
         lines.append(f"| mean ± std | {ms('val_loss', 4)} | {ms('projector_mse', 5)} "
                      f"| {ms('classifier_accuracy', 4)} |")
     return "\n".join(lines)
+
+
+TASK = Task("cilp", RunConfig, train_cilp, lambda d: cilp_table([read_done(d)]), section="cilp",
+            results=f"cilp.md and {CILP_JSON}; its contrastive stage is the run RUN/{PRETRAIN}",
+            measure="top-1 of the target-embedding classifier on projected source embeddings")

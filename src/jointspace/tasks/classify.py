@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from jointspace.config import RunConfig
+from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
 from jointspace.data.sources import TrainSampler
 from jointspace.engine import Objective, StepContext, autocast, fit
@@ -19,10 +20,11 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.classifier_report import classification_summary
 from jointspace.fusion import FusionClassifier, build_fusion
 from jointspace.model import count_parameters
-from jointspace.run_dir import RunDir, RunInfo, write_run_info
-from jointspace.runs import resolve_device
+from jointspace.run_dir import EVAL, RunDir, RunInfo, write_run_info
+from jointspace.runs import load_run_split, resolve_device
 from jointspace.tasks.common import (
     PeakMemory,
+    done_line,
     epochs_to_fraction,
     init_towers,
     load_splits,
@@ -37,6 +39,7 @@ from jointspace.tasks.common import (
     write_done,
 )
 from jointspace.tasks.lifecycle import fresh_or_resumed
+from jointspace.tasks.registry import ClassPredictions, Task
 
 
 @torch.no_grad()
@@ -56,7 +59,7 @@ def predict(model: FusionClassifier, data: SplitData, device: torch.device, batc
 
 def build_classifier(cfg: RunConfig, data: SplitData, init: dict | None = None) -> FusionClassifier:
     """The configured fusion classifier for the modalities and input shapes of `data` (towers started
-    from `init`, see runs.resolve_init)."""
+    from `init`, see tasks.init_from.resolve_init)."""
     shapes = {m: tuple(data.inputs[m].shape[1:]) for m in data.kinds}
     return build_fusion(cfg.fusion, cfg.model, data.kinds, shapes, n_classes_of(data), data.prep, init)
 
@@ -135,3 +138,26 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
     RunDir(run_dir).write_eval({"split": cfg.eval.split, **test})
     write_done(run_dir, summary)
     return run_dir
+
+
+def classifier_predictions(run_dir: Path, split: str) -> ClassPredictions:
+    """The finished classifier's predicted class of every sample of a split prepared as the run's."""
+    run = RunDir(run_dir)
+    cfg = load_config(run.config)
+    data = load_run_split(cfg, run.read_info(), cfg.data.path, split)
+    model = build_classifier(cfg, data)
+    model.load_state_dict(load_file(str(run.weights)))
+    logits = predict(model, data, torch.device("cpu"))
+    return ClassPredictions(logits.argmax(1), data.labels, data.class_names, "prediction", "accuracy")
+
+
+def summary_text(run_dir: Path) -> str:
+    """The classification report of the evaluated split and the done line."""
+    run = RunDir(run_dir)
+    split = run.read_eval().get("split", "test")
+    return run.classification(split, ".txt").read_text() + "\n" + done_line(run_dir)
+
+
+TASK = Task("classify", RunConfig, train_classifier, summary_text, section="fusion", val_metrics=("loss", "accuracy"),
+            results=f"{EVAL} and classification_<split>.txt (written when it trained)",
+            measure="top-1 of the classifier", predictions=classifier_predictions)

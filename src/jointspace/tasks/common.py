@@ -19,7 +19,8 @@ from jointspace.engine import Plan, seed_everything
 from jointspace.engine.tracking import Tracker
 from jointspace.kinds import Prep
 from jointspace.run_dir import RunDir
-from jointspace.runs import config_prep, resolve_init, run_prep
+from jointspace.runs import config_prep, run_prep
+from jointspace.tasks.init_from import resolve_init
 
 
 def ensure_dataset(cfg: RunConfig) -> Source:
@@ -207,3 +208,14 @@ def write_done(run_dir: Path, summary: dict) -> None:
 def read_done(run_dir: Path) -> dict | None:
     """The summary of a finished run, or None when it has not finished."""
     return RunDir(run_dir).read_done()
+
+
+SUMMARY_KEYS = ("test_accuracy", "precision_at_1", "mean_average_precision_at_r", "val_loss", "final_loss",
+                "classifier_accuracy", "projector_mse")
+
+
+def done_line(run_dir: Path) -> str:
+    """`done: RUN` and the headline numbers of its summary (what `jointspace train` prints)."""
+    s = read_done(run_dir) or {}
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in s.items() if k in SUMMARY_KEYS and isinstance(v, float))
+    return f"done: {run_dir}  {shown}".rstrip()

@@ -39,6 +39,8 @@ from jointspace.tasks.common import (
     write_done,
 )
 from jointspace.tasks.lifecycle import fresh_or_resumed
+from jointspace.tasks.predictions import retrieval_predictions
+from jointspace.tasks.registry import Task
 from jointspace.towers.lora import parameter_summary
 
 
@@ -272,3 +274,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
              "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1)})
     cleanup(dist_info)
     return run_dir
+
+
+TASK = Task("contrastive", RunConfig, train, lambda d: f"done: {d}", verbs=("eval", "embed", "report", "index", "export"),
+            finish=summarise, val_metrics=("loss", "R@1", "*->*/R@1"), joint_space=True,
+            measure="mean class-level R@1 of test queries over the evaluated modality pairs",
+            predictions=retrieval_predictions, finished=lambda d: RunDir(d).weights.exists())

@@ -23,10 +23,11 @@ from jointspace.engine import Objective, Plan, StepContext, fit
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
-from jointspace.run_dir import RunDir, RunInfo, write_run_info
+from jointspace.run_dir import WEIGHTS, RunDir, RunInfo, write_run_info
 from jointspace.runs import resolve_device
-from jointspace.tasks.common import write_done
+from jointspace.tasks.common import done_line, write_done
 from jointspace.tasks.lifecycle import fresh_or_resumed
+from jointspace.tasks.registry import Task
 
 
 class DiffusionState(nn.Module):
@@ -147,3 +148,8 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
 def read_losses(run_dir: Path) -> list[float]:
     """Logged training losses of a diffusion run, in order."""
     return [r["loss"] for r in RunDir(run_dir).read_metrics()]
+
+
+TASK = Task("diffusion", AugmentConfig, train_diffusion, done_line,
+            results=f"{WEIGHTS}: sample it with `jointspace augment sample`",
+            measure="none: a diffusion run reports its final loss")

@@ -22,10 +22,11 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
 from jointspace.model import count_parameters
-from jointspace.run_dir import RunDir, RunInfo, write_run_info
+from jointspace.run_dir import EVAL, EVAL_DIR, RunDir, RunInfo, write_run_info
 from jointspace.runs import resolve_device
 from jointspace.tasks.common import (
     PeakMemory,
+    done_line,
     init_towers,
     load_splits,
     n_classes_of,
@@ -39,6 +40,7 @@ from jointspace.tasks.common import (
     write_done,
 )
 from jointspace.tasks.lifecycle import fresh_or_resumed
+from jointspace.tasks.registry import Task
 
 
 def n_mined(indices: tuple | None) -> int:
@@ -206,3 +208,8 @@ def _evaluate(cfg: RunConfig, run_dir: Path, obj: MetricObjective, test_data: Sp
                   method=cfg.metric.plot)
     run.write_eval({"split": cfg.eval.split, "n_samples": len(test_data), "modality": modality, **result})
     return result
+
+
+TASK = Task("metric", RunConfig, train_metric, done_line, section="metric", verbs=("report",),
+            results=f"{EVAL} and {EVAL_DIR}/embeddings_<split>.npz", val_metrics=("loss",),
+            measure="k-NN accuracy of test embeddings against train embeddings")

@@ -13,7 +13,6 @@ the seed project's contrastive stage, then a classifier over its joint space.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,9 @@ from pydantic import BaseModel, Field
 from jointspace.config import RunFolder, _Strict, apply_overrides, split_override
 from jointspace.engine.checkpoint import atomic_write_text
 from jointspace.run_dir import RunDir
-from jointspace.tasks.common import read_done, write_done
+from jointspace.tasks.common import done_line, read_done, write_done
 from jointspace.tasks.lifecycle import keeping_old_run, train_stage
+from jointspace.tasks.registry import Task, config_for, get_task
 
 STAGE_REF = "{stage:"
 
@@ -62,7 +62,7 @@ def _resolve(value: Any, dirs: dict[str, Path]) -> Any:
     return value
 
 
-def stage_config(cfg: PipelineConfig, stage: StageConfig, dirs: dict[str, Path], config_for: Callable) -> BaseModel:
+def stage_config(cfg: PipelineConfig, stage: StageConfig, dirs: dict[str, Path]) -> BaseModel:
     """A stage's validated run config: its mapping + overrides, earlier stages' folders filled in,
     its folder under the pipeline's."""
     raw = json.loads(json.dumps(stage.config if isinstance(stage.config, dict) else {}))
@@ -73,29 +73,29 @@ def stage_config(cfg: PipelineConfig, stage: StageConfig, dirs: dict[str, Path],
     return config_for(raw, f"pipeline {cfg.name}, stage {stage.name}")
 
 
-def _finished(run_dir: Path, task: str) -> bool:
-    return RunDir(run_dir).weights.exists() and (task == "contrastive" or read_done(run_dir) is not None)
-
-
-def run_pipeline(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume: bool = False,
-                 overwrite: bool = False, show_progress: bool = True) -> Path:
+def run_pipeline(cfg: PipelineConfig, resume: bool = False, overwrite: bool = False,
+                 show_progress: bool = True) -> Path:
     """Train every stage in order (finished stages kept, an interrupted one resumed with `resume`)."""
     root = cfg.run_dir
     with keeping_old_run(root, resume, overwrite):
-        return _run_stages(cfg, tasks, config_for, resume, overwrite, show_progress)
+        return _run_stages(cfg, resume, overwrite, show_progress)
 
 
-def _run_stages(cfg: PipelineConfig, tasks: dict, config_for: Callable, resume: bool, overwrite: bool,
-                show_progress: bool) -> Path:
+def _run_stages(cfg: PipelineConfig, resume: bool, overwrite: bool, show_progress: bool) -> Path:
     root = cfg.run_dir
     atomic_write_text(RunDir(root).create(resume, overwrite).config, json.dumps(cfg.model_dump(mode="json"), indent=2))
     dirs: dict[str, Path] = {}
     for stage in cfg.stages:
-        one = stage_config(cfg, stage, dirs, config_for)
+        one = stage_config(cfg, stage, dirs)
         dirs[stage.name] = one.run_dir
-        if _finished(one.run_dir, one.task):
+        task = get_task(one.task)
+        if task.finished(one.run_dir):
             continue
-        train_stage(tasks[one.task].train, one, resume, show_progress)
+        train_stage(task.train, one, resume, show_progress)
     last = read_done(dirs[cfg.stages[-1].name]) or {}
     write_done(root, {**last, "task": "pipeline", "name": cfg.name, "stages": {k: str(v) for k, v in dirs.items()}})
     return root
+
+
+TASK = Task("pipeline", PipelineConfig, run_pipeline, done_line, results="its stages' folders (RUN/<stage>)",
+            measure="its last stage's test accuracy")
