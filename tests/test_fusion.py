@@ -4,8 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from jointspace.config import FusionConfig, ModelConfig
-from jointspace.fusion import EarlyFusion, IntermediateFusion, LateFusion, TransformerFusion, build_fusion
+from jointspace.config import ModelConfig
+from jointspace.fusion import (
+    EarlyFusion,
+    FusionConfig,
+    IntermediateFusion,
+    LateFusion,
+    TransformerFusion,
+    build_fusion,
+)
 
 KINDS = {"image": "image", "lidar": "range"}
 SHAPES = {"image": (3, 16, 16), "lidar": (1, 8, 24)}

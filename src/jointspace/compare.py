@@ -89,11 +89,19 @@ def check_tasks(grid: GridConfig, grid_path: Path) -> None:
 
 
 def _is_current(cfg: RunConfig) -> bool:
-    """A run is skipped when it finished (done marker) with the very same resolved config."""
+    """A run is skipped when it finished (done marker) with the very same resolved config (its saved one
+    validated as its task's: sections of other tasks that older versions wrote there do not count)."""
     if read_done(cfg.run_dir) is None:
         return False
-    saved = yaml.safe_load(RunDir(cfg.run_dir).config.read_text())
-    return saved == cfg.model_dump(mode="json")
+    path = RunDir(cfg.run_dir).config
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        return False
+    try:
+        saved = config_for(raw, str(path))
+    except ConfigError:  # written by a version with other settings: not the same config
+        return False
+    return saved.model_dump(mode="json") == cfg.model_dump(mode="json")
 
 
 def run_one(task: str, cfg_raw: dict) -> dict:

@@ -200,62 +200,6 @@ class EvalConfig(_Strict):
     linear_probe: bool = True
 
 
-class FusionConfig(_Strict):
-    """A classifier fusing the run's modalities (`data.modalities`); towers come from `model.towers`."""
-
-    kind: Literal["early", "intermediate", "late", "transformer"] = "late"
-    size: tuple[int, int] | None = None  # early/intermediate: common HxW (default: the first modality's)
-    channels: list[int] = Field(default_factory=lambda: [16, 32, 64])  # early/intermediate CNN stages
-    downsample: Literal["maxpool", "stride"] | None = None  # conv stems/towers (None: maxpool / towers' own)
-    norm: Literal["batch", "group", "none"] = "batch"
-    merge: Literal["concat", "add", "multiply"] = "concat"  # intermediate: how feature maps are merged
-    merge_stage: int = Field(1, ge=1)  # intermediate: per-modality stages before the merge
-    combine: Literal["embedding", "logits"] = "embedding"  # late: concat embeddings, or mean of logits
-    token_dim: int = Field(64, ge=8)  # transformer: width of the modality tokens
-    layers: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
-    hidden: int = Field(0, ge=0)  # classifier MLP hidden width (0: linear classifier)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-class ComponentConfig(_Strict):
-    """A pytorch-metric-learning class by name, with its constructor parameters."""
-
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class MetricConfig(_Strict):
-    """Metric learning of one tower with pytorch-metric-learning: loss x miner x distance x reducer."""
-
-    modality: str | None = None  # default: the first of data.modalities
-    loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="TripletMarginLoss",
-                                                                          params={"margin": 0.2}))
-    miner: ComponentConfig | None = Field(default_factory=lambda: ComponentConfig(
-        name="TripletMarginMiner", params={"margin": 0.2, "type_of_triplets": "hard"}))
-    distance: ComponentConfig | None = None  # shared by loss and miner
-    reducer: ComponentConfig | None = None
-    loss_lr: float | None = Field(None, gt=0.0)  # lr of the loss's own parameters (ArcFace W); default train.lr
-    knn_k: int = Field(5, ge=1)
-    plot: Literal["umap", "pca", "none"] = "umap"
-
-
-class CILPConfig(_Strict):
-    """CILP stages after contrastive pretraining: projector source->target (MSE), classifier on target."""
-
-    source: str = "image"
-    target: str = "lidar"
-    projector_hidden: int = Field(512, ge=1)
-    projector_epochs: int = Field(200, ge=1)
-    projector_lr: float = Field(3e-3, gt=0.0)
-    classifier_hidden: int = Field(256, ge=0)  # 0: linear classifier on the target embedding
-    classifier_epochs: int = Field(200, ge=1)
-    classifier_lr: float = Field(3e-3, gt=0.0)
-    batch_size: int = Field(128, ge=2)
-    weight_decay: float = Field(1e-4, ge=0.0)
-
-
 class IndexConfig(_Strict):
     """Defaults of `jointspace index build RUN` for this run's index (its flags override them)."""
 
@@ -290,7 +234,16 @@ class RunFolder(_Strict):
         return Path(self.output_dir) / self.name
 
 
+# Sections RunConfig held for every task before each task declared its own. Every run folder written then
+# has all of them in its config.yaml (and a config naming its task could carry another task's, unread), so
+# a config whose type lacks one ignores it, as before. Newer task sections are not listed: they are errors.
+FORMER_SECTIONS = ("fusion", "metric", "cilp")
+
+
 class RunConfig(RunFolder):
+    """The sections every task's run config has; a task whose runs need more subclasses it with its own
+    section (tasks/: `task:` picks the type)."""
+
     task: str = "contrastive"  # a registered task (jointspace.tasks; checked there, where `task:` picks the type)
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -298,10 +251,14 @@ class RunConfig(RunFolder):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    metric: MetricConfig = Field(default_factory=MetricConfig)
-    cilp: CILPConfig = Field(default_factory=CILPConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_sections(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and any(k in raw and k not in cls.model_fields for k in FORMER_SECTIONS):
+            return {k: v for k, v in raw.items() if k not in FORMER_SECTIONS or k in cls.model_fields}
+        return raw
 
 
 class VariantConfig(_Strict):
@@ -405,14 +362,15 @@ def validate_config(model: type[M], raw: dict, source: str) -> M:
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or defaults when `path` is None) and apply CLI overrides."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, model: type[M] = RunConfig) -> M:
+    """Load a YAML config (or defaults when `path` is None), apply CLI overrides and validate it into `model`
+    (a task's own config type: `jointspace.tasks.load_task_config` picks it by `task:`)."""
     raw = {} if path is None else read_yaml(path)
     raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, "<defaults>" if path is None else str(path))
+    return validate_config(model, raw, "<defaults>" if path is None else str(path))
 
 
-def save_config(cfg: RunConfig, path: Path) -> None:
+def save_config(cfg: BaseModel, path: Path) -> None:
     """Write the resolved config as YAML."""
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 

@@ -14,16 +14,38 @@ Every model maps a batch dict (modality name -> tensor, as `SplitData.batch` giv
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from jointspace.config import FusionConfig, ModelConfig, TowerConfig
+from jointspace.config import ModelConfig, TowerConfig, _Strict
 from jointspace.kinds import Prep, get_kind, input_channels, with_role
 from jointspace.model import build_towers, load_heads, tower_config
 from jointspace.towers import tower_parameters
 from jointspace.towers.heads import build_head
 from jointspace.towers.image import ConvNet
+
+
+class FusionConfig(_Strict):
+    """A classifier fusing the run's modalities (`data.modalities`); towers come from `model.towers`."""
+
+    kind: Literal["early", "intermediate", "late", "transformer"] = "late"
+    size: tuple[int, int] | None = None  # early/intermediate: common HxW (default: the first modality's)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64])  # early/intermediate CNN stages
+    downsample: Literal["maxpool", "stride"] | None = None  # conv stems/towers (None: maxpool / towers' own)
+    norm: Literal["batch", "group", "none"] = "batch"
+    merge: Literal["concat", "add", "multiply"] = "concat"  # intermediate: how feature maps are merged
+    merge_stage: int = Field(1, ge=1)  # intermediate: per-modality stages before the merge
+    combine: Literal["embedding", "logits"] = "embedding"  # late: concat embeddings, or mean of logits
+    token_dim: int = Field(64, ge=8)  # transformer: width of the modality tokens
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    hidden: int = Field(0, ge=0)  # classifier MLP hidden width (0: linear classifier)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

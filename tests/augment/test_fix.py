@@ -11,7 +11,7 @@ from jointspace.config import load_config
 from jointspace.data.shards import read_info
 from jointspace.data.subsample import subsample_classes
 from jointspace.kinds import Prep
-from jointspace.tasks.classify import train_classifier
+from jointspace.tasks.classify import ClassifyRunConfig, train_classifier
 
 from .conftest import tiny_augment_overrides
 
@@ -21,7 +21,7 @@ def imbalanced_run(digits_dir, tmp_path_factory):
     """A 2-epoch image classifier on tiny digits with `three` thinned to a third in train."""
     root = tmp_path_factory.mktemp("fix")
     subsample_classes(digits_dir, root / "imb", {"three": 0.3})
-    cfg = load_config(None, [
+    cfg = load_config(None, model=ClassifyRunConfig, overrides=[
         f"output_dir={root}/runs", "name=clf", f"data.path={root}/imb", "data.modalities=[image]",
         "data.image_size=8", "model.embed_dim=8", "model.towers.image.name=cnn",
         "model.towers.image.params.channels=[4, 8]", "fusion.kind=late", "train.epochs=2", "train.batch_size=16",

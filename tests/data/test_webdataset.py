@@ -201,7 +201,7 @@ def test_numeric_class_folders_sources_without_labels_and_counting(tmp_path):
     from jointspace.config import DataConfig
     from jointspace.data.dataset import concat_splits
     from jointspace.data.webdataset import count_samples
-    from jointspace.tasks.classify import train_classifier
+    from jointspace.tasks.classify import ClassifyRunConfig, train_classifier
 
     for c in ("1", "2", "10"):
         write_shards(tmp_path / "num" / c, 4, 4, "seed", start=int(c) * 100)
@@ -221,7 +221,7 @@ def test_numeric_class_folders_sources_without_labels_and_counting(tmp_path):
                 info.size = 1
                 tar.addfile(info, payload)
     assert count_samples([str(tmp_path / "dot.tar")]) == 5
-    cfg = load_config(None, [f"output_dir={tmp_path}", "name=clf", f"data.urls={tmp_path / 'u1'}",
+    cfg = load_config(None, model=ClassifyRunConfig, overrides=[f"output_dir={tmp_path}", "name=clf", f"data.urls={tmp_path / 'u1'}",
                              "data.test_urls=" + str(tmp_path / "u2"), "task=classify", "fusion.kind=late", *TINY])
     with pytest.raises(Exception, match="no labels"):
         train_classifier(cfg, show_progress=False)

@@ -138,11 +138,11 @@ def test_points_through_every_verb(all_kinds_run, all_kinds_dir, tmp_path):
 @pytest.mark.parametrize("fusion", ["late", "transformer"])
 def test_fusion_classifiers_take_points(fusion, all_kinds_dir, tmp_path):
     from jointspace.config import load_config
-    from jointspace.tasks.classify import train_classifier
+    from jointspace.tasks.classify import ClassifyRunConfig, train_classifier
 
     from .conftest import all_kinds_overrides
 
-    cfg = load_config(None, all_kinds_overrides(all_kinds_dir, tmp_path, f"fuse-{fusion}") + [
+    cfg = load_config(None, model=ClassifyRunConfig, overrides=all_kinds_overrides(all_kinds_dir, tmp_path, f"fuse-{fusion}") + [
         "data.modalities=[image, points]", f"fusion.kind={fusion}", "fusion.token_dim=16", "fusion.heads=2",
         "train.epochs=2"])
     run = train_classifier(cfg, show_progress=False)

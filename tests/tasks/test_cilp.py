@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from jointspace.config import load_config
-from jointspace.tasks.cilp import cilp_table, run_cilp
+from jointspace.tasks.cilp import CILPRunConfig, cilp_table, run_cilp
 
 
 def test_cilp_end_to_end(shapes_dir, tmp_path):
-    cfg = load_config(None, [
+    cfg = load_config(None, model=CILPRunConfig, overrides=[
         f"output_dir={tmp_path}", "name=cilp", "tracker=none", f"data.path={shapes_dir}",
         "data.modalities=[image, lidar, text]", "data.image_size=16", "model.embed_dim=8",
         "model.towers.image.name=cnn", "model.towers.image.params.channels=[4, 8]",
@@ -39,7 +39,7 @@ def test_cilp_end_to_end(shapes_dir, tmp_path):
 
 
 def _learning_cfg(shapes_300, tmp_path, name="cilp-learn"):
-    return load_config(None, [
+    return load_config(None, model=CILPRunConfig, overrides=[
         f"output_dir={tmp_path}", f"name={name}", "tracker=none", f"data.path={shapes_300}",
         "data.modalities=[image, lidar]", "data.image_size=24", "model.embed_dim=16",
         "model.towers.image.name=cnn", "model.towers.image.params.channels=[16, 32]",
@@ -70,7 +70,7 @@ def test_cilp_resumes_exactly_inside_a_stage(shapes_dir, tmp_path):
     """Killed after the classifier stage's epoch-4 checkpoint (of 8) and resumed == run straight through."""
     import shutil
 
-    cfg = load_config(None, [
+    cfg = load_config(None, model=CILPRunConfig, overrides=[
         f"output_dir={tmp_path}", "name=full", "tracker=none", f"data.path={shapes_dir}",
         "data.modalities=[image, lidar]", "data.image_size=16", "model.embed_dim=8",
         "model.towers.image.name=cnn", "model.towers.image.params.channels=[4, 8]",

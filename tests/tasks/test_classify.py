@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from jointspace.config import load_config
-from jointspace.tasks.classify import train_classifier
+from jointspace.tasks.classify import ClassifyRunConfig, train_classifier
 
 
 def _cfg(shapes_dir, tmp_path, *extra):
-    return load_config(None, [
+    return load_config(None, model=ClassifyRunConfig, overrides=[
         f"output_dir={tmp_path}", "name=clf", f"data.path={shapes_dir}", "data.modalities=[image, lidar]",
         "data.image_size=16", "model.embed_dim=8", "model.towers.image.name=cnn",
         "model.towers.image.params.channels=[4, 8]", "model.towers.lidar.name=range_cnn",

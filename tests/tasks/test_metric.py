@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from jointspace.config import ComponentConfig, MetricConfig
 from jointspace.fusion import ModalityEncoders
 from jointspace.losses import build_metric_loss
-from jointspace.tasks.metric import knn_metrics, metric_step
+from jointspace.tasks.metric import ComponentConfig, MetricConfig, knn_metrics, metric_step
 
 
 class _Identity(nn.Module):
@@ -67,9 +66,9 @@ def test_metric_step_mines_and_the_loss_decreases_on_separable_data():
 def test_train_metric_arcface_end_to_end(shapes_dir, tmp_path):
     """ArcFace's class centres are optimised (their own param group) and saved; k-NN eval and a 2-D plot."""
     from jointspace.config import load_config
-    from jointspace.tasks.metric import train_metric
+    from jointspace.tasks.metric import MetricRunConfig, train_metric
 
-    cfg = load_config(None, [
+    cfg = load_config(None, model=MetricRunConfig, overrides=[
         f"output_dir={tmp_path}", "name=arc", f"data.path={shapes_dir}", "data.modalities=[image]",
         "data.image_size=16", "model.embed_dim=8", "model.towers.image.name=cnn",
         "model.towers.image.params.channels=[4, 8]", "metric.loss.name=ArcFaceLoss", "metric.miner=null",

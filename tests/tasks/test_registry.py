@@ -18,8 +18,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "jointspace"
 def test_every_task_declares_what_callers_ask():
     for name, task in TASKS.items():
         assert task.name == name and callable(task.train) and callable(task.summary) and task.measure
-        if task.section:
-            assert task.section in task.config.model_fields, name
+        assert all(s in task.config.model_fields for s in task.sections), name
         if name != "pipeline":  # a pipeline needs stages
             assert config_for({"task": name}, "<test>").task == name
 
@@ -37,6 +36,17 @@ def test_unknown_task_names_the_field_and_the_known_ones():
 def test_a_section_without_a_task_line_names_its_task():
     with pytest.raises(ConfigError, match=r"has a fusion: section but no task: line.*\(task: classify\)"):
         task_of_raw({"fusion": {}}, "c.yaml")
+
+
+def test_each_task_reads_its_own_section_and_old_configs_still_load():
+    assert {n: t.sections for n, t in TASKS.items() if t.sections} == {
+        "classify": ("fusion",), "metric": ("metric",), "cilp": ("cilp",)}
+    assert config_for({"task": "classify", "fusion": {"kind": "early"}}, "c").fusion.kind == "early"
+    assert not hasattr(config_for({"task": "metric"}, "m"), "fusion")
+    old = {"task": "contrastive", "fusion": {"kind": "late"}, "metric": {}, "cilp": {}}  # a run folder's, before
+    assert config_for(old, "old/config.yaml").model_dump().keys().isdisjoint({"fusion", "metric", "cilp"})
+    with pytest.raises(ConfigError, match=r"c\.yaml: fusion\.bogus: unknown field"):
+        config_for({"task": "classify", "fusion": {"bogus": 1}}, "c.yaml")
 
 
 def test_a_task_registers_once():

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from jointspace.config import load_config
-from jointspace.tasks.classify import train_classifier
-from jointspace.tasks.metric import train_metric
+from jointspace.tasks.classify import ClassifyRunConfig, train_classifier
+from jointspace.tasks.metric import MetricRunConfig, train_metric
 
 COMMON = ["tracker=none", "data.image_size=16", "model.embed_dim=8", "model.towers.image.name=cnn",
           "model.towers.image.params.channels=[4, 8]", "model.towers.image.params.dropout=0.3",
@@ -50,7 +50,7 @@ def train_steps(run: Path) -> list[int]:
 
 @pytest.mark.parametrize("checkpoint", ["epoch_0001", "step_0000005"])
 def test_classifier_resumes_exactly(shapes_dir, tmp_path, checkpoint):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
+    cfg = load_config(None, model=ClassifyRunConfig, overrides=[f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
                              "data.modalities=[image, lidar]", "model.towers.lidar.name=range_cnn",
                              "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=late", "fusion.dropout=0.3"])
     full = train_classifier(cfg, show_progress=False)
@@ -63,7 +63,7 @@ def test_classifier_resumes_exactly(shapes_dir, tmp_path, checkpoint):
 
 
 def test_metric_learning_resumes_exactly(shapes_dir, tmp_path):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
+    cfg = load_config(None, model=MetricRunConfig, overrides=[f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
                              "data.modalities=[image]", "metric.loss.name=ArcFaceLoss", "metric.miner=null",
                              "metric.plot=none"])
     full = train_metric(cfg, show_progress=False)

@@ -25,7 +25,7 @@ from jointspace.augment.config import AugmentConfig
 from jointspace.augment.prompted import class_prompts, judge
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler, real_images
-from jointspace.config import RunConfig, apply_overrides, load_config
+from jointspace.config import RunConfig, apply_overrides
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.kinds import with_role
@@ -33,7 +33,7 @@ from jointspace.run_dir import RUN_INFO, RunDir, read_run_info
 from jointspace.tasks import Task, config_for, get_task
 from jointspace.tasks.common import read_done
 from jointspace.tasks.diffusion import train_diffusion
-from jointspace.tasks.registry import able
+from jointspace.tasks.registry import able, run_config
 
 FIX_JSON, FIX_MD = "fix.json", "fix.md"
 
@@ -56,7 +56,7 @@ def _val_split(cfg: RunConfig) -> str:
 
 def analyse_run(run_dir: Path) -> dict:
     """Per-class recall, support and the most confused (true, predicted) pairs of a run on its val split."""
-    return analyse_split(run_dir, _val_split(load_config(RunDir(run_dir).config)))
+    return analyse_split(run_dir, _val_split(run_config(run_dir)))
 
 
 def pick_targets(analysis: dict, worst: int, classes: list[str]) -> list[str]:
@@ -217,7 +217,7 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
     if (out / FIX_JSON).exists() and not overwrite:
         raise FileExistsError(f"{out} holds a finished fix: pass --overwrite to redo it")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(RunDir(run_dir).config)
+    cfg = run_config(run_dir)
     if cfg.data.label_map:
         raise ValueError(f"{run_dir}: data.label_map runs are not supported by augment fix yet")
     stored = read_info(cfg.data.path)["modalities"]

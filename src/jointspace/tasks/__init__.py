@@ -11,7 +11,16 @@ from pathlib import Path
 from jointspace.config import apply_overrides, read_yaml
 from jointspace.run_dir import RUN_INFO, RunDir
 from jointspace.tasks import cilp, classify, contrastive, diffusion, metric, pipeline
-from jointspace.tasks.registry import DEFAULT_TASK, TASKS, Task, config_for, get_task, register, task_of_raw
+from jointspace.tasks.registry import (
+    DEFAULT_TASK,
+    TASKS,
+    Task,
+    config_for,
+    get_task,
+    register,
+    run_config,
+    task_of_raw,
+)
 
 register(contrastive.TASK)
 register(classify.TASK)
@@ -61,4 +70,4 @@ def require_verb(run_dir: str | Path, verb: str) -> None:
 
 
 __all__ = ["DEFAULT_TASK", "TASKS", "Task", "config_for", "get_task", "load_task_config", "register", "require_verb",
-           "run_task", "task_of_raw"]
+           "run_config", "run_task", "task_of_raw"]

@@ -18,14 +18,16 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from safetensors.torch import load_file
 from torch import nn
 
-from jointspace.config import RunConfig, TrainConfig, save_config
+from jointspace.config import RunConfig, TrainConfig, _Strict, save_config
 from jointspace.data.dataset import epoch_batches
 from jointspace.engine import Objective, StepContext, fit, seed_everything
 from jointspace.engine.checkpoint import save_weights
@@ -42,6 +44,28 @@ from jointspace.tasks.registry import Task
 
 PRETRAIN, PROJECTOR, CLASSIFIER = "pretrain", "projector", "classifier"
 CILP_JSON = "cilp.json"  # the CILP folder's results (its table and details)
+
+
+class CILPConfig(_Strict):
+    """CILP stages after contrastive pretraining: projector source->target (MSE), classifier on target."""
+
+    source: str = "image"
+    target: str = "lidar"
+    projector_hidden: int = Field(512, ge=1)
+    projector_epochs: int = Field(200, ge=1)
+    projector_lr: float = Field(3e-3, gt=0.0)
+    classifier_hidden: int = Field(256, ge=0)  # 0: linear classifier on the target embedding
+    classifier_epochs: int = Field(200, ge=1)
+    classifier_lr: float = Field(3e-3, gt=0.0)
+    batch_size: int = Field(128, ge=2)
+    weight_decay: float = Field(1e-4, ge=0.0)
+
+
+class CILPRunConfig(RunConfig):
+    """A CILP run's config: the common sections (its contrastive pretraining) and `cilp:` (the heads)."""
+
+    task: Literal["cilp"] = "cilp"
+    cilp: CILPConfig = Field(default_factory=CILPConfig)
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -103,14 +127,14 @@ def _last_val_loss(run_dir: Path) -> float | None:
     return float(vals[-1]["loss"]) if vals else None
 
 
-def pretrain_config(cfg: RunConfig) -> RunConfig:
+def pretrain_config(cfg: CILPRunConfig) -> CILPRunConfig:
     """Stage 1's config: this one with modalities [source, target], written under the CILP folder."""
     src, tgt = cfg.cilp.source, cfg.cilp.target
     return cfg.model_copy(update={"name": PRETRAIN, "output_dir": str(cfg.run_dir),
                                   "data": cfg.data.model_copy(update={"modalities": [src, tgt]})})
 
 
-def _pretrain(cfg: RunConfig, resume: bool, show_progress: bool) -> Path:
+def _pretrain(cfg: CILPRunConfig, resume: bool, show_progress: bool) -> Path:
     """Stage 1 (kept when finished, resumed when asked and a checkpoint exists)."""
     pre_cfg = pretrain_config(cfg)
     pre_dir = pre_cfg.run_dir
@@ -119,7 +143,7 @@ def _pretrain(cfg: RunConfig, resume: bool, show_progress: bool) -> Path:
     return train_stage(train, pre_cfg, resume, show_progress)
 
 
-def _heads(cfg: RunConfig, emb: dict, train_labels: torch.Tensor, n_classes: int, resume: bool) -> tuple:
+def _heads(cfg: CILPRunConfig, emb: dict, train_labels: torch.Tensor, n_classes: int, resume: bool) -> tuple:
     """Stages 2 and 3: projector source -> target (MSE), classifier on target embeddings."""
     src, tgt, c, root = cfg.cilp.source, cfg.cilp.target, cfg.cilp, cfg.run_dir
     dim = emb["train"][src].shape[1]
@@ -135,7 +159,7 @@ def _heads(cfg: RunConfig, emb: dict, train_labels: torch.Tensor, n_classes: int
     return projector, classifier, proj_hist, cls_hist
 
 
-def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
+def run_cilp(cfg: CILPRunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
     """Run the three CILP stages (each resumable); returns (and writes to cilp.json) the table and details."""
     src, tgt, root = cfg.cilp.source, cfg.cilp.target, cfg.run_dir
     run = RunDir(root).create(resume, overwrite)
@@ -175,7 +199,7 @@ def run_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show
     return result
 
 
-def train_cilp(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+def train_cilp(cfg: CILPRunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """`jointspace train` for `task: cilp`: the three stages; returns the CILP folder (an old one replaced
     with `overwrite` comes back if the new one fails before its first checkpoint)."""
     with keeping_old_run(cfg.run_dir, resume, overwrite):
@@ -200,6 +224,6 @@ def cilp_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-TASK = Task("cilp", RunConfig, train_cilp, lambda d: cilp_table([read_done(d)]), section="cilp",
+TASK = Task("cilp", CILPRunConfig, train_cilp, lambda d: cilp_table([read_done(d)]),
             results=f"cilp.md and {CILP_JSON}; its contrastive stage is the run RUN/{PRETRAIN}",
             measure="top-1 of the target-embedding classifier on projected source embeddings")

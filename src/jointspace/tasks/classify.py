@@ -6,19 +6,21 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from safetensors.torch import load_file
 
-from jointspace.config import RunConfig, load_config
+from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData
 from jointspace.data.sources import TrainSampler
 from jointspace.engine import Objective, StepContext, autocast, fit
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.evaluate.classifier_report import classification_summary
-from jointspace.fusion import FusionClassifier, build_fusion
+from jointspace.fusion import FusionClassifier, FusionConfig, build_fusion
 from jointspace.model import count_parameters
 from jointspace.run_dir import EVAL, RunDir, RunInfo, write_run_info
 from jointspace.runs import load_run_split, resolve_device
@@ -39,7 +41,14 @@ from jointspace.tasks.common import (
     write_done,
 )
 from jointspace.tasks.lifecycle import fresh_or_resumed
-from jointspace.tasks.registry import ClassPredictions, Task
+from jointspace.tasks.registry import ClassPredictions, Task, run_config
+
+
+class ClassifyRunConfig(RunConfig):
+    """A classify run's config: the common sections and `fusion:` (the classifier)."""
+
+    task: Literal["classify"] = "classify"
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
 
 
 @torch.no_grad()
@@ -57,7 +66,7 @@ def predict(model: FusionClassifier, data: SplitData, device: torch.device, batc
     return torch.cat(out)
 
 
-def build_classifier(cfg: RunConfig, data: SplitData, init: dict | None = None) -> FusionClassifier:
+def build_classifier(cfg: ClassifyRunConfig, data: SplitData, init: dict | None = None) -> FusionClassifier:
     """The configured fusion classifier for the modalities and input shapes of `data` (towers started
     from `init`, see tasks.init_from.resolve_init)."""
     shapes = {m: tuple(data.inputs[m].shape[1:]) for m in data.kinds}
@@ -67,7 +76,7 @@ def build_classifier(cfg: RunConfig, data: SplitData, init: dict | None = None) 
 class ClassifyObjective(Objective):
     """Cross-entropy (with label smoothing) of a fusion classifier; validation loss and accuracy."""
 
-    def __init__(self, cfg: RunConfig, model: FusionClassifier, train_data: SplitData, val_data: SplitData | None,
+    def __init__(self, cfg: ClassifyRunConfig, model: FusionClassifier, train_data: SplitData, val_data: SplitData | None,
                  device: torch.device):
         self.cfg, self.module, self.train_data, self.val_data, self.device = cfg, model, train_data, val_data, device
         self.sampler = TrainSampler.from_config(cfg.data, train_data)  # data.sources weights with data.resampled
@@ -97,7 +106,7 @@ class ClassifyObjective(Objective):
 
 
 @fresh_or_resumed
-def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+def train_classifier(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train the configured fusion classifier, evaluate it on `eval.split`; returns the run folder.
 
     The run folder gets config.yaml, run.json, metrics.jsonl, checkpoints/, model.safetensors,
@@ -142,8 +151,7 @@ def train_classifier(cfg: RunConfig, resume: bool = False, overwrite: bool = Fal
 
 def classifier_predictions(run_dir: Path, split: str) -> ClassPredictions:
     """The finished classifier's predicted class of every sample of a split prepared as the run's."""
-    run = RunDir(run_dir)
-    cfg = load_config(run.config)
+    run, cfg = RunDir(run_dir), run_config(run_dir)
     data = load_run_split(cfg, run.read_info(), cfg.data.path, split)
     model = build_classifier(cfg, data)
     model.load_state_dict(load_file(str(run.weights)))
@@ -158,6 +166,6 @@ def summary_text(run_dir: Path) -> str:
     return run.classification(split, ".txt").read_text() + "\n" + done_line(run_dir)
 
 
-TASK = Task("classify", RunConfig, train_classifier, summary_text, section="fusion", val_metrics=("loss", "accuracy"),
+TASK = Task("classify", ClassifyRunConfig, train_classifier, summary_text, val_metrics=("loss", "accuracy"),
             results=f"{EVAL} and classification_<split>.txt (written when it trained)",
             measure="top-1 of the classifier", predictions=classifier_predictions)

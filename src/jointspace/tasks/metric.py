@@ -8,13 +8,15 @@ import itertools
 import json
 import time
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from jointspace.config import RunConfig
+from jointspace.config import RunConfig, _Strict
 from jointspace.data.dataset import SplitData, epoch_batches
 from jointspace.engine import Objective, StepContext, fit
 from jointspace.engine.checkpoint import save_weights
@@ -41,6 +43,35 @@ from jointspace.tasks.common import (
 )
 from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.tasks.registry import Task
+
+
+class ComponentConfig(_Strict):
+    """A pytorch-metric-learning class by name, with its constructor parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricConfig(_Strict):
+    """Metric learning of one tower with pytorch-metric-learning: loss x miner x distance x reducer."""
+
+    modality: str | None = None  # default: the first of data.modalities
+    loss: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="TripletMarginLoss",
+                                                                          params={"margin": 0.2}))
+    miner: ComponentConfig | None = Field(default_factory=lambda: ComponentConfig(
+        name="TripletMarginMiner", params={"margin": 0.2, "type_of_triplets": "hard"}))
+    distance: ComponentConfig | None = None  # shared by loss and miner
+    reducer: ComponentConfig | None = None
+    loss_lr: float | None = Field(None, gt=0.0)  # lr of the loss's own parameters (ArcFace W); default train.lr
+    knn_k: int = Field(5, ge=1)
+    plot: Literal["umap", "pca", "none"] = "umap"
+
+
+class MetricRunConfig(RunConfig):
+    """A metric run's config: the common sections and `metric:` (loss, miner, distance, reducer)."""
+
+    task: Literal["metric"] = "metric"
+    metric: MetricConfig = Field(default_factory=MetricConfig)
 
 
 def n_mined(indices: tuple | None) -> int:
@@ -107,7 +138,7 @@ def knn_metrics(train_emb: torch.Tensor, train_y: torch.Tensor, test_emb: torch.
 class MetricObjective(Objective):
     """A PML loss (and miner) on one tower's embeddings; validation by the loss over consecutive chunks."""
 
-    def __init__(self, cfg: RunConfig, modality: str, model: ModalityEncoders, loss_fn: nn.Module,
+    def __init__(self, cfg: MetricRunConfig, modality: str, model: ModalityEncoders, loss_fn: nn.Module,
                  miner: nn.Module | None, train_data: SplitData, val_data: SplitData | None, device: torch.device):
         self.cfg, self.modality, self.model, self.loss_fn, self.miner = cfg, modality, model, loss_fn, miner
         self.train_data, self.val_data, self.device = train_data, val_data, device
@@ -136,7 +167,7 @@ class MetricObjective(Objective):
                                    self.cfg.train.batch_size)}
 
 
-def _optimizer(cfg: RunConfig, model: nn.Module, loss_fn: nn.Module) -> tuple[torch.optim.Optimizer, list]:
+def _optimizer(cfg: MetricRunConfig, model: nn.Module, loss_fn: nn.Module) -> tuple[torch.optim.Optimizer, list]:
     """AdamW over the tower, plus the loss's own parameters (ArcFace's class centres W) at metric.loss_lr."""
     optimizer = build_optimizer(model, cfg.train)
     loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -147,7 +178,7 @@ def _optimizer(cfg: RunConfig, model: nn.Module, loss_fn: nn.Module) -> tuple[to
 
 
 @fresh_or_resumed
-def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
+def train_metric(cfg: MetricRunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train one tower with the configured PML loss/miner, evaluate k-NN accuracy; returns the run folder."""
     modality = cfg.metric.modality or cfg.data.modalities[0]
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": [modality]})})
@@ -189,7 +220,7 @@ def train_metric(cfg: RunConfig, resume: bool = False, overwrite: bool = False, 
     return run_dir
 
 
-def _evaluate(cfg: RunConfig, run_dir: Path, obj: MetricObjective, test_data: SplitData) -> dict:
+def _evaluate(cfg: MetricRunConfig, run_dir: Path, obj: MetricObjective, test_data: SplitData) -> dict:
     """k-NN metrics of the test split against the train split; its embeddings and UMAP in the run folder."""
     model, modality, train_data, device = obj.model, obj.modality, obj.train_data, obj.device
     train_emb = F.normalize(embed(model, modality, train_data, device), dim=-1)
@@ -210,6 +241,6 @@ def _evaluate(cfg: RunConfig, run_dir: Path, obj: MetricObjective, test_data: Sp
     return result
 
 
-TASK = Task("metric", RunConfig, train_metric, done_line, section="metric", verbs=("report",),
+TASK = Task("metric", MetricRunConfig, train_metric, done_line, verbs=("report",),
             results=f"{EVAL} and {EVAL_DIR}/embeddings_<split>.npz", val_metrics=("loss",),
             measure="k-NN accuracy of test embeddings against train embeddings")

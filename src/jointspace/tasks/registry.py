@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from jointspace.config import ConfigError, validate_config
+from jointspace.config import ConfigError, RunConfig, read_yaml, validate_config
 from jointspace.run_dir import RunDir
 
 if TYPE_CHECKING:
@@ -53,10 +53,16 @@ class Task:
     finish: Callable[[Path], dict | None] = lambda run_dir: RunDir(run_dir).read_done()  # compare's, sweeps' row
     val_metrics: tuple[str, ...] = ()  # what its validation logs each epoch (fnmatch patterns; sweeps)
     measure: str = ""  # what its summary's `test_accuracy` is (the note of `jointspace compare`)
-    section: str | None = None  # the top-level config section of its own (`fusion:`), if it has one
     joint_space: bool = False  # its towers form a joint space: `init_from` starts from them, augment fix asks it
     predictions: Callable[[Path, str], ClassPredictions] | None = None  # augment fix judges its runs by these
     finished: Callable[[Path], bool] = weights_and_done  # a pipeline keeps a finished stage
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The top-level config sections of its own (`fusion:`): what its config type adds to RunConfig."""
+        if not issubclass(self.config, RunConfig):
+            return ()
+        return tuple(k for k in self.config.model_fields if k not in RunConfig.model_fields)
 
 
 TASKS: dict[str, Task] = {}
@@ -81,7 +87,7 @@ def get_task(name: object, where: str = "task") -> Task:
 def task_of_raw(raw: dict, source: str) -> str:
     """The task a config mapping names (default: DEFAULT_TASK); an unknown one is a ConfigError."""
     name = get_task(raw.get("task") or DEFAULT_TASK, f"{source}: task").name
-    owners = {t.section: t.name for t in TASKS.values() if t.section}
+    owners = {s: t.name for t in TASKS.values() for s in t.sections}
     stray = [s for s in owners if s in raw and owners[s] != name]
     if "task" not in raw and stray:  # a config written for `jointspace classify`/`metric`/`cilp`
         raise ConfigError(f"{source}: has a {stray[0]}: section but no task: line; say which task it trains "
@@ -92,6 +98,12 @@ def task_of_raw(raw: dict, source: str) -> str:
 def config_for(raw: dict, source: str) -> BaseModel:
     """Validate a config mapping into its task's config type."""
     return validate_config(TASKS[task_of_raw(raw, source)].config, raw, source)
+
+
+def run_config(run_dir: str | Path) -> BaseModel:
+    """A run folder's config.yaml, validated into its task's config type."""
+    path = RunDir(run_dir).config
+    return config_for(read_yaml(path), str(path))
 
 
 def able(predicate: Callable[[Task], object]) -> str:
