@@ -80,3 +80,20 @@ def test_grid_errors_name_the_field(tmp_path, shapes_dir):
     path.write_text(yaml.safe_dump({"base": "base.yaml", "variants": [{"name": "a"}, {"name": "a"}]}))
     with pytest.raises(ConfigError, match="duplicate"):
         run_grid(path)
+
+
+def test_a_run_saved_with_every_former_section_is_still_current(tmp_path):
+    """Run folders written when RunConfig held every task's section have them all in config.yaml."""
+    from jointspace.config import save_config
+    from jointspace.run_dir import RunDir
+    from jointspace.tasks import config_for
+
+    cfg = config_for({"task": "classify", "name": "old", "output_dir": str(tmp_path)}, "<test>")
+    run = RunDir(cfg.run_dir)
+    cfg.run_dir.mkdir(parents=True)
+    save_config(cfg, run.config)
+    old = {**yaml.safe_load(run.config.read_text()), "metric": {"knn_k": 5}, "cilp": {"source": "image"}}
+    run.config.write_text(yaml.safe_dump(old, sort_keys=False))
+    run.write_done({"test_accuracy": 0.5})
+    assert _is_current(cfg)
+    assert not _is_current(cfg.model_copy(update={"seed": 1}))

@@ -34,6 +34,11 @@ class ClassPredictions:
     overall: str  # the name of the share of right predictions: "accuracy", "R@1 (all queries)"
 
 
+def done_summary(run_dir: Path) -> dict | None:
+    """A finished run's done.json (None when it has not finished)."""
+    return RunDir(run_dir).read_done()
+
+
 def weights_and_done(run_dir: Path) -> bool:
     """A run finished: its weights and its done marker are there."""
     run = RunDir(run_dir)
@@ -50,7 +55,7 @@ class Task:
     summary: Callable[[Path], str]  # what `jointspace train` prints for a finished run
     verbs: tuple[str, ...] = ()  # the run verbs (eval, embed, report, index, export) its runs support
     results: str = ""  # where a finished run's results are, for verbs it does not support
-    finish: Callable[[Path], dict | None] = lambda run_dir: RunDir(run_dir).read_done()  # compare's, sweeps' row
+    finish: Callable[[Path], dict | None] = done_summary  # its summary: compare's row, sweep objectives
     val_metrics: tuple[str, ...] = ()  # what its validation logs each epoch (fnmatch patterns; sweeps)
     measure: str = ""  # what its summary's `test_accuracy` is (the note of `jointspace compare`)
     joint_space: bool = False  # its towers form a joint space: `init_from` starts from them, augment fix asks it
