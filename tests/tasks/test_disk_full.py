@@ -64,8 +64,9 @@ def test_a_disk_for_two_checkpoints_makes_room_and_resumes_to_the_same_weights(t
 
 
 def test_a_disk_too_small_for_one_checkpoint_is_one_line_and_leaves_nothing(tiny_cfg, small_disk, capsys):
-    from jointspace.cli import app
     from typer.testing import CliRunner
+
+    from jointspace.cli import app
 
     disk = small_disk(1_500_000)
     cfg = tiny_cfg(*STEPS, f"output_dir={disk}", name="full")

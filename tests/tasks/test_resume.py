@@ -114,9 +114,9 @@ def test_skipped_samples_are_said_and_recorded(digits_dir, tiny_cfg, tmp_path, c
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(shapes_dir, tmp_path, capsys, damage):
     """checksums.json: at resume, the newest checkpoint fails its check (one line), moves to
     .corrupt-<name>, and the run goes on from the one before it to the weights of a straight run."""
-    cfg = load_config(None, [f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
-                             "data.modalities=[image, lidar]", "model.towers.lidar.name=range_cnn",
-                             "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=late"])
+    cfg = load_config(None, model=ClassifyRunConfig, overrides=[
+        f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON, "data.modalities=[image, lidar]",
+        "model.towers.lidar.name=range_cnn", "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=late"])
     full = train_classifier(cfg, show_progress=False)
     half = cut_copy(full, "epoch_0002", "half")
     target = half / "checkpoints" / "epoch_0002" / ("model.safetensors" if damage == "flip a byte"
