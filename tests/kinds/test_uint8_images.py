@@ -14,6 +14,7 @@ from jointspace.data.dataset import load_split
 from jointspace.data.shards import split_urls
 from jointspace.data.stream import ShardStream, stream_loader
 from jointspace.kinds import Prep, get_kind
+from jointspace.kinds import image as image_mod
 from jointspace.kinds.image import image_to_tensor
 
 
@@ -47,24 +48,28 @@ def test_no_float_images_through_the_loaders_workers(digits_dir):
 
 @pytest.mark.parametrize(("fmt", "mode"), [("PNG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "P"),
                                            ("PNG", "I;16"), ("JPEG", "L"), ("JPEG", "RGB"), ("JPEG", "CMYK")])
-def test_shard_images_decode_to_what_pil_gives(fmt, mode):
-    """Grey and RGB PNG/JPEG go through torchvision.io, the rest through PIL: the same pixels either way,
-    and the same batch tensor as from a plain [H, W(, C)] array."""
+def test_shard_images_decode_to_what_pil_gives(fmt, mode, monkeypatch):
+    """Grey and RGB PNG/JPEG (of at least 96x96) go through torchvision.io, the rest through PIL: the same
+    pixels either way, and the same batch tensor as from a plain [H, W(, C)] array."""
     rng = np.random.default_rng(1)
-    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((32, 32)))
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).resize((128, 128)))
     img = Image.fromarray(smooth).convert(mode if mode != "I;16" else "L")
     img = img.convert("I;16") if mode == "I;16" else img
     buf = io.BytesIO()
     img.save(buf, format=fmt, quality=90)
     with Image.open(io.BytesIO(buf.getvalue())) as pil:
         expected = np.asarray(pil if pil.mode in ("L", "RGB") else pil.convert("RGB"))
+    calls = []
+    real = image_mod.decode_torchvision
+    monkeypatch.setattr(image_mod, "decode_torchvision", lambda *a: calls.append(1) or real(*a))
     got = get_kind("image").decode(fmt.lower(), buf.getvalue())
+    assert len(calls) == (mode in ("L", "RGB"))  # which decoder ran
     assert got.dtype == np.uint8 and got.shape == expected.shape and np.array_equal(got, expected)
-    assert torch.equal(image_to_tensor([got], 32), image_to_tensor([np.ascontiguousarray(expected)], 32))
+    assert torch.equal(image_to_tensor([got], 128), image_to_tensor([np.ascontiguousarray(expected)], 128))
 
 
 def test_a_truncated_image_is_an_error_not_a_picture():
     buf = io.BytesIO()
-    Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(buf, format="JPEG")
+    Image.fromarray(np.full((128, 128, 3), 90, dtype=np.uint8)).save(buf, format="JPEG")
     with pytest.raises((RuntimeError, OSError)):
         get_kind("image").decode("jpg", buf.getvalue()[: len(buf.getvalue()) // 2])
