@@ -97,3 +97,35 @@ def test_a_run_saved_with_every_former_section_is_still_current(tmp_path):
     run.write_done({"test_accuracy": 0.5})
     assert _is_current(cfg)
     assert not _is_current(cfg.model_copy(update={"seed": 1}))
+
+
+def test_a_preempted_grid_stops_and_goes_on_from_the_checkpoint(tmp_path, shapes_dir):
+    """SIGTERM to `jointspace compare` (isolated runs): the running run stops at its next step with a
+    checkpoint, no other run starts, exit 75; the grid run again resumes that run and finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = _grid(tmp_path, shapes_dir, [{"name": "a", "set": {}}, {"name": "b", "set": {"fusion.kind": "early"}}])
+    grid = yaml.safe_load(path.read_text())
+    grid.update(isolate=True, seeds=[0], set={"train.epochs": 4, "train.log_every": 1})
+    path.write_text(yaml.safe_dump(grid))
+    cmd = [str(Path(sys.executable).parent / "jointspace"), "compare", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = tmp_path / "runs" / "tiny" / "runs" / "a-s0" / "metrics.jsonl", time.time() + 120
+    while not (metrics.exists() and metrics.read_text().count('"train"') >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)  # the parent alone: it passes the signal on to the running run
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "preempted: stopped by SIGTERM" in err and "continue with: jointspace compare" in err
+    assert not (metrics.parent.parent / "b-s0").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
+    assert steps == list(range(1, 13))  # resumed, not redone: every step once
+    assert (metrics.parent.parent / "b-s0" / "done.json").exists()

@@ -19,22 +19,26 @@ finished run whose resolved config is unchanged is skipped when the grid runs ag
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from jointspace.config import ConfigError, GridConfig, RunConfig, RunsFailed, apply_overrides, load_grid
+from jointspace.engine.preempt import Preempted, PreemptWatch
 from jointspace.run_dir import RunDir
 from jointspace.tasks import DEFAULT_TASK, config_for, get_task
 from jointspace.tasks.common import read_done
+from jointspace.tasks.lifecycle import has_checkpoint
 
 METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb", "test_top3", "trainable_params",
            "epochs_to_95", "wall_seconds")
@@ -91,9 +95,14 @@ def check_tasks(grid: GridConfig, grid_path: Path) -> None:
 def _is_current(cfg: RunConfig) -> bool:
     """A run is skipped when it finished (done marker) with the very same resolved config (its saved one
     validated as its task's: sections of other tasks that older versions wrote there do not count)."""
-    if read_done(cfg.run_dir) is None:
-        return False
+    return read_done(cfg.run_dir) is not None and _same_config(cfg)
+
+
+def _same_config(cfg: RunConfig) -> bool:
+    """Whether the run folder's saved config is this very config (validated as its task's)."""
     path = RunDir(cfg.run_dir).config
+    if not path.exists():
+        return False
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         return False
@@ -105,10 +114,27 @@ def _is_current(cfg: RunConfig) -> bool:
 
 
 def run_one(task: str, cfg_raw: dict) -> dict:
-    """Run one configuration (in this process) and return its summary; used by the grid's workers."""
+    """Run one configuration (in this process) and return its summary; used by the grid's workers. A run
+    of the same config stopped part-way (preempted, killed) goes on from its checkpoint."""
     cfg = config_for({**cfg_raw, "task": task}, f"<{task} run>")
     spec = get_task(task)
-    return spec.finish(spec.train(cfg, overwrite=True, show_progress=False)) or {}
+    resume = has_checkpoint(cfg.run_dir) and _same_config(cfg)
+    return spec.finish(spec.train(cfg, resume=resume, overwrite=not resume, show_progress=False)) or {}
+
+
+def _pass_on_preemption(watch: PreemptWatch, pool: ProcessPoolExecutor, futures: list) -> None:
+    """Wait for the runs. After a preemption signal no other run starts, and the signal goes on to the
+    running ones, once (each stops at its next step with a checkpoint and raises Preempted)."""
+    passed = False
+    while not all(f.done() for f in futures):
+        wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
+        if watch.requested and not passed:
+            for f in futures:
+                f.cancel()  # those not started yet
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.Signals[watch.requested])
+            passed = True
 
 
 def _done_line(name: str, s: dict) -> str:
@@ -138,12 +164,18 @@ def run_grid(grid_path: str | Path, overrides: list[str] | None = None, log=prin
     if grid.isolate:
         ctx = multiprocessing.get_context("spawn")
         fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per run
-        with ProcessPoolExecutor(max_workers=grid.jobs, mp_context=ctx, **fresh) as pool:
+        with PreemptWatch() as watch, ProcessPoolExecutor(max_workers=grid.jobs, mp_context=ctx, **fresh) as pool:
             futures = {c.name: pool.submit(run_one, t, c.model_dump(mode="json")) for _v, t, c in todo}
+            _pass_on_preemption(watch, pool, list(futures.values()))
             for name, fut in futures.items():
+                if fut.cancelled():
+                    continue
                 try:
                     s = fut.result()
                     log(_done_line(name, s))
+                except Preempted:  # the signal reached the whole process group: start no other run
+                    pool.shutdown(cancel_futures=True)
+                    raise
                 except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
                     failures[name] = f"{type(err).__name__}: {err}"
     else:
@@ -151,6 +183,8 @@ def run_grid(grid_path: str | Path, overrides: list[str] | None = None, log=prin
             try:
                 s = run_one(t, c.model_dump(mode="json"))
                 log(_done_line(c.name, s))
+            except Preempted:
+                raise
             except Exception as err:  # noqa: BLE001
                 failures[c.name] = f"{type(err).__name__}: {err}"
     wall = time.time() - t0
