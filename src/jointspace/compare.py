@@ -122,19 +122,38 @@ def run_one(task: str, cfg_raw: dict) -> dict:
     return spec.finish(spec.train(cfg, resume=resume, overwrite=not resume, show_progress=False)) or {}
 
 
-def _pass_on_preemption(watch: PreemptWatch, pool: ProcessPoolExecutor, futures: list) -> None:
-    """Wait for the runs. After a preemption signal no other run starts, and the signal goes on to the
-    running ones, once (each stops at its next step with a checkpoint and raises Preempted)."""
-    passed = False
-    while not all(f.done() for f in futures):
-        wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-        if watch.requested and not passed:
-            for f in futures:
-                f.cancel()  # those not started yet
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.Signals[watch.requested])
-            passed = True
+def _run_isolated(todo: list, jobs: int, log, failures: dict[str, str]) -> None:
+    """Each run in a fresh process, `jobs` at a time, submitted only as a slot frees (so none waits queued
+    inside the pool). After a preemption signal no other run starts and the signal goes on, once, to the
+    running ones (each stops at its next step with a checkpoint); then Preempted is raised."""
+    ctx = multiprocessing.get_context("spawn")
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per run
+    pending, running, stopped, passed, left_out = list(todo), {}, None, False, False
+    with PreemptWatch() as watch, ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, **fresh) as pool:
+        while pending or running:
+            while pending and len(running) < jobs and not watch.requested and stopped is None:
+                _v, t, c = pending.pop(0)
+                running[pool.submit(run_one, t, c.model_dump(mode="json"))] = c.name
+            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            if watch.requested and not passed:
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.Signals[watch.requested])
+                passed = True
+            for fut in finished:
+                name = running.pop(fut)
+                try:
+                    log(_done_line(name, fut.result()))
+                except Preempted as err:
+                    stopped = err
+                except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
+                    failures[name] = f"{type(err).__name__}: {err}"
+            if stopped is not None or watch.requested:
+                left_out, pending = left_out or bool(pending), []
+    if stopped is None and left_out:  # the signal came between two runs
+        stopped = Preempted(watch.requested or "a signal", 0, 0, 0, "none (no run was under way)")
+    if stopped is not None:
+        raise stopped
 
 
 def _done_line(name: str, s: dict) -> str:
@@ -162,22 +181,7 @@ def run_grid(grid_path: str | Path, overrides: list[str] | None = None, log=prin
         log(f"{grid.name}: {len(todo)} of {len(runs)} runs to do ({'isolated, ' if grid.isolate else ''}"
             f"{grid.jobs} at a time)")
     if grid.isolate:
-        ctx = multiprocessing.get_context("spawn")
-        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}  # a new process per run
-        with PreemptWatch() as watch, ProcessPoolExecutor(max_workers=grid.jobs, mp_context=ctx, **fresh) as pool:
-            futures = {c.name: pool.submit(run_one, t, c.model_dump(mode="json")) for _v, t, c in todo}
-            _pass_on_preemption(watch, pool, list(futures.values()))
-            for name, fut in futures.items():
-                if fut.cancelled():
-                    continue
-                try:
-                    s = fut.result()
-                    log(_done_line(name, s))
-                except Preempted:  # the signal reached the whole process group: start no other run
-                    pool.shutdown(cancel_futures=True)
-                    raise
-                except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
-                    failures[name] = f"{type(err).__name__}: {err}"
+        _run_isolated(todo, grid.jobs, log, failures)
     else:
         for _v, t, c in todo:
             try:
