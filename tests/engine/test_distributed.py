@@ -215,10 +215,11 @@ def _rank_pid(rank: int, run_id_of: int) -> int | None:
     return None
 
 
-def test_a_lost_rank_restarts_resumes_and_ends_at_the_uninterrupted_weights(tiny_cfg, tmp_path):
-    """`torchrun --max-restarts 1 ... --resume` with rank 1 SIGKILLed mid-epoch: torchrun restarts both ranks,
-    they meet again (each attempt's store keys apart) and resume from the last checkpoint, and the run
-    ends with the weights of a run that lost nothing."""
+def test_preemption_and_a_lost_rank_under_torchrun_end_at_the_uninterrupted_weights(tiny_cfg, tmp_path):
+    """Under torchrun (2 CPU ranks): SIGTERM to rank 1 alone stops both ranks after the same step (they agree
+    on log steps) with one checkpoint; then `torchrun --max-restarts 1 ... --resume` with rank 1 SIGKILLed
+    mid-epoch restarts both ranks, they meet again (each attempt's store keys apart) and resume; the run ends
+    with the weights of a run that lost nothing, every step logged once."""
     import os
     import signal
     import time
@@ -230,21 +231,30 @@ def test_a_lost_rank_restarts_resumes_and_ends_at_the_uninterrupted_weights(tiny
     straight = tiny_cfg(*extra, name="straight", epochs=4)
     torchrun_train(straight, tmp_path / "straight.yaml")
     cfg = straight.model_copy(update={"name": "lost"})
-    raw = cfg.model_dump(mode="json")
-    (tmp_path / "lost.yaml").write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
-           "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train",
-           str(tmp_path / "lost.yaml"), "--resume"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics, deadline = cfg.run_dir / "metrics.jsonl", time.time() + 240
-    while not (metrics.exists() and metrics.read_text().count('"train"') >= 5):
-        assert proc.poll() is None and time.time() < deadline, "the job ended before step 5"
-        time.sleep(0.02)
-    os.kill(_rank_pid(1, proc.pid), signal.SIGKILL)
+    (tmp_path / "lost.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    metrics = cfg.run_dir / "metrics.jsonl"
+
+    def run_until(step: int, sig: int, restarts: int) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--max-restarts={restarts}",
+               "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:0", "-m", "jointspace.cli", "train",
+               str(tmp_path / "lost.yaml"), "--resume"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while not (metrics.exists() and metrics.read_text().count('"train"') >= step):
+            assert proc.poll() is None and time.time() < deadline, f"the job ended before step {step}"
+            time.sleep(0.02)
+        os.kill(_rank_pid(1, proc.pid), sig)
+        return proc
+
+    _, err = run_until(3, signal.SIGTERM, 0).communicate(timeout=300)
+    stops = sorted({line.split(" at step ")[1].split(" ")[0] for line in err.splitlines() if "preempted:" in line})
+    assert len(stops) == 1 and sum("preempted:" in line for line in err.splitlines()) == 2, err[-3000:]
+    assert json.loads((cfg.run_dir / "checkpoints" / "latest.json").read_text())["name"] == f"step_{int(stops[0]):07d}"
+    proc = run_until(int(stops[0]) + 2, signal.SIGKILL, 1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     a = load_file(str(straight.run_dir / "model.safetensors"))
     b = load_file(str(cfg.run_dir / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
-    assert steps == list(range(1, 13))  # resumed from a checkpoint: the steps after it logged once
+    assert steps == list(range(1, 13))  # resumed from checkpoints: the steps after them logged once
