@@ -276,8 +276,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 def resume_latest(ckpt_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                   rank: int = 0) -> dict:
-    """Restore model, optimizer, RNG and LR scheduler from the latest checkpoint; returns its state.json."""
-    latest = good_checkpoint(ckpt_dir)
+    """Restore model, optimizer, RNG and LR scheduler from the checkpoint latest.json names (checked and,
+    if it failed, repointed by `good_checkpoint` before, on one rank); returns its state.json."""
+    latest = latest_checkpoint(ckpt_dir)
     if latest is None:
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint to resume from that passes its check")
     state = load_checkpoint(latest, model, optimizer, rank=rank)

@@ -129,7 +129,7 @@ class Engine:
 
     def resume(self) -> None:
         """Continue from the latest checkpoint: weights, optimizer, schedule, scaler, RNG, position."""
-        if self.dist.is_main:  # a checkpoint failing its check is set aside once, by rank 0
+        if self.dist.is_main:  # checksums read once, by rank 0: a checkpoint failing them is set aside
             good_checkpoint(self.ckpt_dir)
         barrier(self.dist)
         state = resume_latest(self.ckpt_dir, self.obj.module, self.optimizer, self.scheduler, self.dist.rank)
