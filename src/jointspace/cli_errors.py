@@ -7,13 +7,14 @@ import functools
 import inspect
 import re
 import shlex
-import sqlite3
 import sys
 from collections.abc import Callable
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from jointspace.errors import JointspaceError
 
 errors = Console(stderr=True)
 
@@ -38,15 +39,14 @@ def said_stopped(stop: BaseException, resumable: bool) -> None:
 
 
 def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
-    """Decorator for every typer command: config, data, non-finite-loss, failed-grid, file, OS and value
-    errors -> one line on stderr, exit 2. (`console` is the command's output console; errors never go there.)"""
+    """Decorator for every typer command: the project's own errors (`JointspaceError`: config, data, usage,
+    non-finite loss, failed grid, full disk...) and the operating system's (`OSError`: a missing file, a
+    denied permission) -> one line on stderr, exit 2. Anything else is a bug and keeps its traceback.
+    (`console` is the command's output console; errors never go there.)"""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            from jointspace.config import ConfigError, RunsFailed
-            from jointspace.data.shards import DataError
-            from jointspace.engine import NonFiniteLossError
             from jointspace.engine.preempt import PREEMPTED_EXIT, Preempted
 
             try:
@@ -54,8 +54,7 @@ def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
             except Preempted as stop:
                 said_stopped(stop, "resume" in inspect.signature(fn).parameters)
                 raise typer.Exit(PREEMPTED_EXIT) from None
-            except (ConfigError, DataError, NonFiniteLossError, RunsFailed, OSError, ValueError,
-                    sqlite3.DatabaseError) as err:
+            except (JointspaceError, OSError) as err:
                 report(err)
                 raise typer.Exit(2) from None
 

@@ -16,17 +16,18 @@ from pydantic import (
     model_validator,
 )
 
+from jointspace.errors import JointspaceError, UsageError
 from jointspace.kinds import size_fields
 from jointspace.losses.registry import loss_class, loss_params
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration file or override is wrong; the message names the field."""
 
 
-class RunsFailed(RuntimeError):
+class RunsFailed(JointspaceError, RuntimeError):
     """Some runs of a grid failed (the others finished and were tabulated); the message names each."""
 
 
@@ -97,7 +98,7 @@ class DataConfig(_DataSizes):
     @model_validator(mode="after")
     def _weights_need_resampling(self) -> DataConfig:
         if not self.resampled and any(s.weight != 1.0 for s in self.sources):
-            raise ValueError("data.sources weights other than 1 need data.resampled: true")
+            raise UsageError("data.sources weights other than 1 need data.resampled: true")
         return self
 
 
@@ -213,7 +214,7 @@ class IndexConfig(_Strict):
 def plain_folder_name(v: str) -> str:
     """A run or variant name becomes a folder: no path separators, not hidden, not empty."""
     if not v or "/" in v or v.startswith("."):
-        raise ValueError("must be a plain folder name")
+        raise UsageError("must be a plain folder name")
     return v
 
 

@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from jointspace.config import ModelConfig, TowerConfig, _Strict
+from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind, input_channels, with_role
 from jointspace.model import build_towers, load_heads, tower_config
 from jointspace.towers import tower_parameters
@@ -100,10 +101,10 @@ class IntermediateFusion(FusionClassifier):
                  norm: str = "batch", hidden: int = 0, dropout: float = 0.0):
         super().__init__()
         if not 1 <= merge_stage <= len(channels):
-            raise ValueError(f"fusion.merge_stage must be in [1, {len(channels)}] (len(fusion.channels)), "
+            raise UsageError(f"fusion.merge_stage must be in [1, {len(channels)}] (len(fusion.channels)), "
                              f"got {merge_stage}")
         if merge not in ("concat", "add", "multiply"):
-            raise ValueError(f"fusion.merge must be concat/add/multiply, got {merge!r}")
+            raise UsageError(f"fusion.merge must be concat/add/multiply, got {merge!r}")
         self.modalities = list(in_chans)
         self.size = tuple(size)
         self.merge = merge
@@ -153,7 +154,7 @@ class LateFusion(FusionClassifier):
                  hidden: int = 0, dropout: float = 0.0):
         super().__init__()
         if combine not in ("embedding", "logits"):
-            raise ValueError(f"fusion.combine must be embedding or logits, got {combine!r}")
+            raise UsageError(f"fusion.combine must be embedding or logits, got {combine!r}")
         self.encoders = towers
         self.modalities = list(towers.towers)
         self.combine = combine
@@ -232,10 +233,10 @@ def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
     prep = prep.updated(channels=shown.channels) if prep else shown
     if fcfg.kind in ("early", "intermediate"):
         if init and init["towers"]:
-            raise ValueError(f"fusion.kind={fcfg.kind} has no towers to start from a run (use late or transformer)")
+            raise UsageError(f"fusion.kind={fcfg.kind} has no towers to start from a run (use late or transformer)")
         flat = [m for m in mods if not get_kind(kinds[m]).spatial]
         if flat:
-            raise ValueError(f"fusion.kind={fcfg.kind} needs spatial inputs [C, H, W]; {flat} are not "
+            raise UsageError(f"fusion.kind={fcfg.kind} needs spatial inputs [C, H, W]; {flat} are not "
                              f"(use late or transformer fusion)")
         in_chans = {m: int(input_shapes[m][0]) for m in mods}
         size = tuple(fcfg.size) if fcfg.size else tuple(int(s) for s in input_shapes[mods[0]][-2:])
@@ -251,4 +252,4 @@ def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
         towers = build_encoders(mcfg, kinds, prep, fcfg.token_dim, fcfg.downsample, init)
         return TransformerFusion(towers, fcfg.token_dim, n_classes, fcfg.layers, fcfg.heads, fcfg.hidden,
                                  fcfg.dropout)
-    raise ValueError(f"fusion.kind must be early/intermediate/late/transformer, got {fcfg.kind!r}")
+    raise UsageError(f"fusion.kind must be early/intermediate/late/transformer, got {fcfg.kind!r}")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.config import ModelConfig, TowerConfig
+from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
 from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
 from jointspace.towers.dedupe import batch_independent, distinct_rows, encode_unique
@@ -120,9 +121,9 @@ def load_init(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> 
     for key in sorted(set(own) | set(state)):
         if key not in state or key not in own:
             side = "is not in the run" if key not in state else "is not in this model"
-            raise ValueError(f"{where}: parameter {key!r} {side}: the architectures differ")
+            raise UsageError(f"{where}: parameter {key!r} {side}: the architectures differ")
         if own[key].shape != state[key].shape:
-            raise ValueError(f"{where}: parameter {key!r} has shape {tuple(state[key].shape)} in the run and "
+            raise UsageError(f"{where}: parameter {key!r} has shape {tuple(state[key].shape)} in the run and "
                              f"{tuple(own[key].shape)} here: the architectures differ")
     module.load_state_dict(state)
 
@@ -133,7 +134,7 @@ def build_towers(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = No
     (spec, state dict) starts a tower from a finished run's weights (before any adapter is added)."""
     unknown = [m for m in cfg.towers if m not in kinds]
     if unknown:
-        raise ValueError(f"model.towers: {unknown} are not modalities of this run ({', '.join(kinds)})")
+        raise UsageError(f"model.towers: {unknown} are not modalities of this run ({', '.join(kinds)})")
     towers = {}
     for name, kind in kinds.items():
         tcfg = tower_config(cfg, name, kind, prep or Prep())
@@ -144,7 +145,7 @@ def build_towers(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = No
                 load_init(towers[name], state, f"init_from {spec}")
             tune_tower(towers[name], tcfg)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"model.towers.{name}: {err}") from None
+            raise UsageError(f"model.towers.{name}: {err}") from None
     return towers
 
 
@@ -171,13 +172,13 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = Non
 def tune_tower(tower: nn.Module, tcfg: TowerConfig) -> None:
     """Apply a tower config's freezing, LoRA adapters and gradient checkpointing, in place."""
     if tcfg.freeze and tcfg.lora:
-        raise ValueError("freeze and lora exclude each other (with lora only the adapters train)")
+        raise UsageError("freeze and lora exclude each other (with lora only the adapters train)")
     if tcfg.freeze:
         freeze(tower)
     if tcfg.lora:
         targets = list(tcfg.lora.targets or getattr(tower, "default_lora_targets", ()))
         if not targets:
-            raise ValueError(f"lora: tower {tcfg.name!r} has no default targets; set lora.targets")
+            raise UsageError(f"lora: tower {tcfg.name!r} has no default targets; set lora.targets")
         apply_lora(tower, targets, tcfg.lora.r, tcfg.lora.alpha, tcfg.lora.dropout)
     if tcfg.grad_checkpointing:
         enable_grad_checkpointing(tower, tcfg.name)

@@ -21,14 +21,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from jointspace.errors import JointspaceError
 from jointspace.swap import owned_prefix, recover_interrupted, remove_leftovers, swap_in
 
 
-class OutputError(FileExistsError):
+class OutputError(JointspaceError, FileExistsError):
     """An output folder would replace something the command must not replace; the message says what."""
 
 
-class DiskFull(OSError):
+class DiskFull(JointspaceError, OSError):
     """The disk (or the quota) filled while writing: one line with the path, the bytes needed and free."""
 
     def __init__(self, path: Path, needed: int | None, free: int, written: int | None = None):

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
+from jointspace.errors import UsageError
 from jointspace.outputs import OutputKind, atomic_write_text
 
 CONFIG = "config.yaml"
@@ -36,7 +37,7 @@ RUN_FOLDER = OutputKind("run folder", tuple((CONFIG, mark) for mark in (
     RUN_INFO, METRICS, DONE, f"{CHECKPOINTS}/{LATEST}", f"*/{CONFIG}", f"*/{METRICS}")))
 
 
-class RunDirError(ValueError):
+class RunDirError(UsageError):
     """A run folder's file is not what jointspace writes there; the message names it."""
 
 

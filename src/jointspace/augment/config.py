@@ -9,6 +9,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from jointspace.config import RunFolder, _Strict, apply_overrides, read_yaml, validate_config
+from jointspace.errors import UsageError
 
 
 class DiffusionDataConfig(_Strict):
@@ -33,7 +34,7 @@ class UNetConfig(_Strict):
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(c < 1 for c in v):
-            raise ValueError("channels must be positive")
+            raise UsageError("channels must be positive")
         return v
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.augment.sample import class_ids
+from jointspace.errors import UsageError
 from jointspace.evaluate.embed import class_prompts, embed_class_prompts
 from jointspace.index.query import Encoder
 from jointspace.kinds import with_role
@@ -27,7 +28,7 @@ def class_centroids(enc: Encoder, names: list[str]) -> np.ndarray:
     them): [C, D]."""
     text = with_role(enc.kinds, "captions")
     if text is None:
-        raise ValueError("the joint space has no caption modality to score generated images against")
+        raise UsageError("the joint space has no caption modality to score generated images against")
     return embed_class_prompts(enc.model, text, class_prompts({"class_names": names}), enc.prep.context_length,
                                enc.device, enc.prep.tokenizers.get(text)).numpy()
 

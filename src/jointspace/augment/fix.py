@@ -27,6 +27,7 @@ from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler, real_images
 from jointspace.config import RunConfig, apply_overrides
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
+from jointspace.errors import UsageError
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.kinds import with_role
 from jointspace.run_dir import RUN_INFO, RunDir, read_run_info
@@ -43,7 +44,7 @@ def fixable_task(run_dir: Path) -> Task:
     task = get_task(read_run_info(run_dir).task, f"{run_dir}: {RUN_INFO}: task")
     weights = RunDir(run_dir).weights
     if task.predictions is None or not weights.exists():
-        raise ValueError(f"{run_dir}: augment fix needs a finished classifier run or contrastive run (`jointspace "
+        raise UsageError(f"{run_dir}: augment fix needs a finished classifier run or contrastive run (`jointspace "
                          f"train`, task: {able(lambda t: t.predictions)}); this one is {task.name}"
                          + ("" if weights.exists() else f" without {weights.name}"))
     return task
@@ -64,7 +65,7 @@ def pick_targets(analysis: dict, worst: int, classes: list[str]) -> list[str]:
     if classes:
         unknown = [c for c in classes if c not in analysis["recall"]]
         if unknown:
-            raise ValueError(f"fix.classes {unknown} not classes of the run (has: {', '.join(analysis['recall'])})")
+            raise UsageError(f"fix.classes {unknown} not classes of the run (has: {', '.join(analysis['recall'])})")
         return list(classes)
     scored = [(r, analysis["support"][n], n) for n, r in analysis["recall"].items() if r is not None]
     return [n for _, _, n in sorted(scored)[:worst]]
@@ -91,7 +92,7 @@ def write_generated(out: Path, images: dict[str, np.ndarray], cfg: RunConfig, im
         for c, arr in images.items():
             pool = pools[labels[c]]
             if not pool and len(cfg.data.modalities) > 1:
-                raise ValueError(f"{cfg.data.path}: no train sample of class {c!r} to pair generated images with")
+                raise UsageError(f"{cfg.data.path}: no train sample of class {c!r} to pair generated images with")
             for i, img in enumerate(arr):
                 partner = pool[i % len(pool)] if pool else {}
                 sample = {m: partner[m] for m in cfg.data.modalities if m != image_key}
@@ -200,7 +201,7 @@ def _generate(model_dir: Path, aug: AugmentConfig, cfg: RunConfig, run_dir: Path
         images, gen_meta["filter"] = judge(run_dir, analysis, images)
         log(f"kept by the run's own judgement: {gen_meta['filter']}")
         if not any(len(a) for a in images.values()):
-            raise ValueError(f"fix.filter: the run's joint space placed every generated image nearer the confused "
+            raise UsageError(f"fix.filter: the run's joint space placed every generated image nearer the confused "
                              f"class ({gen_meta['filter']}); raise fix.n_per_class or set fix.filter=false")
         images = {c: a for c, a in images.items() if len(a)}
     return images, gen_meta
@@ -219,11 +220,11 @@ def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | Non
     out.mkdir(parents=True, exist_ok=True)
     cfg = run_config(run_dir)
     if cfg.data.label_map:
-        raise ValueError(f"{run_dir}: data.label_map runs are not supported by augment fix yet")
+        raise UsageError(f"{run_dir}: data.label_map runs are not supported by augment fix yet")
     stored = read_info(cfg.data.path)["modalities"]
     image_key = with_role({m: stored[m] for m in cfg.data.modalities}, "picture")
     if image_key is None:
-        raise ValueError(f"{run_dir}: data.modalities {cfg.data.modalities} hold no image modality to generate")
+        raise UsageError(f"{run_dir}: data.modalities {cfg.data.modalities} hold no image modality to generate")
     analysis = analyse_run(run_dir)
     f = aug.fix
     targets = pick_targets(analysis, f.worst, f.classes)

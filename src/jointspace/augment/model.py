@@ -8,6 +8,7 @@ import torch
 
 from jointspace.augment.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.data.dataset import SplitData, load_split
+from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
 from jointspace.run_dir import RUN_INFO, RunDir, RunInfo
 
@@ -37,7 +38,7 @@ def build_unet(kwargs: dict):
 
     bad = [c for c in kwargs["block_out_channels"] if c % kwargs["norm_num_groups"]]
     if bad:
-        raise ValueError(f"model.channels {bad} are not multiples of model.norm_groups={kwargs['norm_num_groups']}")
+        raise UsageError(f"model.channels {bad} are not multiples of model.norm_groups={kwargs['norm_num_groups']}")
     return UNet2DModel(**kwargs)
 
 
@@ -52,7 +53,7 @@ def make_scheduler(kind: str, config: dict):
     import diffusers
 
     if kind not in SCHEDULERS:
-        raise ValueError(f"scheduler {kind!r}: choose from {', '.join(SCHEDULERS)}")
+        raise UsageError(f"scheduler {kind!r}: choose from {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[kind]).from_config(config)
 
 
@@ -61,7 +62,7 @@ def load_images(cfg: DiffusionDataConfig) -> SplitData:
     data = load_split(cfg.path, cfg.split, [cfg.modality], Prep(image_size=cfg.image_size),
                       max_bad_fraction=cfg.max_bad_fraction)
     if not get_kind(data.kinds[cfg.modality]).picture:
-        raise ValueError(f"data.modality={cfg.modality!r} of {cfg.path} is a {data.kinds[cfg.modality]}, not an image")
+        raise UsageError(f"data.modality={cfg.modality!r} of {cfg.path} is a {data.kinds[cfg.modality]}, not an image")
     x = data.inputs[cfg.modality] = get_kind(data.kinds[cfg.modality]).on_device(data.inputs[cfg.modality])
     if cfg.channels and cfg.channels != x.shape[1]:
         x = x.mean(1, keepdim=True) if cfg.channels == 1 else x[:, :1].expand(-1, cfg.channels, -1, -1)
@@ -78,7 +79,7 @@ def load_diffusion(run_dir: str | Path) -> tuple[AugmentConfig, torch.nn.Module,
         raise FileNotFoundError(f"{run_dir}: not an augment run (no {RUN_INFO}); train one with `jointspace augment train`")
     info = run.read_info()
     if "unet" not in info.part:  # what a diffusion run records of its model
-        raise ValueError(f"{run_dir}: a {info.task!r} run, not a diffusion model")
+        raise UsageError(f"{run_dir}: a {info.task!r} run, not a diffusion model")
     weights = run.weights
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no weights; has `augment train` finished?")

@@ -11,6 +11,7 @@ import numpy as np
 
 from jointspace.augment.explore import class_centroids, fit_channels
 from jointspace.data.dataset import load_split
+from jointspace.errors import UsageError
 from jointspace.index.query import Encoder
 from jointspace.kinds import with_role
 from jointspace.tasks import get_task, run_task
@@ -60,7 +61,7 @@ def judge(run_dir: Path, analysis: dict, images: dict[str, np.ndarray]) -> tuple
     class's; returns (kept images, {class: {kept, dropped, confused_with}})."""
     enc = _joint(run_dir)
     if enc is None:
-        raise ValueError(f"{run_dir}: fix.filter needs a contrastive run with images and captions")
+        raise UsageError(f"{run_dir}: fix.filter needs a contrastive run with images and captions")
     names = list(enc.info.class_names or [])
     cents = class_centroids(enc, names)
     picture = with_role(enc.kinds, "picture")

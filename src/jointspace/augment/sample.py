@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from jointspace.augment.model import load_diffusion, make_scheduler
+from jointspace.errors import UsageError
 from jointspace.outputs import OutputKind, json_with
 from jointspace.run_dir import RUN_INFO, RunDir
 from jointspace.runs import resolve_device
@@ -76,7 +77,7 @@ class ClassSampler:
                      seed: int = 0, batch_size: int = 256) -> np.ndarray:
         """`n` uint8 images of one class; the same arguments give the same images."""
         if not 0 <= class_id < len(self.class_names):
-            raise ValueError(f"class id {class_id} out of range (model has {len(self.class_names)} classes)")
+            raise UsageError(f"class id {class_id} out of range (model has {len(self.class_names)} classes)")
         return np.concatenate([self.denoise([class_id] * min(batch_size, n - start), guidance, steps, scheduler,
                                             _generator(seed, class_id, chunk))
                                for chunk, start in enumerate(range(0, n, batch_size))])
@@ -96,11 +97,11 @@ def _load_pipeline(path: str | Path):
                                                  local_files_only=local.is_dir() or offline)
     except (OSError, ValueError) as err:
         if local.is_dir():
-            raise ValueError(f"{path}: not a loadable diffusers pipeline folder: {err}") from None
+            raise UsageError(f"{path}: not a loadable diffusers pipeline folder: {err}") from None
         hint = ("offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache: download it on a connected "
                 f"machine with `HF_HUB_OFFLINE=0 python -c \"import diffusers; diffusers.DiffusionPipeline."
                 f"from_pretrained('{path}')\"`") if offline else f"could not be downloaded ({err})"
-        raise ValueError(f"diffusers pipeline {str(path)!r}: {hint}") from None
+        raise UsageError(f"diffusers pipeline {str(path)!r}: {hint}") from None
 
 
 class PipelineSampler:
@@ -121,14 +122,14 @@ class PipelineSampler:
         self.mode = "prompt" if "prompt" in params else "class_labels" if "class_labels" in params else "unconditional"
         self.class_names = list(class_names or (["unconditional"] if self.mode == "unconditional" else []))
         if not self.class_names:
-            raise ValueError(f"{path}: a {self.mode} pipeline needs class names (--class)")
+            raise UsageError(f"{path}: a {self.mode} pipeline needs class names (--class)")
         templates = [prompt_template] if isinstance(prompt_template, str) else list(prompt_template)
         self.prompt_templates, self.negative_prompt = templates or ["a photo of {}"], negative_prompt
         self.init_images, self.strength = init_images, strength
         self.class_prompts: dict[int, list[str]] = {}  # whole prompts of a class, instead of the templates
         if init_images is not None:
             if self.mode != "prompt":
-                raise ValueError(f"{path}: image-to-image (--strength) needs a text-to-image pipeline")
+                raise UsageError(f"{path}: image-to-image (--strength) needs a text-to-image pipeline")
             from diffusers import AutoPipelineForImage2Image
 
             self.pipe = AutoPipelineForImage2Image.from_pipe(self.pipe)
@@ -147,7 +148,7 @@ class PipelineSampler:
 
             real = self.init_images.get(class_id)
             if real is None or not len(real):
-                raise ValueError(f"image-to-image: no real images of class {name!r} in --data")
+                raise UsageError(f"image-to-image: no real images of class {name!r} in --data")
             kw["image"] = [Image.fromarray(real[(start + i) % len(real)]).convert("RGB") for i in range(m)]
             kw["strength"] = self.strength
         return kw
@@ -181,7 +182,7 @@ def load_sampler(path: str | Path, device: str = "auto", class_names: Sequence[s
     local = Path(path)
     if RunDir(local).has_info():
         if init_images is not None or negative_prompt:
-            raise ValueError(f"{path}: prompts and image-to-image need a text-to-image pipeline, not a class UNet")
+            raise UsageError(f"{path}: prompts and image-to-image need a text-to-image pipeline, not a class UNet")
         return ClassSampler.from_run(local, device)
     if (local / "model_index.json").exists() or (not local.exists() and "/" in str(path)):
         return PipelineSampler(path, class_names, device, prompt_template, negative_prompt, init_images, strength)
@@ -198,7 +199,7 @@ def real_images(shards: str | Path, class_names: Sequence[str], split: str = "tr
 
     picture = with_role(read_info(shards)["modalities"], "picture")
     if picture is None:
-        raise ValueError(f"{shards}: no image modality to start image-to-image from")
+        raise UsageError(f"{shards}: no image modality to start image-to-image from")
     data = load_split(shards, split, [picture], keep_raw=True)
     out: dict[int, list] = {}
     for raw, label in zip(data.raw[picture], data.labels.tolist()):
@@ -214,7 +215,7 @@ def class_ids(sampler: ClassSampler | PipelineSampler, names: Sequence[str] | No
         return list(range(len(sampler.class_names)))
     unknown = [n for n in names if n not in sampler.class_names]
     if unknown:
-        raise ValueError(f"classes {unknown} unknown to the model (has: {', '.join(sampler.class_names)})")
+        raise UsageError(f"classes {unknown} unknown to the model (has: {', '.join(sampler.class_names)})")
     return [sampler.class_names.index(n) for n in names]
 
 

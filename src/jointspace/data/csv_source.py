@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jointspace.data.shards import DataError, ReadStats, decode_value
 from jointspace.data.webdataset import Source, key_label, natural
+from jointspace.errors import UsageError
 
 
 class CsvSource(Source):
@@ -60,13 +61,13 @@ class CsvSource(Source):
     def _label(self, value: str | None, names: list[str], uid: str) -> int:
         if value is None or value == "":
             if self.info["labelled"]:
-                raise ValueError(f"no {self.label_key!r} value")
+                raise UsageError(f"no {self.label_key!r} value")
             return key_label(uid)
         if value in names:
             return names.index(value)
         if value.lstrip("-").isdigit() and (not names or 0 <= int(value) < len(names)):
             return int(value)
-        raise ValueError(f"label {value!r} is not one of the classes {names}")
+        raise UsageError(f"label {value!r} is not one of the classes {names}")
 
     def samples(self, urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
         names = self.info["class_names"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from jointspace.data import shards
 from jointspace.data.shards import DataError, write_dataset
+from jointspace.errors import UsageError
 from jointspace.kinds import KINDS, BadCell, get_kind, recognise_column
 from jointspace.kinds.image import IMAGE_EXTS
 from jointspace.outputs import OutputError
@@ -105,7 +106,7 @@ def stratified_splits(labels: Sequence[int], fractions: Sequence[float], seed: i
     """Seeded per-class split assignment (train/val/test) by fractions."""
     frac = np.asarray(fractions, dtype=float)
     if frac.shape != (3,) or (frac < 0).any() or frac.sum() <= 0:
-        raise ValueError(f"split_fractions must be three non-negative numbers (train, val, test), got {fractions}")
+        raise UsageError(f"split_fractions must be three non-negative numbers (train, val, test), got {fractions}")
     bounds = np.cumsum(frac / frac.sum())
     rng, arr = np.random.default_rng(seed), np.asarray(labels)
     out = [""] * len(arr)
@@ -195,7 +196,7 @@ def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, mod
         for s, split in zip(good, stratified_splits([s["label"] for s in good], split_fractions, seed)):
             s["split"] = split
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     carved = carve_val(good, val_fraction, seed) if val_fraction and not any(s["split"] == "val" for s in good) else 0
     extra = {**extra, **({"val_carved_from_train": {"fraction": val_fraction, "n_samples": carved}} if carved else {})}
     by_split = {sp: [s for s in good if s["split"] == sp] for sp in shards.SPLITS}

@@ -11,6 +11,7 @@ from typing import Any
 
 import webdataset as wds
 
+from jointspace.errors import JointspaceError, UsageError
 from jointspace.kinds import decode_file, get_kind
 from jointspace.outputs import OutputKind, json_with
 
@@ -19,7 +20,7 @@ SPLITS = ("train", "val", "test")
 SHARD_FOLDER = OutputKind("shard folder", ((INFO_FILE,),), json_with(INFO_FILE, "modalities", "splits"))
 
 
-class DataError(RuntimeError):
+class DataError(JointspaceError, RuntimeError):
     """Input data is missing or too corrupt to use; the message names the files."""
 
 
@@ -173,7 +174,7 @@ def decode_own(raw: dict, modalities: list[str] | None) -> dict:
             sample[base] = decode_value(ext, data)
     missing = [m for m in (modalities or []) if m not in sample]
     if missing or "label" not in sample:
-        raise ValueError(f"missing {missing or ['label']}")
+        raise UsageError(f"missing {missing or ['label']}")
     return sample
 
 

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jointspace.data.shards import ReadStats, iter_samples
+from jointspace.errors import UsageError
 from jointspace.kinds import Prep, to_inputs
 
 
@@ -35,7 +36,7 @@ def epoch_shards(urls: list[str], seed: int, epoch: int, rank: int = 0, world_si
     order = np.random.default_rng([seed, epoch]).permutation(len(urls))
     mine = [urls[i] for i in order][rank::world_size]
     if not mine:
-        raise ValueError(f"{len(urls)} shards cannot feed {world_size} ranks: write more, smaller shards")
+        raise UsageError(f"{len(urls)} shards cannot feed {world_size} ranks: write more, smaller shards")
     return mine
 
 

@@ -15,6 +15,7 @@ from jointspace.data.shards import (
     split_urls,
     write_dataset,
 )
+from jointspace.errors import UsageError
 
 
 def parse_keep(items: list[str]) -> dict[str, float]:
@@ -27,7 +28,7 @@ def parse_keep(items: list[str]) -> dict[str, float]:
         except ValueError:
             value = -1.0
         if not sep or not name or not 0.0 < value <= 1.0:
-            raise ValueError(f"--keep {item!r}: expected CLASS=FRACTION with 0 < FRACTION <= 1")
+            raise UsageError(f"--keep {item!r}: expected CLASS=FRACTION with 0 < FRACTION <= 1")
         out[name] = value
     return out
 

@@ -31,6 +31,7 @@ from jointspace.data.shards import (
     read_info,
     split_urls,
 )
+from jointspace.errors import UsageError
 from jointspace.kinds import kind_for_extension
 
 OPENCLIP_KEYS = {"image": "jpg;png;jpeg;webp", "text": "txt"}  # open_clip_train's defaults
@@ -94,7 +95,7 @@ class Layout:
                            key=lambda n: int(n[len(k) + 1:]))
             values = [decode_value(k.rpartition(".")[2] or k, raw[n]) for n in (k, *extra)]
             return values if extra else values[0]
-        raise ValueError(f"missing {m} (none of {';'.join(self.keys[m])})")
+        raise UsageError(f"missing {m} (none of {';'.join(self.keys[m])})")
 
     def decode(self, raw: dict, modalities: list[str] | None) -> dict:
         """A foreign sample as {key, label, meta, <modality>: value}; raises naming what is missing."""
@@ -111,16 +112,16 @@ class Layout:
         numbers too), else an integer; no label: a class of the sample's own (hash of `uid`)."""
         if label is None or label == "":
             if self.labelled:
-                raise ValueError("no label")
+                raise UsageError("no label")
             return key_label(uid)
         if str(label) in self.class_names:
             return self.class_names.index(str(label))
         if isinstance(label, int) or str(label).lstrip("-").isdigit():
             index = int(label)
             if index < 0 or (self.class_names and index >= len(self.class_names)):
-                raise ValueError(f"label {index} is out of range (classes: {len(self.class_names)})")
+                raise UsageError(f"label {index} is out of range (classes: {len(self.class_names)})")
             return index
-        raise ValueError(f"label {label!r} is not one of data.class_names")
+        raise UsageError(f"label {label!r} is not one of data.class_names")
 
 
 class Source:

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
+from jointspace.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -40,7 +42,7 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda" and local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
+        raise UsageError(f"LOCAL_RANK {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
                          f"(start at most that many processes per node, or set train.device: cpu for gloo)")
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"

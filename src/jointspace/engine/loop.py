@@ -36,10 +36,11 @@ from jointspace.engine.objective import Health, Objective, StepContext
 from jointspace.engine.precision import amp_dtype, autocast
 from jointspace.engine.preempt import DEFAULT_SIGNALS, Preempted, PreemptWatch, signal_number
 from jointspace.engine.tracking import Tracker
+from jointspace.errors import JointspaceError, UsageError
 from jointspace.run_dir import RunDir
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(JointspaceError, RuntimeError):
     """The loss (or gradient norm) became NaN/inf; the run stopped without writing a checkpoint."""
 
 
@@ -118,7 +119,7 @@ class Engine:
     def __init__(self, obj: Objective, optimizer: torch.optim.Optimizer, scheduler, plan: Plan, run_dir: Path,
                  tracker: Tracker, device: torch.device, dist: DistInfo | None = None):
         if plan.steps_per_epoch <= 0:
-            raise ValueError("train.batch_size exceeds the training samples of one epoch")
+            raise UsageError("train.batch_size exceeds the training samples of one epoch")
         self.obj, self.optimizer, self.scheduler, self.plan = obj, optimizer, scheduler, plan
         self.ckpt_dir, self.tracker, self.device = RunDir(run_dir).checkpoints, tracker, device
         self.dist = dist or DistInfo()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from jointspace.engine.distributed import DistInfo
+from jointspace.errors import UsageError
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Objective:
         """A batch as `n` micro-batches for accumulation."""
         if n == 1:
             return [batch]
-        raise ValueError(f"train.accum_steps={n}: this task does not accumulate gradients")
+        raise UsageError(f"train.accum_steps={n}: this task does not accumulate gradients")
 
     def size(self, batch: Any) -> int:
         """Samples in a (micro-)batch: micro-batch losses are weighted by their share."""

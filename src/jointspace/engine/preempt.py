@@ -12,6 +12,8 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from jointspace.errors import JointspaceError, UsageError
+
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: try again later (what a requeued job does)
 DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
 
@@ -23,11 +25,11 @@ def signal_number(name: str) -> int:
         return int(text)
     number = getattr(signal.Signals, text if text.startswith("SIG") else f"SIG{text}", None)
     if number is None or text in ("SIGKILL", "SIGSTOP", "KILL", "STOP"):
-        raise ValueError(f"{name!r} is not a signal a run can catch (e.g. SIGTERM, SIGUSR1)")
+        raise UsageError(f"{name!r} is not a signal a run can catch (e.g. SIGTERM, SIGUSR1)")
     return int(number)
 
 
-class Preempted(Exception):
+class Preempted(JointspaceError):
     """A run stopped by a preemption signal after writing a checkpoint; `--resume` continues it. (Not a
     RuntimeError: a sweep's caught trial errors must not swallow it.)"""
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
+from jointspace.errors import UsageError
+
 __all__ = ["confusion_matrix", "linear_probe", "topk_accuracy", "zero_shot_classify"]
 
 ArrayLike = Tensor | np.ndarray
@@ -26,7 +28,7 @@ def topk_accuracy(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) ->
     k is clipped to the number of classes C (so "top5" with 3 classes is 1.0).
     """
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(
+        raise UsageError(
             f"expected logits [N, C] and labels [N], got {tuple(logits.shape)}, {tuple(labels.shape)}"
         )
     n_classes = logits.shape[1]
@@ -79,9 +81,9 @@ def confusion_matrix(preds: ArrayLike, labels: ArrayLike, n_classes: int) -> np.
     preds_np = _to_numpy(preds).astype(np.int64).ravel()
     labels_np = _to_numpy(labels).astype(np.int64).ravel()
     if preds_np.shape != labels_np.shape:
-        raise ValueError(f"preds and labels differ in length: {preds_np.size} vs {labels_np.size}")
+        raise UsageError(f"preds and labels differ in length: {preds_np.size} vs {labels_np.size}")
     for name, arr in (("preds", preds_np), ("labels", labels_np)):
         if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-            raise ValueError(f"{name} must lie in [0, {n_classes})")
+            raise UsageError(f"{name} must lie in [0, {n_classes})")
     flat = np.bincount(labels_np * n_classes + preds_np, minlength=n_classes * n_classes)
     return flat.reshape(n_classes, n_classes).astype(np.int64)

@@ -9,6 +9,7 @@ import numpy as np
 
 from jointspace.data.shards import DataError
 from jointspace.data.source import shards_arg
+from jointspace.errors import UsageError
 from jointspace.evaluate.embed import embed_split
 from jointspace.outputs import OutputKind, json_with
 from jointspace.runs import load_run, load_run_split, resolve_device
@@ -56,7 +57,7 @@ def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, 
     folder appears whole; it replaces earlier embeddings only with `overwrite`, any other folder never.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     sources = [run_dir, *([shards] if Path(str(shards)).exists() else [])]
     EMBEDDINGS_FOLDER.check(out, overwrite, sources)
     cfg, model, info = load_run(run_dir)

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from jointspace.errors import UsageError
+
 __all__ = ["retrieval_metrics", "retrieval_report"]
 # query rows multiplied at once are capped at BLOCK_ROWS (the matrix product is near its best from 256
 # rows on, and a smaller block keeps the passes after it in cache); each row's top TOP_K similarities
@@ -115,18 +117,18 @@ def _check_inputs(query_emb: Tensor, gallery_emb: Tensor, query_labels: Tensor |
                   gallery_labels: Tensor | None, ks: Sequence[int], map_k: int, chunk_size: int) -> None:
     """ValueError naming what is wrong with the shapes, labels or settings of a retrieval call."""
     if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
-        raise ValueError(
+        raise UsageError(
             f"expected [Nq, D] and [Ng, D], got {tuple(query_emb.shape)}, {tuple(gallery_emb.shape)}"
         )
     if (query_labels is None) != (gallery_labels is None):
-        raise ValueError("pass both query_labels and gallery_labels, or neither")
+        raise UsageError("pass both query_labels and gallery_labels, or neither")
     if chunk_size < 1 or map_k < 1 or any(k < 1 for k in ks):
-        raise ValueError("chunk_size, map_k and every k must be >= 1")
+        raise UsageError("chunk_size, map_k and every k must be >= 1")
     n_query, n_gallery = query_emb.shape[0], gallery_emb.shape[0]
     if query_labels is None and n_query != n_gallery:
-        raise ValueError(f"instance-level retrieval needs Nq == Ng, got {n_query} and {n_gallery}")
+        raise UsageError(f"instance-level retrieval needs Nq == Ng, got {n_query} and {n_gallery}")
     if query_labels is not None and (query_labels.shape != (n_query,) or gallery_labels.shape != (n_gallery,)):
-        raise ValueError("labels must be 1-D and match the number of embeddings")
+        raise UsageError("labels must be 1-D and match the number of embeddings")
 
 
 def retrieval_metrics(

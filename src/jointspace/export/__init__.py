@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from jointspace.errors import UsageError
 from jointspace.model import JointModel
 from jointspace.outputs import OutputKind, json_with
 from jointspace.run_dir import RunInfo
@@ -55,7 +56,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str, overwrite: bool =
                shards: str | None = None) -> dict:
     """Export a finished contrastive run to `out` (written in a staging folder, moved into place whole)."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run_dir, out = Path(run_dir), Path(out)
     EXPORT_FOLDER.check(out, overwrite, [run_dir])
     cfg, model, info = load_run(run_dir)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.kinds import with_role
 from jointspace.model import tower_config
 from jointspace.runs import run_prep
@@ -29,14 +30,14 @@ def _fold(head: nn.Module, where: str) -> torch.Tensor:
     if isinstance(head, NoHead):
         return torch.eye(head.dim)
     if not isinstance(head, nn.Linear) or head.bias is not None:
-        raise ValueError(f"{where}: head.kind {type(head).__name__} cannot be folded into open_clip's "
+        raise UsageError(f"{where}: head.kind {type(head).__name__} cannot be folded into open_clip's "
                          "projection (only model.head.kind: linear can); use --format hf or onnx")
     return head.weight.detach()
 
 
 def _projected(proj, weight: torch.Tensor, where: str) -> torch.Tensor:
     if not isinstance(proj, torch.Tensor) or proj.dim() != 2:
-        raise ValueError(f"{where}: this open_clip tower has no projection matrix to fold the head into "
+        raise UsageError(f"{where}: this open_clip tower has no projection matrix to fold the head into "
                          "(timm or attention-pooled towers are not supported); use --format hf or onnx")
     return proj.detach() @ weight.T
 
@@ -46,18 +47,18 @@ def _towers(job) -> tuple[str, str, str]:
     kinds = job.info.kinds
     image, text = with_role(kinds, "picture"), with_role(kinds, "captions")
     if image is None or text is None:
-        raise ValueError(f"{job.run_dir}: --format open_clip needs a picture and a caption modality "
+        raise UsageError(f"{job.run_dir}: --format open_clip needs a picture and a caption modality "
                          f"(this run has {', '.join(kinds)})")
     prep = run_prep(job.cfg, job.info)
     cfgs = {m: tower_config(job.cfg.model, m, kinds[m], prep) for m in (image, text)}
     wanted = {image: "openclip_image", text: "openclip_text"}
     for m, name in wanted.items():
         if cfgs[m].name != name:
-            raise ValueError(f"{job.run_dir}: model.towers.{m} is {cfgs[m].name!r}; --format open_clip needs "
+            raise UsageError(f"{job.run_dir}: model.towers.{m} is {cfgs[m].name!r}; --format open_clip needs "
                              f"{name} towers (use --format hf or onnx for any tower)")
     archs = {str(cfgs[m].params.get("model", "ViT-B-32")) for m in wanted}
     if len(archs) != 1:
-        raise ValueError(f"{job.run_dir}: the image and text towers are different open_clip architectures "
+        raise UsageError(f"{job.run_dir}: the image and text towers are different open_clip architectures "
                          f"({', '.join(sorted(archs))}); one open_clip checkpoint holds one")
     return image, text, archs.pop()
 
@@ -91,7 +92,7 @@ def _model_cfg(arch: str, job, image: str) -> tuple[dict, bool]:
 
     base = open_clip.get_model_config(arch)
     if base is None:
-        raise ValueError(f"open_clip has no config for architecture {arch!r}")
+        raise UsageError(f"open_clip has no config for architecture {arch!r}")
     cfg = copy.deepcopy(base)
     cfg["embed_dim"] = int(job.model.embed_dim)
     if any(isinstance(m, open_clip.transformer.QuickGELU) for m in job.model.towers[image].modules()):

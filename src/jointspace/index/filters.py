@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from jointspace.errors import UsageError
+
 MAX_VALUES = 100  # values of one key in a filter
 WHERE_TYPES: dict[str, type] = {"key": str, "modality": str, "label": int, "label_name": str, "caption": str,
                                 "source": str, "split": str}
 COLUMNS = tuple(WHERE_TYPES)  # the item table's columns besides the id, in table order
 
 
-class IndexStoreError(ValueError):
+class IndexStoreError(UsageError):
     """An index folder, filter or item is wrong; the message names the file, key or field."""
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from jointspace.errors import UsageError
 from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size
 from jointspace.kinds.image import ImageKind
 from jointspace.kinds.points import PointsKind
@@ -24,11 +25,11 @@ def register(kind: Kind) -> Kind:
     """Add a kind to the registry under its name, and its size fields to `Prep.SIZES` (kinds may share a
     size, such as `image_size`, when they declare it alike)."""
     if kind.name in _KINDS:
-        raise ValueError(f"kind {kind.name!r} registered twice")
+        raise UsageError(f"kind {kind.name!r} registered twice")
     for size in kind.sizes:
         known = Prep.SIZES.get(size.name)
         if known is not None and (known.default, known.minimum) != (size.default, size.minimum):
-            raise ValueError(f"kind {kind.name!r}: size {size.name!r} is declared with another default or minimum")
+            raise UsageError(f"kind {kind.name!r}: size {size.name!r} is declared with another default or minimum")
         Prep.SIZES.setdefault(size.name, size)
     _KINDS[kind.name] = kind
     return kind
@@ -47,7 +48,7 @@ KINDS = tuple(_KINDS)
 def get_kind(name: str) -> Kind:
     """The registered kind `name`; unknown names raise ValueError listing the known ones."""
     if name not in _KINDS:
-        raise ValueError(f"unknown modality kind {name!r} (known: {', '.join(_KINDS)})")
+        raise UsageError(f"unknown modality kind {name!r} (known: {', '.join(_KINDS)})")
     return _KINDS[name]
 
 
@@ -60,7 +61,7 @@ def decode_file(ext: str, data: bytes) -> Any:
     for kind in _KINDS.values():
         if ext in kind.extensions:
             return kind.decode(ext, data)
-    raise ValueError(f"unknown extension .{ext}")
+    raise UsageError(f"unknown extension .{ext}")
 
 
 def kind_for_extension(ext: str) -> str | None:

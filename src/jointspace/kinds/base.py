@@ -17,8 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from jointspace.errors import UsageError
 
-class QueryError(ValueError):
+
+class QueryError(UsageError):
     """A query cannot be encoded; the message names the modality, file or field."""
 
 
@@ -62,7 +64,7 @@ class Prep:
         given = {**(sizes or {}), **named}
         unknown = [k for k in given if k not in self.SIZES]
         if unknown:
-            raise ValueError(f"Prep: unknown size field {unknown[0]!r} (known: {', '.join(self.SIZES)})")
+            raise UsageError(f"Prep: unknown size field {unknown[0]!r} (known: {', '.join(self.SIZES)})")
         self.sizes = {**{k: s.default for k, s in self.SIZES.items()}, **given}
         self.channels, self.tokenizers = dict(channels or {}), dict(tokenizers or {})
         self.max_range = dict(max_range or {})
@@ -93,7 +95,7 @@ class Prep:
             elif k in self.SIZES:
                 out.sizes[k] = v
             else:
-                raise ValueError(f"Prep: unknown field {k!r}")
+                raise UsageError(f"Prep: unknown field {k!r}")
         return out
 
 

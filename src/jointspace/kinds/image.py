@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as decode_torchvision
 
+from jointspace.errors import UsageError
 from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size, resolve_path
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # stored as is; other PIL formats are re-encoded
@@ -55,7 +56,7 @@ def decode_image(data: bytes) -> np.ndarray:
     dominates); the rest by PIL."""
     with Image.open(io.BytesIO(data)) as img:  # PIL refuses bombs over 2 x its own limit; this, over ours
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"{img.width}x{img.height} image is larger than {MAX_IMAGE_PIXELS} pixels")
+            raise UsageError(f"{img.width}x{img.height} image is larger than {MAX_IMAGE_PIXELS} pixels")
         if img.format in ("PNG", "JPEG") and img.mode in ("L", "RGB") and img.width * img.height >= TORCHVISION_MIN_PIXELS:
             chw = decode_torchvision(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
             return chw[0].numpy() if chw.shape[0] == 1 else chw.permute(1, 2, 0).numpy()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointspace.errors import UsageError
 from jointspace.kinds.base import (
     BadCell,
     NpyKind,
@@ -68,7 +69,7 @@ class PointsKind(NpyKind):
 
     def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
         if name not in prep.max_range:
-            raise ValueError(f"{name}: no max_range fixed for this point-cloud modality")
+            raise UsageError(f"{name}: no max_range fixed for this point-cloud modality")
         x, lengths = points_to_tensor(values, prep.max_points, prep.max_range[name])
         return {name: x, f"{name}_len": lengths}
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointspace.errors import UsageError
 from jointspace.kinds.base import (
     NpyKind,
     Prep,
@@ -55,7 +56,7 @@ class RangeKind(NpyKind):
 
     def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
         if name not in prep.max_range:
-            raise ValueError(f"{name}: no max_range fixed for this range modality")
+            raise UsageError(f"{name}: no max_range fixed for this range modality")
         return {name: range_to_tensor(values, prep.max_range[name])}
 
     def channels_of(self, tensor: torch.Tensor) -> int | None:

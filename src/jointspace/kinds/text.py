@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointspace.errors import UsageError
 from jointspace.kinds.base import Kind, Prep, QueryError, Size
 
 MAX_TEXT_CHARS = 2000
@@ -32,7 +33,7 @@ def make_tokenizer(context_length: int, spec: str | None = None) -> Callable[[li
     if source == "openclip":  # openclip:<model>[|<cache_dir>]
         oc_tok = _openclip_tokenizer(name)
         return lambda texts: oc_tok(list(texts), context_length=context_length)
-    raise ValueError(f"tokenizer {spec!r}: expected hf:<folder> or openclip:<model>")
+    raise UsageError(f"tokenizer {spec!r}: expected hf:<folder> or openclip:<model>")
 
 
 @functools.lru_cache(maxsize=8)

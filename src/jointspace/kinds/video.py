@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jointspace.errors import UsageError
 from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size, first_conv_channels, resolve_path
 from jointspace.kinds.image import IMAGE_SIZE, image_to_tensor
 
@@ -39,10 +40,10 @@ def load_clip(data: bytes, label: str = "video") -> np.ndarray:
             with arrays:
                 names = arrays.files
                 if "frames" not in names and len(names) != 1:
-                    raise ValueError(f"an .npz with arrays {names} and none named 'frames'")
+                    raise UsageError(f"an .npz with arrays {names} and none named 'frames'")
                 arrays = arrays["frames" if "frames" in names else names[0]]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{label}: not a video clip (.npz or .npy of frames: {err})") from None
+        raise UsageError(f"{label}: not a video clip (.npz or .npy of frames: {err})") from None
     return as_clip(arrays, label)
 
 
@@ -52,9 +53,9 @@ def as_clip(arr: Any, label: str) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or min(arr.shape[:3]) < 1 or arr.dtype.kind not in "biuf":
-        raise ValueError(f"{label}: expected uint8 frames [T, H, W, 1|3], got {arr.dtype} of shape {arr.shape}")
+        raise UsageError(f"{label}: expected uint8 frames [T, H, W, 1|3], got {arr.dtype} of shape {arr.shape}")
     if arr.size > MAX_VIDEO_VALUES:
-        raise ValueError(f"{label}: {arr.size} values is more than {MAX_VIDEO_VALUES}")
+        raise UsageError(f"{label}: {arr.size} values is more than {MAX_VIDEO_VALUES}")
     return arr if arr.dtype == np.uint8 else np.clip(np.rint(np.nan_to_num(arr)), 0, 255).astype(np.uint8)
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from jointspace.engine.distributed import gather_with_grad
+from jointspace.errors import UsageError
 from jointspace.losses.base import LossContext, PairLoss
 from jointspace.losses.registry import build_pair_loss
 
@@ -19,11 +20,11 @@ def binding_pairs(modalities: list[str], anchor: str | None = None,
     if pairs:
         bad = [m for p in pairs for m in p if m not in modalities]
         if bad:
-            raise ValueError(f"loss.pairs: {bad} not among modalities {modalities}")
+            raise UsageError(f"loss.pairs: {bad} not among modalities {modalities}")
         return [tuple(p) for p in pairs]
     if anchor is not None:
         if anchor not in modalities:
-            raise ValueError(f"loss.anchor: {anchor!r} not among modalities {modalities}")
+            raise UsageError(f"loss.anchor: {anchor!r} not among modalities {modalities}")
         return [(anchor, m) for m in modalities if m != anchor]
     return list(combinations(modalities, 2))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from jointspace.errors import UsageError
+
 
 def positive_mask(batch: dict[str, torch.Tensor], mode: str, text_key: str | None = None) -> torch.Tensor | None:
     """[B, B] bool mask of positives: "instance" (None = identity), "label", or "caption" (same token ids)."""
@@ -14,7 +16,7 @@ def positive_mask(batch: dict[str, torch.Tensor], mode: str, text_key: str | Non
         return labels[:, None] == labels[None, :]
     if mode == "caption":
         if text_key is None or text_key not in batch:
-            raise ValueError("positives: caption needs a text modality in the batch")
+            raise UsageError("positives: caption needs a text modality in the batch")
         ids = batch[text_key]
         return (ids[:, None, :] == ids[None, :, :]).all(-1)
-    raise ValueError(f"positives must be instance/label/caption, got {mode!r}")
+    raise UsageError(f"positives must be instance/label/caption, got {mode!r}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from jointspace.errors import UsageError
+
 
 def _pml_class(module, name: str, field: str):
     """A class of a pytorch-metric-learning module by name; unknown names list the choices."""
     known = sorted(n for n in dir(module) if n[:1].isupper() and isinstance(getattr(module, n), type))
     if name not in known:
-        raise ValueError(f"{field}: unknown {module.__name__} class {name!r}; choose from {', '.join(known)}")
+        raise UsageError(f"{field}: unknown {module.__name__} class {name!r}; choose from {', '.join(known)}")
     return getattr(module, name)
 
 
@@ -25,7 +27,7 @@ def _pml_build(cls, params: dict, field: str, **extra):
     try:
         return cls(**kwargs)
     except TypeError as err:
-        raise ValueError(f"{field}: {cls.__name__}({', '.join(kwargs)}): {err}") from None
+        raise UsageError(f"{field}: {cls.__name__}({', '.join(kwargs)}): {err}") from None
 
 
 def build_metric_loss(cfg, embedding_size: int, num_classes: int) -> tuple[nn.Module, nn.Module | None]:

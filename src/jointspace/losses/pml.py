@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
+from jointspace.errors import UsageError
 from jointspace.losses.base import LossContext, LossParams, PairLoss
 from jointspace.losses.metric import _pml_build, _pml_class
 
@@ -23,7 +24,7 @@ class PMLParams(LossParams):
 
         if v[:1].isupper() and isinstance(getattr(losses, v, None), type):
             return v
-        raise ValueError(f"no class {v!r} in pytorch_metric_learning.losses")
+        raise UsageError(f"no class {v!r} in pytorch_metric_learning.losses")
 
 
 def mask_labels(positives: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
@@ -47,7 +48,7 @@ class PMLLoss(PairLoss):
 
         self.inner = _pml_build(_pml_class(losses, params.loss, "loss.params.loss"), params.params, "loss.params")
         if any(p.requires_grad for p in self.inner.parameters()):
-            raise ValueError(f"loss.params.loss: {params.loss} has trainable parameters; use the metric task")
+            raise UsageError(f"loss.params.loss: {params.loss} has trainable parameters; use the metric task")
 
     def _both_ways(self, a, b, a_ref, b_ref, labels, ref_labels) -> torch.Tensor:
         return 0.5 * (self.inner(a, labels, ref_emb=b_ref, ref_labels=ref_labels)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from jointspace.errors import UsageError
 from jointspace.losses.base import LossParams, PairLoss
 
 LOSSES: dict[str, type[PairLoss]] = {}
@@ -15,14 +16,14 @@ LOSSES: dict[str, type[PairLoss]] = {}
 def register(name: str, cls: type[PairLoss]) -> None:
     """Make `cls` the loss called `name`."""
     if name in LOSSES:
-        raise ValueError(f"loss {name!r} is registered twice")
+        raise UsageError(f"loss {name!r} is registered twice")
     LOSSES[name] = cls
 
 
 def loss_class(name: str) -> type[PairLoss]:
     """The registered loss `name`; an unknown name lists the choices."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
+        raise UsageError(f"unknown loss {name!r}; choose from {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 
@@ -38,7 +39,7 @@ def loss_params(name: str, params: dict[str, Any] | LossParams | None) -> LossPa
         for e in err.errors():
             msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
             fields.append(f"loss.params.{'.'.join(str(p) for p in e['loc'])}: {msg}")
-        raise ValueError(f"loss {name!r}: " + "; ".join(fields)) from None
+        raise UsageError(f"loss {name!r}: " + "; ".join(fields)) from None
 
 
 def build_pair_loss(name: str, params: dict[str, Any] | LossParams | None = None,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from jointspace.config import ConfigError, _Strict, read_yaml, validate_config
+from jointspace.errors import UsageError
 
 
 class Param(_Strict):
@@ -26,14 +27,14 @@ class Param(_Strict):
     def _check(self) -> Param:
         if self.type == "categorical":
             if not self.choices:
-                raise ValueError("categorical needs a non-empty `choices` list")
+                raise UsageError("categorical needs a non-empty `choices` list")
             return self
         if self.low is None or self.high is None:
-            raise ValueError(f"{self.type} needs `low` and `high`")
+            raise UsageError(f"{self.type} needs `low` and `high`")
         if not self.low < self.high:
-            raise ValueError(f"empty range: low {self.low} is not below high {self.high}")
+            raise UsageError(f"empty range: low {self.low} is not below high {self.high}")
         if self.type == "log-float" and self.low <= 0:
-            raise ValueError(f"log-float needs low > 0, got {self.low}")
+            raise UsageError(f"log-float needs low > 0, got {self.low}")
         return self
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, apply_overrides
 from jointspace.engine.loop import epoch_hook
+from jointspace.errors import UsageError
 from jointspace.sweep.config import SweepConfig, load_sweep
 from jointspace.sweep.space import check_sweep, metric_value, overrides_of, suggest
 
@@ -118,7 +119,7 @@ class TrialRunner:
         for o in self.cfg.objectives:
             value = last.get(o.metric, summary.get(o.metric))
             if value is None:
-                raise ValueError(f"trial {trial.number}: objective {o.metric} was never logged")
+                raise UsageError(f"trial {trial.number}: objective {o.metric} was never logged")
             out.append(float(value))
         return out[0] if len(out) == 1 else tuple(out)
 

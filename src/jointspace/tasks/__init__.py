@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jointspace.config import apply_overrides, read_yaml
+from jointspace.errors import UsageError
 from jointspace.run_dir import RUN_INFO, RunDir
 from jointspace.tasks import cilp, classify, contrastive, diffusion, metric, pipeline
 from jointspace.tasks.registry import (
@@ -61,11 +62,11 @@ def require_verb(run_dir: str | Path, verb: str) -> None:
     """Raise a ValueError naming the task when its runs do not support `verb`."""
     name = run_task(run_dir)
     if name not in TASKS:
-        raise ValueError(f"{run_dir}: {RUN_INFO} names task {name!r}, which this version does not know")
+        raise UsageError(f"{run_dir}: {RUN_INFO} names task {name!r}, which this version does not know")
     task = TASKS[name]
     if verb not in task.verbs:
         able = ", ".join(t.name for t in TASKS.values() if verb in t.verbs)
-        raise ValueError(f"{run_dir} is a {task.name} run: `{verb}` works on {able} runs; this run's results "
+        raise UsageError(f"{run_dir} is a {task.name} run: `{verb}` works on {able} runs; this run's results "
                          f"are in {task.results}")
 
 

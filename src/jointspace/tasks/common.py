@@ -17,6 +17,7 @@ from jointspace.data.source import Source, source_of
 from jointspace.data.sources import load_sources
 from jointspace.engine import Plan, seed_everything
 from jointspace.engine.tracking import Tracker
+from jointspace.errors import UsageError
 from jointspace.kinds import Prep
 from jointspace.run_dir import RunDir
 from jointspace.runs import config_prep, run_prep
@@ -133,7 +134,7 @@ def steps_or_fail(n_samples: int, batch_size: int) -> int:
     """Optimizer steps per epoch (drop_last); a batch larger than the split is an error naming the field."""
     steps = steps_per_epoch(n_samples, batch_size)
     if steps == 0:
-        raise ValueError(f"train.batch_size={batch_size} exceeds the {n_samples} training samples")
+        raise UsageError(f"train.batch_size={batch_size} exceeds the {n_samples} training samples")
     return steps
 
 

@@ -18,6 +18,7 @@ from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, s
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
 from jointspace.engine.optim import build_optimizer, build_scheduler
+from jointspace.errors import UsageError
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
 from jointspace.evaluate.runner import evaluate_run
@@ -240,7 +241,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         run_info = run_info.updated(init_from=init["sources"])  # run -> fingerprint of the weights it started from
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
-        raise ValueError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
+        raise UsageError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
                          f"({dist_info.world_size} x {cfg.train.accum_steps})")
     plan = plan_of(cfg.train, batches.steps_per_epoch)
     optimizer = build_optimizer(model, cfg.train)

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from jointspace.config import RunConfig, TowerConfig
+from jointspace.errors import UsageError
 from jointspace.kinds import get_kind
 from jointspace.model import JointModel
 from jointspace.run_dir import RUN_INFO, read_run_info
@@ -34,7 +35,7 @@ def _source_run(run: Path, spec: str, loaded: dict, init: dict) -> tuple:
     """A finished run whose towers form a joint space, loaded once, and its fingerprint recorded."""
     if run not in loaded:
         if not get_task(read_run_info(run).task, f"init_from {spec}: {RUN_INFO}: task").joint_space:
-            raise ValueError(f"init_from {spec}: {run} is not a {able(lambda t: t.joint_space)} run (its towers "
+            raise UsageError(f"init_from {spec}: {run} is not a {able(lambda t: t.joint_space)} run (its towers "
                              "are not a joint space)")
         loaded[run] = load_run(run)
         init["sources"][str(run)] = model_fingerprint(run)
@@ -58,10 +59,10 @@ def resolve_init(cfg: RunConfig, kinds: dict[str, str]) -> tuple[RunConfig, dict
         src_cfg, model, _ = _source_run(run, spec, loaded, init)
         fingerprint = init["sources"][str(run)]
         if pin and not fingerprint.startswith(pin):
-            raise ValueError(f"init_from {spec}: {run} has fingerprint {fingerprint[:12]}, not {pin}: it changed")
+            raise UsageError(f"init_from {spec}: {run} has fingerprint {fingerprint[:12]}, not {pin}: it changed")
         if src not in model.towers:
             if own and own.init_from:
-                raise ValueError(f"model.towers.{m}.init_from: {run} has no modality {src!r} ({', '.join(model.towers)})")
+                raise UsageError(f"model.towers.{m}.init_from: {run} has no modality {src!r} ({', '.join(model.towers)})")
             continue  # model.init_from: a modality the run does not have starts fresh
         if own is None:
             base = src_cfg.model.towers.get(src) or TowerConfig(name=get_kind(kind).default_tower)

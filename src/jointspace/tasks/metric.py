@@ -21,6 +21,7 @@ from jointspace.data.dataset import SplitData, epoch_batches
 from jointspace.engine import Objective, StepContext, fit
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, build_scheduler
+from jointspace.errors import UsageError
 from jointspace.fusion import ModalityEncoders, build_encoders
 from jointspace.losses import build_metric_loss
 from jointspace.model import count_parameters
@@ -153,7 +154,7 @@ class MetricObjective(Objective):
 
     def backward(self, idx: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         if ctx.accum_steps != 1:
-            raise ValueError("train.accum_steps: metric learning mines within a batch; use 1")
+            raise UsageError("train.accum_steps: metric learning mines within a batch; use 1")
         batch = to_device(self.train_data.batch(idx), self.device)
         loss, mined = metric_step(self.model, self.modality, self.loss_fn, self.miner, batch, ctx.autocast(),
                                   ctx.backward)
@@ -187,7 +188,7 @@ def train_metric(cfg: MetricRunConfig, resume: bool = False, overwrite: bool = F
     run_dir = start_run(cfg, resume, overwrite)
     device = resolve_device(cfg.train.device)
     if cfg.train.accum_steps != 1:
-        raise ValueError("train.accum_steps: metric learning mines within a batch; use 1")
+        raise UsageError("train.accum_steps: metric learning mines within a batch; use 1")
     _info, train_data, val_data, test_data = load_splits(cfg, resumed_prep(cfg, resume))
     kinds = train_data.kinds
     shape = tuple(train_data.inputs[modality].shape[1:])

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from jointspace.config import RunFolder, _Strict, apply_overrides, split_override
 from jointspace.engine.checkpoint import atomic_write_text
+from jointspace.errors import UsageError
 from jointspace.run_dir import RunDir
 from jointspace.tasks.common import done_line, read_done, write_done
 from jointspace.tasks.lifecycle import keeping_old_run, train_stage
@@ -53,7 +54,7 @@ def _resolve(value: Any, dirs: dict[str, Path]) -> Any:
         for name, path in dirs.items():
             value = value.replace(f"{STAGE_REF}{name}}}", str(path))
         if STAGE_REF in value:
-            raise ValueError(f"{value!r}: names a stage that is not an earlier one ({', '.join(dirs) or 'none'})")
+            raise UsageError(f"{value!r}: names a stage that is not an earlier one ({', '.join(dirs) or 'none'})")
         return value
     if isinstance(value, dict):
         return {k: _resolve(v, dirs) for k, v in value.items()}

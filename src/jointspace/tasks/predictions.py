@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from jointspace.errors import UsageError
 from jointspace.evaluate.embed import embed_split
 from jointspace.kinds import get_kind, with_role
 from jointspace.runs import load_run, load_run_split
@@ -18,7 +19,7 @@ def retrieval_pair(kinds: dict[str, str]) -> tuple[str, str]:
     image = with_role(kinds, "picture")
     others = sorted((m for m in kinds if m != image), key=lambda m: not get_kind(kinds[m]).captions)
     if image is None or not others:
-        raise ValueError(f"augment fix on a contrastive run needs an image modality and another one (has {kinds})")
+        raise UsageError(f"augment fix on a contrastive run needs an image modality and another one (has {kinds})")
     return image, others[0]
 
 

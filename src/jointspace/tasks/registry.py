@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from jointspace.config import ConfigError, RunConfig, read_yaml, validate_config
+from jointspace.errors import UsageError
 from jointspace.run_dir import RunDir
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ TASKS: dict[str, Task] = {}
 def register(task: Task) -> Task:
     """Add a task to the registry under its name."""
     if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} registered twice")
+        raise UsageError(f"task {task.name!r} registered twice")
     TASKS[task.name] = task
     return task
 

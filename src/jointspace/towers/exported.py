@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.heads import build_head
 from jointspace.towers.registry import build_tower, register_tower
 
@@ -33,7 +34,7 @@ def read_exported(folder: str | Path) -> dict:
                                 f"--format hf` wrote (e.g. DIR/image)")
     cfg = json.loads(path.read_text())
     if cfg.get("model_type") != MODEL_TYPE:
-        raise ValueError(f"{path}: model_type is {cfg.get('model_type')!r}, not {MODEL_TYPE!r}")
+        raise UsageError(f"{path}: model_type is {cfg.get('model_type')!r}, not {MODEL_TYPE!r}")
     params = dict(cfg["tower"]["params"])
     if params.get("path") == BACKBONE:
         params["path"] = str(folder / BACKBONE)
@@ -65,7 +66,7 @@ class ExportedTower(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         fn = getattr(self.tower, "set_grad_checkpointing", None)
         if fn is None:
-            raise ValueError(f"the exported {type(self.tower).__name__} tower does not support grad_checkpointing")
+            raise UsageError(f"the exported {type(self.tower).__name__} tower does not support grad_checkpointing")
         fn(enable)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from jointspace.errors import UsageError
+
 
 class NoHead(nn.Identity):
     """No projection: the tower's own output is the embedding (a pretrained CLIP tower already projects)."""
@@ -17,11 +19,11 @@ def build_head(in_dim: int, embed_dim: int, kind: str = "linear", hidden: int = 
     """A linear or two-layer MLP projection, or none (the tower's width must then be embed_dim)."""
     if kind == "none":
         if in_dim != embed_dim:
-            raise ValueError(f"model.head.kind: none keeps the tower's width {in_dim}, but model.embed_dim is "
+            raise UsageError(f"model.head.kind: none keeps the tower's width {in_dim}, but model.embed_dim is "
                              f"{embed_dim}: set model.embed_dim: {in_dim}")
         return NoHead(in_dim)
     if kind == "linear":
         return nn.Linear(in_dim, embed_dim, bias=False)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, embed_dim))
-    raise ValueError(f"head kind must be linear, mlp or none, got {kind!r}")
+    raise UsageError(f"head kind must be linear, mlp or none, got {kind!r}")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.hub import resolve_hf
 from jointspace.towers.registry import register_tower
 
@@ -43,7 +44,7 @@ class HFImageEncoder(nn.Module):
 
         hf_logging.disable_progress_bar()
         if pool not in ("auto", "mean", "cls"):
-            raise ValueError(f"pool must be auto, mean or cls, got {pool!r}")
+            raise UsageError(f"pool must be auto, mean or cls, got {pool!r}")
         folder = resolve_hf(path, cache_dir, "hf_image model")
         model, loading = AutoModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         model = model.float()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.hub import resolve_hf
 from jointspace.towers.registry import register_tower
 
@@ -34,7 +35,7 @@ class HFTextEncoder(nn.Module):
         hf_logging.disable_progress_bar()  # no per-load progress bars in training logs
 
         if pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be mean or cls, got {pool!r}")
+            raise UsageError(f"pool must be mean or cls, got {pool!r}")
         folder = _folder(path, cache_dir)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).float()
         pad = AutoTokenizer.from_pretrained(folder, local_files_only=True).pad_token_id

@@ -9,10 +9,12 @@ import os
 import re
 from pathlib import Path
 
+from jointspace.errors import JointspaceError
+
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(JointspaceError, FileNotFoundError):
     """Pretrained weights that are neither a local file/folder nor in the cache (or cannot be fetched)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.registry import register_tower
 
 
@@ -15,7 +16,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be batch/group/none, got {kind!r}")
+    raise UsageError(f"norm must be batch/group/none, got {kind!r}")
 
 
 class ConvNet(nn.Module):
@@ -36,7 +37,7 @@ class ConvNet(nn.Module):
     ):
         super().__init__()
         if downsample not in ("maxpool", "stride"):
-            raise ValueError(f"downsample must be maxpool or stride, got {downsample!r}")
+            raise UsageError(f"downsample must be maxpool or stride, got {downsample!r}")
         layers: list[nn.Module] = []
         c_in = in_chans
         for i, c in enumerate(channels):

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointspace.errors import UsageError
+
 LORA_MARK = "lora_"  # peft's adapter parameters all have this in their names
 
 
@@ -36,7 +38,7 @@ class ProjectedAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention):
         super().__init__()
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError("only self-attention with packed q/k/v projections can take an out_proj adapter")
+            raise UsageError("only self-attention with packed q/k/v projections can take an out_proj adapter")
         self.in_proj_weight = mha.in_proj_weight
         self.in_proj_bias = mha.in_proj_bias
         self.out_proj = mha.out_proj
@@ -49,7 +51,7 @@ class ProjectedAttention(nn.Module):
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[torch.Tensor, None]:
         if need_weights:
-            raise ValueError("ProjectedAttention does not return attention weights")
+            raise UsageError("ProjectedAttention does not return attention weights")
         x = query if self.batch_first else query.transpose(0, 1)  # [B, L, D]
         b, n, d = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.num_heads, -1).unbind(2)
@@ -90,7 +92,7 @@ def resolve_targets(module: nn.Module, targets: list[str]) -> list[str]:
     for target in targets:
         hits = [n for n in modules if n and _matches(n, target)]
         if not hits:
-            raise ValueError(f"lora target {target!r} matches no module of the tower "
+            raise UsageError(f"lora target {target!r} matches no module of the tower "
                              f"(e.g. {', '.join(list(modules)[1:6])}, ...)")
         for name in hits:
             parent_name, _, leaf = name.rpartition(".")
@@ -143,7 +145,7 @@ def enable_grad_checkpointing(tower: nn.Module, tower_name: str) -> None:
     """Recompute activations in backward instead of storing them (the tower must support it)."""
     fn = getattr(tower, "set_grad_checkpointing", None)
     if fn is None:
-        raise ValueError(f"tower {tower_name!r} does not support grad_checkpointing")
+        raise UsageError(f"tower {tower_name!r} does not support grad_checkpointing")
     fn(True)
 
 

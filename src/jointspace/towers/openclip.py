@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.hub import describe_openclip_tags, missing, openclip_source, openclip_tags
 from jointspace.towers.registry import register_tower
 
@@ -54,7 +55,7 @@ def _from_tag(model: str, tag: str, cache_dir: str | None) -> nn.Module:
         return open_clip.create_model(model, pretrained=tag, cache_dir=cache_dir, force_custom_text=True,
                                       pretrained_text=False, force_quick_gelu=bool(cfg.get("quick_gelu")))
     except RuntimeError as err:
-        raise ValueError(f"open_clip {model} weights {tag!r} do not load: {err}") from None
+        raise UsageError(f"open_clip {model} weights {tag!r} do not load: {err}") from None
 
 
 def create_clip(model: str, pretrained: str | None = None, cache_dir: str | None = None) -> nn.Module:
@@ -67,7 +68,7 @@ def create_clip(model: str, pretrained: str | None = None, cache_dir: str | None
     if model.startswith(HF_HUB):
         return _from_hub(model, cache_dir)
     if model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {model!r} (e.g. ViT-B-32, RN50, ViT-S-16)")
+        raise UsageError(f"unknown open_clip architecture {model!r} (e.g. ViT-B-32, RN50, ViT-S-16)")
     if pretrained is None:
         return open_clip.create_model(model, force_custom_text=True, pretrained_text=False, load_weights=False)
     path = Path(pretrained).expanduser()
@@ -75,7 +76,7 @@ def create_clip(model: str, pretrained: str | None = None, cache_dir: str | None
         try:
             return open_clip.create_model(model, pretrained=str(path), force_custom_text=True, pretrained_text=False)
         except RuntimeError as err:
-            raise ValueError(f"{path}: not a checkpoint of open_clip's {model} ({err})") from None
+            raise UsageError(f"{path}: not a checkpoint of open_clip's {model} ({err})") from None
     tags = openclip_tags(model)
     if pretrained in tags:
         return _from_tag(model, pretrained, cache_dir)
@@ -123,7 +124,7 @@ class OpenCLIPText(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if ids.shape[1] > self.context_length:
-            raise ValueError(f"{ids.shape[1]} tokens exceed the model's context length {self.context_length}")
+            raise UsageError(f"{ids.shape[1]} tokens exceed the model's context length {self.context_length}")
         if self.trims_padding:
             return self._forward_trimmed(ids)
         return self.text(F.pad(ids, (0, self.context_length - ids.shape[1])))  # its causal mask has a fixed size

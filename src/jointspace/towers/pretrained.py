@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.registry import register_tower
 
 
@@ -33,7 +34,7 @@ class EfficientNetLite(nn.Module):
             state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, nothing unpickled
             missing, unexpected = net.load_state_dict(state, strict=False)
             if missing or [k for k in unexpected if not k.startswith("_fc.")]:
-                raise ValueError(f"{path}: not EfficientNet-Lite0 weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise UsageError(f"{path}: not EfficientNet-Lite0 weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
         net._fc = nn.Identity()  # the ImageNet classifier is not used
         self.net = net
         self.size = size

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from jointspace.errors import UsageError
+
 _TOWERS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -31,7 +33,7 @@ def register_tower(name: str, tokenizer: Callable[[dict], str] | None = None,
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _TOWERS:
-            raise ValueError(f"tower {name!r} registered twice")
+            raise UsageError(f"tower {name!r} registered twice")
         _TOWERS[name] = fn
         if tokenizer is not None:
             _TOKENIZERS[name] = tokenizer
@@ -50,13 +52,13 @@ def list_towers() -> list[str]:
 def build_tower(name: str, **params) -> nn.Module:
     """Build a registered tower; unknown names or parameters raise ValueError naming them."""
     if name not in _TOWERS:
-        raise ValueError(f"unknown tower {name!r}; registered: {', '.join(list_towers())}")
+        raise UsageError(f"unknown tower {name!r}; registered: {', '.join(list_towers())}")
     fn = _TOWERS[name]
     sig = inspect.signature(fn)
     if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         bad = [k for k in params if k not in sig.parameters]
         if bad:
-            raise ValueError(f"tower {name!r}: unknown parameters {bad}; accepted: {list(sig.parameters)}")
+            raise UsageError(f"tower {name!r}: unknown parameters {bad}; accepted: {list(sig.parameters)}")
     tower = fn(**params)
     if not hasattr(tower, "out_dim"):
         raise TypeError(f"tower {name!r} has no out_dim")
@@ -66,7 +68,7 @@ def build_tower(name: str, **params) -> nn.Module:
 def tower_parameters(name: str) -> dict[str, object] | None:
     """Constructor parameters of tower `name` with their defaults (None when it takes any keyword)."""
     if name not in _TOWERS:
-        raise ValueError(f"unknown tower {name!r}; registered: {', '.join(list_towers())}")
+        raise UsageError(f"unknown tower {name!r}; registered: {', '.join(list_towers())}")
     sig = inspect.signature(_TOWERS[name])
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return None

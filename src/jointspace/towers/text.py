@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jointspace.errors import UsageError
 from jointspace.towers.registry import register_tower
 
 VOCAB_SIZE = 49408  # OpenCLIP's SimpleTokenizer
@@ -17,7 +18,7 @@ class TextTransformer(nn.Module):
                  layers: int = 2, heads: int = 4, pool: str = "eot", dropout: float = 0.0):
         super().__init__()
         if pool not in ("eot", "mean"):
-            raise ValueError(f"pool must be eot or mean, got {pool!r}")
+            raise UsageError(f"pool must be eot or mean, got {pool!r}")
         self.token = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(torch.randn(context_length, width) * 0.01)
         block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.data.shards import write_dataset
+from jointspace.errors import UsageError
 
 BUILTIN = ("digits", "shapes", "moving")
 DEFAULT_SIZE = {"digits": None, "shapes": 3000, "moving": 1200}  # None: the whole set
@@ -66,4 +67,4 @@ def synthesize(name: str, out_dir: str | Path, seed: int = 0, n: int | None = No
 
         return write_dataset(out_dir, moving.splits(synth_size(name, n), seed), moving.MODALITIES, moving.CLASS_NAMES,
                              {**moving.info(), "seed": seed, **asked}, maxcount=maxcount, overwrite=overwrite)
-    raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")
+    raise UsageError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTIN)}")

@@ -15,6 +15,8 @@ from itertools import product
 
 import numpy as np
 
+from jointspace.errors import UsageError
+
 SHAPES = ("cube", "sphere", "cylinder", "cone")
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.12, 0.10),
@@ -65,7 +67,7 @@ def prompt_templates() -> list[str]:
 def zero_shot_prompts(class_name: str) -> list[str]:
     """Every caption the caption templates can produce for a shape (for prompt ensembling)."""
     if class_name not in SHAPES:
-        raise ValueError(f"unknown shape {class_name!r}; choose from {', '.join(SHAPES)}")
+        raise UsageError(f"unknown shape {class_name!r}; choose from {', '.join(SHAPES)}")
     out: dict[str, None] = {}
     for tpl, colour, size, pos in product(CAPTION_TEMPLATES, COLOURS, SIZES, POSITIONS):
         out[_fill(tpl, class_name, colour, size, pos)] = None
