@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
@@ -55,10 +55,15 @@ def parse_jsonl(text: str) -> list[dict]:
     return out
 
 
+I = TypeVar("I", bound="RunInfo")
+
+
 class RunInfo(BaseModel):
     """run.json: what rebuilds the model without the data. The fields every task records (an old run.json
     without one reads as its default) and the task's own part (`part`: the UNet and schedule of a
-    diffusion run, a metric run's modality, ...), written back with the keys it had, in their order."""
+    diffusion run, a metric run's modality, ...), written back with the keys it had, in their order.
+    Each task types its part in a subclass (`tasks.registry.Task.info`: `MetricInfo(RunInfo)` adds
+    `modality`, ...); read through the base class, a part is kept as written."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -77,8 +82,12 @@ class RunInfo(BaseModel):
 
     @property
     def part(self) -> dict[str, Any]:
-        """The task's own fields."""
-        return dict(self.model_extra or {})
+        """The task's own fields (typed by the task's RunInfo subclass, or kept as written)."""
+        return {k: v for k, v in self.to_json().items() if k not in RunInfo.model_fields}
+
+    def as_type(self, info_type: type[I]) -> I:
+        """This run.json read as a task's own RunInfo subclass (its part typed and checked)."""
+        return self if isinstance(self, info_type) else info_type.from_json(self.to_json())
 
     def get(self, key: str, default: Any = None) -> Any:
         """A field as written (common or the task's own), or `default` when run.json lacks it."""
@@ -90,7 +99,7 @@ class RunInfo(BaseModel):
 
     def updated(self, **changes: Any) -> RunInfo:
         """A copy with `changes` (a new key goes last, an existing one keeps its place)."""
-        return RunInfo(**{**self.to_json(), **changes})
+        return type(self)(**{**self.to_json(), **changes})
 
     def to_json(self) -> dict[str, Any]:
         """The mapping written to run.json: the keys given, in their order."""
@@ -103,7 +112,7 @@ class RunInfo(BaseModel):
         return info if isinstance(info, RunInfo) else cls.from_json(info)
 
     @classmethod
-    def from_json(cls, raw: Any, source: str = RUN_INFO) -> RunInfo:
+    def from_json(cls, raw: Any, source: str = RUN_INFO) -> Self:
         if not isinstance(raw, dict):
             raise RunDirError(f"{source}: not a {RUN_INFO} (not a JSON object)")
         try:

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from jointspace.augment.config import load_augment_config
 from jointspace.tasks import diffusion as aug_train
 from jointspace.tasks.contrastive import NonFiniteLossError
-from jointspace.tasks.diffusion import read_losses, train_diffusion
+from jointspace.tasks.diffusion import DiffusionInfo, read_losses, train_diffusion
+from jointspace.tasks.registry import task_info
 
 from .conftest import tiny_augment_overrides
 
@@ -20,6 +21,8 @@ def test_run_folder_and_loss_decreases(diffusion_run):
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
     info = json.loads((diffusion_run / "run.json").read_text())
     assert info["task"] == "diffusion" and info["null_class"] == 10 and info["unet"]["num_class_embeds"] == 11
+    typed = task_info(diffusion_run)  # the same run.json through the task's own RunInfo subclass
+    assert isinstance(typed, DiffusionInfo) and typed.null_class == 10 and typed.to_json() == info
     assert (diffusion_run / "model.safetensors").exists() and (diffusion_run / "done.json").exists()
     names = json.loads((diffusion_run / "checkpoints" / "latest.json").read_text())["name"]
     assert names == "step_0000012"

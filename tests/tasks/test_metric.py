@@ -66,7 +66,8 @@ def test_metric_step_mines_and_the_loss_decreases_on_separable_data():
 def test_train_metric_arcface_end_to_end(shapes_dir, tmp_path):
     """ArcFace's class centres are optimised (their own param group) and saved; k-NN eval and a 2-D plot."""
     from jointspace.config import load_config
-    from jointspace.tasks.metric import MetricRunConfig, train_metric
+    from jointspace.tasks.metric import MetricInfo, MetricRunConfig, train_metric
+    from jointspace.tasks.registry import task_info
 
     cfg = load_config(None, model=MetricRunConfig, overrides=[
         f"output_dir={tmp_path}", "name=arc", f"data.path={shapes_dir}", "data.modalities=[image]",
@@ -79,6 +80,8 @@ def test_train_metric_arcface_end_to_end(shapes_dir, tmp_path):
     assert {"test_accuracy", "precision_at_1", "mean_average_precision_at_r", "val_loss"} <= set(done)
     assert 0.0 <= done["test_accuracy"] <= 1.0 and done["miner"] is None
     assert (run / "plots" / "pca_test.png").exists() and (run / "eval" / "embeddings_test.npz").exists()
+    info = task_info(run)  # run.json's metric part, typed
+    assert isinstance(info, MetricInfo) and info.modality == "image" and info.input_shape == [3, 16, 16]
     from safetensors.torch import load_file
 
     first = load_file(str(run / "checkpoints" / "epoch_0001" / "model.safetensors"))["loss.W"]

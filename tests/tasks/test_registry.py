@@ -61,3 +61,23 @@ def test_no_module_outside_tasks_matches_a_task_name():
     found = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py") if "tasks" not in p.relative_to(SRC).parts
              for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+def test_each_task_types_its_run_json_part(tmp_path):
+    from jointspace.run_dir import RunDir, RunDirError, RunInfo
+    from jointspace.tasks.registry import task_info
+
+    assert all(issubclass(t.info, RunInfo) for t in TASKS.values())
+    written = {"task": "classify", "kinds": {"image": "image"}, "prep": {"image_size": 16}, "class_names": ["a"],
+               "input_shapes": {"image": [1, 16, 16]}, "data_path": "d", "n_params": 7, "skipped": {}}
+    RunDir(tmp_path).write_info(RunInfo(**written))
+    info = task_info(tmp_path)
+    assert type(info) is get_task("classify").info and info.input_shapes == {"image": [1, 16, 16]}
+    assert info.n_params == 7 and info.to_json() == written and info.part == {"input_shapes": {"image": [1, 16, 16]},
+                                                                               "n_params": 7}
+    RunDir(tmp_path).write_info(RunInfo(**{**written, "n_params": "many"}))  # a part of the wrong type is named
+    with pytest.raises(RunDirError, match=r"run\.json: n_params: "):
+        task_info(tmp_path)
+    RunDir(tmp_path).write_info(RunInfo(**{**written, "task": "segment"}))
+    with pytest.raises(ConfigError, match=r"run\.json: task: 'segment' is not a task"):
+        task_info(tmp_path)

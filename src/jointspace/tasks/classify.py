@@ -44,6 +44,13 @@ from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.tasks.registry import ClassPredictions, Task, run_config
 
 
+class ClassifyInfo(RunInfo):
+    """A classifier run's run.json: each modality's input shape (one sample) and its parameter count."""
+
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    n_params: int | None = None
+
+
 class ClassifyRunConfig(RunConfig):
     """A classify run's config: the common sections and `fusion:` (the classifier)."""
 
@@ -120,7 +127,7 @@ def train_classifier(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bo
     model = build_classifier(cfg, train_data, init).to(device)
     n_params, kinds = count_parameters(model), train_data.kinds
     if not resume:
-        write_run_info(run_dir, RunInfo(task="classify", kinds=kinds, prep=train_data.prep.to_json(),
+        write_run_info(run_dir, ClassifyInfo(task="classify", kinds=kinds, prep=train_data.prep.to_json(),
                                         class_names=train_data.class_names,
                                         input_shapes={m: list(train_data.inputs[m].shape[1:]) for m in kinds},
                                         data_path=cfg.data.path, n_params=n_params,
@@ -168,4 +175,4 @@ def summary_text(run_dir: Path) -> str:
 
 TASK = Task("classify", ClassifyRunConfig, train_classifier, summary_text, val_metrics=("loss", "accuracy"),
             results=f"{EVAL} and classification_<split>.txt (written when it trained)",
-            measure="top-1 of the classifier", predictions=classifier_predictions)
+            measure="top-1 of the classifier", predictions=classifier_predictions, info=ClassifyInfo)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
@@ -43,6 +45,14 @@ from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.tasks.predictions import retrieval_predictions
 from jointspace.tasks.registry import Task
 from jointspace.towers.lora import parameter_summary
+
+
+class ContrastiveInfo(RunInfo):
+    """A joint-space run's run.json: the input channels of its picture modality (None without one) and the
+    data set's dataset.json less its splits (the prompts of zero-shot evaluation, the modalities)."""
+
+    image_channels: int | None = None
+    dataset: dict[str, Any] = Field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -103,7 +113,7 @@ def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunC
     """Validation loss (full split as one batch per 512) and R@1 for the trained pairs."""
     emb = embed_split(model, data, device=device)
     labels = data.labels
-    out: dict[str, float] = {}
+    out: dict[str, float] = Field(default_factory=dict)
     losses = []
     for start in range(0, len(data), 512):
         sl = slice(start, start + 512)
@@ -176,7 +186,7 @@ def _data(cfg: RunConfig, dist_info: DistInfo, device: torch.device,
     source = streamed or train_data
     kinds, prep = source.kinds, source.prep
     picture = with_role(kinds, "picture")
-    run_info = RunInfo(task="contrastive", kinds=kinds, prep=prep.to_json(), class_names=source.class_names,
+    run_info = ContrastiveInfo(task="contrastive", kinds=kinds, prep=prep.to_json(), class_names=source.class_names,
                        skipped=skipped(train=train_data, val=val_data),
                        image_channels=prep.channels.get(picture) if picture else None,
                        data_path=cfg.data.path, dataset={k: v for k, v in info.items() if k != "splits"})
@@ -280,4 +290,4 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
 TASK = Task("contrastive", RunConfig, train, lambda d: f"done: {d}", verbs=("eval", "embed", "report", "index", "export"),
             finish=summarise, val_metrics=("loss", "R@1", "*->*/R@1"), joint_space=True,
             measure="mean class-level R@1 of test queries over the evaluated modality pairs",
-            predictions=retrieval_predictions, finished=lambda d: RunDir(d).weights.exists())
+            predictions=retrieval_predictions, finished=lambda d: RunDir(d).weights.exists(), info=ContrastiveInfo)

@@ -11,9 +11,11 @@ import copy
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from jointspace.augment.config import AugmentConfig, save_augment_config
@@ -28,6 +30,18 @@ from jointspace.runs import resolve_device
 from jointspace.tasks.common import done_line, write_done
 from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.tasks.registry import Task
+
+
+class DiffusionInfo(RunInfo):
+    """A diffusion run's run.json: the UNet's and the noise schedule's settings, the class-free label
+    (`null_class`), the images' size and channels, and how many training images each class had."""
+
+    null_class: int | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    unet: dict[str, Any] = Field(default_factory=dict)
+    scheduler: dict[str, Any] = Field(default_factory=dict)
+    train_class_counts: list[int] = Field(default_factory=list)
 
 
 class DiffusionState(nn.Module):
@@ -95,8 +109,8 @@ class DiffusionObjective(Objective):
 
 
 def _run_info(cfg: AugmentConfig, class_names: list[str], n_classes: int, images: torch.Tensor, kwargs: dict,
-              sched_cfg: dict, labels: torch.Tensor) -> RunInfo:
-    return RunInfo(task="diffusion", class_names=class_names, null_class=n_classes,
+              sched_cfg: dict, labels: torch.Tensor) -> DiffusionInfo:
+    return DiffusionInfo(task="diffusion", class_names=class_names, null_class=n_classes,
                    image_size=cfg.data.image_size, channels=int(images.shape[1]), unet=kwargs,
                    scheduler=sched_cfg, data_path=cfg.data.path,
                    train_class_counts=torch.bincount(labels, minlength=n_classes).tolist())
@@ -152,4 +166,4 @@ def read_losses(run_dir: Path) -> list[float]:
 
 TASK = Task("diffusion", AugmentConfig, train_diffusion, done_line,
             results=f"{WEIGHTS}: sample it with `jointspace augment sample`",
-            measure="none: a diffusion run reports its final loss")
+            measure="none: a diffusion run reports its final loss", info=DiffusionInfo)

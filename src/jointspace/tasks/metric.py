@@ -75,6 +75,14 @@ class MetricRunConfig(RunConfig):
     metric: MetricConfig = Field(default_factory=MetricConfig)
 
 
+class MetricInfo(RunInfo):
+    """A metric-learning run's run.json: the one modality its tower embeds, its input shape, its size."""
+
+    modality: str | None = None
+    input_shape: list[int] = Field(default_factory=list)
+    n_params: int | None = None
+
+
 def n_mined(indices: tuple | None) -> int:
     """Number of tuples a miner returned: triplets (a, p, n), or pairs (a1, p, a2, n) positive + negative."""
     if indices is None:
@@ -197,7 +205,7 @@ def train_metric(cfg: MetricRunConfig, resume: bool = False, overwrite: bool = F
     obj = MetricObjective(cfg, modality, model, loss_fn.to(device), miner, train_data, val_data, device)
     n_params = count_parameters(model)
     if not resume:
-        write_run_info(run_dir, RunInfo(task="metric", modality=modality, kinds=kinds,
+        write_run_info(run_dir, MetricInfo(task="metric", modality=modality, kinds=kinds,
                                         prep=train_data.prep.to_json(), class_names=train_data.class_names,
                                         input_shape=list(shape), data_path=cfg.data.path, n_params=n_params,
                                         skipped=skipped(train=train_data, val=val_data, test=test_data)))
@@ -244,4 +252,4 @@ def _evaluate(cfg: MetricRunConfig, run_dir: Path, obj: MetricObjective, test_da
 
 TASK = Task("metric", MetricRunConfig, train_metric, done_line, verbs=("report",),
             results=f"{EVAL} and {EVAL_DIR}/embeddings_<split>.npz", val_metrics=("loss",),
-            measure="k-NN accuracy of test embeddings against train embeddings")
+            measure="k-NN accuracy of test embeddings against train embeddings", info=MetricInfo)

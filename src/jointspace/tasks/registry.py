@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from jointspace.config import ConfigError, RunConfig, read_yaml, validate_config
 from jointspace.errors import UsageError
-from jointspace.run_dir import RunDir
+from jointspace.run_dir import RunDir, RunInfo
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +58,7 @@ class Task:
     results: str = ""  # where a finished run's results are, for verbs it does not support
     finish: Callable[[Path], dict | None] = done_summary  # its summary: compare's row, sweep objectives
     val_metrics: tuple[str, ...] = ()  # what its validation logs each epoch (fnmatch patterns; sweeps)
+    info: type[RunInfo] = RunInfo  # its run.json: the common fields and its own part, typed
     measure: str = ""  # what its summary's `test_accuracy` is (the note of `jointspace compare`)
     joint_space: bool = False  # its towers form a joint space: `init_from` starts from them, augment fix asks it
     predictions: Callable[[Path, str], ClassPredictions] | None = None  # augment fix judges its runs by these
@@ -88,6 +89,13 @@ def get_task(name: object, where: str = "task") -> Task:
     if not isinstance(name, str) or name not in TASKS:
         raise ConfigError(f"{where}: {name!r} is not a task (known: {', '.join(TASKS)})")
     return TASKS[name]
+
+
+def task_info(run_dir: str | Path) -> RunInfo:
+    """A run's run.json, its task's own part typed by the task's RunInfo subclass (`Task.info`)."""
+    info = RunDir(run_dir).read_info()
+    where = f"{RunDir(run_dir).run_info}: task"
+    return info.as_type(get_task(info.task, where).info)
 
 
 def task_of_raw(raw: dict, source: str) -> str:
