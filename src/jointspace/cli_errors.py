@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from jointspace.errors import JointspaceError
+from jointspace.errors import JointspaceError, MissingExtra, extra_of
 
 errors = Console(stderr=True)
 
@@ -38,10 +38,17 @@ def said_stopped(stop: BaseException, resumable: bool) -> None:
                  f"{escape(again)}", markup=True, highlight=False, soft_wrap=True)
 
 
+def command_name(fn: Callable) -> str:
+    """`jointspace <group> <command>` of a command function named <group>_<command> (`eval_`: eval)."""
+    return "jointspace " + fn.__name__.rstrip("_").replace("_", " ")
+
+
 def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
     """Decorator for every typer command: the project's own errors (`JointspaceError`: config, data, usage,
-    non-finite loss, failed grid, full disk...) and the operating system's (`OSError`: a missing file, a
-    denied permission) -> one line on stderr, exit 2. Anything else is a bug and keeps its traceback.
+    non-finite loss, failed grid, full disk, a missing optional extra...) and the operating system's
+    (`OSError`: a missing file, a denied permission) -> one line on stderr, exit 2. A module of an optional
+    extra that is not installed (imported anywhere below the command) is said the same way, as the extra
+    to install. Anything else is a bug and keeps its traceback.
     (`console` is the command's output console; errors never go there.)"""
 
     def decorate(fn: Callable) -> Callable:
@@ -56,6 +63,12 @@ def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
                 raise typer.Exit(PREEMPTED_EXIT) from None
             except (JointspaceError, OSError) as err:
                 report(err)
+                raise typer.Exit(2) from None
+            except ModuleNotFoundError as err:
+                extra = extra_of(err.name or "")
+                if extra is None:
+                    raise  # not an optional module: a broken install or a bug, with its traceback
+                report(MissingExtra(extra, err.name, command_name(fn)))
                 raise typer.Exit(2) from None
 
         return wrapper

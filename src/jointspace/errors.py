@@ -20,14 +20,35 @@ class UsageError(JointspaceError, ValueError):
     """A value the user gave (an argument, a config value, a query) cannot be used; the message names it."""
 
 
+# The optional extras (pyproject.toml's [project.optional-dependencies], but dev and all): the top-level
+# modules each one installs, and the distribution each module comes from. tests/test_extras.py checks this
+# against pyproject.toml. Everything else the package imports is a core dependency.
+EXTRAS: dict[str, dict[str, str]] = {
+    "serve": {"fastapi": "fastapi", "starlette": "starlette", "uvicorn": "uvicorn",
+              "multipart": "python-multipart", "fastapi_offline": "fastapi-offline"},
+    "augment": {"diffusers": "diffusers"},
+    "sweep": {"optuna": "optuna"},
+    "export": {"onnx": "onnx", "onnxruntime": "onnxruntime"},
+    "wandb": {"wandb": "wandb"},
+    "parquet": {"pyarrow": "pyarrow"},
+}
+
+
+def extra_of(module: str) -> str | None:
+    """The optional extra that installs `module` (or a submodule of it); None for anything else."""
+    root = module.split(".")[0]
+    return next((extra for extra, modules in EXTRAS.items() if root in modules), None)
+
+
 class MissingExtra(JointspaceError, ImportError):
     """A command needs an optional extra that is not installed; the message names it and its pip line."""
 
     def __init__(self, extra: str, module: str, what: str):
-        super().__init__(f"{what} needs the optional extra '{extra}' ({module} is not installed): "
-                         f"pip install 'jointspace[{extra}]'")
+        root = module.split(".")[0]
+        package = EXTRAS.get(extra, {}).get(root, root)
+        super().__init__(f"{what} needs the optional extra '{extra}' ({package} is not installed): "
+                         f"pip install 'jointspace[{extra}]'", name=root)
         self.extra = extra
-
 
 
 def require(extra: str, module: str, what: str) -> ModuleType:
