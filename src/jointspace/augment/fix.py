@@ -27,7 +27,7 @@ from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler, real_images
 from jointspace.config import RunConfig, apply_overrides
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
-from jointspace.errors import UsageError
+from jointspace.errors import UsageError, require
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.kinds import with_role
 from jointspace.run_dir import RUN_INFO, RunDir, read_run_info
@@ -210,6 +210,7 @@ def _generate(model_dir: Path, aug: AugmentConfig, cfg: RunConfig, run_dir: Path
 def run_fix(run_dir: str | Path, aug: AugmentConfig, diffusion: str | Path | None = None, out: str | Path | None = None,
             overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
     """The whole loop; writes `out/fix.json`, `fix.md` and `report.html`, returns fix.json's content."""
+    require("augment", "diffusers", "jointspace augment fix")
 
     t0 = time.time()
     run_dir = Path(run_dir)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from jointspace.augment.model import load_diffusion, make_scheduler
-from jointspace.errors import UsageError
+from jointspace.errors import UsageError, require
 from jointspace.outputs import OutputKind, json_with
 from jointspace.run_dir import RUN_INFO, RunDir
 from jointspace.runs import resolve_device
@@ -179,6 +179,7 @@ def load_sampler(path: str | Path, device: str = "auto", class_names: Sequence[s
                  init_images: dict[int, np.ndarray] | None = None,
                  strength: float = 0.6) -> ClassSampler | PipelineSampler:
     """An `augment train` run folder, a local diffusers pipeline folder (model_index.json) or a hub id."""
+    require("augment", "diffusers", "sampling a diffusion model")
     local = Path(path)
     if RunDir(local).has_info():
         if init_images is not None or negative_prompt:

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from jointspace.errors import require
 from jointspace.run_dir import RunDir
 
 
@@ -25,10 +26,7 @@ class Tracker:
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
         elif kind == "wandb":
-            try:
-                import wandb
-            except ImportError:
-                raise RuntimeError("tracker: wandb is not installed (pip install wandb)") from None
+            wandb = require("wandb", "wandb", "the wandb tracker")
             os.environ.setdefault("WANDB_MODE", "offline")
             self._wandb = wandb.init(project="jointspace", name=name, dir=str(run_dir), config=config or {},
                                      mode="offline")

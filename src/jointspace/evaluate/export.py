@@ -9,7 +9,7 @@ import numpy as np
 
 from jointspace.data.shards import DataError
 from jointspace.data.source import shards_arg
-from jointspace.errors import UsageError
+from jointspace.errors import UsageError, require
 from jointspace.evaluate.embed import embed_split
 from jointspace.outputs import OutputKind, json_with
 from jointspace.runs import load_run, load_run_split, resolve_device
@@ -30,11 +30,8 @@ def _write_npy(out: Path, name: str, array: np.ndarray) -> str:
 
 def _write_parquet(out: Path, modality: str, emb: np.ndarray, keys: list[str], labels: np.ndarray,
                    class_names: list[str]) -> str:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError("--format parquet needs pyarrow (pip install pyarrow)") from None
+    import pyarrow as pa  # the optional extra `parquet`, checked by export_embeddings
+    import pyarrow.parquet as pq
     names = [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels.tolist()]
     table = pa.table({
         "key": pa.array(keys, pa.string()),
@@ -58,6 +55,8 @@ def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, 
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "parquet":
+        require("parquet", "pyarrow.parquet", "--format parquet")
     sources = [run_dir, *([shards] if Path(str(shards)).exists() else [])]
     EMBEDDINGS_FOLDER.check(out, overwrite, sources)
     cfg, model, info = load_run(run_dir)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from jointspace.errors import UsageError
+from jointspace.errors import UsageError, require
 from jointspace.model import JointModel
 from jointspace.outputs import OutputKind, json_with
 from jointspace.run_dir import RunInfo
@@ -50,6 +50,7 @@ def _writers() -> dict[str, Callable[[Exporting, Path], dict]]:
 
 
 FORMATS = ("open_clip", "hf", "onnx")
+NEEDS = {"onnx": ("onnx", "onnxruntime")}  # modules of the optional extra `export` a format needs
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str, overwrite: bool = False,
@@ -57,6 +58,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str, overwrite: bool =
     """Export a finished contrastive run to `out` (written in a staging folder, moved into place whole)."""
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    for module in NEEDS.get(fmt, ()):
+        require("export", module, f"--format {fmt}")
     run_dir, out = Path(run_dir), Path(out)
     EXPORT_FOLDER.check(out, overwrite, [run_dir])
     cfg, model, info = load_run(run_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, apply_overrides
 from jointspace.engine.loop import epoch_hook
-from jointspace.errors import UsageError
+from jointspace.errors import UsageError, require
 from jointspace.sweep.config import SweepConfig, load_sweep
 from jointspace.sweep.space import check_sweep, metric_value, overrides_of, suggest
 
@@ -166,6 +166,7 @@ def work(sweep_path: str, worker: int = 0) -> None:
 
 def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Path:
     """Check the sweep, run its trials (`jobs` worker processes) and write sweep.md / .csv / .html."""
+    require("sweep", "optuna", "a sweep")
     from jointspace.sweep.report import write_report
     from jointspace.tasks import config_for, get_task, task_of_raw
     from jointspace.tasks.registry import able

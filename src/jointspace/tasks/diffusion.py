@@ -25,6 +25,7 @@ from jointspace.engine import Objective, Plan, StepContext, fit
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, warmup_cosine
 from jointspace.engine.tracking import Tracker
+from jointspace.errors import require
 from jointspace.run_dir import WEIGHTS, RunDir, RunInfo, write_run_info
 from jointspace.runs import resolve_device
 from jointspace.tasks.common import done_line, write_done
@@ -123,7 +124,7 @@ def train_diffusion(cfg: AugmentConfig, resume: bool = False, overwrite: bool = 
 
     The folder gets config.yaml, run.json (UNet + schedule + class names), metrics.jsonl,
     checkpoints/, model.safetensors (the EMA weights) and, last, done.json."""
-    from diffusers import DDPMScheduler  # heavy: imported when a diffusion run starts
+    DDPMScheduler = require("augment", "diffusers", "a diffusion run").DDPMScheduler  # heavy: imported here
 
     t_start, tc = time.time(), cfg.train
     run_dir = RunDir(cfg.run_dir).create(resume, overwrite).path

