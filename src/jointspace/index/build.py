@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterator
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,16 +16,19 @@ from PIL import Image
 
 from jointspace.data.shards import DataError, ReadStats
 from jointspace.data.source import Source, shards_arg
+from jointspace.index.backend import Store, check_backend, open_store
 from jointspace.index.bulk import build_store
 from jointspace.index.folder import INDEX_FOLDER
 from jointspace.index.lock import LOCK_TIMEOUT_S, writer_lock
+from jointspace.index.milvus import MilvusStore
+from jointspace.index.milvus_conn import check_collection, collection_name, resolve_uri
 from jointspace.index.query import Encoder
-from jointspace.index.store import IndexStore
 from jointspace.kinds import get_kind, preview_modality, with_role
 from jointspace.run_dir import RunDir
 
 PREVIEW_MIN, PREVIEW_MAX = 64, 128
 CHUNK_ROWS = 65_536  # vectors embedded before they go to the index
+SLOW_MILVUS_BUILD_ENV = "JOINTSPACE_TEST_SLOW_MILVUS_BUILD_S"  # tests only: a pause after each chunk is staged
 
 
 @dataclass
@@ -136,10 +142,14 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
                 modalities: list[str] | None = None, factory: str = "auto", batch_size: int = 256,
                 device: str = "cpu", overwrite: bool = False, encoder: Encoder | None = None,
                 progress: Callable[[int], None] | None = None, nprobe: int | None = None,
-                lock_timeout_s: float = LOCK_TIMEOUT_S, on_wait: Callable[[str], None] | None = None) -> IndexStore:
+                lock_timeout_s: float = LOCK_TIMEOUT_S, on_wait: Callable[[str], None] | None = None,
+                backend: str = "faiss", uri: str | None = None, token: str | None = None,
+                collection: str | None = None) -> Store:
     """Embed shards with a run, build a FAISS index chosen by size (or `factory`) and save it atomically,
-    holding `out`'s writer lock (waiting up to `lock_timeout_s` for another writer) from check to save."""
+    holding `out`'s writer lock (waiting up to `lock_timeout_s` for another writer) from check to save.
+    `backend="milvus"`: into a Milvus collection at `uri` (a Lite file, or a server with `token`)."""
     out = Path(out)
+    check_backend(backend, uri, token, collection)
     sources = [s for s in (run_dir, shards) if s]
     INDEX_FOLDER.check(out, overwrite, sources=sources)  # before any embedding
     enc = encoder or Encoder.from_run(run_dir, device)
@@ -153,19 +163,42 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
         INDEX_FOLDER.check(out, overwrite, sources=sources)  # again: another writer may have written it meanwhile
         chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress,
                               stats, classes=classes)
-        store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
+        if backend == "milvus":
+            store = build_milvus(chunks, out, enc.dim, meta, factory, nprobe, uri, token, collection)
+        else:
+            store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
         store.meta["class_names"] = classes
         for col in ("split", "modality"):
-            store.meta[f"{col}s_indexed"] = sorted(r[0] for r in store.db.execute(f"SELECT DISTINCT {col} FROM items"))
+            store.meta[f"{col}s_indexed"] = store.distinct(col)
         store.meta["n_bad_samples"] = stats.n_missing
         store.save(out)
     return store
 
 
+def build_milvus(chunks: Iterable[Embedded], out: Path, dim: int, meta: dict, factory: str, nprobe: int | None,
+                 uri: str | None, token: str | None, collection: str | None) -> MilvusStore:
+    """A Milvus staging collection holding every chunk (`save` makes it the live one); on an error it goes."""
+    store = MilvusStore.create(dim, meta, resolve_uri(uri, out), check_collection(collection or collection_name(out)),
+                               out.resolve().parent, token, factory)
+    if nprobe is not None:
+        store.meta["search"] = {"nprobe": int(nprobe)}
+    try:
+        for vectors, items, previews in chunks:
+            store.add(vectors, items, previews)
+            if os.environ.get(SLOW_MILVUS_BUILD_ENV):  # kill tests: a window with rows in, the alias not switched
+                print(f"staged {len(items)} items", file=sys.stderr, flush=True)
+                time.sleep(float(os.environ[SLOW_MILVUS_BUILD_ENV]))
+    except BaseException:
+        store.client.drop_collection(store.staging)
+        store.close()
+        raise
+    return store
+
+
 def open_for_run(index_dir: str | Path, run_dir: str | Path | None = None,
-                 device: str = "cpu") -> tuple[IndexStore, Encoder]:
+                 device: str = "cpu") -> tuple[Store, Encoder]:
     """Open an index and the model that built it (or `run_dir`), refusing a different model."""
-    store = IndexStore.open(index_dir, recover=True)
+    store = open_store(index_dir, recover=True)
     run = Path(run_dir or store.meta.get("run_dir") or "")
     if not str(run) or not RunDir(run).weights.exists():
         raise FileNotFoundError(f"{index_dir}: built by run {store.meta.get('run_dir')!r}, which is not there; "
@@ -194,11 +227,11 @@ def add_shards(index_dir: str | Path, shards: str | Path, splits: list[str] | No
     return added
 
 
-def index_classes(store: IndexStore) -> list[str]:
+def index_classes(store: Store) -> list[str]:
     """The index's class list (label i is class_names[i]); labels its items hold beyond it (an index from
     before the list was recorded, or data without class names) keep their place under their own names."""
     classes = list(store.meta.get("class_names") or [])
-    pairs = dict(store.db.execute("SELECT label, MAX(label_name) FROM items WHERE label >= 0 GROUP BY label"))
+    pairs = store.label_names(len(classes))
     for i in range(len(classes), max(pairs, default=-1) + 1):
         classes.append(pairs.get(i) or f"(label {i})")
     return classes

@@ -14,7 +14,7 @@ from rich.table import Table
 from jointspace.cli_errors import errors, friendly
 from jointspace.index.lock import LOCK_TIMEOUT_S
 
-index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect a search index (FAISS + SQLite).")
+index_app = typer.Typer(no_args_is_help=True, help="Build, extend and inspect a search index (FAISS + SQLite, or Milvus).")
 console = Console()
 WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="metadata filter key=value, repeatable "
                                                     "(keys: key, modality, label, label_name, caption, source, split)")]
@@ -47,6 +47,14 @@ def index_build(
     device: str = "cpu",
     overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
     lock_timeout: LockTimeoutOpt = LOCK_TIMEOUT_S,
+    backend: Annotated[str, typer.Option(help="faiss (a FAISS file in the folder) or milvus (a Milvus "
+                                         "collection; the folder records its --uri)")] = "faiss",
+    uri: Annotated[str | None, typer.Option(help="milvus: ./name.db (Milvus Lite, in this process; default "
+                                            "<out>.milvus.db) or http://host:19530 (a server)")] = None,
+    milvus_token: Annotated[str | None, typer.Option("--token", envvar="JOINTSPACE_MILVUS_TOKEN", help="milvus "
+                                                     "server token (user:password); never written down")] = None,
+    collection: Annotated[str | None, typer.Option(help="milvus: collection alias (default: the folder's "
+                                                   "name)")] = None,
 ) -> None:
     """Embed every sample of the chosen splits and modalities into a new index, written atomically.
     Settings not given as flags come from the `index:` section of the run's config."""
@@ -63,7 +71,8 @@ def index_build(
         factory, nprobe = factory or ic.factory, nprobe or ic.nprobe
         batch_size, split, modality = batch_size or ic.batch_size, split or ic.splits or None, modality or ic.modalities or None
     store = build_index(run, shards, out, split, modality, factory or "auto", batch_size or 256, device, overwrite,
-                        nprobe=nprobe, lock_timeout_s=lock_timeout, on_wait=_say_waiting)
+                        nprobe=nprobe, lock_timeout_s=lock_timeout, on_wait=_say_waiting, backend=backend,
+                        uri=uri, token=milvus_token, collection=collection)
     s = store.stats()
     console.print(f"wrote {out}: {s['n_items']} items ({s['n_samples']} samples; {s['modalities']}), "
                   f"{s['factory']} {s['search'] or ''}, model {s['fingerprint'][:12]} in {time.time() - t0:.1f}s")
@@ -98,11 +107,11 @@ def index_delete(
     lock_timeout: LockTimeoutOpt = LOCK_TIMEOUT_S,
 ) -> None:
     """Delete items by sample key(s) and/or metadata filter (both given: items matching both)."""
+    from jointspace.index.backend import open_store
     from jointspace.index.lock import writer_lock
-    from jointspace.index.store import IndexStore
 
     with writer_lock(index, lock_timeout, _say_waiting):
-        store = IndexStore.open(index, recover=True)
+        store = open_store(index, recover=True)
         n = store.delete(keys or None, where or None)
         store.save()
     console.print(f"deleted {n} items from {index}; {store.n_items} left")
@@ -112,9 +121,9 @@ def index_delete(
 @_friendly
 def index_info(index: Annotated[Path, typer.Argument(help="index folder")]) -> None:
     """Counts per modality and split, factory, dimension, the model fingerprint and the memory it takes."""
-    from jointspace.index.store import IndexStore
+    from jointspace.index.backend import open_store
 
-    store = IndexStore.open(index, recover=True)
+    store = open_store(index, recover=True)
     console.print_json(json.dumps({**store.stats(), "memory": store.memory()}))
 
 
@@ -139,9 +148,9 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Search an index with text, a file of any modality, or a vector; any modality in, any out."""
+    from jointspace.index.backend import open_store
     from jointspace.index.build import open_for_run
     from jointspace.index.query import parse_vector, read_npy
-    from jointspace.index.store import IndexStore
 
     for word, path in (("image", image), ("audio", audio), ("lidar", lidar)):  # the older per-kind flags
         if path is not None:
@@ -154,7 +163,7 @@ def search(
     (flag, value), = given.items()
     where = list(where or []) + ([f"modality={target}"] if target else [])
     if flag == "vector":
-        store = IndexStore.open(index, recover=True)
+        store = open_store(index, recover=True)
         q = parse_vector(read_npy(value, str(value)), store.dim, str(value))
     else:
         store, enc = open_for_run(index, run)

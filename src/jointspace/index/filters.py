@@ -14,6 +14,10 @@ class IndexStoreError(UsageError):
     """An index folder, filter or item is wrong; the message names the file, key or field."""
 
 
+class FingerprintError(IndexStoreError):
+    """The index was built by a different model than the one offered to query or extend it."""
+
+
 def parse_where(where: dict | list[str] | tuple[str, ...] | None) -> dict[str, list]:
     """`["label=3", "split=test"]` or `{"label": 3, "split": ["val", "test"]}` -> {column: [values]}."""
     if not where:
@@ -62,3 +66,28 @@ def sql_where(conds: dict[str, list]) -> tuple[str, list]:
         parts.append(f"{key} IN ({','.join('?' * len(values))})")
         params += values
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
+
+
+MILVUS_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def milvus_literal(value: str | int) -> str:
+    """A value as a Milvus expression literal: an int as digits; a string double-quoted with backslash,
+    quote and line-break characters escaped (Milvus refuses a raw line break in a literal and knows no
+    \\u escape, so every other character goes in as it is): no value can end the literal early."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise IndexStoreError(f"where: expected a string or an integer, got {type(value).__name__}")
+    if isinstance(value, int):
+        return str(int(value))
+    return '"' + "".join(MILVUS_ESCAPES.get(c, c) for c in value) + '"'
+
+
+def milvus_where(conds: dict[str, list]) -> str:
+    """A parsed filter ({column: [values]}, columns from WHERE_TYPES only) as a Milvus boolean expression
+    (`key in ["a", "b"] and label in [3]`); "" for no filter."""
+    parts = []
+    for key, values in conds.items():
+        if key not in WHERE_TYPES:
+            raise IndexStoreError(f"where: unknown key {key!r} (known: {', '.join(WHERE_TYPES)})")
+        parts.append(f"{key} in [{', '.join(milvus_literal(v) for v in values)}]")
+    return " and ".join(parts)

@@ -14,7 +14,9 @@ from jointspace.outputs import OutputKind, json_with
 
 FORMAT = "jointspace-index/1"
 INDEX_FILE, DB_FILE, META_FILE = "index.faiss", "items.sqlite", "meta.json"
-INDEX_FOLDER = OutputKind("jointspace index", ((META_FILE, INDEX_FILE),),  # what `index build --out` may replace
+PREVIEWS_FILE = "previews.sqlite"  # a Milvus-backed folder: meta.json (uri, collection) and the previews
+# what `index build --out` may replace: a FAISS folder or a Milvus one
+INDEX_FOLDER = OutputKind("jointspace index", ((META_FILE, INDEX_FILE), (META_FILE, PREVIEWS_FILE)),
                           json_with(META_FILE, "format", "fingerprint"))
 
 

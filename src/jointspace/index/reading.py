@@ -99,6 +99,19 @@ class StoreReads:
             params = faiss.SearchParameters(**kw)
         return params, sel
 
+    def distinct(self, column: str) -> list:
+        """The distinct values of an item column (one of COLUMNS), sorted."""
+        if column not in COLUMNS:
+            raise IndexStoreError(f"distinct: unknown column {column!r}")
+        with self._lock:
+            return sorted(r[0] for r in self.db.execute(f"SELECT DISTINCT {column} FROM items"))
+
+    def label_names(self, start: int = 0) -> dict[int, str | None]:
+        """label -> its (largest) name, for the labels >= start the items hold."""
+        with self._lock:
+            return dict(self.db.execute("SELECT label, MAX(label_name) FROM items WHERE label >= ? GROUP BY label",
+                                        [int(start)]))
+
     def stats(self) -> dict:
         """Counts per modality and split, sizes, factory and the model fingerprint."""
         with self._lock:

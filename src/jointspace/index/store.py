@@ -13,7 +13,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from jointspace.index.filters import COLUMNS, IndexStoreError, parse_where, sql_where
+from jointspace.index.filters import COLUMNS, FingerprintError, IndexStoreError, parse_where, sql_where
 from jointspace.index.folder import DB_FILE, FORMAT, INDEX_FILE, META_FILE, copy_items, read_faiss, read_meta
 from jointspace.index.reading import StoreReads, index_ivf, process_memory
 from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
@@ -34,10 +34,6 @@ CREATE INDEX items_split ON items (split);
 CREATE INDEX items_modality ON items (modality);
 CREATE TABLE previews (key TEXT PRIMARY KEY, png BLOB NOT NULL);
 """
-
-
-class FingerprintError(IndexStoreError):
-    """The index was built by a different model than the one offered to query or extend it."""
 
 
 def new_faiss_index(dim: int, factory: str) -> faiss.Index:

@@ -19,8 +19,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from jointspace.index.backend import Store, open_store
 from jointspace.index.query import Encoder, QueryError, parse_vector
-from jointspace.index.store import META_FILE, IndexStore, IndexStoreError
+from jointspace.index.store import META_FILE, IndexStoreError
 from jointspace.run_dir import WEIGHTS, RunDir
 from jointspace.serve.launch import check_settings
 from jointspace.serve.middleware import UNAUTHORIZED, DocsGuard, StatusCounter
@@ -72,7 +73,7 @@ class LiveStore:
 
     def __init__(self, path: str | Path, every_s: float = 1.0):
         self.path, self.every_s = Path(path), every_s
-        self.store = IndexStore.open(self.path)
+        self.store = open_store(self.path)
         self.version, self.checked = self._version(), time.monotonic()
         self.check_model: tuple[str, Path] | None = None
         self.reloads, self.reload_error = 0, None
@@ -85,7 +86,7 @@ class LiveStore:
             return None
         return st.st_ino, st.st_mtime_ns
 
-    def get(self) -> IndexStore:
+    def get(self) -> Store:
         """The current store, reopened first if the folder changed since it was opened."""
         if time.monotonic() - self.checked < self.every_s:
             return self.store
@@ -95,7 +96,7 @@ class LiveStore:
             if version is None or version == self.version:
                 return self.store
             try:
-                fresh = IndexStore.open(self.path)
+                fresh = open_store(self.path)
                 if self.check_model:
                     fresh.check_model(*self.check_model)
             except (IndexStoreError, OSError) as err:
@@ -125,7 +126,7 @@ class Service:
         if self.token and (creds is None or not hmac.compare_digest(creds.credentials.encode(), self.token.encode())):
             raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
-    def embed(self, q: Query, store: IndexStore) -> np.ndarray:
+    def embed(self, q: Query, store: Store) -> np.ndarray:
         if q.vector is not None:
             return parse_vector(q.vector, store.dim)
         if self.encoder is None:
