@@ -44,3 +44,19 @@ def tiny_run(tmp_path_factory, digits_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_index(tmp_path_factory, tiny_run, digits_dir) -> Path:
     return build_tiny(tmp_path_factory.getbasetemp() / "search-fixtures", tiny_run, digits_dir)
+
+
+def build_tiny_milvus(base: Path, run: Path, digits_dir: Path) -> Path:
+    """The same index in Milvus Lite (a file beside the folder), once per session."""
+    from jointspace.index.build import build_index
+
+    out = base / "index" / "digits-milvus"
+    if not (out / "meta.json").exists():
+        build_index(run, digits_dir, out, backend="milvus", uri=str(base / "index" / "digits.milvus.db"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_milvus_index(tmp_path_factory, tiny_run, digits_dir) -> Path:
+    pytest.importorskip("milvus_lite")
+    return build_tiny_milvus(tmp_path_factory.getbasetemp() / "search-fixtures", tiny_run, digits_dir)
