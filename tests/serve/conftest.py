@@ -13,6 +13,7 @@ _fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_fixtures)
 tiny_run = _fixtures.tiny_run
 tiny_index = _fixtures.tiny_index
+tiny_milvus_index = _fixtures.tiny_milvus_index
 
 
 @pytest.fixture

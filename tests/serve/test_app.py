@@ -21,9 +21,11 @@ from jointspace.serve.app import create_app
 LIMIT = 100_000
 
 
-@pytest.fixture(scope="module")
-def client(tiny_index):
-    app = create_app(tiny_index, max_upload_bytes=LIMIT, max_k=50, max_batch=8)
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def client(request, tiny_index):
+    """The service over the tiny index, once per backend (the same items in FAISS and in Milvus Lite)."""
+    index = tiny_index if request.param == "faiss" else request.getfixturevalue("tiny_milvus_index")
+    app = create_app(index, max_upload_bytes=LIMIT, max_k=50, max_batch=8)
     with TestClient(app) as c:  # server exceptions are raised, so a real bug fails loudly
         yield c
 
@@ -127,6 +129,16 @@ def test_bad_input_is_a_4xx_naming_the_problem(client, kwargs, status, detail):
     r = client.post("/search", **kwargs)
     assert r.status_code == status, r.text
     assert detail in json.dumps(r.json()["detail"])
+
+
+@pytest.mark.parametrize("where", [{"key": 'a" or key != "'}, {"split": ") or (1==1"}, {"caption": "x\\\" or 1==1"},
+                                   {"key": ["digits-test-00001", '"] or key not in ["']}])
+def test_hostile_where_values_are_only_values(client, where):
+    r = client.post("/search", json={"vector": [0.5] * 16, "k": 50, "where": where})
+    assert r.status_code == 200, r.text
+    hits = r.json()["results"][0]["hits"]
+    assert len(hits) == (3 if isinstance(where.get("key"), list) else 0)  # the real key's three modalities
+    assert {h["key"] for h in hits} <= {"digits-test-00001"}
 
 
 def test_bearer_token(tiny_index):
