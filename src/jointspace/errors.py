@@ -31,6 +31,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "export": {"onnx": "onnx", "onnxruntime": "onnxruntime"},
     "wandb": {"wandb": "wandb"},
     "parquet": {"pyarrow": "pyarrow"},
+    "milvus": {"pymilvus": "pymilvus", "milvus_lite": "milvus-lite"},
 }
 
 

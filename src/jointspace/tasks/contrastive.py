@@ -113,7 +113,7 @@ def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunC
     """Validation loss (full split as one batch per 512) and R@1 for the trained pairs."""
     emb = embed_split(model, data, device=device)
     labels = data.labels
-    out: dict[str, float] = Field(default_factory=dict)
+    out: dict[str, float] = {}
     losses = []
     for start in range(0, len(data), 512):
         sl = slice(start, start + 512)
