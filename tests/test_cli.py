@@ -77,7 +77,7 @@ model:
   towers:
     image: {{name: cnn, params: {{channels: [4, 8]}}}}
     lidar: {{name: range_cnn, params: {{channels: [4, 8]}}}}
-fusion: {{kind: late}}
+fusion: {{strategy: late}}
 train: {{epochs: 2, batch_size: 16, warmup_steps: 0}}
 """)
     result = runner.invoke(app, ["train", str(cfg), "--tracker", "none", "--set", "train.lr=0.003"])

@@ -36,8 +36,8 @@ def _grid(tmp_path, shapes_dir, variants):
 
 
 def test_grid_runs_tabulates_and_resumes(tmp_path, shapes_dir):
-    variants = [{"name": "early", "set": {"fusion.kind": "early"}},
-                {"name": "late", "set": {"fusion.kind": "late", "fusion.combine": "logits"}}]
+    variants = [{"name": "early", "set": {"fusion.strategy": "early"}},
+                {"name": "late", "set": {"fusion.strategy": "late", "fusion.combine": "logits"}}]
     path = _grid(tmp_path, shapes_dir, variants)
     log: list[str] = []
     grid_dir = run_grid(path, log=log.append)
@@ -109,7 +109,7 @@ def test_a_preempted_grid_stops_and_goes_on_from_the_checkpoint(tmp_path, shapes
     import time
     from pathlib import Path
 
-    path = _grid(tmp_path, shapes_dir, [{"name": "a", "set": {}}, {"name": "b", "set": {"fusion.kind": "early"}}])
+    path = _grid(tmp_path, shapes_dir, [{"name": "a", "set": {}}, {"name": "b", "set": {"fusion.strategy": "early"}}])
     grid = yaml.safe_load(path.read_text())
     grid.update(isolate=True, seeds=[0], set={"train.epochs": 4, "train.log_every": 1})
     path.write_text(yaml.safe_dump(grid))

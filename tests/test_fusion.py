@@ -19,13 +19,13 @@ SHAPES = {"image": (3, 16, 16), "lidar": (1, 8, 24)}
 MODEL = ModelConfig(embed_dim=8, towers={"image": {"name": "cnn", "params": {"channels": [4, 8]}},
                                          "lidar": {"name": "range_cnn", "params": {"channels": [4, 8]}}})
 VARIANTS = {
-    "early": {"kind": "early"},
-    "intermediate-concat": {"kind": "intermediate", "merge": "concat"},
-    "intermediate-add": {"kind": "intermediate", "merge": "add"},
-    "intermediate-multiply": {"kind": "intermediate", "merge": "multiply", "merge_stage": 2},
-    "late-embedding": {"kind": "late", "combine": "embedding"},
-    "late-logits": {"kind": "late", "combine": "logits"},
-    "transformer": {"kind": "transformer", "token_dim": 8, "heads": 2, "layers": 1},
+    "early": {"strategy": "early"},
+    "intermediate-concat": {"strategy": "intermediate", "merge": "concat"},
+    "intermediate-add": {"strategy": "intermediate", "merge": "add"},
+    "intermediate-multiply": {"strategy": "intermediate", "merge": "multiply", "merge_stage": 2},
+    "late-embedding": {"strategy": "late", "combine": "embedding"},
+    "late-logits": {"strategy": "late", "combine": "logits"},
+    "transformer": {"strategy": "transformer", "token_dim": 8, "heads": 2, "layers": 1},
 }
 
 
@@ -65,26 +65,26 @@ def test_output_shapes_and_gradients_reach_every_tower(name):
 def test_intermediate_merges_at_the_chosen_stage():
     batch = _batch()
     for merge, width in (("concat", 16), ("add", 8), ("multiply", 8)):
-        model = build_fusion(FusionConfig(kind="intermediate", channels=[4, 8, 16], merge=merge, merge_stage=2,
+        model = build_fusion(FusionConfig(strategy="intermediate", channels=[4, 8, 16], merge=merge, merge_stage=2,
                                           size=(8, 16)), MODEL, KINDS, SHAPES, 3)
         assert model.merged_map(batch).shape == (5, width, 4, 8)  # stage 2 of 3: resolution halved once
         assert model(batch).shape == (5, 3)
 
 
 def test_transformer_uses_modality_tokens():
-    model = build_fusion(FusionConfig(kind="transformer", token_dim=8, heads=2, layers=1), MODEL, KINDS, SHAPES, 3)
+    model = build_fusion(FusionConfig(strategy="transformer", token_dim=8, heads=2, layers=1), MODEL, KINDS, SHAPES, 3)
     assert isinstance(model, TransformerFusion) and model.modality_embed.shape == (2, 8)
     assert model.features(_batch()).shape == (5, 8)
 
 
-@pytest.mark.parametrize("kind", ["early", "intermediate", "late", "transformer"])
-def test_downsampling_option_reaches_every_conv(kind):
+@pytest.mark.parametrize("strategy", ["early", "intermediate", "late", "transformer"])
+def test_downsampling_option_reaches_every_conv(strategy):
     for down in ("maxpool", "stride"):
-        model = build_fusion(FusionConfig(kind=kind, channels=[4, 8], downsample=down, token_dim=8, heads=2),
+        model = build_fusion(FusionConfig(strategy=strategy, channels=[4, 8], downsample=down, token_dim=8, heads=2),
                              MODEL, KINDS, SHAPES, 3)
         pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
         strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
-        assert (bool(pools), bool(strided)) == ((True, False) if down == "maxpool" else (False, True)), (kind, down)
+        assert (bool(pools), bool(strided)) == ((True, False) if down == "maxpool" else (False, True)), (strategy, down)
         assert model(_batch()).shape == (5, 3)
 
 
@@ -93,11 +93,11 @@ def test_late_fusion_works_for_non_spatial_modalities_and_early_refuses_them():
     shapes = {"image": (3, 16, 16), "audio": (12, 13)}
     mcfg = ModelConfig(embed_dim=8, towers={"image": {"name": "cnn", "params": {"channels": [4]}},
                                             "audio": {"name": "frames_cnn", "params": {"channels": [8]}}})
-    model = build_fusion(FusionConfig(kind="late"), mcfg, kinds, shapes, 3)
+    model = build_fusion(FusionConfig(strategy="late"), mcfg, kinds, shapes, 3)
     assert isinstance(model, LateFusion)
     batch = {"image": torch.randn(2, 3, 16, 16), "audio": torch.randn(2, 12, 13), "audio_len": torch.tensor([12, 5])}
     assert model(batch).shape == (2, 3)
     with pytest.raises(ValueError, match="audio"):
-        build_fusion(FusionConfig(kind="early"), mcfg, kinds, shapes, 3)
+        build_fusion(FusionConfig(strategy="early"), mcfg, kinds, shapes, 3)
     with pytest.raises(ValueError, match="merge_stage"):
         IntermediateFusion({"a": 1, "b": 1}, (8, 8), 3, [4, 8], merge_stage=3)

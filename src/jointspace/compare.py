@@ -8,8 +8,8 @@ A grid file:
     set: {train.epochs: 10}   # overrides for every variant
     seeds: [0, 1, 2]
     variants:
-      - {name: early, set: {fusion.kind: early}}
-      - {name: late, set: {fusion.kind: late}}
+      - {name: early, set: {fusion.strategy: early}}
+      - {name: late, set: {fusion.strategy: late}}
 
 Run `<variant>-s<seed>` lives in `<output_dir>/<name>/runs/`; its `done.json` marks it finished, and a
 finished run whose resolved config is unchanged is skipped when the grid runs again. The grid folder gets

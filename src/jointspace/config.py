@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -33,6 +34,18 @@ class RunsFailed(JointspaceError, RuntimeError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def renamed_key(raw: Any, old: str, new: str, section: str) -> Any:
+    """A config section as written before its key `old` was named `new` (config files, run folders'
+    config.yaml): read as `new`, with a one-line FutureWarning; both keys at once is an error naming them."""
+    if not isinstance(raw, dict) or old not in raw:
+        return raw
+    if new in raw:
+        raise UsageError(f"{section}.{old} is the former name of {section}.{new}: give only {section}.{new}")
+    warnings.warn(f"{section}.{old} is now called {section}.{new} (the old name is still read)", FutureWarning,
+                  stacklevel=2)
+    return {(new if k == old else k): v for k, v in raw.items()}
 
 
 class SourceConfig(_Strict):
@@ -121,9 +134,14 @@ class TowerConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    kind: Literal["linear", "mlp", "none"] = "linear"  # none: the tower's output as is (embed_dim = its width)
+    type: Literal["linear", "mlp", "none"] = "linear"  # none: the tower's output as is (embed_dim = its width)
     hidden: int = Field(256, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_kind(cls, raw: Any) -> Any:
+        return renamed_key(raw, "kind", "type", "model.head")  # "kind" now means a data kind only
 
 
 class ModelConfig(_Strict):

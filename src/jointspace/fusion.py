@@ -14,14 +14,14 @@ Every model maps a batch dict (modality name -> tensor, as `SplitData.batch` giv
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from jointspace.config import ModelConfig, TowerConfig, _Strict
+from jointspace.config import ModelConfig, TowerConfig, _Strict, renamed_key
 from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind, input_channels, with_role
 from jointspace.model import build_towers, load_heads, tower_config
@@ -33,7 +33,7 @@ from jointspace.towers.image import ConvNet
 class FusionConfig(_Strict):
     """A classifier fusing the run's modalities (`data.modalities`); towers come from `model.towers`."""
 
-    kind: Literal["early", "intermediate", "late", "transformer"] = "late"
+    strategy: Literal["early", "intermediate", "late", "transformer"] = "late"
     size: tuple[int, int] | None = None  # early/intermediate: common HxW (default: the first modality's)
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64])  # early/intermediate CNN stages
     downsample: Literal["maxpool", "stride"] | None = None  # conv stems/towers (None: maxpool / towers' own)
@@ -47,6 +47,11 @@ class FusionConfig(_Strict):
     hidden: int = Field(0, ge=0)  # classifier MLP hidden width (0: linear classifier)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_kind(cls, raw: Any) -> Any:
+        return renamed_key(raw, "kind", "strategy", "fusion")  # "kind" now means a data kind only
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -210,7 +215,7 @@ def build_encoders(mcfg: ModelConfig, kinds: dict[str, str], prep: Prep, embed_d
         towers[m] = tcfg  # keeps freeze / lora / grad_checkpointing
     built = build_towers(mcfg.model_copy(update={"towers": towers}), kinds, prep, init)
     h = mcfg.head
-    heads = nn.ModuleDict({m: build_head(t.out_dim, embed_dim, h.kind, h.hidden, h.dropout) for m, t in built.items()})
+    heads = nn.ModuleDict({m: build_head(t.out_dim, embed_dim, h.type, h.hidden, h.dropout) for m, t in built.items()})
     load_heads(heads, init)
     return ModalityEncoders(nn.ModuleDict(built), heads, [m for m, t in towers.items() if t.freeze])
 
@@ -231,25 +236,26 @@ def build_fusion(fcfg: FusionConfig, mcfg: ModelConfig, kinds: dict[str, str],
     mods = list(kinds)
     shown = shapes_prep(kinds, input_shapes)
     prep = prep.updated(channels=shown.channels) if prep else shown
-    if fcfg.kind in ("early", "intermediate"):
+    if fcfg.strategy in ("early", "intermediate"):
         if init and init["towers"]:
-            raise UsageError(f"fusion.kind={fcfg.kind} has no towers to start from a run (use late or transformer)")
+            raise UsageError(f"fusion.strategy={fcfg.strategy} has no towers to start from a run "
+                             "(use late or transformer)")
         flat = [m for m in mods if not get_kind(kinds[m]).spatial]
         if flat:
-            raise UsageError(f"fusion.kind={fcfg.kind} needs spatial inputs [C, H, W]; {flat} are not "
+            raise UsageError(f"fusion.strategy={fcfg.strategy} needs spatial inputs [C, H, W]; {flat} are not "
                              f"(use late or transformer fusion)")
         in_chans = {m: int(input_shapes[m][0]) for m in mods}
         size = tuple(fcfg.size) if fcfg.size else tuple(int(s) for s in input_shapes[mods[0]][-2:])
         down, f = fcfg.downsample or "maxpool", fcfg
-        if fcfg.kind == "early":
+        if fcfg.strategy == "early":
             return EarlyFusion(in_chans, size, n_classes, f.channels, down, f.norm, f.hidden, f.dropout)
         return IntermediateFusion(in_chans, size, n_classes, f.channels, f.merge, f.merge_stage, down, f.norm,
                                   f.hidden, f.dropout)
-    if fcfg.kind == "late":
+    if fcfg.strategy == "late":
         towers = build_encoders(mcfg, kinds, prep, mcfg.embed_dim, fcfg.downsample, init)
         return LateFusion(towers, mcfg.embed_dim, n_classes, fcfg.combine, fcfg.hidden, fcfg.dropout)
-    if fcfg.kind == "transformer":
+    if fcfg.strategy == "transformer":
         towers = build_encoders(mcfg, kinds, prep, fcfg.token_dim, fcfg.downsample, init)
         return TransformerFusion(towers, fcfg.token_dim, n_classes, fcfg.layers, fcfg.heads, fcfg.hidden,
                                  fcfg.dropout)
-    raise UsageError(f"fusion.kind must be early/intermediate/late/transformer, got {fcfg.kind!r}")
+    raise UsageError(f"fusion.strategy must be early/intermediate/late/transformer, got {fcfg.strategy!r}")

@@ -20,13 +20,13 @@ from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
 class JointModel(nn.Module):
     """Embeds any of its modalities into one L2-normalised space."""
 
-    def __init__(self, towers: dict[str, nn.Module], embed_dim: int, head_kind: str = "linear",
+    def __init__(self, towers: dict[str, nn.Module], embed_dim: int, head_type: str = "linear",
                  head_hidden: int = 256, head_dropout: float = 0.0, init_temperature: float = 0.07,
                  learn_temperature: bool = True, max_logit_scale: float = 100.0, dedupe: bool = True):
         super().__init__()
         self.towers = nn.ModuleDict(towers)
         self.heads = nn.ModuleDict(
-            {m: build_head(t.out_dim, embed_dim, head_kind, head_hidden, head_dropout) for m, t in towers.items()}
+            {m: build_head(t.out_dim, embed_dim, head_type, head_hidden, head_dropout) for m, t in towers.items()}
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)),
                                         requires_grad=learn_temperature)
@@ -161,7 +161,7 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = Non
                 init: dict | None = None) -> JointModel:
     """Build towers for every modality (config entry or the default for its kind) and their heads."""
     towers = build_towers(cfg, kinds, prep, init)
-    model = JointModel(towers, cfg.embed_dim, cfg.head.kind, cfg.head.hidden, cfg.head.dropout,
+    model = JointModel(towers, cfg.embed_dim, cfg.head.type, cfg.head.hidden, cfg.head.dropout,
                        cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale, cfg.dedupe_inputs)
     load_heads(model.heads, init)
     model.kinds = {m: k for m, k in kinds.items() if m in towers}

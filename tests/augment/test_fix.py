@@ -24,7 +24,7 @@ def imbalanced_run(digits_dir, tmp_path_factory):
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[
         f"output_dir={root}/runs", "name=clf", f"data.path={root}/imb", "data.modalities=[image]",
         "data.image_size=8", "model.embed_dim=8", "model.towers.image.name=cnn",
-        "model.towers.image.params.channels=[4, 8]", "fusion.kind=late", "train.epochs=2", "train.batch_size=16",
+        "model.towers.image.params.channels=[4, 8]", "fusion.strategy=late", "train.epochs=2", "train.batch_size=16",
         "train.warmup_steps=0", "tracker=none"])
     return train_classifier(cfg, show_progress=False)
 

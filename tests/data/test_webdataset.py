@@ -222,6 +222,6 @@ def test_numeric_class_folders_sources_without_labels_and_counting(tmp_path):
                 tar.addfile(info, payload)
     assert count_samples([str(tmp_path / "dot.tar")]) == 5
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[f"output_dir={tmp_path}", "name=clf", f"data.urls={tmp_path / 'u1'}",
-                             "data.test_urls=" + str(tmp_path / "u2"), "task=classify", "fusion.kind=late", *TINY])
+                             "data.test_urls=" + str(tmp_path / "u2"), "task=classify", "fusion.strategy=late", *TINY])
     with pytest.raises(Exception, match="no labels"):
         train_classifier(cfg, show_progress=False)

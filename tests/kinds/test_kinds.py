@@ -143,7 +143,7 @@ def test_fusion_classifiers_take_points(fusion, all_kinds_dir, tmp_path):
     from .conftest import all_kinds_overrides
 
     cfg = load_config(None, model=ClassifyRunConfig, overrides=all_kinds_overrides(all_kinds_dir, tmp_path, f"fuse-{fusion}") + [
-        "data.modalities=[image, points]", f"fusion.kind={fusion}", "fusion.token_dim=16", "fusion.heads=2",
+        "data.modalities=[image, points]", f"fusion.strategy={fusion}", "fusion.token_dim=16", "fusion.heads=2",
         "train.epochs=2"])
     run = train_classifier(cfg, show_progress=False)
     summary = json.loads((run / "done.json").read_text())

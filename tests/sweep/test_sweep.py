@@ -56,15 +56,15 @@ def test_bad_input_fails_before_the_first_trial(tmp_path, digits_dir, fields, me
 
 
 def test_a_conditional_key_is_sampled_only_when_its_condition_holds():
-    space = {"model.head.kind": Param(type="categorical", choices=["linear", "mlp"]),
-             "model.head.hidden": Param(type="int", low=16, high=64, when={"model.head.kind": "mlp"}),
+    space = {"model.head.type": Param(type="categorical", choices=["linear", "mlp"]),
+             "model.head.hidden": Param(type="int", low=16, high=64, when={"model.head.type": "mlp"}),
              "train.lr": Param(type="log-float", low=1e-4, high=1e-2)}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: float(len(suggest(t, space, {}))), n_trials=30)
-    kinds = {t.params["model.head.kind"] for t in study.trials}
+    kinds = {t.params["model.head.type"] for t in study.trials}
     assert kinds == {"linear", "mlp"}
     for t in study.trials:
-        assert ("model.head.hidden" in t.params) == (t.params["model.head.kind"] == "mlp")
+        assert ("model.head.hidden" in t.params) == (t.params["model.head.type"] == "mlp")
 
 
 def test_the_trial_worst_at_epoch_one_is_pruned(tmp_path, digits_dir):

@@ -14,7 +14,7 @@ def _cfg(shapes_dir, tmp_path, *extra):
         f"output_dir={tmp_path}", "name=clf", f"data.path={shapes_dir}", "data.modalities=[image, lidar]",
         "data.image_size=16", "model.embed_dim=8", "model.towers.image.name=cnn",
         "model.towers.image.params.channels=[4, 8]", "model.towers.lidar.name=range_cnn",
-        "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=transformer", "fusion.token_dim=8",
+        "model.towers.lidar.params.channels=[4, 8]", "fusion.strategy=transformer", "fusion.token_dim=8",
         "fusion.heads=2", "fusion.layers=1", "fusion.channels=[4, 8]", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=0",
         "train.log_every=1", *extra])
 
@@ -46,7 +46,7 @@ def test_cli_classify_with_wandb_offline(shapes_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     config = tmp_path / "clf.yaml"
     config.write_text(yaml.safe_dump(_cfg(shapes_dir, tmp_path, "train.epochs=1").model_dump(mode="json")))
-    result = CliRunner().invoke(app, ["classify", str(config), "--tracker", "wandb", "--set", "fusion.kind=early"])
+    result = CliRunner().invoke(app, ["classify", str(config), "--tracker", "wandb", "--set", "fusion.strategy=early"])
     assert result.exit_code == 0, result.output
     assert "top-1" in result.output and "recall" in result.output
     run = tmp_path / "clf"

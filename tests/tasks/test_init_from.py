@@ -32,7 +32,7 @@ def joint_run(shapes_dir, tmp_path_factory):
 
 def test_classifier_from_a_joint_space_frozen_tower_and_recorded_fingerprint(joint_run, shapes_dir, tmp_path):
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[f"output_dir={tmp_path}", "name=clf", f"data.path={shapes_dir}", *COMMON,
-                             "task=classify", "fusion.kind=transformer", "fusion.token_dim=8", "fusion.heads=2",
+                             "task=classify", "fusion.strategy=transformer", "fusion.token_dim=8", "fusion.heads=2",
                              f"model.init_from={joint_run}", "model.embed_dim=8",
                              ("model.towers.image={name: cnn, params: {channels: [4, 8]}, freeze: true, "
                              f"init_from: '{joint_run}#image'}}")])
@@ -65,7 +65,7 @@ def test_lora_adapters_are_merged_into_the_started_tower(joint_run, shapes_dir):
 
 def test_mismatched_architecture_and_changed_run_are_named(joint_run, shapes_dir, tmp_path):
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[f"output_dir={tmp_path}", "name=bad", f"data.path={shapes_dir}", *COMMON, "task=classify",
-                             "fusion.kind=late", "model.embed_dim=8",
+                             "fusion.strategy=late", "model.embed_dim=8",
                              f"model.towers.image={{name: cnn, params: {{channels: [4, 16]}}, init_from: '{joint_run}#image'}}"])
     with pytest.raises(ValueError, match=r"model.towers.image: init_from .*parameter 'features\.\d+\.weight' has shape"):
         train_classifier(cfg, show_progress=False)

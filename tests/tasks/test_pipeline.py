@@ -25,7 +25,7 @@ stages:
              train: {{epochs: 1, batch_size: 16, warmup_steps: 0}}, eval: {{linear_probe: false}}}}
   - name: classifier
     config: {{task: classify, tracker: none, data: {{path: {data}, modalities: [image, text], image_size: 16}},
-             fusion: {{kind: transformer, token_dim: 8, heads: 2, dropout: 0.2}},
+             fusion: {{strategy: transformer, token_dim: 8, heads: 2, dropout: 0.2}},
              train: {{epochs: 3, batch_size: 16, warmup_steps: 0, keep_checkpoints: 5}}}}
     set: {{model.init_from: "{{stage:joint}}", model.embed_dim: 8}}
 """

@@ -42,7 +42,7 @@ def test_each_task_reads_its_own_section_and_old_configs_still_load():
     sections = {n: t.sections for n, t in TASKS.items()}
     assert sections.items() >= {"contrastive": (), "classify": ("fusion",), "metric": ("metric",),
                                 "cilp": ("cilp",)}.items()
-    assert config_for({"task": "classify", "fusion": {"kind": "early"}}, "c").fusion.kind == "early"
+    assert config_for({"task": "classify", "fusion": {"strategy": "early"}}, "c").fusion.strategy == "early"
     assert not hasattr(config_for({"task": "metric"}, "m"), "fusion")
     old = {"task": "contrastive", "fusion": {"kind": "late"}, "metric": {}, "cilp": {}}  # a run folder's, before
     assert config_for(old, "old/config.yaml").model_dump().keys().isdisjoint({"fusion", "metric", "cilp"})

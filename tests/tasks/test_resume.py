@@ -52,7 +52,7 @@ def train_steps(run: Path) -> list[int]:
 def test_classifier_resumes_exactly(shapes_dir, tmp_path, checkpoint):
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON,
                              "data.modalities=[image, lidar]", "model.towers.lidar.name=range_cnn",
-                             "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=late", "fusion.dropout=0.3"])
+                             "model.towers.lidar.params.channels=[4, 8]", "fusion.strategy=late", "fusion.dropout=0.3"])
     full = train_classifier(cfg, show_progress=False)
     half = cut_copy(full, checkpoint, "half")
     resumed = train_classifier(cfg.model_copy(update={"name": "half"}), resume=True, show_progress=False)
@@ -116,7 +116,7 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(shap
     .corrupt-<name>, and the run goes on from the one before it to the weights of a straight run."""
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[
         f"output_dir={tmp_path}", "name=full", f"data.path={shapes_dir}", *COMMON, "data.modalities=[image, lidar]",
-        "model.towers.lidar.name=range_cnn", "model.towers.lidar.params.channels=[4, 8]", "fusion.kind=late"])
+        "model.towers.lidar.name=range_cnn", "model.towers.lidar.params.channels=[4, 8]", "fusion.strategy=late"])
     full = train_classifier(cfg, show_progress=False)
     half = cut_copy(full, "epoch_0002", "half")
     target = half / "checkpoints" / "epoch_0002" / ("model.safetensors" if damage == "flip a byte"

@@ -84,6 +84,13 @@ def test_hf_export_loads_back_as_a_tower_and_trains(tiny_cfg, tiny_bert_dir, tmp
             ours = model.encode(m, batch, normalize=False)
             theirs = tower(batch[m], batch.get(f"{m}_len"))
         assert torch.allclose(ours, theirs, atol=1e-6), m
+    image_config = tmp_path / "hf" / "image" / "config.json"  # as exported when the head's `type` was `kind`
+    old = json.loads(image_config.read_text())
+    old["head"]["kind"] = old["head"].pop("type")
+    image_config.write_text(json.dumps(old))
+    with torch.no_grad():
+        theirs = build_tower("jointspace", pretrained=str(image_config.parent)).eval()(batch["image"])
+        assert torch.allclose(model.encode("image", batch, normalize=False), theirs, atol=1e-6)
     again = tiny_cfg("eval.linear_probe=false", "model.towers.text={name: jointspace, params: "
                      f"{{pretrained: {text_dir}}}, lora: {{r: 2}}}}", name="from-export", epochs=1)
     second = train(again, show_progress=False)

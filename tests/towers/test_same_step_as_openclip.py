@@ -34,7 +34,7 @@ def _config(tmp_path, name: str, path: str) -> dict:
         "name": "js", "output_dir": str(tmp_path / "runs"), "tracker": "none", "seed": 0,
         "data": {"path": str(tmp_path / "d"), "modalities": ["image", "text"], "image_size": 16,
                  "context_length": 16},
-        "model": {"embed_dim": 16, "head": {"kind": "none"}, "init_temperature": 0.07,
+        "model": {"embed_dim": 16, "head": {"type": "none"}, "init_temperature": 0.07,
                   "towers": {"image": {"name": "openclip_image", "params": tower},
                              "text": {"name": "openclip_text", "params": tower}}},
         "loss": {"name": "infonce", "positives": "instance"},

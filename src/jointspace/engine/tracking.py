@@ -13,19 +13,19 @@ from jointspace.run_dir import RunDir
 class Tracker:
     """Writes each record to the run's metrics.jsonl and to the chosen tracker."""
 
-    def __init__(self, run_dir: Path, kind: str = "tensorboard", config: dict | None = None, name: str = "run",
+    def __init__(self, run_dir: Path, backend: str = "tensorboard", config: dict | None = None, name: str = "run",
                  enabled: bool = True):
         self.path = RunDir(run_dir).metrics
         self.enabled = enabled  # False on every data-parallel rank but the first
-        kind = kind if enabled else "none"
-        self.kind = kind
+        backend = backend if enabled else "none"
+        self.backend = backend  # config `tracker`: tensorboard, wandb or none (metrics.jsonl always)
         self._tb = None
         self._wandb = None
-        if kind == "tensorboard":
+        if backend == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
-        elif kind == "wandb":
+        elif backend == "wandb":
             wandb = require("wandb", "wandb", "the wandb tracker")
             os.environ.setdefault("WANDB_MODE", "offline")
             self._wandb = wandb.init(project="jointspace", name=name, dir=str(run_dir), config=config or {},

@@ -63,7 +63,7 @@ def _export_modality(job, m: str, folder: Path) -> dict:
     entry, tokenizer = _tower_entry(job, m, tower, folder)
     h = job.cfg.model.head
     cfg = {"model_type": MODEL_TYPE, "modality": m, "kind": kinds[m], "tower": entry,
-           "head": {"kind": h.kind, "hidden": h.hidden, "dropout": h.dropout}, "in_dim": int(tower.out_dim),
+           "head": {"type": h.type, "hidden": h.hidden, "dropout": h.dropout}, "in_dim": int(tower.out_dim),
            "embed_dim": int(model.embed_dim), "tokenizer": tokenizer, "normalize": True,
            "run": str(job.run_dir), "fingerprint": job.fingerprint}
     (folder / CONFIG).write_text(json.dumps(cfg, indent=2))

@@ -30,8 +30,8 @@ def _fold(head: nn.Module, where: str) -> torch.Tensor:
     if isinstance(head, NoHead):
         return torch.eye(head.dim)
     if not isinstance(head, nn.Linear) or head.bias is not None:
-        raise UsageError(f"{where}: head.kind {type(head).__name__} cannot be folded into open_clip's "
-                         "projection (only model.head.kind: linear can); use --format hf or onnx")
+        raise UsageError(f"{where}: head {type(head).__name__} cannot be folded into open_clip's "
+                         "projection (only model.head.type: linear can); use --format hf or onnx")
     return head.weight.detach()
 
 

@@ -137,14 +137,14 @@ def train_classifier(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bo
     plan = plan_of(cfg.train, steps_or_fail(obj.sampler.n_samples, cfg.train.batch_size))
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, plan.total_steps)
-    print(f"run {run_dir}: {cfg.fusion.kind} fusion of {list(kinds)}, {len(train_data)} train samples, "
+    print(f"run {run_dir}: {cfg.fusion.strategy} fusion of {list(kinds)}, {len(train_data)} train samples, "
           f"{n_params:,} parameters, device {device}")
     with PeakMemory(device) as memory:
         result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir), device, resume, show_progress)
     save_weights(model.state_dict(), RunDir(run_dir).weights, RunDir(run_dir).checkpoints)
     test = classification_summary(predict(model, test_data, device, amp=cfg.train.amp), test_data.labels,
                                   test_data.class_names, run_dir, cfg.eval.split, ks=(1, 2, 3, 5))
-    summary = {"task": "classify", "name": cfg.name, "seed": cfg.seed, "fusion": cfg.fusion.kind,
+    summary = {"task": "classify", "name": cfg.name, "seed": cfg.seed, "fusion": cfg.fusion.strategy,
                "test_accuracy": test["top1"], "test_top3": test.get("top3"), "test_loss": test["loss"],
                "val_loss": result.last_val.get("loss"), "val_accuracy": result.last_val.get("accuracy"),
                "n_params": n_params, "trainable_params": count_parameters(model, trainable_only=True),

@@ -53,8 +53,8 @@ class ExportedTower(nn.Module):
         cfg = read_exported(folder)
         self.tower = build_tower(cfg["tower"]["name"], **cfg["tower"]["params"])
         head = cfg["head"]
-        self.head = build_head(int(cfg["in_dim"]), int(cfg["embed_dim"]), head["kind"], head["hidden"],
-                               head["dropout"])
+        head_type = head.get("type", head.get("kind"))  # `kind` in folders exported before the rename
+        self.head = build_head(int(cfg["in_dim"]), int(cfg["embed_dim"]), head_type, head["hidden"], head["dropout"])
         self.load_state_dict(load_file(str(Path(folder).expanduser() / WEIGHTS)))
         self.default_lora_targets = tuple(getattr(self.tower, "default_lora_targets", ()))
         self.out_dim = int(cfg["embed_dim"])

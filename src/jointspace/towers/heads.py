@@ -15,15 +15,16 @@ class NoHead(nn.Identity):
         self.dim = dim
 
 
-def build_head(in_dim: int, embed_dim: int, kind: str = "linear", hidden: int = 256, dropout: float = 0.0) -> nn.Module:
+def build_head(in_dim: int, embed_dim: int, head_type: str = "linear", hidden: int = 256,
+               dropout: float = 0.0) -> nn.Module:
     """A linear or two-layer MLP projection, or none (the tower's width must then be embed_dim)."""
-    if kind == "none":
+    if head_type == "none":
         if in_dim != embed_dim:
-            raise UsageError(f"model.head.kind: none keeps the tower's width {in_dim}, but model.embed_dim is "
+            raise UsageError(f"model.head.type: none keeps the tower's width {in_dim}, but model.embed_dim is "
                              f"{embed_dim}: set model.embed_dim: {in_dim}")
         return NoHead(in_dim)
-    if kind == "linear":
+    if head_type == "linear":
         return nn.Linear(in_dim, embed_dim, bias=False)
-    if kind == "mlp":
+    if head_type == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, embed_dim))
-    raise UsageError(f"head kind must be linear, mlp or none, got {kind!r}")
+    raise UsageError(f"model.head.type must be linear, mlp or none, got {head_type!r}")
