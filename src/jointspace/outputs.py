@@ -1,8 +1,8 @@
 """The one guard of every command that writes a folder: it never replaces what jointspace did not write.
 
-An output folder is of one kind (shard folder, run, index, export, embeddings, samples, audit), and each
-kind is recognised by files only jointspace writes there (`OutputKind.marks`). A command may write `out`
-when it is missing or empty; it replaces an existing folder only when that folder is of its own kind and
+An output folder is of one type (shard folder, run, index, export, embeddings, samples, audit), and each
+type is recognised by files only jointspace writes there (`OutputType.marks`). A command may write `out`
+when it is missing or empty; it replaces an existing folder only when that folder is of its own type and
 `--overwrite` was given. It never writes over the working directory or a folder holding it, nor over its
 own source or a folder holding the source. New contents are written in a staging folder beside `out`
 (same disk) and moved into place whole (`staged`), so a failure leaves the old folder as it was. A
@@ -164,7 +164,7 @@ def _present(folder: Path, name: str) -> bool:
 
 
 def json_with(name: str, *keys: str) -> Callable[[Path], bool]:
-    """A `verify` for kinds marked by a JSON file: `folder/name` is an object holding `keys`."""
+    """A `verify` for output types marked by a JSON file: `folder/name` is an object holding `keys`."""
 
     def verify(folder: Path) -> bool:
         value = json.loads((folder / name).read_text())
@@ -178,8 +178,8 @@ def _holds(parent: Path, child: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class OutputKind:
-    """A kind of folder a command writes: its name in messages, the entries that mark a folder as one (any
+class OutputType:
+    """A type of folder a command writes: its name in messages, the entries that mark a folder as one (any
     one tuple of names, or glob patterns, all present), and optionally a check of what a marked folder
     holds (`verify`: a `dataset.json` of another tool is not a shard folder)."""
 
@@ -193,18 +193,18 @@ class OutputKind:
         return f"{'an' if self.noun[0] in 'aeiou' else 'a'} {self.noun}"
 
     def holds(self, folder: str | Path) -> bool:
-        """Whether `folder` is an output of this kind."""
+        """Whether `folder` is an output of this type."""
         folder = Path(folder)
         if not folder.is_dir() or not any(all(_present(folder, n) for n in names) for names in self.marks):
             return False
         try:
             return self.verify is None or bool(self.verify(folder))
-        except (OSError, ValueError):  # unreadable or not what this kind writes
+        except (OSError, ValueError):  # unreadable or not what this type holds
             return False
 
     def check(self, out: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = (),
               flag: str = "--overwrite") -> bool:
-        """Raise OutputError unless the command may write `out`; True when an existing output of this kind
+        """Raise OutputError unless the command may write `out`; True when an existing output of this type
         will be replaced (with `overwrite`)."""
         out = Path(out)
         where = out.resolve()

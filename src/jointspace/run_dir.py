@@ -16,7 +16,7 @@ from typing import Any, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from jointspace.errors import UsageError
-from jointspace.outputs import OutputKind, atomic_write_text
+from jointspace.outputs import OutputType, atomic_write_text
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -33,7 +33,7 @@ PLOTS = "plots"
 
 RESUME_OR_OVERWRITE = "--resume to continue it or --overwrite"  # the flags that act on an existing run
 # a run folder (any task's, a CILP or pipeline folder) holds its config and one of these from its first step on
-RUN_FOLDER = OutputKind("run folder", tuple((CONFIG, mark) for mark in (
+RUN_FOLDER = OutputType("run folder", tuple((CONFIG, mark) for mark in (
     RUN_INFO, METRICS, DONE, f"{CHECKPOINTS}/{LATEST}", f"*/{CONFIG}", f"*/{METRICS}")))
 
 

@@ -14,7 +14,7 @@ from jointspace.data.dataset import load_split
 from jointspace.errors import UsageError
 from jointspace.index.query import Encoder
 from jointspace.kinds import with_role
-from jointspace.tasks import get_task, run_task
+from jointspace.tasks import get_task, task_of_run
 
 
 def confused_with(analysis: dict, target: str) -> str | None:
@@ -24,7 +24,7 @@ def confused_with(analysis: dict, target: str) -> str | None:
 
 def _joint(run_dir: Path) -> Encoder | None:
     """The run's joint space, when its task's towers form one with a caption and a picture modality; else None."""
-    if not get_task(run_task(run_dir)).joint_space:
+    if not get_task(task_of_run(run_dir)).joint_space:
         return None
     enc = Encoder.from_run(run_dir)
     return enc if with_role(enc.kinds, "captions") and with_role(enc.kinds, "picture") else None

@@ -13,7 +13,7 @@ import torch
 
 from jointspace.augment.model import load_diffusion, make_scheduler
 from jointspace.errors import UsageError, require
-from jointspace.outputs import OutputKind, json_with
+from jointspace.outputs import OutputType, json_with
 from jointspace.run_dir import RUN_INFO, RunDir
 from jointspace.runs import resolve_device
 
@@ -220,7 +220,7 @@ def class_ids(sampler: ClassSampler | PipelineSampler, names: Sequence[str] | No
     return [sampler.class_names.index(n) for n in names]
 
 
-SAMPLES_FOLDER = OutputKind("samples folder", (("samples.json",),), json_with("samples.json", "n_images"))
+SAMPLES_FOLDER = OutputType("samples folder", (("samples.json",),), json_with("samples.json", "n_images"))
 
 
 def write_samples(out: Path, images: dict[int, np.ndarray], class_names: Sequence[str], settings: dict) -> int:

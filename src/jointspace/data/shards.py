@@ -13,11 +13,11 @@ import webdataset as wds
 
 from jointspace.errors import JointspaceError, UsageError
 from jointspace.kinds import decode_file, get_kind
-from jointspace.outputs import OutputKind, json_with
+from jointspace.outputs import OutputType, json_with
 
 INFO_FILE = "dataset.json"
 SPLITS = ("train", "val", "test")
-SHARD_FOLDER = OutputKind("shard folder", ((INFO_FILE,),), json_with(INFO_FILE, "modalities", "splits"))
+SHARD_FOLDER = OutputType("shard folder", ((INFO_FILE,),), json_with(INFO_FILE, "modalities", "splits"))
 
 
 class DataError(JointspaceError, RuntimeError):

@@ -11,12 +11,12 @@ from jointspace.data.shards import DataError
 from jointspace.data.source import shards_arg
 from jointspace.errors import UsageError, require
 from jointspace.evaluate.embed import embed_split
-from jointspace.outputs import OutputKind, json_with
+from jointspace.outputs import OutputType, json_with
 from jointspace.runs import load_run, load_run_split, resolve_device
 
 FORMATS = ("npy", "parquet")
 META = "meta.json"
-EMBEDDINGS_FOLDER = OutputKind("embeddings folder", ((META, "keys.npy"), (META, "*.parquet")),
+EMBEDDINGS_FOLDER = OutputType("embeddings folder", ((META, "keys.npy"), (META, "*.parquet")),
                                json_with(META, "files", "dims"))
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from jointspace.errors import UsageError, require
 from jointspace.model import JointModel
-from jointspace.outputs import OutputKind, json_with
+from jointspace.outputs import OutputType, json_with
 from jointspace.run_dir import RunInfo
 from jointspace.runs import load_run, model_fingerprint
 
 MANIFEST = "jointspace_export.json"
-EXPORT_FOLDER = OutputKind("export", ((MANIFEST,),), json_with(MANIFEST, "format"))
+EXPORT_FOLDER = OutputType("export", ((MANIFEST,),), json_with(MANIFEST, "format"))
 
 
 @dataclass

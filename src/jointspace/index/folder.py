@@ -10,13 +10,13 @@ import faiss
 
 from jointspace.data.shards import DataError, read_json
 from jointspace.index.filters import COLUMNS, IndexStoreError
-from jointspace.outputs import OutputKind, json_with
+from jointspace.outputs import OutputType, json_with
 
 FORMAT = "jointspace-index/1"
 INDEX_FILE, DB_FILE, META_FILE = "index.faiss", "items.sqlite", "meta.json"
 PREVIEWS_FILE = "previews.sqlite"  # a Milvus-backed folder: meta.json (uri, collection) and the previews
 # what `index build --out` may replace: a FAISS folder or a Milvus one
-INDEX_FOLDER = OutputKind("jointspace index", ((META_FILE, INDEX_FILE), (META_FILE, PREVIEWS_FILE)),
+INDEX_FOLDER = OutputType("jointspace index", ((META_FILE, INDEX_FILE), (META_FILE, PREVIEWS_FILE)),
                           json_with(META_FILE, "format", "fingerprint"))
 
 

@@ -48,7 +48,7 @@ def load_task_config(path: str | Path, overrides: list[str] | None = None):
     return config_for(raw, str(path))
 
 
-def run_task(run_dir: str | Path) -> str:
+def task_of_run(run_dir: str | Path) -> str:
     """The task a run folder was trained for (runs from before tasks were recorded: contrastive)."""
     run = RunDir(run_dir)
     if run.has_info():
@@ -60,7 +60,7 @@ def run_task(run_dir: str | Path) -> str:
 
 def require_verb(run_dir: str | Path, verb: str) -> None:
     """Raise a ValueError naming the task when its runs do not support `verb`."""
-    name = run_task(run_dir)
+    name = task_of_run(run_dir)
     if name not in TASKS:
         raise UsageError(f"{run_dir}: {RUN_INFO} names task {name!r}, which this version does not know")
     task = TASKS[name]
@@ -71,4 +71,4 @@ def require_verb(run_dir: str | Path, verb: str) -> None:
 
 
 __all__ = ["DEFAULT_TASK", "TASKS", "Task", "config_for", "get_task", "load_task_config", "register", "require_verb",
-           "run_config", "run_task", "task_of_raw"]
+           "run_config", "task_of_raw", "task_of_run"]

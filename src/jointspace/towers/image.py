@@ -9,14 +9,14 @@ from jointspace.errors import UsageError
 from jointspace.towers.registry import register_tower
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
+def _norm(norm: str, channels: int) -> nn.Module:
+    if norm == "batch":
         return nn.BatchNorm2d(channels)
-    if kind == "group":
+    if norm == "group":
         return nn.GroupNorm(min(8, channels), channels)
-    if kind == "none":
+    if norm == "none":
         return nn.Identity()
-    raise UsageError(f"norm must be batch/group/none, got {kind!r}")
+    raise UsageError(f"norm must be batch/group/none, got {norm!r}")
 
 
 class ConvNet(nn.Module):
