@@ -198,9 +198,9 @@ def embed(
 ) -> None:
     """Write embeddings (+ keys, labels) per modality of a shard folder's split."""
     _require(run, "embed")
-    from jointspace.evaluate.export import export_embeddings
+    from jointspace.evaluate.embeddings_folder import embed_to_folder
 
-    meta = export_embeddings(run, shards, out, split, format_, device, overwrite=overwrite)
+    meta = embed_to_folder(run, shards, out, split, format_, device, overwrite=overwrite)
     dims = ", ".join(f"{m}: {d}-d" for m, d in meta["dims"].items())
     console.print(f"wrote {out} ({meta['n_samples']} samples of {split}; {dims}; {format_})")
 

@@ -45,7 +45,7 @@ def _write_parquet(out: Path, modality: str, emb: np.ndarray, keys: list[str], l
     return f"{modality}.parquet"
 
 
-def export_embeddings(run_dir: str | Path, shards: str | Path, out: str | Path, split: str = "test",
+def embed_to_folder(run_dir: str | Path, shards: str | Path, out: str | Path, split: str = "test",
                       fmt: str = "npy", device: str = "auto", batch_size: int = 512, overwrite: bool = False) -> dict:
     """Embed `split` of `shards` with the run's model and write it under `out`; returns what `meta.json` says.
 
