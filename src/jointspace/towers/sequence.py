@@ -1,4 +1,5 @@
-"""Audio tower over feature frames (MFCC / log-mel) with lengths: 1-D convolutions, masked pooling."""
+"""The `sequence` kind's tower (`frames_cnn`): audio feature frames (MFCC / log-mel) with lengths, 1-D
+convolutions, masked pooling."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Point-cloud tower: PointNet's shared per-point MLP and a symmetric max-pool (Qi et al., 2017)."""
+"""The `points` kind's tower (`pointnet`): PointNet's shared per-point MLP and a symmetric max-pool over a
+point cloud (Qi et al., 2017)."""
 
 from __future__ import annotations
 

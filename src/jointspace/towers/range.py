@@ -1,4 +1,4 @@
-"""Depth / LiDAR range-image tower: a CNN over the azimuth x zenith grid."""
+"""The `range` kind's tower (`range_cnn`): depth / LiDAR range images, a CNN over the azimuth x zenith grid."""
 
 from __future__ import annotations
 
