@@ -12,7 +12,7 @@ import webdataset as wds
 
 from jointspace.config import load_config
 from jointspace.data.dataset import load_split
-from jointspace.data.source import source_of
+from jointspace.data.sources import source_of
 from jointspace.data.stream import ShardStream
 from jointspace.evaluate.retrieval import retrieval_report
 

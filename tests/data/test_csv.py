@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from jointspace.cli import app
 from jointspace.config import load_config
 from jointspace.data.dataset import load_split
-from jointspace.data.source import source_of
+from jointspace.data.sources import source_of
 
 from .test_webdataset import TINY
 

@@ -20,7 +20,7 @@ from jointspace.cli import app
 from jointspace.config import load_config
 from jointspace.data.dataset import load_split
 from jointspace.data.inspect import inspect_shards
-from jointspace.data.source import source_of
+from jointspace.data.sources import source_of
 from jointspace.data.webdataset import expand_urls
 from jointspace.tasks.contrastive import train
 

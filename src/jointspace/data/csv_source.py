@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from jointspace.data.shards import DataError, ReadStats, decode_value
-from jointspace.data.webdataset import Source, key_label, natural
+from jointspace.data.source import Source, key_label, natural
 from jointspace.errors import UsageError
 
 

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from jointspace.config import DataConfig
 from jointspace.data.shards import DataError, ReadStats
-from jointspace.data.source import Source, shards_arg
+from jointspace.data.source import Source
+from jointspace.data.sources import shards_arg
 from jointspace.kinds import with_role
 
 # ---- inspecting ----

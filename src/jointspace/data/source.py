@@ -1,38 +1,68 @@
-"""Which Source a config or a command's argument names: a jointspace shard folder, foreign WebDataset
-shards (`data.urls`) or open_clip-style CSVs (`data.csv`)."""
+"""What a dataset is to the rest of `data/`: a `Source`, and the one every dataset `jointspace data` writes
+is, the shard folder (`FolderSource`).
+
+A `Source` answers what the rest of `data/` asks of a dataset: its info (what dataset.json holds: the
+modalities and their kinds, class names, split sizes), a split's shard URLs, and its decoded samples.
+The other sources are foreign WebDataset shards (`webdataset.WebSource`) and open_clip-style CSVs
+(`csv_source.CsvSource`); which one a config or a command's argument names, and mixing several, is
+`sources.py`. Unlabelled samples of any source get a label of their own (`key_label`).
+"""
 
 from __future__ import annotations
 
-import re
+import hashlib
+from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
-from jointspace.data.csv_source import CsvSource
-from jointspace.data.shards import INFO_FILE, DataError
-from jointspace.data.webdataset import (
-    OPENCLIP_KEYS,
-    FolderSource,
-    Layout,
-    Source,
-    WebSource,
-    expand_urls,
-    parse_keys,
-)
+from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls
 
 
-def source_of(data_cfg) -> Source:
-    """The dataset a `data:` section names: a CSV per split (`data.csv`), foreign shards (`data.urls`),
-    else the shard folder `data.path`."""
-    if data_cfg.csv:
-        return CsvSource({"train": data_cfg.csv, "val": data_cfg.val_csv, "test": data_cfg.test_csv},
-                         data_cfg.csv_img_key, data_cfg.csv_caption_key, data_cfg.csv_separator,
-                         data_cfg.label_key, data_cfg.class_names)
-    if not data_cfg.urls:
-        return FolderSource(data_cfg.path)
-    layout = Layout(parse_keys(data_cfg.keys or OPENCLIP_KEYS), data_cfg.label_from, data_cfg.label_key,
-                    list(data_cfg.class_names))
-    splits = {"train": expand_urls(data_cfg.urls), "val": expand_urls(data_cfg.val_urls),
-              "test": expand_urls(data_cfg.test_urls)}
-    return WebSource(splits, layout, data_cfg.kinds, name=str(data_cfg.urls))
+class SampleLayout(Protocol):
+    """How a source's raw samples decode (foreign shards: `webdataset.Layout`)."""
+
+    def decode(self, raw: dict, modalities: list[str] | None) -> dict: ...
+
+
+class Source:
+    """A dataset: its info, its splits' shard URLs and its samples (see the module docstring)."""
+
+    layout: SampleLayout | None = None  # None: jointspace's own samples
+    name: str = "data"
+
+    @property
+    def info(self) -> dict:
+        raise NotImplementedError
+
+    def urls(self, split: str) -> list[str]:
+        raise NotImplementedError
+
+    def has_split(self, split: str) -> bool:
+        raise NotImplementedError
+
+    def samples(self, urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
+        return iter_samples(urls, stats, modalities, self.layout.decode if self.layout else None)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FolderSource(Source):
+    """A jointspace shard folder: `<root>/<split>/*.tar` and dataset.json."""
+
+    def __init__(self, root: str | Path):
+        self.root, self.name = Path(root), str(root)
+
+    @cached_property
+    def info(self) -> dict:
+        return read_info(self.root)
+
+    def urls(self, split: str) -> list[str]:
+        return split_urls(self.root, split)
+
+    def has_split(self, split: str) -> bool:
+        return (self.root / split).is_dir()
 
 
 def as_source(root: str | Path | Source) -> Source:
@@ -40,19 +70,14 @@ def as_source(root: str | Path | Source) -> Source:
     return root if isinstance(root, Source) else FolderSource(root)
 
 
-def shards_arg(text: str | Path, data_cfg) -> Source:
-    """A command's SHARDS argument: a jointspace shard folder, else foreign shard URLs read with the run's
-    `data.keys` and labels."""
-    path = Path(str(text))
-    if (path / INFO_FILE).exists():
-        return FolderSource(path)
-    if not path.exists() and not re.search(r"[{}*?\[]|::|^[A-Za-z][\w+.-]*:", str(text)):
-        raise DataError(f"{text}: no such shard folder, file or shard pattern")
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return source_of(data_cfg.model_copy(update={"csv": str(text), "val_csv": None, "test_csv": None,
-                                                     "urls": None}))
-    return source_of(data_cfg.model_copy(update={"urls": str(text), "val_urls": None, "test_urls": None,
-                                                 "csv": None, "val_csv": None, "test_csv": None}))
+def key_label(key: str) -> int:
+    """A label of a sample's own (62-bit hash of its key), for datasets without labels."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") >> 2
 
 
-__all__ = ["CsvSource", "FolderSource", "Source", "as_source", "shards_arg", "source_of"]
+def natural(name: str) -> tuple:
+    """Sort key of class names: numbers by value (1, 2, 10), then names."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+__all__ = ["FolderSource", "SampleLayout", "Source", "as_source", "key_label", "natural"]

@@ -1,4 +1,6 @@
-"""The train split mixed from several shard folders, with per-source upsampling and resampling.
+"""A run's sources: which `Source` a config or a command's argument names (a jointspace shard folder,
+foreign WebDataset shards `data.urls`, open_clip-style CSVs `data.csv`), and the train split mixed from
+several of them (`data.sources`), with per-source upsampling and resampling.
 
 As open_clip's `--train-data-upsampling-factors` with `--dataset-resampled`: with `data.resampled`,
 every epoch draws `samples_per_epoch` samples with replacement, a sample of source i with probability
@@ -8,16 +10,57 @@ proportional to weight_i (so source i gets weight_i x size_i of the mass). The d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from jointspace.config import DataConfig
+from jointspace.data.csv_source import CsvSource
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
-from jointspace.data.source import shards_arg, source_of
+from jointspace.data.shards import INFO_FILE, DataError
+from jointspace.data.source import FolderSource, Source
+from jointspace.data.webdataset import OPENCLIP_KEYS, Layout, WebSource, expand_urls, parse_keys
 from jointspace.kinds import Prep
+
+# ---- which Source: a config's `data:` section, a command's SHARDS argument ----
+
+
+def source_of(data_cfg: DataConfig) -> Source:
+    """The dataset a `data:` section names: a CSV per split (`data.csv`), foreign shards (`data.urls`),
+    else the shard folder `data.path`."""
+    if data_cfg.csv:
+        return CsvSource({"train": data_cfg.csv, "val": data_cfg.val_csv, "test": data_cfg.test_csv},
+                         data_cfg.csv_img_key, data_cfg.csv_caption_key, data_cfg.csv_separator,
+                         data_cfg.label_key, data_cfg.class_names)
+    if not data_cfg.urls:
+        return FolderSource(data_cfg.path)
+    layout = Layout(parse_keys(data_cfg.keys or OPENCLIP_KEYS), data_cfg.label_from, data_cfg.label_key,
+                    list(data_cfg.class_names))
+    splits = {"train": expand_urls(data_cfg.urls), "val": expand_urls(data_cfg.val_urls),
+              "test": expand_urls(data_cfg.test_urls)}
+    return WebSource(splits, layout, data_cfg.kinds, name=str(data_cfg.urls))
+
+
+def shards_arg(text: str | Path, data_cfg: DataConfig) -> Source:
+    """A command's SHARDS argument: a jointspace shard folder, else foreign shard URLs read with the run's
+    `data.keys` and labels."""
+    path = Path(str(text))
+    if (path / INFO_FILE).exists():
+        return FolderSource(path)
+    if not path.exists() and not re.search(r"[{}*?\[]|::|^[A-Za-z][\w+.-]*:", str(text)):
+        raise DataError(f"{text}: no such shard folder, file or shard pattern")
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return source_of(data_cfg.model_copy(update={"csv": str(text), "val_csv": None, "test_csv": None,
+                                                     "urls": None}))
+    return source_of(data_cfg.model_copy(update={"urls": str(text), "val_urls": None, "test_urls": None,
+                                                 "csv": None, "val_csv": None, "test_csv": None}))
+
+
+# ---- the train split mixed from several sources (`data.sources`) ----
 
 
 def load_sources(data_cfg: DataConfig, split: str, class_names: list[str] | None = None,

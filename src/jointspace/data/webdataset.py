@@ -1,19 +1,15 @@
-"""Where a dataset's samples come from: a jointspace shard folder (with dataset.json) or foreign WebDataset
-shards as img2dataset and open_clip_train write them (`jpg`/`png`/`webp`, `txt`, `json`, optional `cls`
-per key, no dataset.json), named by URL patterns as open_clip takes them.
+"""Foreign WebDataset shards as a `Source` (`WebSource`): shards as img2dataset and open_clip_train write
+them (`jpg`/`png`/`webp`, `txt`, `json`, optional `cls` per key, no dataset.json), named by URL patterns
+as open_clip takes them.
 
-A `Source` answers what the rest of `data/` asks of a dataset: its info (what dataset.json holds: the
-modalities and their kinds, class names, split sizes), a split's shard URLs, and its decoded samples.
-For foreign shards, `Layout` says which member of a sample holds each modality (`data.keys`) and where
-the label is (`cls`, a `json` field, or the shard's class folder); unlabelled samples get a label of
-their own (a hash of the key), so label positives become instance positives.
+`Layout` says which member of a sample holds each modality (`data.keys`) and where the label is (`cls`,
+a `json` field, or the shard's class folder); unlabelled samples get a label of their own (a hash of the
+key: `source.key_label`), so label positives become instance positives.
 """
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from glob import glob
@@ -22,15 +18,8 @@ from typing import Any
 
 import braceexpand
 
-from jointspace.data.shards import (
-    DataError,
-    ReadStats,
-    decode_value,
-    iter_raw,
-    iter_samples,
-    read_info,
-    split_urls,
-)
+from jointspace.data.shards import DataError, ReadStats, decode_value, iter_raw
+from jointspace.data.source import Source, key_label, natural
 from jointspace.errors import UsageError
 from jointspace.kinds import kind_for_extension
 
@@ -54,11 +43,6 @@ def expand_urls(spec: str | list[str] | None) -> list[str]:
             else:
                 out.append(url)
     return out
-
-
-def key_label(key: str) -> int:
-    """A label of a sample's own (62-bit hash of its key), for shards without labels."""
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") >> 2
 
 
 @dataclass
@@ -122,46 +106,6 @@ class Layout:
                 raise UsageError(f"label {index} is out of range (classes: {len(self.class_names)})")
             return index
         raise UsageError(f"label {label!r} is not one of data.class_names")
-
-
-class Source:
-    """A dataset: its info, its splits' shard URLs and its samples (see the module docstring)."""
-
-    layout: Layout | None = None
-    name: str = "data"
-
-    @property
-    def info(self) -> dict:
-        raise NotImplementedError
-
-    def urls(self, split: str) -> list[str]:
-        raise NotImplementedError
-
-    def has_split(self, split: str) -> bool:
-        raise NotImplementedError
-
-    def samples(self, urls: list[str], stats: ReadStats, modalities: list[str] | None = None) -> Iterator[dict]:
-        return iter_samples(urls, stats, modalities, self.layout.decode if self.layout else None)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class FolderSource(Source):
-    """A jointspace shard folder: `<root>/<split>/*.tar` and dataset.json."""
-
-    def __init__(self, root: str | Path):
-        self.root, self.name = Path(root), str(root)
-
-    @cached_property
-    def info(self) -> dict:
-        return read_info(self.root)
-
-    def urls(self, split: str) -> list[str]:
-        return split_urls(self.root, split)
-
-    def has_split(self, split: str) -> bool:
-        return (self.root / split).is_dir()
 
 
 class WebSource(Source):
@@ -247,11 +191,6 @@ class WebSource(Source):
                 "source": self.name}
 
 
-def natural(name: str) -> tuple:
-    """Sort key: numbers by value (1, 2, 10), then names."""
-    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
-
-
 def _member_key(name: str) -> str:
     """The sample key of a tar member, as webdataset groups them: its path up to the first dot of its name."""
     path = Path(name.removeprefix("./"))
@@ -277,14 +216,4 @@ def parse_keys(keys: dict[str, str]) -> dict[str, list[str]]:
     return {m: [k.strip().lower() for k in str(v).split(";") if k.strip()] for m, v in keys.items()}
 
 
-__all__ = [
-    "OPENCLIP_KEYS",
-    "FolderSource",
-    "Layout",
-    "Source",
-    "WebSource",
-    "count_samples",
-    "expand_urls",
-    "key_label",
-    "parse_keys",
-]
+__all__ = ["OPENCLIP_KEYS", "Layout", "WebSource", "count_samples", "expand_urls", "parse_keys"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.data.shards import DataError
-from jointspace.data.source import shards_arg
+from jointspace.data.sources import shards_arg
 from jointspace.errors import UsageError, require
 from jointspace.evaluate.embed import embed_split
 from jointspace.outputs import OutputType, json_with

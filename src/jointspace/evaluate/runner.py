@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from jointspace.data.dataset import SplitData, remap_info
-from jointspace.data.source import shards_arg, source_of
+from jointspace.data.sources import shards_arg, source_of
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
 from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split, embed_values
 from jointspace.evaluate.retrieval import retrieval_report

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from jointspace.data.source import shards_arg, source_of
+from jointspace.data.sources import shards_arg, source_of
 from jointspace.runs import load_run_split, run_prep
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from jointspace.data.shards import DataError, ReadStats
-from jointspace.data.source import Source, shards_arg
+from jointspace.data.source import Source
+from jointspace.data.sources import shards_arg
 from jointspace.index.backend import Store, check_backend, open_store
 from jointspace.index.bulk import build_store
 from jointspace.index.folder import INDEX_FOLDER

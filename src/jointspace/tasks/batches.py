@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from jointspace.config import RunConfig
+from jointspace.data.csv_source import CsvSource
 from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples
-from jointspace.data.source import CsvSource, shards_arg, source_of
-from jointspace.data.sources import TrainSampler, source_label_lookups
+from jointspace.data.sources import TrainSampler, shards_arg, source_label_lookups, source_of
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
 from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
 from jointspace.kinds import Prep, get_kind, input_channels, ready, to_inputs, with_role

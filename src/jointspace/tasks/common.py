@@ -13,8 +13,8 @@ from jointspace.config import RunConfig, TrainConfig, save_config
 from jointspace.data.builtin import synth_size, synthesize
 from jointspace.data.dataset import SplitData, load_split, steps_per_epoch
 from jointspace.data.shards import INFO_FILE, DataError, read_info
-from jointspace.data.source import Source, source_of
-from jointspace.data.sources import load_sources
+from jointspace.data.source import Source
+from jointspace.data.sources import load_sources, source_of
 from jointspace.engine import Plan, seed_everything
 from jointspace.engine.tracking import Tracker
 from jointspace.errors import UsageError

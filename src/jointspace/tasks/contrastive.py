@@ -15,7 +15,7 @@ from pydantic import Field
 
 from jointspace.config import RunConfig, load_config
 from jointspace.data.dataset import SplitData
-from jointspace.data.source import source_of
+from jointspace.data.sources import source_of
 from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.distributed import DistInfo, barrier, cleanup, init_distributed, wrap_ddp
