@@ -75,6 +75,14 @@ def recognise_column(column: str, values: list[str]) -> str | None:
     return next((k.name for k in ordered if k.recognise(column, values)), None)
 
 
+def recognise_folder(folder: str, exts: set[str]) -> str | None:
+    """The kind of a modality subfolder by its name and its files' extensions: a kind whose folder words
+    name it first, then by extension alone (fallback kinds last), or None."""
+    fits = [k for k in _KINDS.values() if k.recognise_folder(folder, exts)]
+    fits.sort(key=lambda k: (not k.names_folder(folder), k.fallback))
+    return fits[0].name if fits else None
+
+
 def kind_for_alias(word: str) -> str | None:
     """The kind a query word names ("audio", "lidar", "points", ...), or None."""
     word = word.lower()
@@ -130,10 +138,10 @@ def describe() -> list[dict]:
     """Registered kinds: name, extensions, aliases, default tower, roles."""
     roles = ("spatial", "captions", "picture")
     return [{"name": k.name, "extensions": list(k.extensions), "aliases": list(k.aliases),
-             "default_tower": k.default_tower, "roles": [r for r in roles if getattr(k, r)]}
+             "folder_words": list(k.folder_words), "default_tower": k.default_tower, "roles": [r for r in roles if getattr(k, r)]}
             for k in _KINDS.values()]
 
 
 __all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "Size", "all_kinds", "decode_file", "describe", "fit_prep",
-           "get_kind", "input_channels", "kind_for_alias", "kind_for_extension", "preview_modality", "recognise_column", "register",
-           "size_fields", "to_inputs", "with_role"]
+           "get_kind", "input_channels", "kind_for_alias", "kind_for_extension", "preview_modality", "recognise_column",
+           "recognise_folder", "register", "size_fields", "to_inputs", "with_role"]

@@ -9,6 +9,8 @@ Nothing outside `kinds/` branches on a kind's name.
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -106,6 +108,9 @@ class Kind:
     extensions: tuple[str, ...] = ()  # stored file extensions read as this kind (the first is written)
     signatures: tuple[bytes, ...] = ()  # leading bytes of the files it reads (a query file with no extension)
     aliases: tuple[str, ...] = ()  # words that name the kind in queries and manifest column names
+    folder_words: tuple[str, ...] = ()  # words in a modality subfolder's name that name it (rgb, lidar...)
+    word_needed: bool = False  # a subfolder is this kind only when its name says so (not by extension alone)
+    grid_files: tuple[str, ...] = ()  # files beside a folder of values that describe them all (angle grids)
     default_tower: str = ""
     spatial: bool = False  # inputs are [C, H, W] maps (early / intermediate fusion can stack them)
     captions: bool = False  # values are captions: zero-shot prompts, caption positives, text tables
@@ -132,6 +137,28 @@ class Kind:
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         """Validate one manifest cell: (value to store, shape signature that must agree over rows); raises BadCell."""
         raise NotImplementedError
+
+    # ---- folders of files (`<class>/<modality>/<stem>.<ext>`) ----
+    def names_folder(self, folder: str) -> bool:
+        """Whether a subfolder's name holds one of `folder_words` (words split at non-letters; plural s)."""
+        words = {w for tok in re.split(r"[^a-z0-9]+", folder.lower()) for w in (tok, tok.removesuffix("s"))}
+        return bool(words & set(self.folder_words))
+
+    def recognise_folder(self, folder: str, exts: set[str]) -> bool:
+        """Whether a modality subfolder (its name, its files' lower-case extensions) holds this kind."""
+        return bool(exts) and exts <= set(self.extensions) and (not self.word_needed or self.names_folder(folder))
+
+    def folder_value(self, path: Path, root: Path) -> Any:
+        """What one file of a modality subfolder gives `check_cell`: its path relative to `root`."""
+        return path.relative_to(root).as_posix()
+
+    def read_grid(self, arrays: dict[str, np.ndarray], values: Iterable[np.ndarray], where: str) -> dict:
+        """The `grid_files` arrays (by stem) checked against the values they describe: a JSON-able grid."""
+        raise UsageError(f"{where}: {self.name} values have no grid")
+
+    def to_points(self, value: Any, grid: dict) -> np.ndarray:
+        """One value as 3-D points [N, 3] in the sensor frame, with its `read_grid` grid."""
+        raise UsageError(f"{self.name} values cannot be turned into 3-D points")
 
     # ---- tensors ----
     def fit(self, name: str, values: list, prep: Prep) -> Prep:

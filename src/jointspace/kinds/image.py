@@ -87,6 +87,7 @@ class ImageKind(Kind):
     extensions = ("png", "jpg", "jpeg", "webp", "bmp")
     signatures = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"BM")
     aliases = ("image", "img", "picture", "photo")
+    folder_words = ("rgb", "image", "img", "camera", "cam", "photo", "picture")
     default_tower = "cnn"
     spatial = True
     picture = True

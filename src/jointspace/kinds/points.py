@@ -50,6 +50,8 @@ class PointsKind(NpyKind):
     name = "points"
     column_words = POINT_WORDS
     aliases = ("points", "pointcloud", "point_cloud", "cloud")
+    folder_words = ("point", "pointcloud", "cloud", "pcd", "xyz")
+    word_needed = True
     default_tower = "pointnet"
     ranged = True
     preview_rank = 2

@@ -41,6 +41,7 @@ def trim_padding(a: np.ndarray) -> np.ndarray:
 class SequenceKind(NpyKind):
     name = "sequence"
     aliases = ("sequence", "audio", "speech", "frames", "mfcc")
+    folder_words = ("audio", "speech", "sound", "voice", "mfcc", "sequence", "feature")
     default_tower = "frames_cnn"
     preview_rank = 3
     fallback = True  # a .npy column that no other kind claims by its name

@@ -70,6 +70,7 @@ class TextKind(Kind):
     name = "text"
     extensions = ("txt", "caption", "text")
     aliases = ("text", "caption", "txt")
+    folder_words = ("text", "caption", "txt", "description", "transcript")
     default_tower = "transformer"
     captions = True
     sizes = (Size("context_length", 16, minimum=2, doc="tokens per caption, start and end tokens included"),)
@@ -82,6 +83,10 @@ class TextKind(Kind):
 
     def check_cell(self, value: Any, base: Path, column: str) -> tuple[Any, Any]:
         return str(value), None
+
+    def folder_value(self, path: Path, root: Path) -> str:
+        """A caption file's text (undecodable bytes replaced), stripped."""
+        return path.read_text(encoding="utf-8", errors="replace").strip()
 
     def to_tensors(self, name: str, values: list, prep: Prep) -> dict[str, torch.Tensor]:
         return {name: make_tokenizer(prep.context_length, prep.tokenizers.get(name))(list(values))}

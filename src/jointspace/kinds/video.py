@@ -71,6 +71,7 @@ class VideoKind(Kind):
     extensions = ("npz",)
     signatures = (b"PK\x03\x04",)
     aliases = ("video", "clip", "movie")
+    folder_words = ("video", "clip", "movie")
     default_tower = "video_cnn"
     preview_rank = 1
     sizes = (IMAGE_SIZE, VIDEO_FRAMES)
