@@ -56,27 +56,42 @@ def data_synth(
 @data_app.command("pack")
 @_friendly
 def data_pack(
-    source: Annotated[Path, typer.Argument(help="CSV/JSONL manifest, or a folder of class folders")],
+    source: Annotated[Path, typer.Argument(help="CSV/JSONL manifest, or a folder of class folders (of files, "
+                                           "or of one subfolder per modality, paired by file stem)")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     seed: int = 0,
     maxcount: int = 1000,
     max_bad_fraction: float = 0.01,
     label_map: Annotated[str | None, typer.Option(help="JSON {old: new} merging classes")] = None,
-    val_fraction: Annotated[float, typer.Option(help="carve a stratified val split of this share from train "
-                                                "when the source has none (seeded)")] = 0.0,
+    val_fraction: Annotated[float, typer.Option(help="a stratified val split of this share (seeded), "
+                                                "when the source has none (carved from train)")] = 0.0,
+    test_fraction: Annotated[float, typer.Option(help="a stratified test split of this share (seeded), "
+                                                 "when the source has none (carved from train)")] = 0.0,
+    allow_missing: Annotated[bool, typer.Option(help="class folders lacking a modality subfolder: keep the "
+                                                "samples that have every modality (default: an error)")] = False,
+    points_from: Annotated[str | None, typer.Option(help="also store each scan of this range modality as 3-D "
+                                                    "points (hits only), made with azimuth.npy/zenith.npy")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing shard folder (never another folder)")] = False,
 ) -> None:
     """Pack user data (manifest or class folders) into shards."""
     from jointspace.data.manifest import pack_folder, pack_manifest
+    from jointspace.data.pack_notes import pack_notes
+    from jointspace.errors import UsageError
 
     mapping = json.loads(label_map) if label_map else None
     kw = {"label_map": mapping, "seed": seed, "maxcount": maxcount, "max_bad_fraction": max_bad_fraction,
-          "val_fraction": val_fraction, "overwrite": overwrite}
-    info = pack_folder(source, out, **kw) if source.is_dir() else pack_manifest(source, out, **kw)
+          "val_fraction": val_fraction, "test_fraction": test_fraction, "overwrite": overwrite}
+    if source.is_dir():
+        info = pack_folder(source, out, **kw, allow_missing=allow_missing, points_from=points_from)
+    elif allow_missing or points_from:
+        raise UsageError("--allow-missing and --points-from read a folder of class folders, not a manifest")
+    else:
+        info = pack_manifest(source, out, **kw)
     counts = ", ".join(f"{s}: {v['n_samples']}" for s, v in info["splits"].items())
-    console.print(f"wrote {out} ({counts}); skipped {info.get('skipped', 0)} bad rows", soft_wrap=True)
-    for row in info.get("skipped_rows", [])[:5]:
-        console.print(f"  skipped {row}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"wrote {out} ({counts}); modalities {info['modalities']}; skipped {info.get('skipped', 0)} "
+                  "bad rows", soft_wrap=True, markup=False, highlight=False)
+    for line in pack_notes(info):
+        console.print(f"  {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 @data_app.command("subsample")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,15 @@ from typing import Any
 import numpy as np
 
 from jointspace.data import shards
+from jointspace.data.folders import SPLIT_ALIASES, has_modality_folders, read_modality_folders
 from jointspace.data.shards import DataError, write_dataset
 from jointspace.errors import UsageError
-from jointspace.kinds import KINDS, BadCell, get_kind, recognise_column
+from jointspace.kinds import KINDS, BadCell, get_kind, recognise_column, with_role
 from jointspace.kinds.image import IMAGE_EXTS
 from jointspace.outputs import OutputError
 
 RESERVED = ("label", "split", "key")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                 "dev": "val", "test": "test", "testing": "test"}
+MAX_PROMPTS = 32  # zero-shot prompts recorded per class from its captions
 _Bad = BadCell  # one unusable row: "column: reason"
 
 
@@ -147,21 +149,62 @@ def _check_row(n: int, rec: dict, base: Path, modalities: dict[str, str], use_sp
     return {"key": key, **values, "name": label, "split": split, "meta": meta}
 
 
-def carve_val(samples: list[dict], val_fraction: float, seed: int) -> int:
-    """Move a stratified `val_fraction` of the train samples to val (seeded); returns how many moved."""
+def carve_splits(samples: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, int]:
+    """Move stratified shares of the train samples to val and test (seeded), each only when the source has
+    none of that split; returns how many moved to each."""
+    have = {s["split"] for s in samples}
+    shares = [0.0 if "val" in have else val_fraction, 0.0 if "test" in have else test_fraction]
     train = [s for s in samples if s["split"] == "train"]
-    moved = 0
-    for s, split in zip(train, stratified_splits([s["label"] for s in train], (1 - val_fraction, val_fraction, 0),
-                                                 seed)):
-        if split == "val":
-            s["split"], moved = "val", moved + 1
+    moved = {"val": 0, "test": 0}
+    if not any(shares) or not train:
+        return moved
+    for s, split in zip(train, stratified_splits([s["label"] for s in train], (1 - sum(shares), *shares), seed)):
+        if split != "train":
+            s["split"], moved[split] = split, moved[split] + 1
     return moved
+
+
+def assign_splits(good: list[dict], use_split: bool, split_fractions: Sequence[float], val_fraction: float,
+                  test_fraction: float, seed: int) -> dict:
+    """Each sample's split: the source's, else stratified by `split_fractions` (val / test shares replaced
+    by the fractions given); missing val / test carved from train. Returns what dataset.json records."""
+    for flag, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise UsageError(f"{flag} must be in [0, 1), got {f}")
+    if val_fraction + test_fraction >= 1.0:
+        raise UsageError(f"--val-fraction {val_fraction} + --test-fraction {test_fraction} leave no train samples")
+    if not use_split:
+        fr = np.asarray(split_fractions, dtype=float) / max(float(np.sum(split_fractions)), 1e-12)
+        if val_fraction or test_fraction:
+            v, t = val_fraction or fr[1], test_fraction or fr[2]
+            fr = np.array([max(1.0 - v - t, 0.0), v, t])
+        for s, split in zip(good, stratified_splits([s["label"] for s in good], fr, seed)):
+            s["split"] = split
+        return {"split_source": [round(float(f), 6) for f in fr]}
+    moved = carve_splits(good, val_fraction, test_fraction, seed)
+    out: dict = {"split_source": "column"}
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if moved[split]:
+            out[f"{split}_carved_from_train"] = {"fraction": fraction, "n_samples": moved[split]}
+    return out
+
+
+def caption_prompts(samples: list[dict], modality: str, class_names: list[str]) -> dict[str, list[str]]:
+    """Each class's distinct captions, the most frequent first (ties: first seen), at most MAX_PROMPTS:
+    from the train split, or every split for a class that train lacks."""
+    out = {}
+    for label, name in enumerate(class_names):
+        own = [s for s in samples if s["label"] == label]
+        train = [s for s in own if s["split"] == "train"] or own
+        counts = Counter(str(s[modality]).strip() for s in train if str(s[modality]).strip())
+        out[name] = [c for c, _ in counts.most_common(MAX_PROMPTS)]
+    return out
 
 
 def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, modalities: dict[str, str],
                  label_map: dict[str, str] | None, split_fractions: Sequence[float], seed: int,
                  maxcount: int, max_bad_fraction: float, extra: dict, val_fraction: float = 0.0,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, test_fraction: float = 0.0) -> dict:
     """Check every record, split the good ones and write shards; bad rows are skipped and counted. An
     existing shard folder at `out_dir` is replaced only with `overwrite`; the source (`extra['source']`)
     and any other folder never."""
@@ -192,16 +235,12 @@ def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, mod
     index = {c: i for i, c in enumerate(class_names)}
     for s in good:
         s["label"] = index[s.pop("name")]
-    if not use_split:
-        for s, split in zip(good, stratified_splits([s["label"] for s in good], split_fractions, seed)):
-            s["split"] = split
-    if not 0.0 <= val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    carved = carve_val(good, val_fraction, seed) if val_fraction and not any(s["split"] == "val" for s in good) else 0
-    extra = {**extra, **({"val_carved_from_train": {"fraction": val_fraction, "n_samples": carved}} if carved else {})}
+    extra = {**extra, **assign_splits(good, use_split, split_fractions, val_fraction, test_fraction, seed)}
+    captions = with_role(modalities, "captions")
+    if captions:  # zero-shot prompts in the data's own words (eval says it used them: "captions")
+        extra.update(zero_shot_prompts=caption_prompts(good, captions, class_names), zero_shot_prompts_from="captions")
     by_split = {sp: [s for s in good if s["split"] == sp] for sp in shards.SPLITS}
-    extra = {**extra, "seed": seed, "label_map": label_map, "skipped": len(bad), "skipped_rows": bad[:20],
-             "split_source": "column" if use_split else list(split_fractions)}
+    extra = {**extra, "seed": seed, "label_map": label_map, "skipped": len(bad), "skipped_rows": bad[:20]}
     return write_dataset(out_dir, {sp: v for sp, v in by_split.items() if v}, modalities, class_names, extra,
                          maxcount=maxcount, overwrite=overwrite, sources=[extra["source"]])
 
@@ -209,10 +248,10 @@ def pack_records(records: list[tuple[str, dict]], base: Path, out_dir: Path, mod
 def pack_manifest(manifest: Path, out_dir: Path, modalities: dict[str, str] | None = None,
                   label_map: dict[str, str] | None = None, split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
                   seed: int = 0, maxcount: int = 1000, max_bad_fraction: float = 0.01,
-                  val_fraction: float = 0.0, overwrite: bool = False) -> dict:
+                  val_fraction: float = 0.0, overwrite: bool = False, test_fraction: float = 0.0) -> dict:
     """Pack a CSV/TSV/JSONL manifest into shards (file paths relative to the manifest's folder); returns
-    dataset.json content plus `skipped`. `val_fraction`: a stratified val split carved from train when
-    the source has none."""
+    dataset.json content plus `skipped`. `val_fraction` / `test_fraction`: stratified splits of those
+    shares when the source has none (carved from train when it has a split column)."""
     manifest, out_dir = Path(manifest), Path(out_dir)
     records = read_manifest(manifest)
     if not records:
@@ -228,19 +267,32 @@ def pack_manifest(manifest: Path, out_dir: Path, modalities: dict[str, str] | No
     shards.SHARD_FOLDER.check(out_dir, overwrite, [manifest])
     extra = {"name": manifest.stem, "source": str(manifest)}
     return pack_records(records, manifest.resolve().parent, out_dir, modalities, label_map, split_fractions, seed,
-                        maxcount, max_bad_fraction, extra, val_fraction, overwrite)
+                        maxcount, max_bad_fraction, extra, val_fraction, overwrite, test_fraction)
 
 
 def pack_folder(root: Path, out_dir: Path, label_map: dict[str, str] | None = None,
                 split_fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0, maxcount: int = 1000,
-                max_bad_fraction: float = 0.01, val_fraction: float = 0.0, overwrite: bool = False) -> dict:
-    """Pack `root/<class>/*.png|jpg` (or `root/<split>/<class>/...`) with optional `.txt` captions;
-    `val_fraction`: a stratified val split carved from train when the folders have none."""
+                max_bad_fraction: float = 0.01, val_fraction: float = 0.0, overwrite: bool = False,
+                test_fraction: float = 0.0, allow_missing: bool = False, points_from: str | None = None) -> dict:
+    """Pack class folders: `root/<class>/*.png|jpg` with optional `.txt` captions, or one subfolder per
+    modality, `root/<class>/<modality>/<stem>.<ext>` paired by stem (data/folders.py: `allow_missing`,
+    `points_from`); either under `root/<split>/` too. `val_fraction` / `test_fraction`: stratified splits
+    of those shares when the folders have none."""
     root, out_dir = Path(root), Path(out_dir)
-    records = folder_records(root)
+    by_modality = has_modality_folders(root)
+    if not by_modality and (allow_missing or points_from):
+        raise UsageError(f"{root}: --allow-missing and --points-from read class folders with one subfolder per "
+                         "modality (<class>/<modality>/<stem>.<ext>); these class folders hold files")
+    records = [] if by_modality else folder_records(root)
     shards.SHARD_FOLDER.check(out_dir, overwrite, [root])
     if out_dir.resolve().is_relative_to(root.resolve()):  # it would be read as a class folder next time
         raise OutputError(f"{out_dir}: inside the class folders of {root}; write the shards elsewhere")
     extra = {"name": root.name, "source": str(root)}
-    return pack_records(records, root.resolve(), out_dir, {"image": "image", "text": "text"}, label_map,
-                        split_fractions, seed, maxcount, max_bad_fraction, extra, val_fraction, overwrite)
+    args = (label_map, split_fractions, seed, maxcount, max_bad_fraction)
+    if not by_modality:
+        return pack_records(records, root.resolve(), out_dir, {"image": "image", "text": "text"}, *args, extra,
+                            val_fraction, overwrite, test_fraction)
+    with tempfile.TemporaryDirectory(prefix="jointspace-points-") as scratch:  # --points-from's clouds
+        found = read_modality_folders(root, allow_missing, points_from, Path(scratch))
+        return pack_records(found.records, root.resolve(), out_dir, found.modalities, *args,
+                            {**extra, **found.info(root)}, val_fraction, overwrite, test_fraction)
