@@ -190,13 +190,15 @@ def eval_(
     split: Annotated[str | None, typer.Option(help="split to evaluate (default: the config's)")] = None,
     data: Annotated[str | None, typer.Option(help="shard folder (default: the run's)")] = None,
     device: str = "auto",
+    zero_shot_prompts: Annotated[Path | None, typer.Option(help="YAML/JSON file {class: [prompt, ...]} (default: "
+                                                           "eval.zero_shot_prompts, else the data's captions)")] = None,
 ) -> None:
     """Retrieval (every modality pair), zero-shot and linear-probe metrics -> eval.json."""
     _require(run, "eval")
     from jointspace.evaluate.runner import evaluate_run
     from jointspace.viz.report import metrics_table
 
-    result = evaluate_run(run, split, data, device)
+    result = evaluate_run(run, split, data, device, zero_shot_prompts)
     console.print(metrics_table(result))
 
 

@@ -216,6 +216,7 @@ class EvalConfig(_Strict):
     map_k: int = 10
     chunk_size: int = Field(1024, ge=1)
     zero_shot: bool = True
+    zero_shot_prompts: str | None = None  # a YAML/JSON file {class: [prompt, ...]} (default: the data's own)
     linear_probe: bool = True
 
 

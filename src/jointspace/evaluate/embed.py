@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from jointspace.data.dataset import SplitData
+from jointspace.evaluate.prompts import choose_prompts
 from jointspace.kinds.text import make_tokenizer
 from jointspace.model import JointModel
 
@@ -53,11 +54,7 @@ def embed_class_prompts(model: JointModel, text_modality: str, prompts: list[lis
 
 
 def class_prompts(info: dict) -> list[list[str]] | None:
-    """Prompts per class from dataset.json: explicit `zero_shot_prompts`, else templates x class names."""
-    names = info.get("class_names") or []
-    if not names:
-        return None
-    if info.get("zero_shot_prompts"):
-        return [info["zero_shot_prompts"][n] for n in names]
-    templates = info.get("prompt_templates") or ["{}", "a {}", "a photo of a {}"]
-    return [[t.format(n) for t in templates] for n in names]
+    """Prompts per class from dataset.json: explicit `zero_shot_prompts`, else templates x class names
+    (`evaluate.prompts.choose_prompts` also says which)."""
+    chosen = choose_prompts(info)
+    return chosen[0] if chosen else None

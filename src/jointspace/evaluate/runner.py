@@ -11,7 +11,8 @@ import torch
 from jointspace.data.dataset import SplitData, remap_info
 from jointspace.data.sources import shards_arg, source_of
 from jointspace.evaluate.classify import linear_probe, zero_shot_classify
-from jointspace.evaluate.embed import class_prompts, embed_class_prompts, embed_split, embed_values
+from jointspace.evaluate.embed import embed_class_prompts, embed_split, embed_values
+from jointspace.evaluate.prompts import choose_prompts
 from jointspace.evaluate.retrieval import retrieval_report
 from jointspace.kinds import get_kind, with_role
 from jointspace.model import text_tokenizers
@@ -40,8 +41,10 @@ def _save_embeddings(path: Path, emb: dict[str, torch.Tensor], data: SplitData) 
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str | None = None,
-                 device: str = "auto") -> dict:
-    """Compute and write `eval.json` and `eval/embeddings_<split>.npz`; returns the eval dict."""
+                 device: str = "auto", zero_shot_prompts: str | Path | None = None) -> dict:
+    """Compute and write `eval.json` and `eval/embeddings_<split>.npz`; returns the eval dict.
+    `zero_shot_prompts`: a YAML/JSON file of prompts per class (default: the config's eval.zero_shot_prompts,
+    else the dataset's captions or prompts, else templates x class names; eval.json says which)."""
     run_dir = Path(run_dir)
     cfg, model, info = load_run(run_dir)
     dev = resolve_device(device)
@@ -61,8 +64,10 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, data_path: str |
     }
     dataset_info = remap_info(root.info, cfg.data.label_map)
     text_mod = with_role(data.kinds, "captions")
-    prompts = class_prompts(dataset_info)
-    if cfg.eval.zero_shot and text_mod and prompts:
+    given = zero_shot_prompts or cfg.eval.zero_shot_prompts
+    chosen = choose_prompts(dataset_info, given) if cfg.eval.zero_shot and text_mod else None
+    if chosen:
+        prompts, result["zero_shot_prompts"] = chosen
         class_emb = embed_class_prompts(model, text_mod, prompts, cfg.data.context_length, dev,
                                         tokenizer=text_tokenizers(cfg.model).get(text_mod))
         result["zero_shot"] = {m: zero_shot_classify(e, class_emb, data.labels, ks=(1, 5))

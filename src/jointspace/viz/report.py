@@ -106,7 +106,19 @@ def metrics_table(eval: dict) -> str:
                 [list(r) for r in probe],
             )
         )
+    if prompts_used(eval):
+        parts.append(prompts_used(eval))
     return "\n".join(parts)
+
+
+def prompts_used(ev: dict) -> str:
+    """Which zero-shot prompts an eval used: captions, templates x class names, or given (and its file)."""
+    used = ev.get("zero_shot_prompts")
+    if not ev.get("zero_shot") or not isinstance(used, dict):
+        return ""
+    extra = f" ({used['file']})" if used.get("file") else ""
+    filled = f"; templates for {', '.join(used['filled'])}" if used.get("filled") else ""
+    return f"zero-shot prompts: {used.get('from', '?')}{extra}{filled}"
 
 
 def select_pairs(modalities: list[str], kinds: dict[str, str] | None = None,
@@ -187,6 +199,8 @@ def _tables(ev: dict) -> list[str]:
         body.append("<h2>Zero-shot and linear-probe classification</h2>")
         body.append(_html_table(["modality", "zero-shot top1", "zero-shot top5", "linear probe"],
                                 [list(r) for r in prows], "probe"))
+        if prompts_used(ev):
+            body.append(f'<p class="note">{html.escape(prompts_used(ev))}</p>')
     return body
 
 
