@@ -3,6 +3,7 @@ kinds chosen by the kinds, unpaired files listed, a missing modality an error un
 angle grids recorded, points made from range images, seeded stratified splits."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,4 +160,36 @@ def test_points_from_lidar_match_a_hand_computed_grid(tmp_path):
         f.unlink()
     with pytest.raises(UsageError, match="needs azimuth.npy and zenith.npy beside the lidar files"):
         pack_folder(root, tmp_path / "y", points_from="lidar")
-    assert json.loads((tmp_path / "shards" / "dataset.json").read_text())["grids"]["lidar"]["no_return"] == NO_RETURN
+    from jointspace.config import load_config
+    from jointspace.tasks.contrastive import train
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=points", "tracker=none",
+                             f"data.path={tmp_path / 'shards'}", "data.modalities=[rgb, points]", "data.image_size=8",
+                             "data.max_points=64", "model.embed_dim=8", "model.towers.rgb.name=cnn",
+                             "model.towers.rgb.params.channels=[4, 8]", "model.towers.points.name=pointnet",
+                             "model.towers.points.params.widths=[8, 16]", "loss.anchor=rgb", "train.epochs=1",
+                             "train.batch_size=4", "train.warmup_steps=0"])
+    run = json.loads((train(cfg, show_progress=False) / "run.json").read_text())
+    assert run["kinds"] == {"rgb": "image", "points": "points"}
+
+
+def test_examples_cilp_folders_trains_in_one_command_after_data_pack(tmp_path, monkeypatch):
+    """The README's bring-your-own line: `data pack data --out shards/cilp ...`, then
+    `train examples/cilp_folders.yaml` (shrunk with --set), run from the folder that holds data/."""
+    example = (Path(__file__).parents[2] / "examples" / "cilp_folders.yaml").resolve()
+    cilp_folder(tmp_path / "data", n=12)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["data", "pack", "data", "--out", "shards/cilp", "--val-fraction", "0.25",
+                            "--test-fraction", "0.25", "--points-from", "lidar"])
+    assert r.exit_code == 0, r.output
+    small = ["data.image_size=8", "model.embed_dim=8", "model.towers.rgb.params.channels=[4, 8]",
+             "model.towers.lidar.params.channels=[4, 8]", "train.epochs=1", "train.batch_size=8",
+             "train.warmup_steps=0", "cilp.projector_hidden=8", "cilp.projector_epochs=2", "cilp.classifier_hidden=0",
+             "cilp.classifier_epochs=2", "cilp.batch_size=8", "tracker=none", "output_dir=runs"]
+    r = runner.invoke(app, ["train", str(example), *[a for s in small for a in ("--set", s)]])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "runs" / "cilp_folders" / "cilp.json").read_text())
+    assert 0 <= result["table"]["classifier_accuracy"] <= 1
+    pre = json.loads((tmp_path / "runs" / "cilp_folders" / "pretrain" / "run.json").read_text())
+    assert list(pre["kinds"]) == ["rgb", "lidar"]
