@@ -93,6 +93,19 @@ def test_presplit_folders_and_carving_the_missing_split(tmp_path):
     assert info["unpaired"]["n_files"] == 4
 
 
+def test_caption_subfolders_are_text_and_become_zero_shot_prompts(tmp_path):
+    root = tmp_path / "data"
+    for c, (code, words) in enumerate({"c1": "a red thing", "c2": "a blue thing"}.items()):
+        (root / code / "captions").mkdir(parents=True)
+        for i in range(4):
+            png(root / code / "camera" / f"{i}.png", c, i)
+            (root / code / "captions" / f"{i}.txt").write_text(f"{words}\n")
+    info = pack_folder(root, tmp_path / "shards", split_fractions=(1, 0, 0))
+    assert info["modalities"] == {"camera": "image", "captions": "text"}
+    assert info["zero_shot_prompts"] == {"c1": ["a red thing"], "c2": ["a blue thing"]}
+    assert info["zero_shot_prompts_from"] == "captions"
+
+
 def test_a_missing_modality_is_an_error_unless_allowed(tmp_path):
     root = cilp_folder(tmp_path / "data", n=4)
     for i in range(3):
