@@ -35,10 +35,9 @@ import yaml
 
 from jointspace.config import ConfigError, GridConfig, RunConfig, RunsFailed, apply_overrides, load_grid
 from jointspace.engine.preempt import Preempted, PreemptWatch
-from jointspace.run_dir import RunDir
 from jointspace.tasks import DEFAULT_TASK, config_for, get_task
 from jointspace.tasks.common import read_done
-from jointspace.tasks.lifecycle import has_checkpoint
+from jointspace.tasks.lifecycle import has_checkpoint, same_config
 
 METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb", "test_top3", "trainable_params",
            "epochs_to_95", "wall_seconds")
@@ -95,22 +94,7 @@ def check_tasks(grid: GridConfig, grid_path: Path) -> None:
 def _is_current(cfg: RunConfig) -> bool:
     """A run is skipped when it finished (done marker) with the very same resolved config (its saved one
     validated as its task's: sections of other tasks that older versions wrote there do not count)."""
-    return read_done(cfg.run_dir) is not None and _same_config(cfg)
-
-
-def _same_config(cfg: RunConfig) -> bool:
-    """Whether the run folder's saved config is this very config (validated as its task's)."""
-    path = RunDir(cfg.run_dir).config
-    if not path.exists():
-        return False
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        return False
-    try:
-        saved = config_for(raw, str(path))
-    except ConfigError:  # written by a version with other settings: not the same config
-        return False
-    return saved.model_dump(mode="json") == cfg.model_dump(mode="json")
+    return read_done(cfg.run_dir) is not None and same_config(cfg)
 
 
 def run_one(task: str, cfg_raw: dict) -> dict:
@@ -118,7 +102,7 @@ def run_one(task: str, cfg_raw: dict) -> dict:
     of the same config stopped part-way (preempted, killed) goes on from its checkpoint."""
     cfg = config_for({**cfg_raw, "task": task}, f"<{task} run>")
     spec = get_task(task)
-    resume = has_checkpoint(cfg.run_dir) and _same_config(cfg)
+    resume = has_checkpoint(cfg.run_dir) and same_config(cfg)
     return spec.finish(spec.train(cfg, resume=resume, overwrite=not resume, show_progress=False)) or {}
 
 

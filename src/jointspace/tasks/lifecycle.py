@@ -72,6 +72,26 @@ def has_checkpoint(run_dir: Path) -> bool:
     return latest_checkpoint(RunDir(run_dir).checkpoints) is not None
 
 
+def same_config(cfg) -> bool:
+    """Whether cfg's run folder holds a saved config that is this very config (validated as its task's):
+    a run stopped part-way goes on from its checkpoint only then."""
+    import yaml
+
+    from jointspace.tasks import config_for
+
+    path = RunDir(cfg.run_dir).config
+    if not path.exists():
+        return False
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        return False
+    try:
+        saved = config_for(raw, str(path))
+    except ConfigError:  # written by a version with other settings: not the same config
+        return False
+    return saved.model_dump(mode="json") == cfg.model_dump(mode="json")
+
+
 def train_stage(train: Callable[..., Path], cfg, resume: bool, show_progress: bool) -> Path:
     """Train a stage of a CILP or pipeline folder: resumed when asked and it has a checkpoint, else afresh
     (its unfinished folder replaced)."""
