@@ -45,7 +45,9 @@ class Preempted(JointspaceError):
 
 class PreemptWatch:
     """While entered (in the main thread), the given signals set `requested` (the first one's name)
-    instead of ending the process; the previous handlers come back on exit."""
+    instead of ending the process; the previous handlers come back on exit. Watches nest (a sweep's
+    worker watches around the engine's): an inner one starts with what the outer one already heard, and
+    what it heard goes back to the outer one on exit."""
 
     def __init__(self, names: Sequence[str] = DEFAULT_SIGNALS):
         self.numbers = [signal_number(n) for n in names]
@@ -61,9 +63,17 @@ class PreemptWatch:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for n in self.numbers:
                 self._previous[n] = signal.signal(n, self._handle)
+        for outer in self._outer():
+            self.requested = self.requested or outer.requested
         return self
 
     def __exit__(self, *exc) -> None:
+        for outer in self._outer():
+            outer.requested = outer.requested or self.requested
         for n, handler in self._previous.items():
             signal.signal(n, handler)
         self._previous.clear()
+
+    def _outer(self) -> list[PreemptWatch]:
+        """The watches whose handlers this one replaced."""
+        return [h.__self__ for h in self._previous.values() if isinstance(getattr(h, "__self__", None), PreemptWatch)]
