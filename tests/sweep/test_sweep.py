@@ -1,8 +1,11 @@
 """`jointspace sweep`: checked before any trial, conditional keys, pruning, kill and resume, two
-processes on one SQLite study."""
+processes on one SQLite study, preemption (a signal to the sweep, or to one of its workers alone, stops
+every running trial at its next step with a checkpoint and the sweep with exit code 75 and one line; the
+same command then resumes those trials in their folders, ending bitwise equal to uninterrupted trials)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,13 +15,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from jointspace.config import ConfigError
+from jointspace.engine.preempt import PREEMPTED_EXIT, PreemptWatch
 from jointspace.sweep import run_sweep
 from jointspace.sweep.config import Param, load_sweep
 from jointspace.sweep.run import open_study
 from jointspace.sweep.space import suggest
+from jointspace.tasks import config_for, get_task
+from jointspace.tasks.lifecycle import has_checkpoint
 
 DIGITS = Path(__file__).parents[2] / "src" / "jointspace" / "configs" / "digits.yaml"
 JOINTSPACE = str(Path(sys.executable).parent / "jointspace")
@@ -119,3 +127,103 @@ def test_two_processes_on_one_sqlite_study_never_run_the_same_trial(tmp_path, di
     for t in complete:
         saved = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
         assert saved["train"]["lr"] == pytest.approx(t.params["train.lr"])
+
+
+POINTS = [{"train.lr": 1e-3}, {"train.lr": 4e-3}]
+
+
+def _sweep(tmp_path: Path, digits_dir: Path, **fields) -> Path:
+    """Two enqueued trials of 2 epochs (6 steps, each logged), two at a time."""
+    base_set = yaml.safe_load(write_sweep(tmp_path, digits_dir).read_text())["set"]
+    fields = {"n_trials": 2, "jobs": 2, "enqueue": POINTS,
+              "set": {**base_set, "train.log_every": 1}, **fields}
+    return write_sweep(tmp_path, digits_dir, **fields)
+
+
+def _steps(run: Path) -> list[int]:
+    if not (run / "metrics.jsonl").exists():
+        return []
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [r["step"] for r in rows if r.get("split") == "train"]
+
+
+def _workers(parent: int) -> list[int]:
+    """The sweep's worker processes (spawned children running `spawn_main`)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _stop_when_both_train(tmp_path: Path, path: Path, to_worker: bool, steps: int = 6) -> Path:
+    """Start the sweep, send SIGTERM (to it, or to one worker alone) once both trials have logged a step;
+    check its exit and its one line; returns the trials folder."""
+    proc = subprocess.Popen([JOINTSPACE, "sweep", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    trials, deadline = tmp_path / "runs" / "s" / "trials", time.time() + 180
+    while not all(_steps(trials / n) for n in ("0", "1")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.02)
+    os.kill(_workers(proc.pid)[0] if to_worker else proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT, err[-3000:]
+    lines = [x for x in err.splitlines() if x.startswith("preempted:")]
+    assert len(lines) == 1, err[-3000:]
+    assert "stopped by SIGTERM: trial" in lines[0] and lines[0].endswith(f"continue with: jointspace sweep {path}")
+    for n in ("0", "1"):  # both stopped part-way, each with a checkpoint to resume from
+        assert has_checkpoint(trials / n) and not (trials / n / "model.safetensors").exists(), err[-3000:]
+        assert f"trial {n} at step {_steps(trials / n)[-1]} of {steps}" in lines[0]
+    return trials
+
+
+def test_a_preempted_sweep_resumes_its_trials_bitwise_equal_to_uninterrupted_ones(tmp_path, digits_dir):
+    path = _sweep(tmp_path, digits_dir)
+    trials = _stop_when_both_train(tmp_path, path, to_worker=False)  # the parent passes it on
+
+    again = [JOINTSPACE, "sweep", str(path), "--jobs", "1"]  # one process: fewer imports of torch
+    done = subprocess.run(again, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = open_study(load_sweep(path)[0])
+    by_state = {s: [t for t in study.trials if t.state.name == s] for s in ("COMPLETE", "FAIL", "WAITING")}
+    assert [t.number for t in by_state["FAIL"]] == [0, 1] and not by_state["WAITING"]
+    assert all("preempted" in t.user_attrs for t in by_state["FAIL"])
+    assert [t.number for t in by_state["COMPLETE"]] == [2, 3]  # queued again (in the order they stopped) ...
+    assert sorted((t.user_attrs["continues"], t.user_attrs["run_dir"]) for t in by_state["COMPLETE"]) == [
+        (0, str(trials / "0")), (1, str(trials / "1"))]  # ... and gone on in their folders
+    assert sorted(p.name for p in trials.iterdir()) == ["0", "1"]
+    for n in ("0", "1"):
+        assert _steps(trials / n) == list(range(1, 7))  # every step once ...
+        assert json.loads((trials / n / "train_summary.json").read_text())["epochs_run"] < 2  # ... resumed
+
+    raw = {**yaml.safe_load((trials / "0" / "config.yaml").read_text()), "output_dir": str(tmp_path / "ref")}
+    straight = get_task(raw["task"]).train(config_for(raw, "trial 0 uninterrupted"), show_progress=False)
+    a = load_file(str(trials / "0" / "model.safetensors"))
+    b = load_file(str(straight / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_signal_to_one_worker_alone_stops_the_whole_sweep(tmp_path, digits_dir):
+    """The worker stops its trial and tells the sweep, which passes the signal on to the other worker."""
+    base_set = yaml.safe_load(_sweep(tmp_path, digits_dir).read_text())["set"]
+    path = _sweep(tmp_path, digits_dir, set={**base_set, "train.epochs": 3})  # 9 steps: time to pass it on
+    _stop_when_both_train(tmp_path, path, to_worker=True, steps=9)
+
+
+def test_a_watch_inside_another_starts_with_what_it_heard_and_hands_back_its_own():
+    with PreemptWatch(["SIGUSR1"]) as outer:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.01)  # Python runs the handler between bytecodes of the main thread
+        with PreemptWatch(["SIGUSR1"]) as inner:
+            assert inner.requested == "SIGUSR1"
+    with PreemptWatch(["SIGUSR1"]) as outer:
+        with PreemptWatch(["SIGUSR1"]) as inner:
+            assert inner.requested is None
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.01)
+        assert inner.requested == outer.requested == "SIGUSR1"

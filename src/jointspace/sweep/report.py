@@ -86,9 +86,12 @@ def _html(cfg: SweepConfig, study, md: str) -> str:
 def _markdown(cfg: SweepConfig, study, seconds: float, base_raw: dict | None) -> str:
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    stopped = sum(t.state.name == "FAIL" and "preempted" in t.user_attrs for t in trials)
     names = " / ".join(f"{o.metric} ({o.direction})" for o in cfg.objectives)
     lines = [f"# sweep {cfg.name}", "", (f"Objective: {names}. Trials: {states['COMPLETE']} complete, "
-             f"{states['PRUNED']} pruned, {states['FAIL']} failed, {states['RUNNING']} running; "
+             f"{states['PRUNED']} pruned, {states['FAIL'] - stopped} failed, "
+             f"{f'{stopped} preempted (queued again to resume), ' if stopped else ''}"
+             f"{states['RUNNING']} running; "
              f"{seconds:.0f} s in this invocation. Storage: `{cfg.storage_url}`."), ""]
     done = [t for t in trials if t.state.name == "COMPLETE"]
     if not done:

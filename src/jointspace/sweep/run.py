@@ -4,13 +4,14 @@ machines can share one study.
 
 Each trial is a normal run folder, `runs/<name>/trials/<number>/`. Heartbeats mark a trial whose process
 died (SIGKILL, a lost machine) as failed once its grace period has passed, and Optuna's retry callback
-queues the same parameters again; the sweep stops once `n_trials` trials are complete or pruned.
+queues the same parameters again; the sweep stops once `n_trials` trials are complete or pruned. A
+preemption signal stops the running trials with a checkpoint and the sweep with PREEMPTED_EXIT; the same
+command run again resumes them in their folders (stop.py).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 import warnings
@@ -18,9 +19,11 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, apply_overrides
 from jointspace.engine.loop import epoch_hook
+from jointspace.engine.preempt import PREEMPTED_EXIT, Preempted, PreemptWatch
 from jointspace.errors import UsageError, require
 from jointspace.sweep.config import SweepConfig, load_sweep
 from jointspace.sweep.space import check_sweep, metric_value, overrides_of, suggest
+from jointspace.sweep.stop import SweepPreempted, TrialStopped, put_back, run_workers, signals_of
 
 HEARTBEAT_S = 2  # a trial's process writes a heartbeat this often
 GRACE_S = 6  # a running trial without a heartbeat for this long is dead: failed, then retried
@@ -83,7 +86,8 @@ def open_study(cfg: SweepConfig, worker: int = 0):
 
 
 class TrialRunner:
-    """Optuna's objective: one trial = one run of the base task with the trial's overrides."""
+    """Optuna's objective: one trial = one run of the base task with the trial's overrides; a trial queued
+    again after a preemption (user attribute `run_dir`) resumes the stopped run in its folder."""
 
     def __init__(self, cfg: SweepConfig, base: dict, task: str):
         self.cfg, self.base, self.task = cfg, base, task
@@ -92,11 +96,15 @@ class TrialRunner:
         import optuna
 
         from jointspace.tasks import config_for, get_task
+        from jointspace.tasks.lifecycle import has_checkpoint, same_config
 
         values = suggest(trial, self.cfg.space, self.base)
         raw = apply_overrides(json.loads(json.dumps(self.base)), overrides_of(self.cfg.set) + overrides_of(values))
-        raw.update({"name": str(trial.number), "output_dir": str(self.cfg.sweep_dir / "trials")})
+        stopped_in = trial.user_attrs.get("run_dir")  # set only on a trial queued again after a preemption
+        raw.update({"name": Path(stopped_in).name if stopped_in else str(trial.number),
+                    "output_dir": str(self.cfg.sweep_dir / "trials")})
         run_cfg = config_for(raw, f"sweep {self.cfg.name} trial {trial.number}")
+        resume = bool(stopped_in) and has_checkpoint(run_cfg.run_dir) and same_config(run_cfg)
         first = self.cfg.objectives[0].metric
         last: dict[str, float] = {}
 
@@ -111,8 +119,13 @@ class TrialRunner:
 
         os.environ.setdefault("WANDB_RUN_GROUP", self.cfg.name)  # W&B (offline) groups a sweep's trials
         trial.set_user_attr("run_dir", str(run_cfg.run_dir))
-        with epoch_hook(report):
-            run_dir = get_task(self.task).train(run_cfg, overwrite=True, show_progress=False)
+        _carry_over(trial)
+        try:
+            with epoch_hook(report):
+                run_dir = get_task(self.task).train(run_cfg, resume=resume, overwrite=not resume,
+                                                    show_progress=False)
+        except Preempted as stop:
+            raise TrialStopped(trial, stop) from None
         wants_summary = any(not o.metric.startswith("val/") for o in self.cfg.objectives)
         summary = (get_task(self.task).finish(run_dir) or {}) if wants_summary else {}
         out = []
@@ -122,6 +135,15 @@ class TrialRunner:
                 raise UsageError(f"trial {trial.number}: objective {o.metric} was never logged")
             out.append(float(value))
         return out[0] if len(out) == 1 else tuple(out)
+
+
+def _carry_over(trial) -> None:
+    """A resumed trial gets the per-epoch values its stopped run reported (pruning compares them)."""
+    if (before := trial.user_attrs.get("continues")) is None:
+        return
+    (stopped,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == before]
+    for epoch, value in sorted(stopped.intermediate_values.items()):
+        trial.report(value, epoch)
 
 
 def _finished(study) -> int:
@@ -143,8 +165,22 @@ def _settle(study) -> None:
         time.sleep(0.5)
 
 
-def work(sweep_path: str, worker: int = 0) -> None:
-    """One worker: run trials against the shared study until `n_trials` are complete or pruned."""
+def _signals(cfg: SweepConfig, base: dict) -> tuple[str, ...]:
+    return signals_of(apply_overrides(json.loads(json.dumps(base)), overrides_of(cfg.set)))
+
+
+def _failed(study) -> int:
+    """Trials that raised (not those stopped by a preemption: they are queued again)."""
+    import optuna
+
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return sum("preempted" not in t.user_attrs for t in failed)
+
+
+def work(sweep_path: str, worker: int = 0, settle: bool = True) -> None:
+    """One worker: run trials against the shared study until `n_trials` are complete or pruned. A
+    preemption signal stops it (SweepPreempted): the running trial with a checkpoint, queued again to
+    resume; between trials, before the next one."""
     import optuna
     from optuna.study import MaxTrialsCallback
 
@@ -153,15 +189,32 @@ def work(sweep_path: str, worker: int = 0) -> None:
     cfg, base = load_sweep(sweep_path)
     task = task_of_raw(base, str(sweep_path))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg, worker)
-    _settle(study)
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     failed_limit = max(3, cfg.n_trials // 2)  # trials that raise: stop rather than loop forever
-    while _finished(study) < cfg.n_trials:
-        if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > failed_limit:
-            raise RuntimeError(f"sweep {cfg.name}: more than {failed_limit} trials failed; see {cfg.sweep_dir}")
-        study.optimize(TrialRunner(cfg, base, task), n_trials=1, catch=(ValueError, RuntimeError),
-                       callbacks=[MaxTrialsCallback(cfg.n_trials, states=states)])
+    with PreemptWatch(_signals(cfg, base)) as watch:
+        study = open_study(cfg, worker)
+        if settle:
+            _settle(study)
+        while _finished(study) < cfg.n_trials:
+            if watch.requested:
+                raise SweepPreempted(watch.requested)
+            if _failed(study) > failed_limit:
+                raise RuntimeError(f"sweep {cfg.name}: more than {failed_limit} trials failed; see {cfg.sweep_dir}")
+            try:
+                study.optimize(TrialRunner(cfg, base, task), n_trials=1, catch=(ValueError, RuntimeError),
+                               callbacks=[MaxTrialsCallback(cfg.n_trials, states=states)])
+            except TrialStopped as stopped:
+                put_back(study, stopped)
+                raise SweepPreempted(stopped.stop.signal_name, [(stopped.trial.number, stopped.stop)]) from None
+
+
+def _worker(sweep_path: str, worker: int, queue) -> None:
+    """A worker process: a stop goes to the parent on `queue`, and the process exits with PREEMPTED_EXIT."""
+    try:
+        work(sweep_path, worker, settle=False)
+    except SweepPreempted as stop:
+        queue.put(stop)
+        raise SystemExit(PREEMPTED_EXIT) from None
 
 
 def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Path:
@@ -185,12 +238,10 @@ def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Pat
     if jobs == 1:
         work(str(sweep_path))
     else:
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=work, args=(str(sweep_path), i)) for i in range(jobs)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        _settle(study)  # once, before the workers count the trials
+        stop = run_workers(_worker, (str(sweep_path),), jobs, _signals(cfg, base))
+        if stop is not None and (stop.trials or _finished(open_study(cfg)) < cfg.n_trials):
+            raise stop
     report = write_report(cfg, open_study(cfg), time.time() - t0, base)
     log(f"wrote {report}")
     return cfg.sweep_dir

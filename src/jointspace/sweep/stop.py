@@ -1,0 +1,96 @@
+"""A sweep stopped by a preemption signal (SIGTERM, SIGUSR1: `train.preempt_signals`), sent to the sweep's
+process, to its workers, or to all of them as a cluster sends it to a process group.
+
+The parent passes the signal on, once, to every worker (and a worker that heard it alone has it passed
+on to the others); each worker's running trial stops at its next step with a mid-epoch checkpoint, no
+new trial starts, and the sweep exits with PREEMPTED_EXIT. A stopped trial is marked failed, with the
+user attribute `preempted`, and its parameters are queued again with the user attribute `run_dir` naming
+its folder: the next run of the same sweep command takes that queued trial first and resumes the run
+in that folder from its checkpoint, so it ends as it would have without the stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from jointspace.engine.preempt import DEFAULT_SIGNALS, Preempted, PreemptWatch, signal_number
+
+
+class TrialStopped(BaseException):
+    """A trial's Preempted, carried out of `study.optimize` as a BaseException: Optuna then neither
+    records the trial nor logs it as failed, and the worker records it with `put_back`."""
+
+    def __init__(self, trial, stop: Preempted):
+        super().__init__(trial.number, stop)
+        self.trial, self.stop = trial, stop
+
+
+class SweepPreempted(Preempted):
+    """A sweep stopped by `signal_name`: the trials that stopped with a checkpoint (number, their stop),
+    none when the signal came between trials."""
+
+    def __init__(self, signal_name: str, trials: Sequence[tuple[int, Preempted]] = ()):
+        trials = list(trials)
+        first = trials[0][1] if trials else Preempted(signal_name, 0, 0, 0, "none (no trial was under way)")
+        super().__init__(signal_name, first.step, first.total_steps, first.epoch, first.checkpoint)
+        self.args = (signal_name, trials)  # what it pickles with, across processes
+        self.trials = trials
+
+    def __str__(self) -> str:
+        if not self.trials:
+            return f"stopped by {self.signal_name} between trials (none was under way)"
+        return f"stopped by {self.signal_name}: " + ", ".join(
+            f"trial {n} at step {s.step} of {s.total_steps} (epoch {s.epoch}, checkpoint {s.checkpoint})"
+            for n, s in self.trials)
+
+
+def signals_of(raw: dict) -> tuple[str, ...]:
+    """The preemption signals of a sweep's runs (`train.preempt_signals` of its base config and `set`)."""
+    return tuple((raw.get("train") or {}).get("preempt_signals") or DEFAULT_SIGNALS)
+
+
+def put_back(study, stopped: TrialStopped) -> None:
+    """Queue the stopped trial's parameters again, to resume in its folder, then mark it failed (in this
+    order: a process killed in between leaves the trial running, to be retried by its heartbeat)."""
+    import optuna
+
+    trial, stop = stopped.trial, stopped.stop
+    run_dir = trial.user_attrs["run_dir"]
+    study.enqueue_trial(trial.params, user_attrs={"run_dir": run_dir, "continues": trial.number})
+    trial.set_user_attr("preempted", str(stop))
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]) -> SweepPreempted | None:
+    """Run `target(*args, worker, queue)` in `jobs` spawned processes until they end. A preemption signal
+    to this process, or a worker's stop (a SweepPreempted it puts on the queue), is passed on once to
+    every worker still running; returns the sweep's stop, if any."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    stops: list[SweepPreempted] = []
+    passed = False
+    with PreemptWatch(signals) as watch:
+        procs = [ctx.Process(target=target, args=(*args, i, queue)) for i in range(jobs)]
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs) or not queue.empty():
+            while not queue.empty():
+                stops.append(queue.get())
+            asked = watch.requested or (stops[0].signal_name if stops else None)
+            if asked and not passed:
+                for p in procs:
+                    if p.is_alive() and p.pid is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signal_number(asked))
+                passed = True
+            time.sleep(0.1)
+        for p in procs:
+            p.join()
+    asked = watch.requested or (stops[0].signal_name if stops else None)
+    if asked is None:
+        return None
+    return SweepPreempted(asked, [t for s in stops for t in s.trials])
