@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,18 @@ from jointspace.data.shards import DataError, ReadStats
 from jointspace.data.source import Source
 from jointspace.data.sources import shards_arg
 from jointspace.index.backend import Store, check_backend, open_store
+from jointspace.index.build_milvus import SLOW_MILVUS_BUILD_ENV, fill_milvus, milvus_staging, rank_staging  # noqa: F401
+from jointspace.index.build_parts import build_ranked, my_part, rank_inserts, ranks, together
 from jointspace.index.bulk import build_store
 from jointspace.index.folder import INDEX_FOLDER
 from jointspace.index.lock import LOCK_TIMEOUT_S, writer_lock
-from jointspace.index.milvus import MilvusStore
-from jointspace.index.milvus_conn import check_collection, collection_name, resolve_uri
+from jointspace.index.milvus_conn import is_lite
 from jointspace.index.query import Encoder
 from jointspace.kinds import get_kind, preview_modality, with_role
 from jointspace.run_dir import RunDir
 
 PREVIEW_MIN, PREVIEW_MAX = 64, 128
 CHUNK_ROWS = 65_536  # vectors embedded before they go to the index
-SLOW_MILVUS_BUILD_ENV = "JOINTSPACE_TEST_SLOW_MILVUS_BUILD_S"  # tests only: a pause after each chunk is staged
 
 
 @dataclass
@@ -57,23 +56,29 @@ def preview_png(kind: str, value: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _batches(root: Source, splits: list[str], modalities: list[str], stats: ReadStats,
-             batch_size: int) -> Iterator[list[tuple[dict, str, str]]]:
-    """Batches of (sample, split, source) read shard by shard; samples missing a modality are counted."""
+def _batches(root: Source, splits: list[str], modalities: list[str], stats: ReadStats, batch_size: int,
+             part: tuple[int, int] = (0, 1)) -> Iterator[list[tuple[dict, str, str]]]:
+    """Batches of (sample, split, source) read shard by shard; samples missing a modality are counted.
+    `part` (rank, ranks): only this rank's part of the samples (build_parts.my_part)."""
     batch: list[tuple[dict, str, str]] = []
-    for split in splits:
-        for url in root.urls(split):
-            for sample in root.samples([url], stats):
-                missing = [m for m in modalities if m not in sample]
-                if missing:
-                    stats.n_ok -= 1  # iter_samples counted it as good
-                    stats.record(f"{url}:{sample['key']}: missing {missing}")
-                    continue
-                source = sample["meta"].get("source") or sample["meta"].get("path") or f"{url}#{sample['key']}"
-                batch.append((sample, split, str(source)))
-                if len(batch) == batch_size:
-                    yield batch
-                    batch = []
+    mine, whole = my_part([(split, url) for split in splits for url in root.urls(split)], *part)
+    n_read = 0
+    for split, url in mine:
+        for sample in root.samples([url], stats):
+            n_read += 1
+            if not whole and (n_read - 1) % part[1] != part[0]:
+                stats.n_ok -= 1  # another rank's sample: counted there
+                continue
+            missing = [m for m in modalities if m not in sample]
+            if missing:
+                stats.n_ok -= 1  # iter_samples counted it as good
+                stats.record(f"{url}:{sample['key']}: missing {missing}")
+                continue
+            source = sample["meta"].get("source") or sample["meta"].get("path") or f"{url}#{sample['key']}"
+            batch.append((sample, split, str(source)))
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
     if batch:
         yield batch
 
@@ -92,14 +97,22 @@ def merge_classes(classes: list[str], names: list[str]) -> dict[int, int]:
     return {i: classes.index(name) for i, name in enumerate(names)}
 
 
+def expected_samples(info: dict, splits: list[str] | None) -> int | None:
+    """How many samples a dataset's info says `splits` (default: all) hold; None when it does not say."""
+    splits = splits or list(info.get("splits", {}))
+    return sum(info.get("splits", {}).get(s, {}).get("n_samples") or 0 for s in splits) or None
+
+
 def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = None,
                  modalities: list[str] | None = None, batch_size: int = 256, max_bad_fraction: float = 0.01,
                  progress: Callable[[int], None] | None = None, stats: ReadStats | None = None,
-                 chunk_rows: int = CHUNK_ROWS, classes: list[str] | None = None) -> Iterator[Embedded]:
+                 chunk_rows: int = CHUNK_ROWS, classes: list[str] | None = None,
+                 part: tuple[int, int] = (0, 1)) -> Iterator[Embedded]:
     """Embed every sample of `splits` (default: all) in each of `modalities` (default: the model's), in
     chunks of about `chunk_rows` vectors. `stats` (given or new) counts what was read; the bad-sample
     check runs when the last chunk is out. `classes` (an index's class list, extended in place): labels
-    are renumbered into it by class name; without it they stay the data's own."""
+    are renumbered into it by class name; without it they stay the data's own. `part` (rank, ranks): this
+    rank's part of the samples; the whole's expected count and emptiness are then checked by rank 0."""
     root = shards_arg(root, encoder.cfg.data)
     info = root.info
     kinds, class_names = info["modalities"], [str(n) for n in info.get("class_names", [])]
@@ -112,9 +125,9 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
                         f"and the model ({', '.join(encoder.kinds)})")
     text_mod, preview_mod = with_role(kinds, "captions"), preview_modality(kinds)
     stats = stats if stats is not None else ReadStats()
-    stats.n_expected = sum(info.get("splits", {}).get(s, {}).get("n_samples") or 0 for s in splits) or None
+    stats.n_expected = expected_samples(info, splits) if part[1] == 1 else None
     chunk, n_items = Embedded([], [], {}), 0
-    for batch in _batches(root, splits, modalities, stats, batch_size):
+    for batch in _batches(root, splits, modalities, stats, batch_size, part):
         for m in modalities:
             chunk.vectors.append(encoder.encode(m, [_first(s[m]) for s, _, _ in batch], check=False))
             for s, split, source in batch:
@@ -133,7 +146,7 @@ def embed_shards(encoder: Encoder, root: str | Path, splits: list[str] | None = 
             yield Embedded(np.concatenate(chunk.vectors), chunk.items, chunk.previews)
             chunk = Embedded([], [], {})
     stats.check(max_bad_fraction, str(root))
-    if not n_items and not chunk.items:
+    if not n_items and not chunk.items and part[1] == 1:
         raise DataError(f"{root}: no readable samples in splits {splits}")
     if chunk.items:
         yield Embedded(np.concatenate(chunk.vectors), chunk.items, chunk.previews)
@@ -145,54 +158,57 @@ def build_index(run_dir: str | Path, shards: str | Path, out: str | Path, splits
                 progress: Callable[[int], None] | None = None, nprobe: int | None = None,
                 lock_timeout_s: float = LOCK_TIMEOUT_S, on_wait: Callable[[str], None] | None = None,
                 backend: str = "faiss", uri: str | None = None, token: str | None = None,
-                collection: str | None = None) -> Store:
+                collection: str | None = None) -> Store | None:
     """Embed shards with a run, build a FAISS index chosen by size (or `factory`) and save it atomically,
     holding `out`'s writer lock (waiting up to `lock_timeout_s` for another writer) from check to save.
-    `backend="milvus"`: into a Milvus collection at `uri` (a Lite file, or a server with `token`)."""
+    `backend="milvus"`: into a Milvus collection at `uri` (a Lite file, or a server with `token`).
+    Under torchrun, every rank embeds its part of the shards and rank 0 writes the index (build_parts.py):
+    rank 0 returns the store, the other ranks None."""
     out = Path(out)
     check_backend(backend, uri, token, collection)
     sources = [s for s in (run_dir, shards) if s]
-    INDEX_FOLDER.check(out, overwrite, sources=sources)  # before any embedding
-    enc = encoder or Encoder.from_run(run_dir, device)
-    cfg = enc.cfg
-    classes: list[str] = []
-    meta = {"fingerprint": enc.fingerprint, "run_dir": str(enc.run_dir), "run_name": cfg.name,
-            "kinds": enc.kinds, "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards)}
-    stats = ReadStats()
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)  # the scratch folder goes beside it (same disk)
-    with writer_lock(out, lock_timeout_s, on_wait):
-        INDEX_FOLDER.check(out, overwrite, sources=sources)  # again: another writer may have written it meanwhile
-        chunks = embed_shards(enc, shards, splits, modalities, batch_size, cfg.data.max_bad_fraction, progress,
-                              stats, classes=classes)
+    with ranks(device) as info, ExitStack() as held:
+        main = info.is_main
+        together(info, (lambda: INDEX_FOLDER.check(out, overwrite, sources=sources)) if main else None)  # before any embedding
+        enc = together(info, lambda: encoder or Encoder.from_run(run_dir, device))
+        classes: list[str] = []
+        meta = {"fingerprint": enc.fingerprint, "run_dir": str(enc.run_dir), "run_name": enc.cfg.name, "kinds": enc.kinds,
+                "data_path": str(Path(shards).resolve()) if Path(shards).exists() else str(shards)}
+        stats = ReadStats()
+
+        def lock() -> None:
+            out.resolve().parent.mkdir(parents=True, exist_ok=True)  # the scratch folder goes beside it (same disk)
+            held.enter_context(writer_lock(out, lock_timeout_s, on_wait))
+            INDEX_FOLDER.check(out, overwrite, sources=sources)  # again: another writer may have written it meanwhile
+
+        together(info, lock if main else None)
+        chunks = embed_shards(enc, shards, splits, modalities, batch_size, enc.cfg.data.max_bad_fraction, progress,
+                              stats, classes=classes, part=(info.rank, info.world_size))
         if backend == "milvus":
-            store = build_milvus(chunks, out, enc.dim, meta, factory, nprobe, uri, token, collection)
+            staging = rank_staging(info, lambda: milvus_staging(out, enc.dim, meta, factory, nprobe, uri, token,
+                                                                collection), token)
+            if info.enabled and staging is not None and not is_lite(staging.meta["uri"]):  # a server: every rank inserts its rows
+                chunks = rank_inserts(staging, chunks)
+            make = partial(fill_milvus, staging)
         else:
-            store = build_store(chunks, factory, meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
-        store.meta["class_names"] = classes
-        for col in ("split", "modality"):
-            store.meta[f"{col}s_indexed"] = store.distinct(col)
-        store.meta["n_bad_samples"] = stats.n_missing
-        store.save(out)
-    return store
+            make = partial(build_store, factory=factory, meta=meta, nprobe=nprobe, scratch_dir=out.resolve().parent)
 
+        def finish(store: Store) -> None:
+            if info.enabled:  # each rank checked its own part; now the whole
+                stats.n_expected = expected_samples(shards_arg(shards, enc.cfg.data).info, splits)
+                stats.check(enc.cfg.data.max_bad_fraction, str(shards))
+                if not stats.n_ok:
+                    raise DataError(f"{shards}: no readable samples in splits {splits}")
+            store.meta["class_names"] = classes
+            for col in ("split", "modality"):
+                store.meta[f"{col}s_indexed"] = store.distinct(col)
+            store.meta["n_bad_samples"] = stats.n_missing
+            store.save(out)
 
-def build_milvus(chunks: Iterable[Embedded], out: Path, dim: int, meta: dict, factory: str, nprobe: int | None,
-                 uri: str | None, token: str | None, collection: str | None) -> MilvusStore:
-    """A Milvus staging collection holding every chunk (`save` makes it the live one); on an error it goes."""
-    store = MilvusStore.create(dim, meta, resolve_uri(uri, out), check_collection(collection or collection_name(out)),
-                               out.resolve().parent, token, factory)
-    if nprobe is not None:
-        store.meta["search"] = {"nprobe": int(nprobe)}
-    try:
-        for vectors, items, previews in chunks:
-            store.add(vectors, items, previews)
-            if os.environ.get(SLOW_MILVUS_BUILD_ENV):  # kill tests: a window with rows in, the alias not switched
-                print(f"staged {len(items)} items", file=sys.stderr, flush=True)
-                time.sleep(float(os.environ[SLOW_MILVUS_BUILD_ENV]))
-    except BaseException:
-        store.client.drop_collection(store.staging)
-        store.close()
-        raise
+        if info.enabled:
+            return build_ranked(info, chunks, stats, make, finish)
+        store = make(chunks)
+        finish(store)
     return store
 
 

@@ -57,7 +57,8 @@ def index_build(
                                                    "name)")] = None,
 ) -> None:
     """Embed every sample of the chosen splits and modalities into a new index, written atomically.
-    Settings not given as flags come from the `index:` section of the run's config."""
+    Settings not given as flags come from the `index:` section of the run's config. Under `torchrun
+    --nproc_per_node N -m jointspace.cli index build ...` every rank embeds its part of the shards."""
     from jointspace.config import load_config
     from jointspace.index.build import build_index
     from jointspace.run_dir import CONFIG
@@ -73,6 +74,8 @@ def index_build(
     store = build_index(run, shards, out, split, modality, factory or "auto", batch_size or 256, device, overwrite,
                         nprobe=nprobe, lock_timeout_s=lock_timeout, on_wait=_say_waiting, backend=backend,
                         uri=uri, token=milvus_token, collection=collection)
+    if store is None:  # a rank of a torchrun job other than 0: rank 0 wrote the index and says so
+        return
     s = store.stats()
     console.print(f"wrote {out}: {s['n_items']} items ({s['n_samples']} samples; {s['modalities']}), "
                   f"{s['factory']} {s['search'] or ''}, model {s['fingerprint'][:12]} in {time.time() - t0:.1f}s")

@@ -92,6 +92,15 @@ class MilvusStore:
         return cls(cli, full, Previews(None, scratch_dir), staging=name)
 
     @classmethod
+    def join_build(cls, meta: dict, staging: str, token: str | None = None) -> MilvusStore:
+        """Another process's staging collection on a server, to insert rows into (a distributed build's
+        other ranks); its previews are not kept here."""
+        store = cls(client(meta["uri"], token), dict(meta), Previews(None, Path.cwd()), staging=staging)
+        if staging not in store.client.list_collections():
+            raise IndexStoreError(f"Milvus at {public_uri(meta['uri'])} has no collection {staging!r}")
+        return store
+
+    @classmethod
     def open(cls, path: str | Path, token: str | None = None) -> MilvusStore:
         path = Path(path)
         meta = read_meta(path / META_FILE)
