@@ -16,6 +16,20 @@ tiny_index = _fixtures.tiny_index
 tiny_milvus_index = _fixtures.tiny_milvus_index
 
 
+@pytest.fixture(scope="module")
+def own_milvus_index(tmp_path_factory, tiny_run, digits_dir) -> Path:
+    """The tiny index in a Milvus Lite file of this test module's own, closed here, so that a `serve`
+    subprocess can open it (a Lite file admits one process at a time; the shared fixture's file is held
+    by this process)."""
+    pytest.importorskip("milvus_lite")
+    from jointspace.index.folder import read_meta
+    from jointspace.index.milvus_conn import close_clients
+
+    index = _fixtures.build_tiny_milvus(tmp_path_factory.mktemp("own-milvus"), tiny_run, digits_dir)
+    close_clients(read_meta(index / "meta.json")["uri"])
+    return index
+
+
 @pytest.fixture
 def served():
     """A factory: `with served(index_dir, token=None) as url:` runs the real `jointspace serve` (uvicorn

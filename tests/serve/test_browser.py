@@ -88,15 +88,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tiny_index):
-    """uvicorn serving the tiny index on 127.0.0.1 in a thread."""
+@pytest.fixture(params=["faiss", "milvus"])
+def server(request, tiny_index):
+    """uvicorn serving the tiny index (FAISS, or the same items in Milvus Lite) on 127.0.0.1 in a thread
+    of this process (which holds the shared Milvus Lite file)."""
     import uvicorn
 
     from jointspace.serve.app import create_app
 
+    index = tiny_index if request.param == "faiss" else request.getfixturevalue("tiny_milvus_index")
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(tiny_index), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
