@@ -4,6 +4,7 @@ vectors, at one or more sizes, and the HTTP service.
     .venv/bin/python bench/search.py                  # 1M x 256, 1000 clusters, 1000 queries, 2 threads
     .venv/bin/python bench/search.py --n 100000 --requests 200   # quicker
     .venv/bin/python bench/search.py --n 1000000 10000000 --data subspace --factory auto --requests 0
+    .venv/bin/python bench/search.py --backend faiss milvus --n 100000   # FAISS vs Milvus Lite (search_backends.py)
 
 Vectors are made in chunks and never held all at once: each chunk is scored against the queries
 (exact search, faiss.knn, streamed) and handed to the index's chunked build (index.bulk.build_store).
@@ -242,6 +243,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--work", type=Path, default=None, help="folder for the indexes (default: a temporary one)")
+    ap.add_argument("--backend", nargs="+", choices=["faiss", "milvus"], default=None,
+                    help="compare index backends instead (bench/search_backends.py): one size, --factories")
+    ap.add_argument("--factories", nargs="+", default=None,
+                    help="--backend: index types (default: Flat, the IVF that auto picks, HNSW32)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="--backend: client threads")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped to a file
     faiss.omp_set_num_threads(args.threads)
@@ -254,6 +260,8 @@ def main() -> None:
     basis = None
     if args.data == "subspace":
         basis = (rng.normal(size=(args.clusters, SUBSPACE_DIM, args.dim)) / np.sqrt(args.dim)).astype(np.float32)
+    if args.backend:
+        return backends(args, centers, basis)
     with tempfile.TemporaryDirectory(prefix="jointspace-bench-", dir=args.work) as tmp:
         rows = []
         for n in args.n:
@@ -275,6 +283,25 @@ def main() -> None:
                          "p50 ms", "p99 ms", "non-200"],
                         [[f"uvicorn 127.0.0.1, {args.n[-1]:,} x {args.dim} index", res["requests"], args.concurrency,
                           f"{res['rps']:.1f}", f"{res['p50']:.1f}", f"{res['p99']:.1f}", res["errors"]]]))
+
+
+def backends(args, centers: np.ndarray, basis: np.ndarray | None) -> None:
+    """--backend: FAISS and/or Milvus Lite on the same vectors, every index type (bench/search_backends.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import search_backends as sb
+
+    if len(args.n) != 1:
+        raise SystemExit("--backend: give one --n")
+    xq = next(clustered(args.queries, args.dim, centers, args.sigma, seed=2, chunk=args.queries, basis=basis))[0]
+    vectors = clustered(args.n[0], args.dim, centers, args.sigma, seed=1, chunk=args.chunk, basis=basis)
+    with tempfile.TemporaryDirectory(prefix="jointspace-bench-", dir=args.work) as tmp:
+        rows = sb.compare(args, vectors, xq, Path(tmp))
+    print()
+    print(table(sb.headers(args), rows))
+    print(f"\nrecall: all {args.queries} queries; QPS and latency: one query per `search` call (top {args.k} with "
+          f"metadata), {args.single} calls per client thread; RSS: the process that opened the saved index and "
+          "searched (Milvus Lite's engine runs in it); over imports: less that process's RSS before it opened the index "
+          "(Python, numpy, FAISS, torch, pymilvus)")
 
 
 if __name__ == "__main__":
