@@ -122,6 +122,7 @@ def test_items_thumbnails_health_stats_docs_page(client, sample):
     ({"files": {"file": ("a.npy", npy(np.zeros((30, 5))))}, "data": {"modality": "audio"}}, 400, "[T, 13]"),
     ({"files": {"file": ("big.png", b"\x89PNG" + bytes(LIMIT))}, "data": {"modality": "image"}}, 413, "over the limit"),
     ({"json": {"vector": [1.0] * 15}}, 400, "has 15 values, the index has dimension 16"),
+    ({"json": {"vector": [1.0] * 16, "modality": "\u0100"}}, 400, "is not a text modality of this model"),
     ({"json": {"queries": [{"text": "a"}] * 9}}, 422, "more than max_batch 8"),
     ({"json": {"k": 3}}, 422, "exactly one of text or vector"),
 ])

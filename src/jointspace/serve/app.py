@@ -128,6 +128,10 @@ class Service:
 
     def embed(self, q: Query, store: Store) -> np.ndarray:
         if q.vector is not None:
+            words = self.encoder.modality_words(captions=True) if self.encoder else []
+            if q.modality is not None and q.modality not in words:  # the schema's enum: a text modality or null
+                raise QueryError(f"modality {q.modality!r} is not a text modality of this model "
+                                 f"(known: {', '.join(words) or 'none'}); a vector query needs none")
             return parse_vector(q.vector, store.dim)
         if self.encoder is None:
             raise QueryError(f"this server has no model ({self.model_note}); send a vector")
