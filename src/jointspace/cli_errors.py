@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from jointspace.errors import JointspaceError, MissingExtra, extra_of
+from jointspace.preemption import PREEMPTED_EXIT, Preempted
 
 errors = Console(stderr=True)
 
@@ -54,8 +55,6 @@ def friendly(console: Console | None = None) -> Callable[[Callable], Callable]:
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            from jointspace.engine.preempt import PREEMPTED_EXIT, Preempted
-
             try:
                 return fn(*args, **kwargs)
             except Preempted as stop:

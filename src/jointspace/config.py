@@ -20,6 +20,7 @@ from pydantic import (
 from jointspace.errors import JointspaceError, UsageError
 from jointspace.kinds import size_fields
 from jointspace.losses.registry import loss_class, loss_params
+from jointspace.preemption import signal_number
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -202,8 +203,6 @@ class TrainConfig(_Strict):
     @field_validator("preempt_signals")
     @classmethod
     def _catchable(cls, v: list[str]) -> list[str]:
-        from jointspace.engine.preempt import signal_number  # the engine names the signals it can catch
-
         for name in v:
             signal_number(name)
         return v

@@ -4,6 +4,8 @@ instances and Slurm; SIGUSR1 with Slurm's `--signal=USR1@90`). While a run train
 every rank at the same step: they agree on log steps), writes a mid-epoch checkpoint and raises
 `Preempted`, which the CLI prints as one line naming the checkpoint and the command that resumes, with
 exit code PREEMPTED_EXIT. A second signal while the checkpoint is written is noted and changes nothing.
+The signals, `Preempted` and its exit code are defined below the config and the CLI, in
+jointspace.preemption; the engine's callers may name them here too.
 """
 
 from __future__ import annotations
@@ -12,35 +14,9 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from jointspace.errors import JointspaceError, UsageError
+from jointspace.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT, Preempted, signal_number
 
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: try again later (what a requeued job does)
-DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1")
-
-
-def signal_number(name: str) -> int:
-    """SIGTERM / TERM / 15 -> the signal's number; anything else is a ValueError naming it."""
-    text = str(name).strip().upper()
-    if text.isdigit():
-        return int(text)
-    number = getattr(signal.Signals, text if text.startswith("SIG") else f"SIG{text}", None)
-    if number is None or text in ("SIGKILL", "SIGSTOP", "KILL", "STOP"):
-        raise UsageError(f"{name!r} is not a signal a run can catch (e.g. SIGTERM, SIGUSR1)")
-    return int(number)
-
-
-class Preempted(JointspaceError):
-    """A run stopped by a preemption signal after writing a checkpoint; `--resume` continues it. (Not a
-    RuntimeError: a sweep's caught trial errors must not swallow it.)"""
-
-    def __init__(self, signal_name: str, step: int, total_steps: int, epoch: int, checkpoint: str):
-        super().__init__(signal_name, step, total_steps, epoch, checkpoint)  # args: it pickles across processes
-        self.signal_name, self.step, self.total_steps = signal_name, step, total_steps
-        self.epoch, self.checkpoint = epoch, checkpoint
-
-    def __str__(self) -> str:
-        return (f"stopped by {self.signal_name} at step {self.step} of {self.total_steps} (epoch {self.epoch}); "
-                f"checkpoint {self.checkpoint}")
+__all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT", "PreemptWatch", "Preempted", "signal_number"]
 
 
 class PreemptWatch:
