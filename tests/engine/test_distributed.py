@@ -16,7 +16,8 @@ WORKER = textwrap.dedent("""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from safetensors.torch import save_file
     from jointspace.losses import BindingLoss, LossContext, positive_mask
-    from jointspace.engine.distributed import cleanup, gather_no_grad, init_distributed, shard_batch
+    from jointspace.collectives import gather_no_grad
+    from jointspace.engine.distributed import cleanup, init_distributed, shard_batch
     sys.path.insert(0, sys.argv[1])
     from common import make_model, make_batch
 

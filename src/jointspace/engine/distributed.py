@@ -1,4 +1,4 @@
-"""Data-parallel setup for torchrun (DDP) and all-gather that keeps gradients.
+"""Data-parallel setup for torchrun (DDP); the all-gathers are jointspace.collectives.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; nothing here is global
 state: `init_distributed` returns a small record that the loop passes where it is needed.
@@ -7,13 +7,11 @@ state: `init_distributed` returns a small record that the loop passes where it i
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 from jointspace.errors import UsageError
 
@@ -81,24 +79,6 @@ def rank_rng_states(info: DistInfo, device: torch.device) -> dict[str, torch.Ten
         dist.all_gather(parts, state)
         out.update({f"rng.{kind}.rank{r}": part.cpu() for r, part in enumerate(parts)})
     return out
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x [n, ...] from every rank in rank order; gradients flow back to each rank's part."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(dist_fn.all_gather(x), dim=0)
-
-
-def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x from every rank (labels, token ids): no gradient."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, dim=0)
 
 
 def shard_batch(idx: torch.Tensor, info: DistInfo) -> torch.Tensor:

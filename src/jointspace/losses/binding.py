@@ -8,7 +8,7 @@ from itertools import combinations
 import torch
 from torch import nn
 
-from jointspace.engine.distributed import gather_with_grad
+from jointspace.collectives import gather_with_grad
 from jointspace.errors import UsageError
 from jointspace.losses.base import LossContext, PairLoss
 from jointspace.losses.registry import build_pair_loss

@@ -15,13 +15,14 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from jointspace.collectives import gather_no_grad
 from jointspace.config import RunConfig
 from jointspace.data.csv_source import CsvSource
 from jointspace.data.dataset import SplitData, recorded_range
 from jointspace.data.shards import DataError, ReadStats, iter_samples
 from jointspace.data.sources import TrainSampler, shards_arg, source_label_lookups, source_of
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
-from jointspace.engine.distributed import DistInfo, gather_no_grad, shard_batch
+from jointspace.engine.distributed import DistInfo, shard_batch
 from jointspace.kinds import Prep, get_kind, input_channels, ready, to_inputs, with_role
 from jointspace.losses import positive_mask
 from jointspace.runs import config_prep
