@@ -16,7 +16,7 @@ def tiny_augment_overrides(data_path, out_dir, name="diffusion", steps=12) -> li
 @pytest.fixture(scope="session")
 def diffusion_run(digits_dir, tmp_path_factory):
     """A finished tiny `augment train` run folder."""
-    from jointspace.augment.config import load_augment_config
+    from jointspace.diffusion.config import load_augment_config
     from jointspace.tasks.diffusion import train_diffusion
 
     out = tmp_path_factory.mktemp("augment")

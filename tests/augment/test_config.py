@@ -3,9 +3,9 @@
 import pytest
 from typer.testing import CliRunner
 
-from jointspace.augment.config import load_augment_config
 from jointspace.cli import app
 from jointspace.config import ConfigError
+from jointspace.diffusion.config import load_augment_config
 
 
 def test_defaults_and_overrides():

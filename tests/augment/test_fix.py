@@ -90,8 +90,8 @@ def test_fix_on_a_contrastive_run_judges_retrieval(tiny_cfg, diffusion_run, tmp_
     contrastive loop with the generated shards mixed in, the same measure before and after."""
     import numpy as np
 
-    from jointspace.augment.config import load_augment_config
     from jointspace.augment.fix import analyse_split, run_fix
+    from jointspace.diffusion.config import load_augment_config
     from jointspace.tasks.contrastive import train
 
     run = train(tiny_cfg("loss.positives=label", name="contrastive", epochs=1),

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from jointspace.augment.model import SCHEDULERS
 from jointspace.cli import app
+from jointspace.diffusion.model import SCHEDULERS
 
 
 def _clip_tokenizer(folder):
@@ -140,10 +140,10 @@ def test_fix_driven_by_prompts_img2img_and_the_joint_space_filter(tiny_sd, tiny_
     loop with a clear error when it rejects every generated image (the random tiny pipeline's)."""
     import sys
 
-    from jointspace.augment.config import load_augment_config
     from jointspace.augment.fix import run_fix
     from jointspace.augment.prompted import judge
     from jointspace.augment.sample import real_images
+    from jointspace.diffusion.config import load_augment_config
     from jointspace.tasks.contrastive import train
 
     sys.path.insert(0, str(Path(__file__).parent))

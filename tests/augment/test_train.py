@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jointspace.augment.config import load_augment_config
+from jointspace.diffusion.config import load_augment_config
 from jointspace.tasks import diffusion as aug_train
 from jointspace.tasks.contrastive import NonFiniteLossError
 from jointspace.tasks.diffusion import DiffusionInfo, read_losses, train_diffusion

@@ -29,7 +29,7 @@ def augment_train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run folder")] = False,
 ) -> None:
     """Alias of `jointspace train CONFIG` with task: diffusion (--data sets data.path)."""
-    from jointspace.augment.config import load_augment_config
+    from jointspace.diffusion.config import load_augment_config
     from jointspace.tasks.diffusion import train_diffusion
 
     cfg = load_augment_config(config, [*([f"data.path={data}"] if data else []), *(set_ or [])])
@@ -140,9 +140,9 @@ def augment_fix(
     overwrite: Annotated[bool, typer.Option(help="redo a finished fix folder")] = False,
 ) -> None:
     """Find the run's worst classes, generate images of them, retrain with them mixed in, compare before/after."""
-    from jointspace.augment.config import load_augment_config
     from jointspace.augment.fix import FIX_JSON, FIX_MD, run_fix
     from jointspace.augment.report import FIX_HTML
+    from jointspace.diffusion.config import load_augment_config
 
     cfg = load_augment_config(config, set_ or [])
     result = run_fix(run, cfg, diffusion, out, overwrite, log=console.print)

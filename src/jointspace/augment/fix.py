@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.augment.config import AugmentConfig
 from jointspace.augment.prompted import class_prompts, judge
 from jointspace.augment.report import fix_table, image_grid, write_fix_report
 from jointspace.augment.sample import class_ids, load_sampler, real_images
 from jointspace.config import RunConfig, apply_overrides
 from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
+from jointspace.diffusion.config import AugmentConfig
 from jointspace.errors import UsageError, require
 from jointspace.evaluate.classify import confusion_matrix
 from jointspace.kinds import with_role

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jointspace.augment.model import load_diffusion, make_scheduler
+from jointspace.diffusion.model import load_diffusion, make_scheduler
 from jointspace.errors import UsageError, require
 from jointspace.outputs import OutputType, json_with
 from jointspace.run_dir import RUN_INFO, RunDir

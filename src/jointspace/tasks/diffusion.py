@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from jointspace.augment.config import AugmentConfig, save_augment_config
-from jointspace.augment.model import build_unet, load_images, scheduler_config, unet_kwargs
 from jointspace.data.dataset import epoch_batches
+from jointspace.diffusion.config import AugmentConfig, save_augment_config
+from jointspace.diffusion.model import build_unet, load_images, scheduler_config, unet_kwargs
 from jointspace.engine import Objective, Plan, StepContext, fit
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, warmup_cosine

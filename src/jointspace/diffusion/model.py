@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from jointspace.augment.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.data.dataset import SplitData, load_split
+from jointspace.diffusion.config import AugmentConfig, DiffusionDataConfig, UNetConfig, load_augment_config
 from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
 from jointspace.run_dir import RUN_INFO, RunDir, RunInfo
