@@ -12,10 +12,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from jointspace.augment.cli import augment_app
 from jointspace.cli_errors import friendly
-from jointspace.export.cli import export
-from jointspace.index.cli import index_app, search, serve
+from jointspace.commands.augment import augment_app
+from jointspace.commands.export import export
+from jointspace.commands.index import index_app, search
+from jointspace.commands.serve import serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, pack and inspect WebDataset shards.")

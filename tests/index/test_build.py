@@ -12,10 +12,10 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from jointspace.commands.index import index_app, search
 from jointspace.data.shards import ReadStats, iter_samples, split_urls
 from jointspace.index.build import add_shards, build_index, open_for_run
 from jointspace.index.bulk import choose_factory
-from jointspace.index.cli import index_app, search
 from jointspace.index.query import model_fingerprint
 from jointspace.index.store import FingerprintError, IndexStore
 

@@ -232,7 +232,7 @@ def test_serve_command_binds_loopback_by_default(tiny_index, monkeypatch):
     import uvicorn
     from typer.testing import CliRunner
 
-    from jointspace.index.cli import serve
+    from jointspace.commands.serve import serve
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
