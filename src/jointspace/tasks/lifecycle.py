@@ -16,6 +16,7 @@ from pathlib import Path
 from jointspace.config import ConfigError, read_yaml
 from jointspace.engine.checkpoint import latest_checkpoint
 from jointspace.run_dir import RESUME_OR_OVERWRITE, RUN_FOLDER, WEIGHTS, RunDir
+from jointspace.tasks.registry import config_for
 
 
 def fresh_or_resumed(train: Callable[..., Path]) -> Callable[..., Path]:
@@ -76,8 +77,6 @@ def same_config(cfg) -> bool:
     """Whether cfg's run folder holds a saved config that is this very config (validated as its task's):
     a run stopped part-way goes on from its checkpoint only then."""
     import yaml
-
-    from jointspace.tasks import config_for
 
     path = RunDir(cfg.run_dir).config
     if not path.exists():
