@@ -34,7 +34,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
+# lint-imports: the layers of docs/architecture.md (pyproject.toml's [tool.importlinter] contracts)
 test: $(STAMP) test-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench-search: $(STAMP)
