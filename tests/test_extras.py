@@ -126,6 +126,7 @@ def without_extras(tmp_path_factory, digits_dir):
         "parquet": ["embed", run, digits_dir, "--out", base / "emb", "--format", "parquet"],
         "wandb": [*_tiny(digits_dir, base / "runs", "wandb"), "--tracker", "wandb"],
         "milvus": ["index", "build", run, digits_dir, "--out", base / "mil", "--backend", "milvus"],
+        "audit": ["audit", run, digits_dir, "--out", base / "aud"],
     }
     assert set(extras) == set(EXTRAS)
     done = jointspace_without(OPTIONAL, *core.values(), *extras.values())
@@ -149,5 +150,5 @@ def test_a_missing_extra_is_one_line_naming_it(extra, without_extras):
     (line,) = err.strip().splitlines()
     assert line.startswith("error: MissingExtra: ") and f"needs the optional extra '{extra}'" in line, line
     assert line.endswith(f"pip install 'jointspace[{extra}]'"), line
-    assert not any((base / name).exists() for name in ("aug", "onnx", "emb", "runs/wandb", "mil",
+    assert not any((base / name).exists() for name in ("aug", "onnx", "emb", "runs/wandb", "mil", "aud",
                                                                   "mil.milvus.db"))  # nothing left behind

@@ -32,6 +32,7 @@ EXTRAS: dict[str, dict[str, str]] = {
     "wandb": {"wandb": "wandb"},
     "parquet": {"pyarrow": "pyarrow"},
     "milvus": {"pymilvus": "pymilvus", "milvus_lite": "milvus-lite"},
+    "audit": {"cleanlab": "cleanlab"},
 }
 
 

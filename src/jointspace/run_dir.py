@@ -30,6 +30,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"  # the engine's pointer in checkpoints/ (engine.checkpoint.LATEST; a test ties them)
 EVAL_DIR = "eval"  # embeddings_<split>.npz
 PLOTS = "plots"
+LAST_AUDIT = "last_audit.json"  # where `jointspace audit` last wrote its folder for this run, and its counts
 
 RESUME_OR_OVERWRITE = "--resume to continue it or --overwrite"  # the flags that act on an existing run
 # a run folder (any task's, a CILP or pipeline folder) holds its config and one of these from its first step on
@@ -176,6 +177,21 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.path / PLOTS
+
+    @property
+    def last_audit(self) -> Path:
+        return self.path / LAST_AUDIT
+
+    def read_last_audit(self) -> dict | None:
+        """The pointer to the run's last audit (its folder, data, splits, counts), or None when never audited."""
+        try:
+            value = json.loads(self.last_audit.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def write_last_audit(self, summary: dict) -> None:
+        atomic_write_text(self.last_audit, json.dumps(summary, indent=2))
 
     def embeddings(self, split: str) -> Path:
         """Where evaluation writes a split's embeddings (eval/embeddings_<split>.npz)."""

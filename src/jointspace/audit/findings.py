@@ -1,0 +1,163 @@
+"""The audit's findings: one row per suspect sample, and the finders that only need the joint space
+(exact and near duplicates, leaks, mismatched pairs, outliers). Label issues: `labels.py`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from jointspace.audit.neighbours import knn, pairs_above, partner_ranks
+from jointspace.audit.space import TRAIN, Space
+
+DUPLICATE, NEAR, LEAK, MISMATCH, LABEL, OUTLIER = "duplicate", "near_duplicate", "leak", "mismatch", "label", "outlier"
+ISSUES = (DUPLICATE, NEAR, LEAK, MISMATCH, LABEL, OUTLIER)
+ALL = "all"  # the modality of a finding about whole samples
+
+
+@dataclass
+class Finding:
+    """One suspect sample: the issue, a score (higher: more suspect), the sample it pairs with (a duplicate's
+    original, a leak's train sample, the sample whose partner a mismatched one matches), and its split."""
+
+    key: str
+    issue: str
+    score: float
+    split: str
+    partner_key: str = ""
+    partner_split: str = ""
+    modality: str = ALL
+    label: str = ""
+    suggested: str = ""
+    detail: dict = field(default_factory=dict)
+
+    def row(self) -> dict:
+        out = asdict(self)
+        out["score"] = round(float(self.score), 6)
+        return out
+
+
+def _pair_finding(space: Space, i: int, j: int, issue: str, score: float, modality: str = ALL,
+                  **detail) -> Finding:
+    """A finding about the pair (i, j), i < j: a leak names the sample outside train, else the later one."""
+    si, sj = space.splits[i], space.splits[j]
+    if (si == TRAIN) != (sj == TRAIN):
+        issue = LEAK
+        i, j = (j, i) if si == TRAIN else (i, j)
+        key, partner = i, j
+    else:
+        key, partner = j, i
+    return Finding(space.keys[key], issue, score, str(space.splits[key]), space.keys[partner],
+                   str(space.splits[partner]), modality, space.class_name(int(space.labels[key])), detail=detail)
+
+
+def sample_hashes(space: Space) -> np.ndarray:
+    """One digest per sample: its modalities' content hashes together."""
+    return np.array(["|".join(h) for h in zip(*(space.hashes[m] for m in space.modalities))], dtype=object)
+
+
+def exact_duplicates(space: Space) -> tuple[list[Finding], dict]:
+    """Samples identical in every modality to an earlier one (content hashes), within and across splits;
+    and per modality, how many values occur more than once."""
+    first: dict[str, int] = {}
+    found = []
+    for row, digest in enumerate(sample_hashes(space)):
+        if digest in first:
+            found.append(_pair_finding(space, first[digest], row, DUPLICATE, 1.0, exact=True))
+        else:
+            first[digest] = row
+    per_modality = {}
+    for m, hashes in space.hashes.items():
+        _, counts = np.unique(hashes.astype(str), return_counts=True)
+        per_modality[m] = {"repeated_values": int((counts > 1).sum()), "samples_with_a_repeat": int(counts[counts > 1].sum())}
+    return found, per_modality
+
+
+def near_duplicates(space: Space, threshold: float, k: int = 16) -> list[Finding]:
+    """Pairs whose cosine is at least `threshold` in every modality (found among the k nearest neighbours in
+    the joint space, through a FAISS index), not identical in all; score: the lowest of their cosines."""
+    i, j, _ = pairs_above(space.joint(), threshold, k)
+    lowest = np.min([np.einsum("nd,nd->n", space.emb[m][i], space.emb[m][j]) for m in space.modalities], axis=0)
+    same = sample_hashes(space)
+    found = []
+    for a, b, low in zip(i.tolist(), j.tolist(), np.atleast_1d(lowest).tolist()):
+        if low >= threshold and same[a] != same[b]:
+            found.append(_pair_finding(space, a, b, NEAR, low, exact=False))
+    return found
+
+
+def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """For every sample, within its split: the rank share of its own `b` among all `b` values for its `a`
+    (0: first; 1: last), the same from `b` to `a`, combined as the smaller of the two (both must rank
+    badly); and the row whose `b` its `a` matches best."""
+    score = np.zeros(len(space))
+    best = np.zeros(len(space), dtype=np.int64)
+    for split in dict.fromkeys(space.splits.tolist()):
+        rows = np.flatnonzero(space.splits == split)
+        ea, eb = space.emb[a][rows], space.emb[b][rows]
+        ab, best_b = partner_ranks(ea, eb)
+        ba, _ = partner_ranks(eb, ea)
+        score[rows] = np.minimum(ab, ba) / max(len(rows) - 1, 1)
+        best[rows] = rows[best_b]
+    return score, best
+
+
+def mismatched_pairs(space: Space, max_share: float) -> list[Finding]:
+    """Samples whose partner in another modality ranks outside the best `max_share` of candidates in both
+    directions (its split's samples), for every pair of modalities."""
+    found = []
+    for a, b in combinations(space.modalities, 2):
+        score, best = mismatch_scores(space, a, b)
+        for row in np.flatnonzero(score > max_share).tolist():
+            p = int(best[row])
+            found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),
+                                 space.keys[p] if p != row else "", str(space.splits[p]) if p != row else "",
+                                 f"{a}-{b}", space.class_name(int(space.labels[row]))))
+    return found
+
+
+UNIQUENESS_WEIGHTS = (0.6, 0.3, 0.1)  # FiftyOne Brain's weights of the 3 nearest neighbours' distances
+
+
+def neighbour_scores(space: Space, k: int = 10) -> dict[str, np.ndarray]:
+    """Per sample, in the joint space: `outlier` (mean cosine distance to its k nearest neighbours),
+    `uniqueness` (weighted distance to its 3 nearest, scaled to [0, 1] by the largest) and
+    `representativeness` (cosine to its class's mean point)."""
+    joint = space.joint()
+    sims, _ = knn(joint, max(k, len(UNIQUENESS_WEIGHTS)))
+    dist = 1.0 - np.where(np.isfinite(sims), sims, 0.0)
+    outlier = dist[:, :k].mean(axis=1)
+    unique = dist[:, :len(UNIQUENESS_WEIGHTS)] @ np.array(UNIQUENESS_WEIGHTS)
+    unique = unique / unique.max() if len(unique) and unique.max() > 0 else unique
+    rep = np.zeros(len(space))
+    for label in np.unique(space.labels):
+        rows = np.flatnonzero(space.labels == label)
+        centre = joint[rows].mean(axis=0)
+        rep[rows] = joint[rows] @ (centre / max(np.linalg.norm(centre), 1e-12))
+    return {"outlier": outlier, "uniqueness": unique, "representativeness": rep}
+
+
+def outlier_fence(scores: np.ndarray, far: float = 3.0) -> float:
+    """Tukey's far-out fence: Q3 + far x IQR."""
+    q1, q3 = np.percentile(scores, [25, 75]) if len(scores) else (0.0, 0.0)
+    return float(q3 + far * (q3 - q1))
+
+
+def outliers(space: Space, scores: dict[str, np.ndarray], far: float = 3.0) -> tuple[list[Finding], float]:
+    """Samples whose k-NN distance is beyond the far-out fence, and the fence."""
+    fence = outlier_fence(scores["outlier"], far)
+    rows = np.flatnonzero(scores["outlier"] > fence)
+    return [Finding(space.keys[r], OUTLIER, float(scores["outlier"][r]), str(space.splits[r]),
+                    label=space.class_name(int(space.labels[r]))) for r in rows.tolist()], fence
+
+
+def representative(space: Space, scores: dict[str, np.ndarray], n: int = 5) -> dict[str, dict[str, list[str]]]:
+    """Per class, the keys of its `n` most and `n` least representative samples."""
+    out = {}
+    for label in np.unique(space.labels):
+        rows = np.flatnonzero(space.labels == label)
+        order = rows[np.argsort(-scores["representativeness"][rows], kind="stable")]
+        out[space.class_name(int(label))] = {"most": [space.keys[r] for r in order[:n]],
+                                             "least": [space.keys[r] for r in order[::-1][:n]]}
+    return out

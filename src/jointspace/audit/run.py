@@ -1,0 +1,106 @@
+"""`jointspace audit RUN DATA`: every finder over a run's joint space of a dataset, into an audit folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from jointspace.audit.findings import (
+    Finding,
+    exact_duplicates,
+    mismatched_pairs,
+    near_duplicates,
+    neighbour_scores,
+    outliers,
+    representative,
+)
+from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
+from jointspace.audit.labels import label_issues, require_cleanlab
+from jointspace.audit.page import write_page
+from jointspace.audit.space import Space, load_space
+from jointspace.errors import UsageError
+from jointspace.run_dir import RunDir
+
+FINDERS = ("exact", "near", "mismatch", "label", "outlier")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The finders to run and their thresholds (each finder's default rule is stated in the README)."""
+
+    finders: tuple[str, ...] = FINDERS
+    near_threshold: float = 0.95  # cosine in every modality
+    neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
+    mismatch_share: float = 0.2  # a partner ranked outside the best 20 % of candidates, both ways
+    outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
+    folds: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.finders if f not in FINDERS]
+        if unknown or not self.finders:
+            raise UsageError(f"--finders: unknown finder {', '.join(unknown) or '(none given)'}; "
+                             f"choose from {', '.join(FINDERS)}")
+        if not -1.0 <= self.near_threshold <= 1.0:
+            raise UsageError(f"--near-threshold must be a cosine in [-1, 1], got {self.near_threshold}")
+        if not 0.0 <= self.mismatch_share < 1.0:
+            raise UsageError(f"--mismatch-share must be in [0, 1), got {self.mismatch_share}")
+
+
+def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Finding], dict, dict]:
+    """Run the chosen finders: (findings, summaries for audit.json, per-sample scores)."""
+    found: list[Finding] = []
+    summary: dict = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return value
+
+    on = set(settings.finders)
+    if "exact" in on:
+        exact, summary["exact_per_modality"] = timed("exact", lambda: exact_duplicates(space))
+        found += exact
+    if "near" in on:
+        found += timed("near", lambda: near_duplicates(space, settings.near_threshold))
+    if "mismatch" in on and len(space.modalities) > 1:
+        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share))
+    if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
+        labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed))
+        found += labels
+    scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours))
+    if "outlier" in on:
+        flagged, summary["outlier_fence"] = outliers(space, scores, settings.outlier_far)
+        found += flagged
+    if space.labelled:
+        summary["representative"] = representative(space, scores)
+    summary["seconds"] = timings
+    return found, summary, scores
+
+
+def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: list[str] | None = None,
+              settings: Settings = Settings(), overwrite: bool = False, device: str = "auto") -> dict:
+    """Audit `data` (its `splits`, default all) through the run's joint space into the folder `out`; the run
+    folder records where (report.html and the web service find it there). Returns audit.json's content."""
+    if "label" in settings.finders:
+        require_cleanlab()  # before any work: a missing extra is one line
+    out = Path(out)
+    sources = [run_dir, *([data] if Path(str(data)).exists() else [])]
+    AUDIT_FOLDER.check(out, overwrite, sources)
+    t0 = time.perf_counter()
+    space = load_space(run_dir, data, splits, device)
+    embed_s = time.perf_counter() - t0
+    found, summary, scores = audit_space(space, settings)
+    summary["seconds"]["embed"] = round(embed_s, 3)
+    about = {"run": str(Path(run_dir).resolve()), "data": str(data), "splits": sorted(set(space.splits.tolist())),
+             "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings), **summary}
+    with AUDIT_FOLDER.staged(out, overwrite, sources) as stage:
+        result = write_findings(stage, found, about)
+        write_samples(stage, space.keys, space.splits, scores)
+        write_page(stage, space, found, result)
+    RunDir(run_dir).write_last_audit({"folder": str(out.resolve()), "data": str(data), "splits": about["splits"],
+                                      "n_samples": len(space), "counts": result["counts"]})
+    return result

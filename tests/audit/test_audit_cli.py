@@ -1,0 +1,40 @@
+"""`jointspace audit RUN DATA --out DIR` end to end on digits shards with planted exact faults."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from typer.testing import CliRunner
+
+from jointspace.cli import app
+from jointspace.run_dir import RunDir
+
+runner = CliRunner()
+
+
+def test_audit_finds_the_planted_copies_and_writes_its_folder(tiny_run, faulty_digits, tmp_path):
+    out = tmp_path / "audit"
+    done = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    result = json.loads((out / "audit.json").read_text())
+    rows = list(csv.DictReader((out / "audit.csv").open()))
+    assert len(rows) == len(result["findings"]) == sum(result["counts"].values())
+    exact = {(r["key"], r["issue"], r["partner_key"], r["split"], r["partner_split"]) for r in rows
+             if r["score"] == "1.0"}
+    keys = {r["key"] for r in rows}
+    assert ("dup-0", "duplicate") in {(k, i) for k, i, *_ in exact}
+    assert any(k == "leak-1" and i == "leak" and s == "test" and ps == "train" for k, i, _, s, ps in exact)
+    assert keys and result["n_samples"] == 182 and set(result["splits"]) == {"train", "val", "test"}
+    assert "labels" in result and "probe_accuracy" in result["labels"] and result["representative"]
+    html = (out / "audit.html").read_text()
+    assert "Exact duplicates" in html and "data:image/png;base64," in html and "leak-1" in html
+    assert (out / "samples.csv").read_text().count("\n") == 183
+    pointer = RunDir(tiny_run).read_last_audit()
+    assert pointer["folder"] == str(out.resolve()) and pointer["counts"] == result["counts"]
+
+    again = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output  # an earlier audit is not replaced silently
+    bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"),
+                              "--finders", "exact,nope"])
+    assert bad.exit_code == 2 and "unknown finder nope" in bad.output

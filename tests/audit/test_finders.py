@@ -1,0 +1,120 @@
+"""Each finder of `jointspace audit` against hand-built cases: exact pairs, near copies across splits (leaks), a
+known swap, a known flipped label, a far-off sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jointspace.audit.findings import (
+    DUPLICATE,
+    LEAK,
+    NEAR,
+    exact_duplicates,
+    mismatched_pairs,
+    near_duplicates,
+    neighbour_scores,
+    outliers,
+    representative,
+)
+from jointspace.audit.labels import label_issues
+from jointspace.audit.neighbours import knn, partner_ranks
+from jointspace.audit.space import Space, content_hash
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _space(emb: dict[str, np.ndarray], splits=None, labels=None, hashes=None) -> Space:
+    n = len(next(iter(emb.values())))
+    rng = np.random.default_rng(1)
+    return Space(keys=[f"s{i:03d}" for i in range(n)],
+                 splits=np.array(splits or ["train"] * n, dtype=object),
+                 labels=np.asarray(labels if labels is not None else np.zeros(n), dtype=np.int64),
+                 emb={m: _unit(e) for m, e in emb.items()}, kinds={m: "image" for m in emb},
+                 class_names=["a", "b", "c"],
+                 hashes=hashes or {m: np.array([content_hash(rng.random(4)) for _ in range(n)], dtype=object)
+                                   for m in emb})
+
+
+def test_content_hash_is_of_the_value():
+    a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert content_hash(a) == content_hash(a.copy()) != content_hash(a.reshape(3, 2))
+    assert content_hash(a) != content_hash(a.astype(np.int16)) and content_hash("x") != content_hash("y")
+
+
+def test_exact_duplicates_within_a_split_and_leaks_across():
+    rng = np.random.default_rng(0)
+    emb = {"image": rng.normal(size=(6, 8)), "text": rng.normal(size=(6, 8))}
+    hashes = {m: np.array([f"{m}{i}" for i in range(6)], dtype=object) for m in emb}
+    for m in emb:
+        hashes[m][3] = hashes[m][0]  # sample 3 is sample 0 again (train, train)
+        hashes[m][5] = hashes[m][1]  # sample 5 (test) is train sample 1
+    hashes["image"][4] = hashes["image"][2]  # the same image only: not a duplicate sample
+    space = _space(emb, ["train"] * 4 + ["test"] * 2, hashes=hashes)
+    found, per_modality = exact_duplicates(space)
+    got = {(f.key, f.issue, f.partner_key, f.split, f.partner_split) for f in found}
+    assert got == {("s003", DUPLICATE, "s000", "train", "train"), ("s005", LEAK, "s001", "test", "train")}
+    assert per_modality["image"] == {"repeated_values": 3, "samples_with_a_repeat": 6}
+    assert per_modality["text"]["repeated_values"] == 2
+
+
+def test_near_duplicates_need_every_modality_and_name_leaks():
+    rng = np.random.default_rng(0)
+    n = 40
+    image, text = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
+    image[30], text[30] = image[2] + 0.01 * rng.normal(size=16), text[2] + 0.01 * rng.normal(size=16)  # test copy
+    image[10], text[10] = image[5] + 0.01 * rng.normal(size=16), text[5] + 0.01 * rng.normal(size=16)  # train copy
+    image[20] = image[6] + 0.01 * rng.normal(size=16)  # near in image only: not a near duplicate
+    space = _space({"image": image, "text": text}, ["train"] * 25 + ["test"] * 15)
+    found = near_duplicates(space, threshold=0.95)
+    got = {(f.key, f.issue, f.partner_key) for f in found}
+    assert got == {("s030", LEAK, "s002"), ("s010", NEAR, "s005")}
+    assert all(f.score >= 0.95 for f in found)
+
+
+def test_knn_leaves_each_query_out_and_ranks_partners():
+    x = _unit(np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32))
+    sims, rows = knn(x, 2)
+    assert rows[0].tolist() == [1, 2] and rows[3, 0] != 3 and np.all(np.diff(sims, axis=1) <= 0)
+    ranks, best = partner_ranks(x, x[[0, 2, 1, 3]])  # rows 1 and 2 swapped
+    assert ranks.tolist()[0] == 0 and ranks[1] > 0 and ranks[2] > 0 and best[1] == 2
+
+
+def test_a_known_swap_is_a_mismatched_pair_naming_the_other_sample():
+    rng = np.random.default_rng(0)
+    n = 60
+    image = rng.normal(size=(n, 16))
+    text = image + 0.3 * rng.normal(size=(n, 16))
+    text[[7, 41]] = text[[41, 7]]  # two captions swapped
+    space = _space({"image": image, "text": text})
+    found = mismatched_pairs(space, max_share=0.2)
+    assert {(f.key, f.partner_key, f.modality) for f in found} == {("s007", "s041", "image-text"),
+                                                                   ("s041", "s007", "image-text")}
+
+
+def test_a_known_flipped_label_is_a_label_issue_with_its_suggested_class():
+    pytest.importorskip("cleanlab")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 4
+    labels = np.repeat(np.arange(3), 40)
+    image = centres[labels] + rng.normal(size=(120, 16))
+    text = centres[labels] + rng.normal(size=(120, 16))
+    flipped = labels.copy()
+    flipped[17] = 2  # a class-0 sample labelled c
+    found, summary = label_issues(_space({"image": image, "text": text}, labels=flipped), folds=5)
+    assert found and found[0].key == "s017" and found[0].label == "c" and found[0].suggested == "a"
+    assert len(found) <= 3 and summary["per_class"]["c"] >= 1 and summary["per_suggested_class"]["a"] >= 1
+
+
+def test_a_far_sample_is_an_outlier_and_the_least_representative():
+    rng = np.random.default_rng(0)
+    image = np.eye(16)[np.zeros(50, dtype=int)] * 3 + 0.3 * rng.normal(size=(50, 16))
+    image[9] = np.eye(16)[5]
+    space = _space({"image": image})
+    scores = neighbour_scores(space, k=5)
+    found, fence = outliers(space, scores)
+    assert [f.key for f in found] == ["s009"] and scores["outlier"][9] > fence
+    assert scores["uniqueness"].argmax() == 9 and scores["uniqueness"].max() == pytest.approx(1.0)
+    assert representative(space, scores, n=1)["a"]["least"] == ["s009"]
