@@ -100,15 +100,33 @@ def data_pack(
 def data_subsample(
     root: Annotated[Path, typer.Argument(help="shard folder")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
-    keep: Annotated[list[str], typer.Option("--keep", help="CLASS=FRACTION of that class to keep, repeatable")],
+    keep: Annotated[list[str] | None, typer.Option("--keep", help="CLASS=FRACTION of that class to keep, "
+                                                   "repeatable")] = None,
     split: str = "train",
     seed: int = 0,
+    drop_from: Annotated[Path | None, typer.Option(help="an audit.csv (or audit folder): drop the samples it "
+                                                   "flags with --issues")] = None,
+    issues: Annotated[str, typer.Option(help="with --drop-from: the issue kinds to drop")] = "duplicate,leak,label",
+    relabel: Annotated[bool, typer.Option(help="with --drop-from: give label issues cleanlab's suggested class "
+                                          "instead of dropping them")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing shard folder (never the source, "
                                             "nor another folder)")] = False,
 ) -> None:
-    """Copy a shard folder with some classes of one split thinned out (class-imbalance experiments)."""
-    from jointspace.data.subsample import parse_keep, subsample_classes
+    """Copy a shard folder with some classes of one split thinned out, or without what an audit flagged."""
+    from jointspace.data.subsample import clean_copy, parse_keep, subsample_classes
+    from jointspace.errors import UsageError
 
+    if drop_from is not None:
+        if keep:
+            raise UsageError("--keep and --drop-from make different copies: give one of them")
+        from jointspace.audit.folder import cleaning_plan
+
+        drop, new_labels = cleaning_plan(drop_from, issues, relabel)
+        info = clean_copy(root, out, drop, new_labels, overwrite=overwrite)
+        console.print(f"wrote {out}; dropped {info['cleaned']['dropped']}, relabelled {info['cleaned']['relabelled']}")
+        return
+    if not keep:
+        raise UsageError("give --keep CLASS=FRACTION (thin classes out) or --drop-from audit.csv (clean a copy)")
     info = subsample_classes(root, out, parse_keep(keep), split, seed, overwrite=overwrite)
     counts = info["splits"][split]["class_counts"]
     console.print(f"wrote {out}; {split} class counts {counts}")

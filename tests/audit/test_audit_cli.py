@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from jointspace.cli import app
 from jointspace.run_dir import RunDir
 
+from .conftest import read_split
+
 runner = CliRunner()
 
 
@@ -32,6 +34,22 @@ def test_audit_finds_the_planted_copies_and_writes_its_folder(tiny_run, faulty_d
     assert (out / "samples.csv").read_text().count("\n") == 183
     pointer = RunDir(tiny_run).read_last_audit()
     assert pointer["folder"] == str(out.resolve()) and pointer["counts"] == result["counts"]
+
+    clean = tmp_path / "clean"
+    done = runner.invoke(app, ["data", "subsample", str(faulty_digits), "--out", str(clean), "--drop-from",
+                               str(out / "audit.csv"), "--issues", "duplicate,leak"])
+    assert done.exit_code == 0, done.output
+    flagged = {(r["split"], r["key"]) for r in rows if r["issue"] in ("duplicate", "leak")}
+    kept = {(s, x["key"]) for s in ("train", "val", "test") for x in read_split(clean, s)}
+    assert not kept & flagged and len(kept) == 182 - len(flagged) and ("train", "dup-0") in flagged
+    label_rows = [r for r in rows if r["issue"] == "label"]
+    if label_rows:  # relabelling is opt-in: the label issue stays, with cleanlab's suggested class
+        done = runner.invoke(app, ["data", "subsample", str(faulty_digits), "--out", str(tmp_path / "relabelled"),
+                                   "--drop-from", str(out), "--issues", "label", "--relabel"])
+        assert done.exit_code == 0 and f"relabelled {len(label_rows)}" in done.output, done.output
+    bad = runner.invoke(app, ["data", "subsample", str(faulty_digits), "--out", str(tmp_path / "y"),
+                              "--drop-from", str(out), "--issues", "dupes"])
+    assert bad.exit_code == 2 and "unknown issue kind dupes" in bad.output
 
     again = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output  # an earlier audit is not replaced silently

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jointspace.run_dir import RunDir
 from jointspace.viz.plots import plot_retrieval_grid, plot_umap, query_indices, top_k_indices
 from jointspace.viz.report import metrics_table, select_pairs, write_report
 
@@ -120,7 +121,7 @@ def test_write_report(run_dir: Path) -> None:
     assert out == run_dir / "report.html" and out.is_file()
     doc = out.read_text()
     ev = json.loads((run_dir / "eval.json").read_text())
-    assert "my_run" in doc
+    assert "my_run" in doc and "Data audit" not in doc  # never audited
     for pair, m in ev["retrieval"].items():
         assert f"<td>{pair.replace('>', '&gt;')}</td>" in doc
         for k in ("R@1", "R@5", "R@10", "mAP@10"):
@@ -148,7 +149,10 @@ def test_write_report_tolerates_missing_parts(run_dir: Path) -> None:
     ev.pop("zero_shot")
     ev.pop("linear_probe")
     (run_dir / "eval.json").write_text(json.dumps(ev))
+    RunDir(run_dir).write_last_audit({"folder": str(run_dir / "audit"), "data": "shards", "splits": ["test"],
+                                      "n_samples": 9, "counts": {"duplicate": 1, "leak": 2}})
     doc = write_report(run_dir, method="pca").read_text()
+    assert "<h2>Data audit</h2>" in doc and "<td>leak</td><td>2</td>" in doc  # the run's last audit
     assert "metrics.jsonl missing" in doc and "zero-shot top1" not in doc and "no embeddings found" in doc
     assert "<td>image-&gt;text</td>" in doc
     assert not (run_dir / "plots" / "curves.png").exists()

@@ -77,3 +77,20 @@ def flags_by_key(folder: str | Path) -> dict[str, list[dict]]:
         out.setdefault(r["key"], []).append({k: r.get(k, "") for k in ("issue", "score", "partner_key", "modality",
                                                                          "suggested", "split")})
     return out
+
+
+def cleaning_plan(csv_path: str | Path, issues: str, relabel: bool) -> tuple[set[tuple[str, str]],
+                                                                             dict[tuple[str, str], str]]:
+    """What `data subsample --drop-from` does with an audit: the (split, key) of samples to drop (flagged with
+    one of `issues`), and, with `relabel`, the label issues to give their suggested class instead."""
+    chosen = parse_issues(issues)
+    drop, new_labels = set(), {}
+    for r in read_rows(csv_path):
+        if r["issue"] not in chosen:
+            continue
+        where = (r["split"], r["key"])
+        if relabel and r["issue"] == "label" and r.get("suggested"):
+            new_labels[where] = r["suggested"]
+        else:
+            drop.add(where)
+    return drop, {k: v for k, v in new_labels.items() if k not in drop}

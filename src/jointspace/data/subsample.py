@@ -62,3 +62,31 @@ def subsample_classes(root: str | Path, out: str | Path, keep: dict[str, float],
     extra = {k: v for k, v in info.items() if k not in ("modalities", "class_names", "splits")}
     extra["subsampled"] = {"from": str(root), "split": split, "keep": keep, "seed": seed}
     return write_dataset(out, splits, modalities, names, extra, maxcount=maxcount, overwrite=overwrite, sources=[root])
+
+
+def clean_copy(root: str | Path, out: str | Path, drop: set[tuple[str, str]],
+               relabel: dict[tuple[str, str], str] | None = None, maxcount: int = 1000,
+               overwrite: bool = False) -> dict:
+    """Write `out` as `root` without the samples `drop` ({(split, key)}) and with the samples of `relabel`
+    ({(split, key): class name}) given that class. Returns the new dataset.json content, with how many
+    were dropped and relabelled."""
+    info = read_info(root)
+    SHARD_FOLDER.check(out, overwrite, [root])
+    names, relabel = list(info.get("class_names", [])), relabel or {}
+    unknown = sorted({c for c in relabel.values() if c not in names})
+    if unknown:
+        raise DataError(f"{root}: suggested classes {unknown} not in the dataset (has: {', '.join(names)})")
+    modalities, splits, dropped, moved = info["modalities"], {}, 0, 0
+    for s in info["splits"]:
+        kept = []
+        for x in iter_samples(split_urls(root, s), ReadStats(), list(modalities)):
+            if (s, x["key"]) in drop:
+                dropped += 1
+                continue
+            if (s, x["key"]) in relabel:
+                x, moved = {**x, "label": names.index(relabel[(s, x["key"])])}, moved + 1
+            kept.append(x)
+        splits[s] = kept
+    extra = {k: v for k, v in info.items() if k not in ("modalities", "class_names", "splits")}
+    extra["cleaned"] = {"from": str(root), "dropped": dropped, "relabelled": moved}
+    return write_dataset(out, splits, modalities, names, extra, maxcount=maxcount, overwrite=overwrite, sources=[root])

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from jointspace.audit.folder import flags_by_key
 from jointspace.index.backend import Store, open_store
 from jointspace.index.query import Encoder, QueryError, parse_vector
 from jointspace.index.store import META_FILE, IndexStoreError
@@ -45,6 +46,7 @@ class Hit(BaseModel):
     source: str | None = None
     split: str | None = None
     has_thumbnail: bool = False
+    audit: list[dict[str, str]] = []  # the findings of the run's last `jointspace audit` about this sample
 
 
 class Result(BaseModel):
@@ -121,6 +123,7 @@ class Service:
     counts: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    flags: dict[str, list[dict]] = field(default_factory=dict)  # sample key -> its audit findings
 
     def auth(self, creds: HTTPAuthorizationCredentials | None) -> None:
         if self.token and (creds is None or not hmac.compare_digest(creds.credentials.encode(), self.token.encode())):
@@ -146,7 +149,8 @@ class Service:
         store = self.live.get()
         vectors = np.concatenate([self.embed(q, store) for q in req.queries])
         hits = store.search(vectors, req.k, req.where)
-        results = [Result(query=q.describe(), hits=[Hit(**h) for h in hs]) for q, hs in zip(req.queries, hits)]
+        results = [Result(query=q.describe(), hits=[Hit(**h, audit=self.flags.get(h["key"], [])) for h in hs])
+                   for q, hs in zip(req.queries, hits)]
         return SearchOut(results=results, took_ms=round((time.perf_counter() - t0) * 1000, 3))
 
     def stats(self) -> dict:
@@ -157,6 +161,12 @@ class Service:
                 "limits": {"max_upload_bytes": self.max_upload_bytes, "max_k": self.max_k, "max_batch": self.max_batch},
                 "auth": bool(self.token), "uptime_s": round(time.time() - self.started, 1),
                 "responses": dict(self.counts)}
+
+
+def audit_flags(run_dir: str | Path | None) -> dict[str, list[dict]]:
+    """The findings per sample key of the run's last `jointspace audit` ({} when it has none)."""
+    last = RunDir(run_dir).read_last_audit() if run_dir else None
+    return flags_by_key(last["folder"]) if last and last.get("folder") else {}
 
 
 def _open_model(live: LiveStore, run_dir: str | Path | None, load_model: bool,
@@ -242,7 +252,8 @@ def create_app(index_dir: str | Path, run_dir: str | Path | None = None, token: 
     check_settings(token, max_upload_bytes, max_k, max_batch)
     live = LiveStore(index_dir, reload_every_s)
     encoder, model_note = _open_model(live, run_dir, load_model, device)
-    svc = Service(live, encoder, model_note, token, max_upload_bytes, max_k, max_batch)
+    svc = Service(live, encoder, model_note, token, max_upload_bytes, max_k, max_batch,
+                  flags=audit_flags(encoder.run_dir if encoder else live.store.meta.get("run_dir")))
 
     def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         svc.auth(creds)

@@ -188,6 +188,20 @@ def _skipped_note(run_dir: Path, ev: dict) -> list[str]:
             for k, v in lost.items()]
 
 
+def _audit_section(run: RunDir) -> list[str]:
+    """The run's last `jointspace audit` (its counts per issue kind and a link to its page), when it has one."""
+    last = run.read_last_audit()
+    if not last or not isinstance(last.get("counts"), dict):
+        return []
+    esc, folder = html.escape, Path(str(last.get("folder", "")))
+    rows = [[str(k), str(v)] for k, v in last["counts"].items()]
+    return ["<h2>Data audit</h2>",
+            (f'<p class="meta">{esc(str(last.get("data", "")))} &middot; splits {esc(", ".join(last.get("splits", [])))} '
+            f'&middot; {esc(str(last.get("n_samples", "?")))} samples &middot; '
+            f'<a href="{esc(folder.as_uri() if folder.is_absolute() else str(folder))}">{esc(str(folder))}</a></p>'),
+            _html_table(["issue", "findings"], rows, "audit")]
+
+
 def _tables(ev: dict) -> list[str]:
     """Retrieval and zero-shot / linear-probe tables."""
     rrows = _recall_rows(ev)
@@ -253,7 +267,7 @@ def write_report(
             (f'<p class="meta">split: {esc(str(ev.get("split", split)))} &middot; samples: '
              f"{esc(str(ev.get('n_samples', '?')))} &middot; modalities: "
              f"{esc(', '.join(ev.get('modalities', mods)))}</p>"),
-            *_skipped_note(run_dir, ev), *_tables(ev), "<h2>Training curves</h2>"]
+            *_skipped_note(run_dir, ev), *_tables(ev), *_audit_section(run), "<h2>Training curves</h2>"]
     body.append(_img(plot_curves(records, plots / "curves.png"), "loss, R@1, learning rate, temperature") if records
                 else f'<p class="note">{METRICS} missing or empty</p>')
     if mods and data.get("labels") is not None:

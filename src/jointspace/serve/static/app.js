@@ -86,7 +86,10 @@ function render(data, label) {
     const cap = document.createElement("div");
     cap.className = "caption";
     cap.textContent = h.caption || "";
-    card.append(pic, score, meta, cap);
+    const flags = document.createElement("div");
+    flags.className = "flags";
+    flags.textContent = (h.audit || []).map((f) => f.issue + (f.partner_key ? ` (${f.partner_key})` : "")).join(", ");
+    card.append(pic, score, meta, cap, flags);
     box.append(card);
   }
   setStatus(`${hits.length} results for ${label} in ${data.took_ms.toFixed(1)} ms`, false);

@@ -1,0 +1,210 @@
+"""Planted faults, found again by `jointspace audit`: precision and recall of each finder at its default
+threshold, beside cleanlab's Datalab (its own defaults, on the same joint embeddings) and FiftyOne's leak rule
+(a non-train sample whose nearest train sample is within cosine distance 0.2, as compute_leaky_splits' docs
+state it; FiftyOne itself is not installed).
+
+    .venv/bin/python bench/audit_faults.py --work /tmp/audit-bench            # digits and shapes
+    .venv/bin/python bench/audit_faults.py --sets digits --epochs 6
+
+Faults, planted by `plant` in a copy of each set: 5 % of train labels flipped; 2 % of train samples copied
+into test with slight noise (arrays: +N(0, 2) grey levels for integers, +1 % of the array's std for floats;
+captions unchanged); 1 % of train samples copied within train exactly; 3 % of train captions swapped between
+samples whose captions differ; 2 % of train range scans (LiDAR) swapped, on sets that have one. A small run is
+trained on the faulty train split (the audit's setting: the model saw the faults), then audited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).parents[1]
+JOINTSPACE = str(Path(sys.executable).parent / "jointspace")
+SMALL = {
+    "digits": (ROOT / "src/jointspace/configs/digits.yaml", [
+        "model.embed_dim=32", "model.towers.image.params.channels=[16, 32]", "model.towers.text.params.width=32",
+        "model.towers.text.params.layers=1", "model.towers.text.params.heads=2",
+        "model.towers.audio.params.channels=[32, 32]"]),
+    "shapes": (ROOT / "examples/shapes.yaml", [
+        "model.embed_dim=32", "data.image_size=32", "model.towers.image.params.channels=[16, 32, 64]",
+        "model.towers.lidar.params.channels=[16, 32]", "model.towers.text.params.width=32",
+        "model.towers.text.params.layers=1", "model.towers.text.params.heads=2"]),
+}
+SIZES = {"digits": None, "shapes": 2000}
+
+
+def _noisy(value, rng: np.random.Generator):
+    if isinstance(value, str):
+        return value
+    arr = np.asarray(value)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        return np.clip(np.round(arr + rng.normal(0, 2, arr.shape)), info.min, info.max).astype(arr.dtype)
+    return (arr + 0.01 * (arr.std() or 1.0) * rng.normal(size=arr.shape)).astype(arr.dtype)
+
+
+def _swap(samples: list[dict], modality: str, share: float, rng: np.random.Generator, truth: set) -> None:
+    """Swap `modality` between pairs of train samples whose values differ."""
+    order = rng.permutation(len(samples))
+    want, taken, i = round(share * len(samples)), set(), 0
+    while len(taken) < want and i + 1 < len(order):
+        a, b = int(order[i]), int(order[i + 1])
+        i += 2
+        va, vb = samples[a][modality], samples[b][modality]
+        if np.array_equal(np.asarray(va, dtype=object), np.asarray(vb, dtype=object)):
+            continue
+        samples[a][modality], samples[b][modality] = vb, va
+        taken |= {a, b}
+        truth |= {samples[a]["key"], samples[b]["key"]}
+
+
+def plant(clean: Path, out: Path, seed: int = 0) -> dict[str, list[str]]:
+    """Write the faulty copy of `clean` to `out`; returns the keys of each planted fault."""
+    from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
+    from jointspace.kinds import with_role
+
+    rng = np.random.default_rng(seed)
+    info = read_info(clean)
+    kinds, n_classes = info["modalities"], len(info["class_names"])
+    splits = {s: list(iter_samples(split_urls(clean, s), ReadStats())) for s in info["splits"]}
+    train = splits["train"]
+    truth: dict[str, set] = {"label": set(), "leak": set(), "duplicate": set(), "caption": set(), "range": set()}
+    for i in rng.choice(len(train), round(0.05 * len(train)), replace=False).tolist():
+        train[i]["label"] = int((train[i]["label"] + rng.integers(1, n_classes)) % n_classes)
+        truth["label"].add(train[i]["key"])
+    caption, ranged = with_role(kinds, "captions"), with_role(kinds, "ranged")
+    if caption:
+        _swap(train, caption, 0.03, rng, truth["caption"])
+    if ranged:
+        _swap(train, ranged, 0.02, rng, truth["range"])
+    for i in rng.choice(len(train), round(0.02 * len(train)), replace=False).tolist():
+        copy = {**train[i], "key": f"leak-{train[i]['key']}"}
+        splits["test"].append({k: (_noisy(v, rng) if k in kinds else v) for k, v in copy.items()})
+        truth["leak"].add(copy["key"])
+    for i in rng.choice(len(train), round(0.01 * len(train)), replace=False).tolist():
+        train.append({**train[i], "key": f"dup-{train[i]['key']}"})
+        truth["duplicate"].add(f"dup-{train[i]['key']}")
+    write_dataset(out, splits, kinds, info["class_names"], overwrite=True)
+    return {k: sorted(v) for k, v in truth.items()}
+
+
+def train(name: str, data: Path, runs: Path, epochs: int, again: bool) -> Path:
+    """A small run on the faulty data (kept from an earlier call unless `again`)."""
+    if not again and (runs / name / "model.safetensors").exists():
+        return runs / name
+    config, small = SMALL[name]
+    sets = [f"name={name}", f"output_dir={runs}", f"data.path={data}", "data.synth=null", "tracker=none",
+            "eval.linear_probe=false", f"train.epochs={epochs}", *small]
+    cmd = [JOINTSPACE, "train", str(config), "--overwrite", *[x for s in sets for x in ("--set", s)]]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return runs / name
+
+
+def _pr(predicted: set, truth: set) -> tuple[float, float, int, int]:
+    hit = len(predicted & truth)
+    return (hit / len(predicted) if predicted else float("nan"), hit / len(truth) if truth else float("nan"),
+            len(predicted), len(truth))
+
+
+def datalab_sets(space, probs) -> dict[str, set]:
+    """cleanlab's Datalab with its defaults on the joint embeddings: label issues (from features alone, its
+    k-NN route, and from the same out-of-fold probabilities), near duplicates, outliers."""
+    from cleanlab import Datalab
+
+    keys = np.array(space.keys)
+    out = {}
+    for name, kw in (("features", {}), ("probs", {"pred_probs": probs})):
+        lab = Datalab(data={"label": space.labels.tolist()}, label_name="label", verbosity=0)
+        lab.find_issues(features=space.joint(), **kw)
+        issues = lab.get_issues()
+        for kind in ("label", "near_duplicate", "outlier"):
+            column = f"is_{kind}_issue"
+            if column in issues:
+                out[f"{kind} ({name})"] = set(keys[issues[column].to_numpy()].tolist())
+    return out
+
+
+def fiftyone_leaks(space, distance: float = 0.2) -> set:
+    """Non-train samples whose nearest train sample is within cosine distance `distance`."""
+    from jointspace.audit.neighbours import flat_index, knn
+
+    joint = space.joint()
+    train = np.flatnonzero(space.splits == "train")
+    other = np.flatnonzero(space.splits != "train")
+    sims, _ = knn(joint[train], 1, flat_index(joint[train]), queries=joint[other])
+    return {space.keys[i] for i in other[(1.0 - sims[:, 0]) < distance].tolist()}
+
+
+def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
+    from jointspace.audit.labels import out_of_fold_probs
+    from jointspace.audit.run import Settings, audit_space
+    from jointspace.audit.space import load_space
+    from jointspace.kinds import with_role
+
+    space = load_space(run, data)
+    t0 = time.perf_counter()
+    found, summary, _ = audit_space(space, Settings())
+    seconds = time.perf_counter() - t0
+    by = lambda pred: {f.key for f in found if pred(f)}
+    caption, ranged = with_role(space.kinds, "captions") or "", with_role(space.kinds, "ranged") or ""
+    rows = [("exact duplicates", by(lambda f: f.issue == "duplicate"), truth["duplicate"]),
+            ("leaks (exact or near)", by(lambda f: f.issue == "leak"), truth["leak"]),
+            ("label issues", by(lambda f: f.issue == "label"), truth["label"])]
+    if caption and truth["caption"]:
+        rows.append(("swapped captions", by(lambda f: f.issue == "mismatch" and caption in f.modality.split("-")),
+                     truth["caption"]))
+    if ranged and truth["range"]:
+        rows.append(("swapped LiDAR scans", by(lambda f: f.issue == "mismatch" and ranged in f.modality.split("-")),
+                     truth["range"]))
+    probs = out_of_fold_probs(space.joint(), space.labels)
+    lab = datalab_sets(space, probs)
+    copies = truth["duplicate"] | truth["leak"]
+    for key, pred in lab.items():
+        rows.append((f"Datalab {key}", pred, truth["label"] if key.startswith("label") else copies))
+    rows.append(("FiftyOne leak rule (cosine distance < 0.2)", fiftyone_leaks(space), truth["leak"]))
+    out = []
+    for finder, pred, true in rows:
+        p, r, n_pred, n_true = _pr(pred, true)
+        out.append([name, finder, f"{p:.3f}", f"{r:.3f}", str(n_pred), str(n_true)])
+    print(f"{name}: {len(space)} samples audited in {seconds:.1f}s; probe accuracy "
+          f"{summary.get('labels', {}).get('probe_accuracy', float('nan')):.3f}", file=sys.stderr)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/audit-bench"))
+    ap.add_argument("--sets", nargs="+", default=["digits", "shapes"], choices=list(SMALL))
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--retrain", action="store_true", help="plant and train again (default: reuse --work's)")
+    args = ap.parse_args()
+    from jointspace.data.builtin import synthesize
+
+    table = []
+    for name in args.sets:
+        clean, faulty = args.work / name, args.work / f"{name}-faulty"
+        if not (clean / "dataset.json").exists():
+            synthesize(name, clean, seed=args.seed, n=SIZES[name])
+        truth_file = args.work / f"{name}-truth.json"
+        if args.retrain or not truth_file.exists():
+            truth_file.write_text(json.dumps(plant(clean, faulty, args.seed), indent=1))
+        truth = json.loads(truth_file.read_text())
+        run = train(name, faulty, args.work / "runs", args.epochs, args.retrain)
+        table += evaluate(name, run, faulty, {k: set(v) for k, v in truth.items()})
+    print("| set | finder | precision | recall | flagged | planted |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
