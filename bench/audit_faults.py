@@ -9,7 +9,7 @@ state it; FiftyOne itself is not installed).
 Faults, planted by `plant` in a copy of each set: 5 % of train labels flipped; 2 % of train samples copied
 into test with slight noise (arrays: +N(0, 2) grey levels for integers, +1 % of the array's std for floats;
 captions unchanged); 1 % of train samples copied within train exactly; 3 % of train captions swapped between
-samples whose captions differ; 2 % of train range scans (LiDAR) swapped, on sets that have one. A small run is
+samples of different classes; 2 % of train range scans (LiDAR) swapped likewise, on sets that have one. A small run is
 trained on the faulty train split (the audit's setting: the model saw the faults), then audited.
 """
 
@@ -50,16 +50,16 @@ def _noisy(value, rng: np.random.Generator):
 
 
 def _swap(samples: list[dict], modality: str, share: float, rng: np.random.Generator, truth: set) -> None:
-    """Swap `modality` between pairs of train samples whose values differ."""
+    """Swap `modality` between pairs of train samples of different classes (a caption of another class
+    of digits, a scan of a scene with another shape)."""
     order = rng.permutation(len(samples))
     want, taken, i = round(share * len(samples)), set(), 0
     while len(taken) < want and i + 1 < len(order):
         a, b = int(order[i]), int(order[i + 1])
         i += 2
-        va, vb = samples[a][modality], samples[b][modality]
-        if np.array_equal(np.asarray(va, dtype=object), np.asarray(vb, dtype=object)):
+        if samples[a]["label"] == samples[b]["label"] or a in taken or b in taken:
             continue
-        samples[a][modality], samples[b][modality] = vb, va
+        samples[a][modality], samples[b][modality] = samples[b][modality], samples[a][modality]
         taken |= {a, b}
         truth |= {samples[a]["key"], samples[b]["key"]}
 

@@ -346,6 +346,8 @@ def audit(
     finders: Annotated[str, typer.Option(help="comma-separated: exact,near,mismatch,label,outlier")] =
         "exact,near,mismatch,label,outlier",
     near_threshold: Annotated[float, typer.Option(help="near duplicates: cosine at least this in every modality")] = 0.95,
+    near_ratio: Annotated[float, typer.Option(help="near duplicates: and a joint distance at most this times the "
+                                              "pair's 10th-neighbour distance")] = 0.1,
     mismatch_share: Annotated[float, typer.Option(help="mismatched pairs: the own partner ranks outside this "
                                                   "best share of candidates, both ways")] = 0.2,
     folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
@@ -357,7 +359,7 @@ def audit(
     from jointspace.audit.run import Settings, run_audit
 
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
-                        mismatch_share=mismatch_share, folds=folds)
+                        near_ratio=near_ratio, mismatch_share=mismatch_share, folds=folds)
     result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device)
     counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
     console.print(f"wrote {out} ({result['n_samples']} samples; {counts})", soft_wrap=True, markup=False,

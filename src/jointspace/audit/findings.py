@@ -74,23 +74,34 @@ def exact_duplicates(space: Space) -> tuple[list[Finding], dict]:
     return found, per_modality
 
 
-def near_duplicates(space: Space, threshold: float, k: int = 16) -> list[Finding]:
-    """Pairs whose cosine is at least `threshold` in every modality (found among the k nearest neighbours in
-    the joint space, through a FAISS index), not identical in all; score: the lowest of their cosines."""
-    i, j, _ = pairs_above(space.joint(), threshold, k)
+NEAR_K = 16  # neighbours looked at for near duplicates
+
+
+def joint_neighbours(space: Space, k: int = NEAR_K) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample's k nearest others in the joint space (one FAISS search shared by the finders)."""
+    return knn(space.joint(), k)
+
+
+def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+                    ratio: float = 0.1, k: int = 10) -> list[Finding]:
+    """Pairs (not identical in every modality) whose cosine is at least `threshold` in every modality and
+    whose joint-space distance is at most `ratio` times the smaller of the two samples' distances to their
+    k-th nearest neighbour: a copy stands out from its neighbourhood even where a class is packed tight.
+    Found among the nearest neighbours in the joint space (a FAISS index); score: the lowest cosine."""
+    sims, rows = neighbours or joint_neighbours(space)
+    i, j, cos = pairs_above(space.joint(), threshold, (sims, rows))
+    kth = 1.0 - sims[:, min(k, sims.shape[1]) - 1]
     lowest = np.min([np.einsum("nd,nd->n", space.emb[m][i], space.emb[m][j]) for m in space.modalities], axis=0)
     same = sample_hashes(space)
-    found = []
-    for a, b, low in zip(i.tolist(), j.tolist(), np.atleast_1d(lowest).tolist()):
-        if low >= threshold and same[a] != same[b]:
-            found.append(_pair_finding(space, a, b, NEAR, low, exact=False))
-    return found
+    keep = (lowest >= threshold) & (1.0 - cos <= ratio * np.minimum(kth[i], kth[j]))
+    return [_pair_finding(space, a, b, NEAR, low, exact=False)
+            for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
 
 
 def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
     """For every sample, within its split: the rank share of its own `b` among all `b` values for its `a`
-    (0: first; 1: last), the same from `b` to `a`, combined as the smaller of the two (both must rank
-    badly); and the row whose `b` its `a` matches best."""
+    (0: first; 1: last; estimated on a random 4096 candidates in larger splits), the same from `b` to `a`,
+    combined as the smaller of the two (both must rank badly); and the row whose `b` its `a` matches best."""
     score = np.zeros(len(space))
     best = np.zeros(len(space), dtype=np.int64)
     for split in dict.fromkeys(space.splits.tolist()):
@@ -98,7 +109,7 @@ def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarra
         ea, eb = space.emb[a][rows], space.emb[b][rows]
         ab, best_b = partner_ranks(ea, eb)
         ba, _ = partner_ranks(eb, ea)
-        score[rows] = np.minimum(ab, ba) / max(len(rows) - 1, 1)
+        score[rows] = np.minimum(ab, ba)
         best[rows] = rows[best_b]
     return score, best
 
@@ -120,12 +131,13 @@ def mismatched_pairs(space: Space, max_share: float) -> list[Finding]:
 UNIQUENESS_WEIGHTS = (0.6, 0.3, 0.1)  # FiftyOne Brain's weights of the 3 nearest neighbours' distances
 
 
-def neighbour_scores(space: Space, k: int = 10) -> dict[str, np.ndarray]:
+def neighbour_scores(space: Space, k: int = 10, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> dict[str, np.ndarray]:
     """Per sample, in the joint space: `outlier` (mean cosine distance to its k nearest neighbours),
     `uniqueness` (weighted distance to its 3 nearest, scaled to [0, 1] by the largest) and
     `representativeness` (cosine to its class's mean point)."""
     joint = space.joint()
-    sims, _ = knn(joint, max(k, len(UNIQUENESS_WEIGHTS)))
+    sims, _ = neighbours or joint_neighbours(space, max(k, len(UNIQUENESS_WEIGHTS)))
     dist = 1.0 - np.where(np.isfinite(sims), sims, 0.0)
     outlier = dist[:, :k].mean(axis=1)
     unique = dist[:, :len(UNIQUENESS_WEIGHTS)] @ np.array(UNIQUENESS_WEIGHTS)

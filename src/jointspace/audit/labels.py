@@ -1,4 +1,4 @@
-"""Label issues: out-of-fold class probabilities from a k-fold linear probe on the run's embeddings (every
+"""Label issues: out-of-fold class probabilities from a k-fold linear probe (softmax regression) on the run's embeddings (every
 modality side by side), handed to cleanlab (`filter.find_label_issues`, `rank.get_label_quality_scores`)."""
 
 from __future__ import annotations
@@ -18,22 +18,42 @@ def require_cleanlab():
     return require("audit", "cleanlab.filter", WHAT), require("audit", "cleanlab.rank", WHAT)
 
 
+def _fit_softmax(x, y, n_classes: int, weight_decay: float = 1e-4, steps: int = 100):
+    """A multinomial logistic regression (full-batch L-BFGS, L2 penalty) on tensors x [N, D], y [N]."""
+    import torch
+
+    w = torch.zeros(x.shape[1] + 1, n_classes, dtype=torch.float64, requires_grad=True)
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xb @ w, y) + weight_decay * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lambda q: torch.softmax(torch.cat([q, torch.ones(len(q), 1, dtype=q.dtype)], dim=1) @ w, dim=1)
+
+
 def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """[N, C] class probabilities, each row from a logistic regression that did not see that sample
-    (stratified k-fold; a class with fewer samples than folds is predicted by folds that miss it)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    """[N, C] class probabilities, each row from a linear probe (softmax regression) that did not see that
+    sample (stratified k-fold where every class has `folds` samples, else plain k-fold)."""
+    import torch
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     n_classes = int(labels.max()) + 1
-    probs = np.zeros((len(labels), n_classes))
     _, counts = np.unique(labels, return_counts=True)
-    k = int(max(2, min(folds, counts.min()))) if counts.min() >= 2 else folds
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    fold_labels = labels if counts.min() >= k else np.zeros_like(labels)  # stratify only where it can
-    for fit_rows, held in splitter.split(features, fold_labels):
-        clf = LogisticRegression(max_iter=300, C=1.0)
-        clf.fit(features[fit_rows], labels[fit_rows])
-        probs[np.ix_(held, clf.classes_)] = clf.predict_proba(features[held])
+    splitter = (StratifiedKFold if counts.min() >= folds else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    x = torch.from_numpy(np.asarray(features, dtype=np.float64))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    probs = np.zeros((len(labels), n_classes))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for fit_rows, held in splitter.split(features, labels):
+            predict = _fit_softmax(x[fit_rows], y[fit_rows], n_classes)
+            with torch.no_grad():
+                probs[held] = predict(x[held]).numpy()
     probs += 1e-6
     return probs / probs.sum(axis=1, keepdims=True)
 

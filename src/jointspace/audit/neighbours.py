@@ -1,5 +1,7 @@
 """Neighbour search for the audit, through a FAISS index over normalised vectors (inner product = cosine),
-query chunk by query chunk: memory is O(N k), never an N x N matrix."""
+query chunk by query chunk: memory is O(N k), never an N x N matrix. The index is the one `index build`
+would choose for that many vectors (`index.bulk.choose_factory`: exact below 50k, IVF above, probing
+nlist/256 lists, at least 8... here at least 32)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
+from jointspace.index.bulk import choose_factory, default_search_params
+
 CHUNK = 4096  # queries per search call
+MIN_NPROBE = 32
+RANK_SAMPLE = 4096  # partner ranks against at most this many candidates (a seeded random subset beyond)
 
 
 def flat_index(vectors: np.ndarray) -> faiss.Index:
@@ -18,11 +24,25 @@ def flat_index(vectors: np.ndarray) -> faiss.Index:
     return index
 
 
+def make_index(vectors: np.ndarray, seed: int = 0) -> faiss.Index:
+    """The index `index build` chooses for this many vectors (exact, or IVF trained on a sample)."""
+    factory = choose_factory(len(vectors), dim=vectors.shape[1])
+    if factory == "Flat":
+        return flat_index(vectors)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    index.train(vectors[rng.choice(len(vectors), min(len(vectors), 64 * 1024), replace=False)])
+    index.add(vectors)
+    faiss.extract_index_ivf(index).nprobe = max(MIN_NPROBE, default_search_params(index, factory).get("nprobe", 8))
+    return index
+
+
 def knn(vectors: np.ndarray, k: int, index: faiss.Index | None = None,
         queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest neighbours of every query (default: of every vector, itself left out): similarities
     [Q, k] (descending) and row numbers [Q, k] (-1 where fewer than k exist)."""
-    index = index if index is not None else flat_index(vectors)
+    index = index if index is not None else make_index(vectors)
     own = queries is None
     queries = vectors if own else queries
     k_eff = min(k + int(own), index.ntotal)
@@ -50,11 +70,11 @@ def _chunks(queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, np.ascontiguousarray(queries[start:start + CHUNK], dtype=np.float32)
 
 
-def pairs_above(vectors: np.ndarray, threshold: float, k: int = 16,
-                index: faiss.Index | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i < j) of vectors whose cosine is at least `threshold`, among each vector's k nearest
-    neighbours: rows i, rows j, cosines (each pair once)."""
-    sims, rows = knn(vectors, k, index)
+def pairs_above(vectors: np.ndarray, threshold: float, neighbours: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of vectors whose cosine is at least `threshold`, among each vector's nearest
+    `neighbours` (knn's similarities and rows): rows i, rows j, cosines (each pair once)."""
+    sims, rows = neighbours
     q = np.repeat(np.arange(len(vectors)), rows.shape[1])
     s, r = sims.reshape(-1), rows.reshape(-1)
     keep = (r >= 0) & (s >= threshold)
@@ -64,16 +84,18 @@ def pairs_above(vectors: np.ndarray, threshold: float, k: int = 16,
     return pair[:, 0], pair[:, 1], cos.astype(np.float32)
 
 
-def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """For each row i: how many rows j of `b` score higher against a[i] than its own partner b[i] (0: the
-    partner is first; ties do not count), and the row of `b` that a[i] scores highest. Blocks of `block`
-    queries at a time: memory O(block x N)."""
-    ranks = np.zeros(len(a), dtype=np.int64)
-    best = np.zeros(len(a), dtype=np.int64)
+def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024, sample: int = RANK_SAMPLE,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """For each row i: the share of rows j of `b` that score higher against a[i] than its own partner b[i]
+    (0: the partner is first; ties do not count), counted over every row of `b`, or over a seeded random
+    `sample` of them when `b` is larger; and the row of `b` that a[i] scores highest (through the index).
+    Blocks of `block` queries at a time: memory O(block x sample)."""
+    pool = b if len(b) <= sample else b[np.sort(np.random.default_rng(seed).choice(len(b), sample, replace=False))]
+    share = np.zeros(len(a))
     for start in range(0, len(a), block):
         qa = a[start:start + block]
-        sims = qa @ b.T
         own = np.einsum("nd,nd->n", qa, b[start:start + block])
-        ranks[start:start + len(qa)] = (sims > own[:, None] + 1e-5).sum(axis=1)
-        best[start:start + len(qa)] = sims.argmax(axis=1)
-    return ranks, best
+        share[start:start + len(qa)] = ((qa @ pool.T) > own[:, None] + 1e-5).sum(axis=1)
+    share /= max(len(pool) - (len(pool) == len(b)), 1)  # the partner itself is among all candidates
+    _, best = knn(b, 1, make_index(b, seed), queries=a)
+    return share, best[:, 0]

@@ -7,8 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jointspace.audit.findings import (
+    NEAR_K,
     Finding,
     exact_duplicates,
+    joint_neighbours,
     mismatched_pairs,
     near_duplicates,
     neighbour_scores,
@@ -31,6 +33,7 @@ class Settings:
 
     finders: tuple[str, ...] = FINDERS
     near_threshold: float = 0.95  # cosine in every modality
+    near_ratio: float = 0.1  # and a joint distance at most 0.1 x the pair's 10th-neighbour distance
     neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
     mismatch_share: float = 0.2  # a partner ranked outside the best 20 % of candidates, both ways
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
@@ -61,17 +64,19 @@ def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Fin
         return value
 
     on = set(settings.finders)
+    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours)))
     if "exact" in on:
         exact, summary["exact_per_modality"] = timed("exact", lambda: exact_duplicates(space))
         found += exact
     if "near" in on:
-        found += timed("near", lambda: near_duplicates(space, settings.near_threshold))
+        found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
+                                                         settings.neighbours))
     if "mismatch" in on and len(space.modalities) > 1:
         found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share))
     if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
         labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed))
         found += labels
-    scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours))
+    scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
         flagged, summary["outlier_fence"] = outliers(space, scores, settings.outlier_far)
         found += flagged
