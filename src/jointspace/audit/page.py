@@ -21,8 +21,8 @@ TITLES = {DUPLICATE: "Exact duplicates", NEAR: "Near duplicates", LEAK: "Leaks a
           MISMATCH: "Mismatched pairs", LABEL: "Label issues (cleanlab)", OUTLIER: "Outliers"}
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px}th{background:#f0f0f0}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;font-size:.8em;max-width:360px}
-.card img{image-rendering:pixelated;border:1px solid #eee;margin:2px}.side{display:inline-block;vertical-align:top;
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;padding:6px;font-size:.8em;max-width:580px}
+.card img{image-rendering:pixelated;border:1px solid #eee;margin:2px}.side{display:inline-block;vertical-align:top;max-width:270px;
 margin-right:8px}.cap{max-width:150px;color:#333;font-style:italic}.meta{color:#555}.note{color:#888;font-style:italic}
 .bad{color:#b00}"""
 
