@@ -1,52 +1,21 @@
-"""Typed run configuration: YAML in, `--set key=value` overrides, errors that name the field."""
+"""The sections of a run's config: data, model (towers, heads, LoRA), loss, train, eval, index."""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from jointspace.errors import JointspaceError, UsageError
+from jointspace.config.base import _Strict, renamed_key
+from jointspace.errors import UsageError
 from jointspace.kinds import size_fields
 from jointspace.losses.registry import loss_class, loss_params
 from jointspace.preemption import signal_number
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(UsageError):
-    """A configuration file or override is wrong; the message names the field."""
-
-
-class RunsFailed(JointspaceError, RuntimeError):
-    """Some runs of a grid failed (the others finished and were tabulated); the message names each."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def renamed_key(raw: Any, old: str, new: str, section: str) -> Any:
-    """A config section as written before its key `old` was named `new` (config files, run folders'
-    config.yaml): read as `new`, with a one-line FutureWarning; both keys at once is an error naming them."""
-    if not isinstance(raw, dict) or old not in raw:
-        return raw
-    if new in raw:
-        raise UsageError(f"{section}.{old} is the former name of {section}.{new}: give only {section}.{new}")
-    warnings.warn(f"{section}.{old} is now called {section}.{new} (the old name is still read)", FutureWarning,
-                  stacklevel=2)
-    return {(new if k == old else k): v for k, v in raw.items()}
 
 
 class SourceConfig(_Strict):
@@ -227,178 +196,3 @@ class IndexConfig(_Strict):
     splits: list[str] = Field(default_factory=list)  # splits to index (empty: all)
     modalities: list[str] = Field(default_factory=list)  # modalities to index (empty: all the model has)
     batch_size: int = Field(256, ge=1)
-
-
-def plain_folder_name(v: str) -> str:
-    """A run or variant name becomes a folder: no path separators, not hidden, not empty."""
-    if not v or "/" in v or v.startswith("."):
-        raise UsageError("must be a plain folder name")
-    return v
-
-
-class RunFolder(_Strict):
-    """What every kind of run has: a name (its folder under `output_dir`) and a seed."""
-
-    name: str = "run"
-    seed: int = 0
-    output_dir: str = "runs"
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        return plain_folder_name(v)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
-
-# Sections RunConfig held for every task before each task declared its own. Every run folder written then
-# has all of them in its config.yaml (and a config naming its task could carry another task's, unread), so
-# a config whose type lacks one ignores it, as before. Newer task sections are not listed: they are errors.
-FORMER_SECTIONS = ("fusion", "metric", "cilp")
-
-
-class RunConfig(RunFolder):
-    """The sections every task's run config has; a task whose runs need more subclasses it with its own
-    section (tasks/: `task:` picks the type)."""
-
-    task: str = "contrastive"  # a registered task (jointspace.tasks; checked there, where `task:` picks the type)
-    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    index: IndexConfig = Field(default_factory=IndexConfig)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _former_sections(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and any(k in raw and k not in cls.model_fields for k in FORMER_SECTIONS):
-            return {k: v for k, v in raw.items() if k not in FORMER_SECTIONS or k in cls.model_fields}
-        return raw
-
-
-class VariantConfig(_Strict):
-    """One named variant of a comparison grid: overrides of the base config (dotted key -> value)."""
-
-    name: str
-    task: str | None = None  # a registered task (checked by compare); default: the grid's
-    set: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        return plain_folder_name(v)
-
-
-class GridConfig(_Strict):
-    """`jointspace compare`: base config x variants x seeds."""
-
-    name: str = "grid"
-    output_dir: str = "runs"
-    task: str | None = None  # a registered task (checked by compare); default: the base config's
-    base: str | dict[str, Any] = Field(default_factory=dict)  # a config file (relative to the grid) or a mapping
-    set: dict[str, Any] = Field(default_factory=dict)  # overrides for every variant
-    variants: list[VariantConfig] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    isolate: bool = True  # each run in a fresh process: clean peak-memory numbers, no state leaks
-    jobs: int = Field(1, ge=1)  # runs at once (with isolate); timings then share the CPU
-
-    @property
-    def grid_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def _parse_value(text: str) -> Any:
-    """An override's value as YAML (numbers, lists, mappings...); what YAML cannot parse is a plain string."""
-    if text == "":
-        return ""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def split_override(item: str) -> tuple[str, Any]:
-    """`a.b.c=value` -> ("a.b.c", value parsed as YAML)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected key=value")
-    key, value = item.split("=", 1)
-    return key.strip(), _parse_value(value)
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
-    for item in overrides:
-        key, value = split_override(item)
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {part} is not a section")
-        node[parts[-1]] = value
-    return raw
-
-
-def config_from_dict(raw: dict, source: str = "<config>") -> RunConfig:
-    """Validate a nested dict into a RunConfig; errors name every offending field."""
-    return validate_config(RunConfig, raw, source)
-
-
-def read_yaml(path: str | Path, what: str = "config") -> dict:
-    """A YAML mapping from a file; a missing file, bad YAML or a non-mapping is a ConfigError naming the file."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what} file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: the {what} file is empty (start from one of the shipped configs, e.g. "
-                          "jointspace/configs/digits.yaml)")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return raw
-
-
-def validate_config(model: type[M], raw: dict, source: str) -> M:
-    """Validate a nested dict into `model`; errors name every offending field."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None, model: type[M] = RunConfig) -> M:
-    """Load a YAML config (or defaults when `path` is None), apply CLI overrides and validate it into `model`
-    (a task's own config type: `jointspace.tasks.load_task_config` picks it by `task:`)."""
-    raw = {} if path is None else read_yaml(path)
-    raw = apply_overrides(raw, overrides or [])
-    return validate_config(model, raw, "<defaults>" if path is None else str(path))
-
-
-def save_config(cfg: BaseModel, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-
-
-def load_grid(path: str | Path) -> GridConfig:
-    """Load a `jointspace compare` grid file; errors name the field."""
-    grid = validate_config(GridConfig, read_yaml(path, "grid"), str(path))
-    names = [v.name for v in grid.variants]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"{path}: variants: duplicate names {dup}")
-    return grid
