@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +176,9 @@ def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
         p, r, n_pred, n_true = _pr(pred, true)
         out.append([name, finder, f"{p:.3f}", f"{r:.3f}", str(n_pred), str(n_true)])
     print(f"{name}: {len(space)} samples audited in {seconds:.1f}s; probe accuracy "
-          f"{summary.get('labels', {}).get('probe_accuracy', float('nan')):.3f}", file=sys.stderr)
+          f"{summary.get('labels', {}).get('probe_accuracy', float('nan')):.3f}; mismatch pairs judged "
+          f"{summary.get('mismatch_pairs')}, flags per pair "
+          f"{dict(Counter(f.modality for f in found if f.issue == 'mismatch'))}", file=sys.stderr)
     return out
 
 

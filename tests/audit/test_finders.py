@@ -132,3 +132,43 @@ def test_a_tight_class_is_not_a_heap_of_near_duplicates_but_a_copy_in_it_is():
     space = _space({"image": image, "text": text})
     assert np.min(space.emb["image"] @ space.emb["image"].T) > 0.95
     assert [(f.key, f.partner_key) for f in near_duplicates(space, threshold=0.95)] == [("s029", "s004")]
+
+
+def test_a_class_paired_swap_counts_only_other_classes_and_flags_no_classmate():
+    """Captions paired with their images by class only (digits): a sample's own caption is no better than
+    its classmates', so ranking it among every caption flags clean samples; the finder measures that on the
+    data, leaves the own class's candidates out, and finds just the swap across classes."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    centres = rng.normal(size=(3, 16)) * 3
+    image = centres[labels] + rng.normal(size=(90, 16))
+    text = centres[labels] + rng.normal(size=(90, 16))  # the class's caption, not the instance's
+    text[[7, 71]] = text[[71, 7]]  # a class-a caption and a class-c caption swapped
+    space = _space({"image": image, "text": text}, labels=labels)
+    every, _ = partner_ranks(space.emb["image"], space.emb["text"])
+    every_back, _ = partner_ranks(space.emb["text"], space.emb["image"])
+    clean = np.minimum(every, every_back)[np.setdiff1d(np.arange(90), [7, 71])]
+    assert (clean > 0.2).sum() > 5  # ranked among all candidates, classmates push clean partners down
+    paired: dict[str, str] = {}
+    found = mismatched_pairs(space, max_share=0.2, paired=paired)
+    assert paired == {"image-text": "class"}
+    assert {(f.key, f.modality) for f in found} == {("s007", "image-text"), ("s071", "image-text")}
+    assert all(f.detail == {"paired": "class"} for f in found)
+
+
+def test_instance_paired_data_keeps_every_candidate_and_untrained_pairs_are_not_judged():
+    """With labels, an instance-paired pair still ranks among every candidate (a swap within a class is
+    found); a pair the run never trained against each other (text-audio under an image anchor) is skipped."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    image = rng.normal(size=(90, 16)) + 0.2 * rng.normal(size=(3, 16))[labels]
+    text = image + 0.3 * rng.normal(size=(90, 16))
+    audio = rng.normal(size=(90, 16))  # aligned with nothing
+    text[[3, 12]] = text[[12, 3]]  # a swap within class a
+    space = _space({"image": image, "text": text, "audio": audio}, labels=labels)
+    space.pairs = [("image", "text")]
+    paired: dict[str, str] = {}
+    found = mismatched_pairs(space, max_share=0.2, paired=paired)
+    assert paired == {"image-text": "instance"}
+    assert {(f.key, f.partner_key, f.modality) for f in found} == {("s003", "s012", "image-text"),
+                                                                   ("s012", "s003", "image-text")}

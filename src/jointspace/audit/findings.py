@@ -8,7 +8,7 @@ from itertools import combinations
 
 import numpy as np
 
-from jointspace.audit.neighbours import knn, pairs_above, partner_ranks
+from jointspace.audit.neighbours import class_partner_ranks, knn, pairs_above
 from jointspace.audit.space import TRAIN, Space
 
 DUPLICATE, NEAR, LEAK, MISMATCH, LABEL, OUTLIER = "duplicate", "near_duplicate", "leak", "mismatch", "label", "outlier"
@@ -98,33 +98,64 @@ def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray
             for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
 
 
-def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    """For every sample, within its split: the rank share of its own `b` among all `b` values for its `a`
-    (0: first; 1: last; estimated on a random 4096 candidates in larger splits), the same from `b` to `a`,
-    combined as the smaller of the two (both must rank badly); and the row whose `b` its `a` matches best."""
-    score = np.zeros(len(space))
-    best = np.zeros(len(space), dtype=np.int64)
+INSTANCE, CLASS = "instance", "class"  # how a modality pair is paired in the run's space
+CLASS_PAIRED = 0.25  # median share of same-class candidates beating the own partner (chance: 0.5)
+
+
+def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """For every sample, within its split: the rank share of its own `b` among the `b` values for its `a`
+    (0: first; 1: last; estimated on a random 4096 candidates in larger splits) and the same from `b` to
+    `a`; the row whose `b` its `a` matches best; and how the pair is paired in this space.
+
+    Instance-paired (the default): the share of all candidates, combined as the smaller of the two ways
+    (both must rank badly). Class-paired, where the samples have labels and, on this data, a sample's own
+    partner does not outrank the other candidates of its class (the median share of them beating it, both
+    ways, is at least CLASS_PAIRED; chance is 0.5, instance pairing gives about 0): the candidates of the
+    sample's own class are as right as its partner and do not count; the share of the other classes'
+    candidates that beat the partner, the larger of the two ways (free of the within-class noise, either
+    way is evidence)."""
+    n = len(space)
+    ranks = {k: np.zeros(n) for k in ("ab", "ba", "same", "other_ab", "other_ba")}
+    best = np.zeros(n, dtype=np.int64)
+    labelled = space.labelled and len(np.unique(space.labels)) > 1
     for split in dict.fromkeys(space.splits.tolist()):
         rows = np.flatnonzero(space.splits == split)
         ea, eb = space.emb[a][rows], space.emb[b][rows]
-        ab, best_b = partner_ranks(ea, eb)
-        ba, _ = partner_ranks(eb, ea)
-        score[rows] = np.minimum(ab, ba)
+        labels = space.labels[rows] if labelled else None
+        ranks["ab"][rows], same_ab, other_ab, best_b = class_partner_ranks(ea, eb, labels)
+        ranks["ba"][rows], same_ba, other_ba, _ = class_partner_ranks(eb, ea, labels)
+        if labelled:
+            ranks["same"][rows] = (same_ab + same_ba) / 2
+            ranks["other_ab"][rows], ranks["other_ba"][rows] = other_ab, other_ba
         best[rows] = rows[best_b]
-    return score, best
+    if labelled and n and float(np.median(ranks["same"])) >= CLASS_PAIRED:
+        return np.maximum(ranks["other_ab"], ranks["other_ba"]), best, CLASS
+    return np.minimum(ranks["ab"], ranks["ba"]), best, INSTANCE
 
 
-def mismatched_pairs(space: Space, max_share: float) -> list[Finding]:
-    """Samples whose partner in another modality ranks outside the best `max_share` of candidates in both
-    directions (its split's samples), for every pair of modalities."""
+def judged_pairs(space: Space) -> list[tuple[str, str]]:
+    """The modality pairs the mismatch finder judges: those the run trained against each other (an anchor's
+    pairs, or the loss's explicit pairs: a pair never trained is aligned only through a third modality),
+    every pair where the space does not say."""
+    if space.pairs:
+        return [(a, b) for a, b in space.pairs if a in space.emb and b in space.emb]
+    return list(combinations(space.modalities, 2))
+
+
+def mismatched_pairs(space: Space, max_share: float, paired: dict[str, str] | None = None) -> list[Finding]:
+    """Samples whose partner in another modality ranks outside the best `max_share` of the candidates
+    `mismatch_scores` counts, for every judged pair of modalities; `paired` (if given) receives each pair's
+    pairing ("instance" or "class")."""
     found = []
-    for a, b in combinations(space.modalities, 2):
-        score, best = mismatch_scores(space, a, b)
+    for a, b in judged_pairs(space):
+        score, best, how = mismatch_scores(space, a, b)
+        if paired is not None:
+            paired[f"{a}-{b}"] = how
         for row in np.flatnonzero(score > max_share).tolist():
             p = int(best[row])
             found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),
                                  space.keys[p] if p != row else "", str(space.splits[p]) if p != row else "",
-                                 f"{a}-{b}", space.class_name(int(space.labels[row]))))
+                                 f"{a}-{b}", space.class_name(int(space.labels[row])), detail={"paired": how}))
     return found
 
 

@@ -72,7 +72,8 @@ def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Fin
         found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
                                                          settings.neighbours))
     if "mismatch" in on and len(space.modalities) > 1:
-        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share))
+        summary["mismatch_pairs"] = {}
+        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share, summary["mismatch_pairs"]))
     if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
         labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed))
         found += labels

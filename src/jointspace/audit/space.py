@@ -13,6 +13,7 @@ from jointspace.data.shards import DataError
 from jointspace.data.sources import shards_arg
 from jointspace.evaluate.embed import embed_split
 from jointspace.kinds import get_kind
+from jointspace.losses.binding import binding_pairs
 from jointspace.runs import load_run, load_run_split, resolve_device
 
 TRAIN = "train"
@@ -22,7 +23,8 @@ TRAIN = "train"
 class Space:
     """N samples (of every audited split, one after the other): keys, split, label, one L2-normalised
     embedding [N, D] per modality, one content hash per modality (hex), and the decoded values (for
-    previews; empty when the space was built from vectors alone)."""
+    previews; empty when the space was built from vectors alone), and the modality pairs the run's loss
+    aligned."""
 
     keys: list[str]
     splits: np.ndarray  # [N] split names (str)
@@ -33,6 +35,7 @@ class Space:
     hashes: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> [N] hex digests
     values: dict[str, list] = field(default_factory=dict)
     labelled: bool = True
+    pairs: list[tuple[str, str]] | None = None  # the modality pairs the run trained (None: every pair)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -87,7 +90,20 @@ def load_space(run_dir: str | Path, shards: str | Path, splits: list[str] | None
         data = load_run_split(cfg, info, source, split, modalities, keep_raw=True)
         emb = embed_split(model, data, batch_size=batch_size, device=dev)
         parts.append((split, data, {m: e.numpy().astype(np.float32) for m, e in emb.items()}))
-    return _joined(parts)
+    space = _joined(parts)
+    space.pairs = trained_pairs(cfg, modalities)
+    return space
+
+
+def trained_pairs(cfg, modalities: list[str]) -> list[tuple[str, str]] | None:
+    """The pairs of `modalities` the run's loss aligned (its explicit pairs, or its anchor's), or None where
+    it aligned every pair."""
+    loss = getattr(cfg, "loss", None)
+    anchor, explicit = getattr(loss, "anchor", None), getattr(loss, "pairs", None)
+    if not explicit and anchor is None:
+        return None
+    pairs = binding_pairs(list(cfg.data.modalities), anchor, explicit)
+    return [(a, b) for a, b in pairs if a in modalities and b in modalities]
 
 
 def _joined(parts: list) -> Space:
