@@ -95,11 +95,13 @@ def plant(clean: Path, out: Path, seed: int = 0) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in truth.items()}
 
 
-def train(name: str, data: Path, runs: Path, epochs: int, again: bool) -> Path:
-    """A small run on the faulty data (kept from an earlier call unless `again`)."""
+def train(name: str, data: Path, runs: Path, epochs: int, again: bool, full: bool = False) -> Path:
+    """A small run on the faulty data (`full`: the set's shipped model and image size; kept from an earlier
+    call unless `again`)."""
     if not again and (runs / name / "model.safetensors").exists():
         return runs / name
     config, small = SMALL[name]
+    small = [] if full else small
     sets = [f"name={name}", f"output_dir={runs}", f"data.path={data}", "data.synth=null", "tracker=none",
             "eval.linear_probe=false", f"train.epochs={epochs}", *small]
     cmd = [JOINTSPACE, "train", str(config), "--overwrite", *[x for s in sets for x in ("--set", s)]]
@@ -189,6 +191,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retrain", action="store_true", help="plant and train again (default: reuse --work's)")
+    ap.add_argument("--full", action="store_true", help="train the shipped config's model and image size, not the small one")
     args = ap.parse_args()
     from jointspace.data.builtin import synthesize
 
@@ -201,7 +204,7 @@ def main() -> None:
         if args.retrain or not truth_file.exists():
             truth_file.write_text(json.dumps(plant(clean, faulty, args.seed), indent=1))
         truth = json.loads(truth_file.read_text())
-        run = train(name, faulty, args.work / "runs", args.epochs, args.retrain)
+        run = train(name, faulty, args.work / "runs", args.epochs, args.retrain, args.full)
         table += evaluate(name, run, faulty, {k: set(v) for k, v in truth.items()})
     print("| set | finder | precision | recall | flagged | planted |")
     print("|---|---|---:|---:|---:|---:|")
