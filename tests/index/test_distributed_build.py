@@ -66,7 +66,10 @@ def vectors_of(store) -> dict[tuple[str, str], np.ndarray]:
         rows = iter_rows(store.client, store.target, "", ["key", "modality", "vector"])
         return {(r["key"], r["modality"]): np.asarray(r["vector"], np.float32) for r in rows}
     rows = store.db.execute("SELECT id, key, modality FROM items").fetchall()
-    return {(k, m): store.index.reconstruct(int(i)) for i, k, m in rows}
+    # numpy's reconstruct even after faiss.contrib.torch_utils (imported by pytorch-metric-learning in this
+    # process, depending on which tests ran before) made `reconstruct` return torch tensors
+    reconstruct = getattr(store.index, "reconstruct_numpy", store.index.reconstruct)
+    return {(k, m): reconstruct(int(i)) for i, k, m in rows}
 
 
 def assert_same_index(got, ref) -> None:
