@@ -59,6 +59,17 @@ def parse_where(where: dict | list[str] | tuple[str, ...] | None) -> dict[str, l
     return out
 
 
+def delete_conditions(keys: list[str] | None, where: dict | list[str] | tuple[str, ...] | None) -> dict[str, list]:
+    """What `delete` removes, as {column: [values]}: the filter's conditions with the named sample keys added to
+    its `key` values; refused when empty (a delete never removes everything by omission)."""
+    conds = parse_where(where)
+    if keys:
+        conds.setdefault("key", []).extend(keys)
+    if not conds:
+        raise IndexStoreError("delete: name keys or a where filter (refusing to delete everything)")
+    return conds
+
+
 def sql_where(conds: dict[str, list]) -> tuple[str, list]:
     """WHERE clause (columns come from WHERE_TYPES only) and its parameters."""
     parts, params = [], []

@@ -22,6 +22,7 @@ from jointspace.index.filters import (
     COLUMNS,
     FingerprintError,
     IndexStoreError,
+    delete_conditions,
     milvus_literal,
     milvus_where,
     parse_where,
@@ -217,11 +218,7 @@ class MilvusStore:
 
     def delete(self, keys: list[str] | None = None, where: dict | list[str] | None = None) -> int:
         """Delete items by sample key (every modality) and/or by filter; returns how many went."""
-        conds = parse_where(where)
-        if keys:
-            conds.setdefault("key", []).extend(keys)
-        if not conds:
-            raise IndexStoreError("delete: name keys or a where filter (refusing to delete everything)")
+        conds = delete_conditions(keys, where)
         key_lists = [conds["key"][s : s + IN_CHUNK] for s in range(0, len(conds["key"]), IN_CHUNK)] \
             if "key" in conds else [None]
         gone: set[str] = set()

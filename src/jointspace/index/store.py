@@ -13,7 +13,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from jointspace.index.filters import COLUMNS, FingerprintError, IndexStoreError, parse_where, sql_where
+from jointspace.index.filters import (
+    COLUMNS,
+    FingerprintError,
+    IndexStoreError,
+    delete_conditions,
+    parse_where,
+    sql_where,
+)
 from jointspace.index.folder import DB_FILE, FORMAT, INDEX_FILE, META_FILE, copy_items, read_faiss, read_meta
 from jointspace.index.reading import StoreReads, index_ivf, process_memory
 from jointspace.index.vectors import DEFAULT_K_FACTOR, VECTORS_FILE, ExactVectors, keeps_exact_vectors
@@ -237,11 +244,7 @@ class IndexStore(StoreReads):
 
     def delete(self, keys: list[str] | None = None, where: dict | list[str] | None = None) -> int:
         """Delete items by sample key (every modality) and/or by filter; returns how many went."""
-        conds = parse_where(where)
-        if keys:
-            conds.setdefault("key", []).extend(keys)
-        if not conds:
-            raise IndexStoreError("delete: name keys or a where filter (refusing to delete everything)")
+        conds = delete_conditions(keys, where)
         with self._lock:
             sql, params = sql_where(conds)
             ids = self._ids(f"SELECT id FROM items{sql}", params)
