@@ -34,7 +34,8 @@ import numpy as np
 import yaml
 
 from jointspace.config import ConfigError, GridConfig, RunConfig, RunsFailed, apply_overrides, load_grid
-from jointspace.engine.preempt import Preempted, PreemptWatch
+from jointspace.engine.preempt import PreemptWatch
+from jointspace.preemption import Preempted
 from jointspace.tasks import DEFAULT_TASK, config_for, get_task
 from jointspace.tasks.common import read_done
 from jointspace.tasks.lifecycle import has_checkpoint, same_config

@@ -20,7 +20,8 @@ import yaml
 from safetensors.torch import load_file
 
 from jointspace.config import ConfigError
-from jointspace.engine.preempt import PREEMPTED_EXIT, PreemptWatch
+from jointspace.engine.preempt import PreemptWatch
+from jointspace.preemption import PREEMPTED_EXIT
 from jointspace.sweep import run_sweep
 from jointspace.sweep.config import Param, load_sweep
 from jointspace.sweep.run import open_study

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from jointspace.cli import builtin_config
 from jointspace.engine.checkpoint import SLOW_WRITE_ENV
-from jointspace.engine.preempt import PREEMPTED_EXIT
+from jointspace.preemption import PREEMPTED_EXIT
 
 JOINTSPACE = str(Path(sys.executable).parent / "jointspace")
 EXAMPLES = Path(__file__).parents[2] / "examples"

@@ -34,9 +34,10 @@ from jointspace.engine.checkpoint import good_checkpoint, latest_checkpoint, res
 from jointspace.engine.distributed import DistInfo, barrier, rank_rng_states
 from jointspace.engine.objective import Health, Objective, StepContext
 from jointspace.engine.precision import amp_dtype, autocast
-from jointspace.engine.preempt import DEFAULT_SIGNALS, Preempted, PreemptWatch, signal_number
+from jointspace.engine.preempt import PreemptWatch
 from jointspace.engine.tracking import Tracker
 from jointspace.errors import JointspaceError, UsageError
+from jointspace.preemption import DEFAULT_SIGNALS, Preempted, signal_number
 from jointspace.run_dir import RunDir
 
 

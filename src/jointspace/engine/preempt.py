@@ -5,7 +5,7 @@ every rank at the same step: they agree on log steps), writes a mid-epoch checkp
 `Preempted`, which the CLI prints as one line naming the checkpoint and the command that resumes, with
 exit code PREEMPTED_EXIT. A second signal while the checkpoint is written is noted and changes nothing.
 The signals, `Preempted` and its exit code are defined below the config and the CLI, in
-jointspace.preemption; the engine's callers may name them here too.
+jointspace.preemption; this module holds the watch.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from jointspace.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT, Preempted, signal_number
-
-__all__ = ["DEFAULT_SIGNALS", "PREEMPTED_EXIT", "PreemptWatch", "Preempted", "signal_number"]
+from jointspace.preemption import DEFAULT_SIGNALS, signal_number
 
 
 class PreemptWatch:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from jointspace.config import ConfigError, apply_overrides
 from jointspace.engine.loop import epoch_hook
-from jointspace.engine.preempt import PREEMPTED_EXIT, Preempted, PreemptWatch
+from jointspace.engine.preempt import PreemptWatch
 from jointspace.errors import UsageError, require
+from jointspace.preemption import PREEMPTED_EXIT, Preempted
 from jointspace.sweep.config import SweepConfig, load_sweep
 from jointspace.sweep.space import check_sweep, metric_value, overrides_of, suggest
 from jointspace.sweep.stop import SweepPreempted, TrialStopped, put_back, run_workers, signals_of

@@ -17,7 +17,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from jointspace.engine.preempt import DEFAULT_SIGNALS, Preempted, PreemptWatch, signal_number
+from jointspace.engine.preempt import PreemptWatch
+from jointspace.preemption import DEFAULT_SIGNALS, Preempted, signal_number
 
 
 class TrialStopped(BaseException):
