@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from jointspace.config import ConfigError
+from jointspace.engine.checkpoint import SLOW_WRITE_ENV
 from jointspace.engine.preempt import PreemptWatch
 from jointspace.preemption import PREEMPTED_EXIT
 from jointspace.sweep import run_sweep
@@ -164,9 +165,10 @@ def _workers(parent: int) -> list[int]:
 
 def _stop_when_both_train(tmp_path: Path, path: Path, to_worker: bool, steps: int = 6) -> Path:
     """Start the sweep, send SIGTERM (to it, or to one worker alone) once both trials have logged a step;
-    check its exit and its one line; returns the trials folder."""
+    check its exit and its one line; returns the trials folder. Each checkpoint write pauses 2 s, so that on a
+    loaded machine the first trial cannot finish (6 steps, a checkpoint after 3) before the second one logs."""
     proc = subprocess.Popen([JOINTSPACE, "sweep", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, SLOW_WRITE_ENV: "2"})
     trials, deadline = tmp_path / "runs" / "s" / "trials", time.time() + 180
     while not all(_steps(trials / n) for n in ("0", "1")):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
