@@ -35,9 +35,12 @@ test-deps:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 # lint-imports: the layers of docs/architecture.md (pyproject.toml's [tool.importlinter] contracts)
+# the suite in TEST_WORKERS processes (pytest-xdist), a test file's tests in one process (their module
+# fixtures built once); TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
 test: $(STAMP) test-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search.py
