@@ -26,6 +26,7 @@ from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind, input_channels, with_role
 from jointspace.model import build_towers, load_heads, tower_config
 from jointspace.towers import tower_parameters
+from jointspace.towers.groups import keep_norms_eval
 from jointspace.towers.heads import build_head
 from jointspace.towers.image import ConvNet
 
@@ -146,6 +147,7 @@ class ModalityEncoders(nn.Module):
         super().train(mode)
         for m in self.locked:
             self.towers[m].eval()
+        keep_norms_eval(self)  # locked norms of partly unlocked towers (`freeze_norms`)
         return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
 from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
 from jointspace.towers.dedupe import batch_independent, distinct_rows, encode_unique
+from jointspace.towers.groups import keep_norms_eval, tune_groups
 from jointspace.towers.heads import build_head
 from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
 
@@ -42,10 +43,12 @@ class JointModel(nn.Module):
         return list(self.towers)
 
     def train(self, mode: bool = True) -> JointModel:
-        """As nn.Module.train, but locked towers (`freeze: true`) stay in eval mode (norm statistics, dropout)."""
+        """As nn.Module.train, but locked towers (`freeze: true`) stay in eval mode (norm statistics, dropout),
+        and so do the locked norm layers of partly unlocked towers (`freeze_norms`)."""
         super().train(mode)
         for m in self.locked:
             self.towers[m].eval()
+        keep_norms_eval(self)
         return self
 
     def scale(self) -> torch.Tensor:
@@ -170,11 +173,13 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = Non
 
 
 def tune_tower(tower: nn.Module, tcfg: TowerConfig) -> None:
-    """Apply a tower config's freezing, LoRA adapters and gradient checkpointing, in place."""
+    """Apply a tower config's freezing, partial unlocking, layer decay, LoRA adapters and gradient
+    checkpointing, in place."""
     if tcfg.freeze and tcfg.lora:
         raise UsageError("freeze and lora exclude each other (with lora only the adapters train)")
     if tcfg.freeze:
         freeze(tower)
+    tune_groups(tower, tcfg.name, tcfg.unlocked_groups, tcfg.freeze_norms, tcfg.layer_decay)
     if tcfg.lora:
         targets = list(tcfg.lora.targets or getattr(tower, "default_lora_targets", ()))
         if not targets:

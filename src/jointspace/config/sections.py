@@ -101,6 +101,20 @@ class TowerConfig(_Strict):
     lora: LoraSettings | None = None  # adapters train, the tower's own weights stay frozen
     grad_checkpointing: bool = False  # recompute activations in backward (less memory, more compute)
     init_from: str | None = None  # "runs/x#image[@fingerprint]": start from that finished run's tower
+    unlocked_groups: int | None = Field(None, ge=0)  # only the last N layer groups train (None: all)
+    freeze_norms: bool = False  # with unlocked_groups: the locked part's norm layers stay in eval mode
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)  # group lr = lr * decay^(depth from the top)
+
+    @model_validator(mode="after")
+    def _tuning_fits(self) -> TowerConfig:
+        """Partial unlocking and layer decay tune the tower's own weights: not with freeze or lora."""
+        if self.freeze_norms and self.unlocked_groups is None:
+            raise UsageError("freeze_norms needs unlocked_groups (the norms of the locked part stay frozen)")
+        for name in ("unlocked_groups", "layer_decay"):
+            if getattr(self, name) is not None and (self.freeze or self.lora):
+                other = "freeze" if self.freeze else "lora"
+                raise UsageError(f"{name} and {other} exclude each other ({name} trains the tower's own layers)")
+        return self
 
 
 class HeadConfig(_Strict):

@@ -1,4 +1,5 @@
-"""AdamW with decoupled weight decay (none on norms, biases, embeddings' scale) and warmup + cosine."""
+"""AdamW with decoupled weight decay (none on norms, biases, embeddings' scale), per-group learning-rate scales
+(layer decay), and warmup + cosine."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from jointspace.config import TrainConfig
+from jointspace.towers.groups import parameter_lr_scales
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = None) -> torch.optim.AdamW:
@@ -16,14 +18,21 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool | None = Non
 
     `fused` None: torch's fused kernel wherever it has one for the parameters' device (CUDA and, since
     torch 2.4, CPU), the per-tensor loop otherwise. The update is the same; on CPU the fused kernel does
-    one pass over each tensor instead of about ten elementwise passes (see BENCHMARKS.md)."""
-    decay, no_decay = [], []
+    one pass over each tensor instead of about ten elementwise passes (see BENCHMARKS.md).
+
+    Towers with `layer_decay` give their parameters learning-rate scales (towers/groups.py): one pair of
+    groups (decay, no decay) per scale, largest first, each at lr x its `lr_scale`."""
+    scales = parameter_lr_scales(model)
+    by_scale: dict[float, tuple[list, list]] = {}
     for p in model.parameters():
         if p.requires_grad:
+            decay, no_decay = by_scale.setdefault(scales.get(id(p), 1.0), ([], []))
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": params, "weight_decay": wd, "lr": cfg.lr * s, "lr_scale": s}
+              for s in sorted(by_scale or {1.0: None}, reverse=True)
+              for params, wd in zip(by_scale.get(s, ([], [])), (cfg.weight_decay, 0.0), strict=True)]
     kwargs = {"lr": cfg.lr, "betas": tuple(getattr(cfg, "betas", (0.9, 0.999))), "eps": 1e-8}
-    params = decay + no_decay
+    params = [p for g in groups for p in g["params"]]
     auto = fused is None
     if auto:
         fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cuda", "cpu") for p in params)

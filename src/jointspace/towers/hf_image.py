@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.errors import UsageError
+from jointspace.towers.groups import LayerGroups, layer_list_groups
 from jointspace.towers.hub import resolve_hf
 from jointspace.towers.registry import register_tower
 
@@ -73,6 +74,11 @@ class HFImageEncoder(nn.Module):
             return pooled
         h = out.last_hidden_state
         return h[:, 0] if self.pool == "cls" else h.mean(1)
+
+    def layer_groups(self) -> LayerGroups:
+        """Embeddings, each layer of the model's layer list (`encoder.layer.<i>` / `encoder.layers.<i>`),
+        then the final norm and pooler or head."""
+        return layer_list_groups(self)
 
 
 @register_tower("hf_image", pretrained_tags=lambda: "path: any Hugging Face vision model id (org/name) or folder")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from jointspace.errors import UsageError
+from jointspace.towers.groups import LayerGroups, layer_list_groups
 from jointspace.towers.hub import resolve_hf
 from jointspace.towers.registry import register_tower
 
@@ -53,6 +54,10 @@ class HFTextEncoder(nn.Module):
             return h[:, 0]
         keep = mask.unsqueeze(-1).to(h.dtype)
         return (h * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+    def layer_groups(self) -> LayerGroups:
+        """Embeddings, each layer of the model's layer list (`encoder.layer.<i>`), then the pooler."""
+        return layer_list_groups(self)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Transformers' activation checkpointing (non-reentrant, so frozen inputs still pass gradients)."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from jointspace.errors import UsageError
+from jointspace.towers.groups import LayerGroups
 from jointspace.towers.registry import register_tower
 
 
@@ -77,6 +78,15 @@ class TimmViT(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.vit(x)
+
+    def layer_groups(self) -> LayerGroups:
+        """timm's own groups (its `group_matcher`, fine-grained as timm's layer-decay optimizer takes it):
+        patch and position embeddings, each block, the final norm."""
+        from timm.models import group_parameters
+
+        named = dict(self.vit.named_parameters())
+        ids = group_parameters(self.vit, self.vit.group_matcher(coarse=False))  # {layer id: parameter names}
+        return [[(f"vit.{n}", named[n]) for n in names] for _, names in sorted(ids.items())]
 
 
 @register_tower("vit")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.errors import UsageError
+from jointspace.towers.groups import LayerGroups, groups_from_lock
 from jointspace.towers.hub import describe_openclip_tags, missing, openclip_source, openclip_tags
 from jointspace.towers.registry import register_tower
 
@@ -107,6 +108,11 @@ class OpenCLIPImage(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False)
         return self.visual((x - self.mean) / self.std)
 
+    def layer_groups(self) -> LayerGroups:
+        """The groups open_clip's `visual.lock(unlocked_groups)` unlocks (ViT: patch embedding with ln_pre,
+        each block, the last block with ln_post, the projection)."""
+        return _lock_groups(self, lambda n: self.visual.lock(unlocked_groups=n))
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
 
@@ -166,8 +172,20 @@ class OpenCLIPText(nn.Module):
             return pooled
         return t.text_projection(pooled) if isinstance(t.text_projection, nn.Linear) else pooled @ t.text_projection
 
+    def layer_groups(self) -> LayerGroups:
+        """The groups open_clip's `text.lock(unlocked_layers)` unlocks (embeddings, each block, the last
+        block with ln_final, the projection)."""
+        return _lock_groups(self, lambda n: self.text.lock(n))
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.text.set_grad_checkpointing(enable)
+
+
+def _lock_groups(tower: nn.Module, lock) -> LayerGroups:
+    try:
+        return groups_from_lock(tower, lock)
+    except (AssertionError, AttributeError, RuntimeError) as err:  # e.g. ModifiedResNet: "partial locking not supported"
+        raise UsageError(f"this open_clip tower cannot be unlocked by groups: {err}") from None
 
 
 def _has_text_pool() -> bool:

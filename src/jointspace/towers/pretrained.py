@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jointspace.errors import UsageError
+from jointspace.towers.groups import LayerGroups, groups_around
 from jointspace.towers.registry import register_tower
 
 
@@ -43,6 +44,17 @@ class EfficientNetLite(nn.Module):
         if pixels.shape[-1] != self.size or pixels.shape[-2] != self.size:
             pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.net.extract_features((pixels - 127.0) / 128.0).mean(dim=(2, 3))
+
+    def layer_groups(self) -> LayerGroups:
+        """Stem, the package's stages (runs of blocks with one output width: a stage's repeats), head."""
+        stages: list[list[str]] = []
+        width = None
+        for i, block in enumerate(self.net._blocks):
+            if block._block_args.output_filters != width:
+                stages.append([])
+                width = block._block_args.output_filters
+            stages[-1].append(f"net._blocks.{i}")
+        return groups_around(self, stages)
 
 
 @register_tower("efficientnet_lite0", pretrained_tags=lambda: "weights: ImageNet, shipped in a package, or a .pth file")
