@@ -66,7 +66,9 @@ def resolve_init(cfg: RunConfig, kinds: dict[str, str]) -> tuple[RunConfig, dict
             continue  # model.init_from: a modality the run does not have starts fresh
         if own is None:
             base = src_cfg.model.towers.get(src) or TowerConfig(name=get_kind(kind).default_tower)
-            towers[m] = base.model_copy(update={"lora": None, "freeze": False, "init_from": spec})
+            untuned = {"lora": None, "freeze": False, "unlocked_groups": None, "freeze_norms": False,
+                       "layer_decay": None}  # the run's architecture, not how it was tuned
+            towers[m] = base.model_copy(update={**untuned, "init_from": spec})
         init["towers"][m] = (spec, _merged_tower(model, src))
         init["heads"][m] = model.heads[src].state_dict()
     model_cfg = cfg.model.model_copy(update={"towers": towers})
