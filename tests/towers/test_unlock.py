@@ -170,3 +170,19 @@ def test_schedule_scales_every_group():
         sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([LR * g["lr_scale"] * 3 / 4 for g in opt.param_groups])
     assert sorted({g["lr_scale"] for g in opt.param_groups}) == [DECAY ** 3, DECAY ** 2, DECAY, 1.0]
+
+
+def test_hf_vit_groups_end_with_its_final_norm_and_pooler(tmp_path):
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                       image_size=8, patch_size=4)).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path)
+    tower = tuned("hf_image", {"path": str(tmp_path)}, unlocked_groups=1, layer_decay=DECAY)
+    tops = {n.split(".")[1] for n in trainable(tower)}
+    assert tops == {"layernorm", "pooler"}  # by hand: embeddings | encoder.layer.0 | encoder.layer.1 | the rest
+
+    def depth(name: str) -> int:
+        return 1 if ".layer.1." in name else 2 if ".layer.0." in name else 3 if ".embeddings." in name else 0
+
+    assert_lrs(JointModel({"image": tower}, embed_dim=8), lambda n: DECAY ** depth(n))
