@@ -9,6 +9,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from jointspace.errors import UsageError
+from jointspace.losses.masks import Exclusions
+
 
 class LossParams(BaseModel):
     """A loss's own settings (config `loss.params`); a loss without any takes this empty model."""
@@ -20,13 +23,15 @@ class LossParams(BaseModel):
 class LossContext:
     """What a loss reads besides embeddings and positives: the model's logit scale (exp of the learned
     log-temperature, clamped) and SigLIP's bias; under data parallelism, this rank's `rows` of the global
-    batch and the gathered embeddings `a_all`, `b_all` of the pair being scored (set by `BindingLoss`)."""
+    batch and the gathered embeddings `a_all`, `b_all` of the pair being scored (set by `BindingLoss`);
+    `excluded`: candidates left out of the pair's negatives over the global batch (a guide run's), if any."""
 
     logit_scale: torch.Tensor
     logit_bias: torch.Tensor | None = None
     rows: slice | None = None
     a_all: torch.Tensor | None = None
     b_all: torch.Tensor | None = None
+    excluded: Exclusions | None = None
 
 
 class PairLoss(nn.Module):
@@ -37,13 +42,15 @@ class PairLoss(nn.Module):
     batch (every rank the same loss) or, with `local_loss` (open_clip's --local-loss), `local`: this rank's
     anchors against the gathered batch. A subclass that can only be computed one way says so
     (`always_local`). `uses_scale` / `uses_bias`: which of the model's logit parameters it reads (the
-    others are frozen, so that DDP does not wait for their gradients).
+    others are frozen, so that DDP does not wait for their gradients). `leaves_out`: it honours
+    `ctx.excluded` (candidates that are neither positives nor negatives); one that cannot refuses them.
     """
 
     Params: type[LossParams] = LossParams
     always_local = False
     uses_scale = True
     uses_bias = False
+    leaves_out = False
 
     def __init__(self, params: LossParams | None = None, local_loss: bool = False):
         super().__init__()
@@ -52,6 +59,8 @@ class PairLoss(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor | None,
                 ctx: LossContext) -> torch.Tensor:
+        if ctx.excluded is not None and not self.leaves_out:
+            raise UsageError(f"loss {type(self).__name__} cannot leave candidates out of its negatives (loss.guide)")
         if ctx.rows is None:  # one process: the batch is all there is
             return self.full(a, b, positives, ctx)
         if self.local_loss:

@@ -11,6 +11,7 @@ from torch import nn
 from jointspace.collectives import gather_with_grad
 from jointspace.errors import UsageError
 from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.masks import Exclusions
 from jointspace.losses.registry import build_pair_loss
 
 
@@ -36,7 +37,8 @@ class BindingLoss(nn.Module):
     Under data parallelism (`world_size` > 1) embeddings are all-gathered with gradient once, and each
     pair loss gets this rank's rows and the gathered pair in its context; where it is computed (locally or
     over the whole gathered batch) is the pair loss's `local_loss` flag. Either way `positives` is the
-    global [N, N] mask (built from gathered labels), so positives across ranks count.
+    global [N, N] mask (built from gathered labels), so positives across ranks count; `excluded`, per pair,
+    the candidates left out of its negatives over the global batch (a guide run's), in the pair's context.
     """
 
     def __init__(self, pairs: list[tuple[str, str]], loss: str | PairLoss = "infonce",
@@ -58,8 +60,8 @@ class BindingLoss(nn.Module):
     def uses_bias(self) -> bool:
         return self.pair_loss.uses_bias
 
-    def forward(self, emb: dict[str, torch.Tensor], positives: torch.Tensor | None,
-                ctx: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, emb: dict[str, torch.Tensor], positives: torch.Tensor | None, ctx: LossContext,
+                excluded: dict[tuple[str, str], Exclusions] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rows, gathered = None, emb
         if self.world_size > 1:
             gathered = {m: gather_with_grad(e) for m, e in emb.items()}
@@ -68,7 +70,8 @@ class BindingLoss(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         total = emb[self.pairs[0][0]].new_zeros(())
         for a, b in self.pairs:
-            pair_ctx = replace(ctx, rows=rows, a_all=gathered[a], b_all=gathered[b])
+            pair_ctx = replace(ctx, rows=rows, a_all=gathered[a], b_all=gathered[b],
+                               excluded=(excluded or {}).get((a, b)))
             loss = self.pair_loss(emb[a], emb[b], positives, pair_ctx)
             parts[f"{a}-{b}"] = loss.detach()
             total = total + self.weights[(a, b)] * loss

@@ -1,6 +1,10 @@
-"""Positive masks: which gallery items count as positives of an anchor."""
+"""Positive masks: which gallery items count as positives of an anchor; and exclusions: candidates that
+count as neither positives nor negatives (a guide run's likely false negatives, GISTEmbed's rule)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -20,3 +24,40 @@ def positive_mask(batch: dict[str, torch.Tensor], mode: str, text_key: str | Non
         ids = batch[text_key]
         return (ids[:, None, :] == ids[None, :, :]).all(-1)
     raise UsageError(f"positives must be instance/label/caption, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Candidates left out of an anchor's negatives (and not made positives), over the global batch of a
+    modality pair (a, b): `ab[i, j]` leaves b_j out for anchor a_i, `ba[j, i]` leaves a_i out for anchor b_j.
+    A loss reads them through `LossContext.excluded`."""
+
+    ab: torch.Tensor  # [N, M] bool
+    ba: torch.Tensor  # [M, N] bool
+
+    def rows(self, rows: slice | None) -> Exclusions:
+        """The anchors `rows` of both directions (data parallel: this rank's), against every candidate."""
+        return self if rows is None else Exclusions(self.ab[rows], self.ba[rows])
+
+
+def _one_way(sim: torch.Tensor, positive_sim: torch.Tensor, positives: torch.Tensor, margin: float,
+             strategy: str) -> torch.Tensor:
+    """[n, m]: candidates scored above the anchor's positive's score less the margin (absolute: pos -
+    margin; relative: pos - |pos| x margin), positives never."""
+    threshold = positive_sim - margin if strategy == "absolute" else positive_sim - positive_sim.abs() * margin
+    return (sim > threshold[:, None]) & ~positives
+
+
+def guide_exclusions(sim: torch.Tensor, positives: torch.Tensor | None, margin: float = 0.0,
+                     strategy: Literal["absolute", "relative"] = "absolute") -> Exclusions:
+    """GISTEmbed's rule (sentence-transformers' GISTEmbedLoss, its `margin_strategy`) in both directions:
+    from a guide's similarities `sim` [N, N] of a_i and b_j, whose diagonal scores each anchor's own pair,
+    leave out of anchor a_i's negatives every b_j the guide scores above sim[i, i] less the margin, and
+    of b_j's negatives every a_i scored above sim[j, j] less the margin. `positives` (None: the identity)
+    stay positives."""
+    if strategy not in ("absolute", "relative"):
+        raise UsageError(f"loss.guide_margin_strategy must be absolute or relative, got {strategy!r}")
+    n = sim.shape[0]
+    pos = positives if positives is not None else torch.eye(n, dtype=torch.bool, device=sim.device)
+    diag = sim.diagonal()
+    return Exclusions(_one_way(sim, diag, pos, margin, strategy), _one_way(sim.T, diag, pos.T, margin, strategy))

@@ -6,14 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.masks import Exclusions
 
 
 def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
                 pos_mask: torch.Tensor | None = None, rows: slice | None = None,
-                b_all: torch.Tensor | None = None) -> torch.Tensor:
-    """Sigmoid loss (Zhai et al. 2023): -sum log sigmoid(z_ij * (t * a_i.b_j + bias)) / N.
+                b_all: torch.Tensor | None = None, excluded: Exclusions | None = None) -> torch.Tensor:
+    """Sigmoid loss (Zhai et al. 2023): -sum log sigmoid(z_ij * (t * a_i.b_j + bias)) / N, without the
+    pairs (i, j) `excluded` leaves out in either direction (b_j for anchor a_i, or a_i for anchor b_j).
 
-    Data parallel: a holds this rank's `rows`, b_all the gathered batch and `pos_mask` the global mask.
+    Data parallel: a holds this rank's `rows`, b_all the gathered batch; `pos_mask`, `excluded` global.
     """
     gallery = b if b_all is None else b_all
     logits = logit_scale * a @ gallery.T + logit_bias
@@ -25,7 +27,11 @@ def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, log
     else:
         pos = pos_mask[rows] if rows is not None else pos_mask
     signs = pos.to(logits.dtype) * 2 - 1
-    return -F.logsigmoid(signs * logits).sum() / a.shape[0]
+    terms = F.logsigmoid(signs * logits)
+    if excluded is not None:  # the pair (i, j) is one term: left out when either direction leaves it out
+        cols = rows if rows is not None else slice(None)
+        terms = terms.masked_fill(excluded.rows(rows).ab | excluded.ba[:, cols].T, 0.0)
+    return -terms.sum() / a.shape[0]
 
 
 class SigLIP(PairLoss):
@@ -34,9 +40,10 @@ class SigLIP(PairLoss):
 
     always_local = True
     uses_bias = True
+    leaves_out = True
 
     def full(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
-        return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives)
+        return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives, excluded=ctx.excluded)
 
     def local(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
-        return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives, ctx.rows, ctx.b_all)
+        return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives, ctx.rows, ctx.b_all, ctx.excluded)
