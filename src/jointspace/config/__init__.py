@@ -24,6 +24,7 @@ from jointspace.config.run import (
 )
 from jointspace.config.sections import (
     DataConfig,
+    DistillConfig,
     EvalConfig,
     HeadConfig,
     IndexConfig,
@@ -35,7 +36,7 @@ from jointspace.config.sections import (
     TrainConfig,
 )
 
-__all__ = ["FORMER_SECTIONS", "ConfigError", "DataConfig", "EvalConfig", "GridConfig", "HeadConfig", "IndexConfig",
+__all__ = ["FORMER_SECTIONS", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig", "GridConfig", "HeadConfig", "IndexConfig",
            "LoraSettings", "LossConfig", "ModelConfig", "RunConfig", "RunFolder", "RunsFailed", "SourceConfig",
            "TowerConfig", "TrainConfig", "VariantConfig", "_Strict", "apply_overrides", "config_from_dict",
            "load_config", "load_grid", "plain_folder_name", "read_yaml", "renamed_key", "save_config",

@@ -139,6 +139,17 @@ class ModelConfig(_Strict):
     dedupe_inputs: bool = True  # identical inputs of a batch encoded once (towers without BatchNorm / dropout)
 
 
+class DistillConfig(_Strict):
+    """`loss.distill`: a finished joint-space run as a frozen teacher, whose similarity distributions over
+    each batch the student matches (open_clip's DistillClipLoss), added to the task loss x `weight`."""
+
+    teacher: str  # its run folder
+    weight: float = Field(1.0, gt=0.0)
+    # the teacher's softmax temperature; None: its own learned logit scale (open_clip). The student is
+    # always scored at its own logit scale.
+    temperature: float | None = Field(None, gt=0.0)
+
+
 class LossConfig(_Strict):
     name: str = "infonce"  # a registered loss (jointspace.losses.LOSSES)
     params: dict[str, Any] = Field(default_factory=dict)  # the loss's own settings, checked by its Params
@@ -146,6 +157,12 @@ class LossConfig(_Strict):
     anchor: str | None = None  # ImageBind-style: bind every other modality to this one
     pairs: list[tuple[str, str]] | None = None  # explicit pairs; default: anchor pairs or all pairs
     weights: dict[str, float] = Field(default_factory=dict)  # "a-b" or modality name -> weight
+    # GISTEmbed: a finished joint-space run whose similarities leave likely false negatives out of each
+    # anchor's negatives (those it scores above the anchor's own pair, less the margin)
+    guide: str | None = None
+    guide_margin: float = 0.0
+    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"  # pos - margin | pos - |pos| x margin
+    distill: DistillConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -156,6 +173,12 @@ class LossConfig(_Strict):
     @model_validator(mode="after")
     def _params_fit_the_loss(self) -> LossConfig:
         loss_params(self.name, self.params)
+        return self
+
+    @model_validator(mode="after")
+    def _margin_needs_a_guide(self) -> LossConfig:
+        if self.guide is None and (self.guide_margin != 0.0 or self.guide_margin_strategy != "absolute"):
+            raise UsageError("loss.guide_margin / loss.guide_margin_strategy: set loss.guide (the guide run)")
         return self
 
 

@@ -43,6 +43,7 @@ from jointspace.tasks.common import (
 )
 from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.tasks.predictions import retrieval_predictions
+from jointspace.tasks.reference_terms import reference_terms
 from jointspace.tasks.registry import Task
 from jointspace.towers.lora import parameter_summary
 
@@ -136,8 +137,9 @@ class ContrastiveObjective(Objective):
 
     def __init__(self, cfg: RunConfig, model: JointModel, batches, loss_fn: BindingLoss, val_loss_fn: BindingLoss,
                  val_data: SplitData | None, forward_model: torch.nn.Module, device: torch.device,
-                 dist: DistInfo):
+                 dist: DistInfo, references=None):
         self.cfg, self.module, self.batches_of, self.loss_fn, self.dist = cfg, model, batches, loss_fn, dist
+        self.references = references  # loss.guide / loss.distill: the step's loss takes their part
         self.val_loss_fn, self.val_data, self.forward_model, self.device = val_loss_fn, val_data, forward_model, device
 
     def batches(self, epoch: int, skip: int) -> Iterator:
@@ -157,7 +159,8 @@ class ContrastiveObjective(Objective):
         local, mask, plans = batch
         rows = torch.arange(len(local["label"]), device=self.device).chunk(ctx.accum_steps)
         micro = [{k: v[r] for k, v in local.items()} for r in rows]
-        loss, parts = accumulated_backward(self.module, self.loss_fn, micro, mask, ctx.autocast(),
+        loss_fn = self.references.bound(self.loss_fn, local, mask, ctx) if self.references else self.loss_fn
+        loss, parts = accumulated_backward(self.module, loss_fn, micro, mask, ctx.autocast(),
                                            self.forward_model, ctx.backward, plans)
         return loss, {f"loss/{k}": v for k, v in parts.items()}  # tensors: read when the engine logs
 
@@ -249,6 +252,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     model, pairs, loss_fn, val_loss_fn = _build(cfg, run_info, dist_info, device, init)
     if init:
         run_info = run_info.updated(init_from=init["sources"])  # run -> fingerprint of the weights it started from
+    references, run_info = reference_terms(cfg, loss_fn, run_info, device, resume)  # loss.guide, loss.distill
     batch_size = cfg.train.batch_size  # global batch, split over ranks
     if batch_size % (dist_info.world_size * cfg.train.accum_steps):
         raise UsageError(f"train.batch_size={batch_size} must divide by world size x accum_steps "
@@ -263,7 +267,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     forward_model = wrap_ddp(model, dist_info, device)
     if cfg.train.compile:
         forward_model = torch.compile(forward_model)
-    obj = ContrastiveObjective(cfg, model, batches, loss_fn, val_loss_fn, val_data, forward_model, device, dist_info)
+    obj = ContrastiveObjective(cfg, model, batches, loss_fn, val_loss_fn, val_data, forward_model, device, dist_info,
+                               references)
     if main:
         print(f"run {run_dir}: {plan.steps_per_epoch * batch_size} train samples per epoch, modalities "
               f"{list(run_info.kinds)}, pairs {pairs}, device {device}, world size {dist_info.world_size}\n"
