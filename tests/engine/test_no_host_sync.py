@@ -68,3 +68,13 @@ def test_the_next_batch_is_prepared_before_the_step_runs():
     assert list(items) == [1, 2] and drawn == [0, 1, 2]
     host = torch.ones(2)
     assert to_device(host, torch.device("cpu")) is host
+
+
+def test_a_step_with_a_guide_and_a_teacher_reads_nothing_back(tiny_cfg, counted):
+    """The reference run embeds the batch at the widths it is given and the guide's exclusions are masks."""
+    teacher = train(tiny_cfg("model.embed_dim=8", name="teacher", epochs=1), show_progress=False)
+    counted.clear()
+    cfg = tiny_cfg("train.log_every=2", "model.towers.text.params.dropout=0.0", "train.accum_steps=2",
+                   f"loss.guide={teacher}", f"loss.distill={{teacher: {teacher}}}", name="sync_ref", epochs=1)
+    train(cfg, show_progress=False)
+    assert counted == [[], [], []], counted
