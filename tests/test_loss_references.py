@@ -145,6 +145,7 @@ def test_binding_loss_hands_each_pair_its_own_exclusions():
     assert float(parts["image-text"]) == pytest.approx(
         float(clip_loss(emb["image"], emb["text"], torch.tensor(10.0), excluded=ex[("image", "text")])))
     assert float(parts["image-audio"]) == pytest.approx(float(clip_loss(emb["image"], emb["audio"], torch.tensor(10.0))))
+    assert float(total) == pytest.approx(float(parts["image-text"] + parts["image-audio"]))
 
 
 def test_distill_term_by_hand_and_equal_to_open_clip():
