@@ -11,6 +11,7 @@ from torch import nn
 from jointspace.config import ModelConfig, TowerConfig
 from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
+from jointspace.losses.extra import extra_key, flat_extra
 from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
 from jointspace.towers.dedupe import batch_independent, distinct_rows, encode_unique
 from jointspace.towers.groups import keep_norms_eval, tune_groups
@@ -84,7 +85,12 @@ class JointModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], modalities: list[str] | None = None,
                 plan: dict | None = None) -> dict[str, torch.Tensor]:
-        return {m: self.encode(m, batch, plan=plan) for m in (modalities or self.modalities) if m in batch}
+        """Each modality's embeddings [B, D]; a modality's extra candidates in the batch (mined hard
+        negatives, `losses.extra`) are embedded by its tower too, under their key: [B * n, D]."""
+        wanted = modalities or self.modalities
+        out = {m: self.encode(m, batch, plan=plan) for m in wanted if m in batch}
+        out.update({extra_key(m): self.encode(m, flat_extra(batch, m)) for m in wanted if extra_key(m) in batch})
+        return out
 
     def host_plan(self, host: dict[str, torch.Tensor], chunks: int = 1) -> tuple[dict[str, int], list[dict]]:
         """Shape decisions for a training batch, made on the host from CPU copies of its token inputs

@@ -24,7 +24,10 @@ class LossContext:
     """What a loss reads besides embeddings and positives: the model's logit scale (exp of the learned
     log-temperature, clamped) and SigLIP's bias; under data parallelism, this rank's `rows` of the global
     batch and the gathered embeddings `a_all`, `b_all` of the pair being scored (set by `BindingLoss`);
-    `excluded`: candidates left out of the pair's negatives over the global batch (a guide run's), if any."""
+    `excluded`: candidates left out of the pair's negatives over the global batch (a guide run's), if any; with
+    extra candidates of b (`losses.extra`: mined hard negatives, every rank's), `extra` [E, D], which of
+    them are positives of each anchor of the global batch `extra_positives` [N, E] and which exist
+    `extra_valid` [E]."""
 
     logit_scale: torch.Tensor
     logit_bias: torch.Tensor | None = None
@@ -32,6 +35,9 @@ class LossContext:
     a_all: torch.Tensor | None = None
     b_all: torch.Tensor | None = None
     excluded: Exclusions | None = None
+    extra: torch.Tensor | None = None
+    extra_positives: torch.Tensor | None = None
+    extra_valid: torch.Tensor | None = None
 
 
 class PairLoss(nn.Module):
@@ -44,6 +50,8 @@ class PairLoss(nn.Module):
     (`always_local`). `uses_scale` / `uses_bias`: which of the model's logit parameters it reads (the
     others are frozen, so that DDP does not wait for their gradients). `leaves_out`: it honours
     `ctx.excluded` (candidates that are neither positives nor negatives); one that cannot refuses them.
+    `takes_extra`: whether it scores the
+    extra candidates of `ctx.extra` as more columns of the a -> b direction (mined hard negatives).
     """
 
     Params: type[LossParams] = LossParams
@@ -51,6 +59,7 @@ class PairLoss(nn.Module):
     uses_scale = True
     uses_bias = False
     leaves_out = False
+    takes_extra = False
 
     def __init__(self, params: LossParams | None = None, local_loss: bool = False):
         super().__init__()

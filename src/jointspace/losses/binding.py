@@ -11,8 +11,9 @@ from torch import nn
 from jointspace.collectives import gather_with_grad
 from jointspace.errors import UsageError
 from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.extra import WithExtra, extra_key
 from jointspace.losses.masks import Exclusions
-from jointspace.losses.registry import build_pair_loss
+from jointspace.losses.registry import build_pair_loss, extra_refusal
 
 
 def binding_pairs(modalities: list[str], anchor: str | None = None,
@@ -60,19 +61,40 @@ class BindingLoss(nn.Module):
     def uses_bias(self) -> bool:
         return self.pair_loss.uses_bias
 
-    def forward(self, emb: dict[str, torch.Tensor], positives: torch.Tensor | None, ctx: LossContext,
-                excluded: dict[tuple[str, str], Exclusions] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, emb: dict[str, torch.Tensor], positives: torch.Tensor | WithExtra | None,
+                ctx: LossContext, excluded: dict[tuple[str, str], Exclusions] | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`positives`: the global mask, or a `WithExtra` when the batch has extra candidates (`emb` then
+        holds their embeddings under `extra_key(candidate)`): its pair is scored with them. `excluded`: per
+        pair, candidates left out of the negatives (a guide run's); not with extra candidates on that pair."""
+        extra, positives = (positives, positives.positives) if isinstance(positives, WithExtra) else (None, positives)
         rows, gathered = None, emb
         if self.world_size > 1:
             gathered = {m: gather_with_grad(e) for m, e in emb.items()}
-            n = next(iter(emb.values())).shape[0]
+            n = emb[self.pairs[0][0]].shape[0]
             rows = slice(self.rank * n, (self.rank + 1) * n)
         parts: dict[str, torch.Tensor] = {}
         total = emb[self.pairs[0][0]].new_zeros(())
         for a, b in self.pairs:
-            pair_ctx = replace(ctx, rows=rows, a_all=gathered[a], b_all=gathered[b],
-                               excluded=(excluded or {}).get((a, b)))
-            loss = self.pair_loss(emb[a], emb[b], positives, pair_ctx)
+            left_out = (excluded or {}).get((a, b))
+            if extra is not None and extra.applies((a, b)):
+                if left_out is not None:
+                    raise UsageError(f"loss.guide and data.hard_negatives do not combine (pair {a}-{b})")
+                loss = self._with_extra(emb, gathered, positives, extra, replace(ctx, rows=rows))
+            else:
+                pair_ctx = replace(ctx, rows=rows, a_all=gathered[a], b_all=gathered[b], excluded=left_out)
+                loss = self.pair_loss(emb[a], emb[b], positives, pair_ctx)
             parts[f"{a}-{b}"] = loss.detach()
             total = total + self.weights[(a, b)] * loss
         return total, parts
+
+    def _with_extra(self, emb: dict, gathered: dict, positives: torch.Tensor | None, extra: WithExtra,
+                    ctx: LossContext) -> torch.Tensor:
+        """The pair loss of anchor -> candidate (the pair oriented so; a pair loss scores both directions
+        alike) with the candidate's extra embeddings as more columns of the anchor's rows."""
+        if not self.pair_loss.takes_extra:
+            raise UsageError(extra_refusal(type(self.pair_loss).__name__))
+        a, b = extra.anchor, extra.candidate
+        pair_ctx = replace(ctx, a_all=gathered[a], b_all=gathered[b], extra=gathered[extra_key(b)],
+                           extra_positives=extra.extra, extra_valid=extra.valid)
+        return self.pair_loss(emb[a], emb[b], positives, pair_ctx)

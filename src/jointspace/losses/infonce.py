@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.base import LossContext, PairLoss, row_positives
+from jointspace.losses.extra import extended_positives
 from jointspace.losses.masks import Exclusions
 
 
@@ -52,13 +53,36 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
                   + _multi_positive_ce(logits_ba, mask_ba, rows.start, left_ba))
 
 
-class InfoNCE(PairLoss):
-    """Symmetric InfoNCE (CLIP) over a positive mask, at the model's logit scale."""
+def clip_loss_extra(a: torch.Tensor, b: torch.Tensor, ctx: LossContext, pos_mask: torch.Tensor | None,
+                    local: bool = False) -> torch.Tensor:
+    """`clip_loss` whose a -> b rows also score the extra candidates `ctx.extra` (NegCLIP: each row's
+    log-softmax runs over the batch's candidates and the extra ones; missing extra candidates are left out);
+    b -> a is CLIP's. `local`: a, b are this rank's rows `ctx.rows` of the gathered `ctx.a_all`, `ctx.b_all`."""
+    rows = ctx.rows if local else None
+    a_gallery, b_gallery = (ctx.a_all, ctx.b_all) if local else (a, b)
+    n = a.shape[0]
+    pos_ab = row_positives(pos_mask, n, b_gallery.shape[0], rows, a.device)
+    pos_ba = row_positives(pos_mask.T if pos_mask is not None else None, n, a_gallery.shape[0], rows, a.device)
+    extra_pos = ctx.extra_positives[rows] if rows is not None else ctx.extra_positives
+    pos_ext, keep = extended_positives(pos_ab, extra_pos, ctx.extra_valid)
+    logits_ab = (ctx.logit_scale * a @ torch.cat([b_gallery, ctx.extra]).T).masked_fill(~keep, float("-inf"))
+    logits_ba = ctx.logit_scale * b @ a_gallery.T
+    return 0.5 * (_multi_positive_ce(logits_ab, pos_ext) + _multi_positive_ce(logits_ba, pos_ba))
 
+
+class InfoNCE(PairLoss):
+    """Symmetric InfoNCE (CLIP) over a positive mask, at the model's logit scale; extra candidates of b
+    (mined hard negatives) widen the a -> b rows."""
+
+    takes_extra = True
     leaves_out = True
 
     def full(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
+        if ctx.extra is not None:
+            return clip_loss_extra(a, b, ctx, positives)
         return clip_loss(a, b, ctx.logit_scale, positives, excluded=ctx.excluded)
 
     def local(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
+        if ctx.extra is not None:
+            return clip_loss_extra(a, b, ctx, positives, local=True)
         return clip_loss(a, b, ctx.logit_scale, positives, ctx.rows, ctx.a_all, ctx.b_all, ctx.excluded)

@@ -10,20 +10,41 @@ import torch
 
 from jointspace.errors import UsageError
 
+MODES = ("instance", "label", "caption")
+SAMPLE = "sample"  # a batch field of sample ids (rows of the split): the same id is the same sample
+
+
+def positive_pairs(anchor: dict[str, torch.Tensor], candidate: dict[str, torch.Tensor], mode: str,
+                   text_key: str | None = None) -> torch.Tensor:
+    """Whether each candidate is a positive of its anchor, element by element over the broadcast leading
+    shape of the two (e.g. anchors [A, 1] against candidates [A, k] or [1, C]): the same sample (field
+    `sample`), and under "label" the same label, under "caption" the same caption token ids."""
+    if mode not in MODES:
+        raise UsageError(f"positives must be instance/label/caption, got {mode!r}")
+    same = anchor[SAMPLE] == candidate[SAMPLE]
+    if mode == "label":
+        same = same | (anchor["label"] == candidate["label"])
+    elif mode == "caption":
+        if text_key is None or text_key not in anchor or text_key not in candidate:
+            raise UsageError("positives: caption needs a text modality in the batch")
+        same = same | (anchor[text_key] == candidate[text_key]).all(-1)
+    return same
+
 
 def positive_mask(batch: dict[str, torch.Tensor], mode: str, text_key: str | None = None) -> torch.Tensor | None:
     """[B, B] bool mask of positives: "instance" (None = identity), "label", or "caption" (same token ids)."""
+    if mode not in MODES:
+        raise UsageError(f"positives must be instance/label/caption, got {mode!r}")
     if mode == "instance":
         return None
-    if mode == "label":
-        labels = batch["label"]
-        return labels[:, None] == labels[None, :]
-    if mode == "caption":
-        if text_key is None or text_key not in batch:
-            raise UsageError("positives: caption needs a text modality in the batch")
-        ids = batch[text_key]
-        return (ids[:, None, :] == ids[None, :, :]).all(-1)
-    raise UsageError(f"positives must be instance/label/caption, got {mode!r}")
+    if mode == "caption" and (text_key is None or text_key not in batch):
+        raise UsageError("positives: caption needs a text modality in the batch")
+    fields = [f for f in ("label", text_key) if f is not None and f in batch]
+    n = len(batch[fields[0]])
+    ids = torch.arange(n, device=batch[fields[0]].device)
+    rows = {SAMPLE: ids[:, None], **{f: batch[f][:, None] for f in fields}}
+    cols = {SAMPLE: ids[None, :], **{f: batch[f][None, :] for f in fields}}
+    return positive_pairs(rows, cols, mode, text_key)
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,10 @@ def build_pair_loss(name: str, params: dict[str, Any] | LossParams | None = None
                     local_loss: bool = False) -> PairLoss:
     """The loss `name` with its checked `params`; `local_loss` as in `PairLoss`."""
     return loss_class(name)(loss_params(name, params), local_loss=local_loss)
+
+
+def extra_refusal(name: str) -> str:
+    """The line refusing extra candidates per anchor (data.hard_negatives) to a loss that cannot take them."""
+    able = sorted(n for n, cls in LOSSES.items() if cls.takes_extra)
+    return (f"data.hard_negatives: the loss {name!r} cannot take extra candidates per anchor; use one that "
+            f"can ({', '.join(able)}) or drop data.hard_negatives")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.base import LossContext, PairLoss, row_positives
+from jointspace.losses.extra import extended_positives
 from jointspace.losses.masks import Exclusions
 
 
@@ -34,16 +35,34 @@ def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, log
     return -terms.sum() / a.shape[0]
 
 
+def siglip_loss_extra(a: torch.Tensor, b_gallery: torch.Tensor, ctx: LossContext, pos_mask: torch.Tensor | None,
+                      rows: slice | None = None) -> torch.Tensor:
+    """`siglip_loss` with the extra candidates `ctx.extra` as more pairs of each anchor (positive or
+    negative by `ctx.extra_positives`; missing ones left out of the sum)."""
+    pos = row_positives(pos_mask, a.shape[0], b_gallery.shape[0], rows, a.device)
+    extra_pos = ctx.extra_positives[rows] if rows is not None else ctx.extra_positives
+    pos, keep = extended_positives(pos, extra_pos, ctx.extra_valid)
+    logits = ctx.logit_scale * a @ torch.cat([b_gallery, ctx.extra]).T + ctx.logit_bias
+    signs = pos.to(logits.dtype) * 2 - 1
+    return -(F.logsigmoid(signs * logits) * keep.to(logits.dtype)).sum() / a.shape[0]
+
+
 class SigLIP(PairLoss):
     """Sigmoid loss at the model's logit scale and bias. A sum over pairs: under data parallelism each
-    rank scores its own anchors against the gathered batch (always local)."""
+    rank scores its own anchors against the gathered batch (always local). Extra candidates of b (mined
+    hard negatives) are more pairs of each anchor."""
 
     always_local = True
     uses_bias = True
+    takes_extra = True
     leaves_out = True
 
     def full(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
+        if ctx.extra is not None:
+            return siglip_loss_extra(a, b, ctx, positives)
         return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives, excluded=ctx.excluded)
 
     def local(self, a, b, positives, ctx: LossContext) -> torch.Tensor:
+        if ctx.extra is not None:
+            return siglip_loss_extra(a, ctx.b_all, ctx, positives, ctx.rows)
         return siglip_loss(a, b, ctx.logit_scale, ctx.logit_bias, positives, ctx.rows, ctx.b_all, ctx.excluded)
