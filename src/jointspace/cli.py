@@ -1,5 +1,5 @@
 """The `jointspace` command line: parses and dispatches. data, train (every task), eval, embed, report, demo,
-compare, sweep, towers, export, index, search, serve, augment."""
+compare, sweep, towers, export, index, search, serve, augment, audit, mine."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from jointspace.cli_errors import friendly
 from jointspace.commands.augment import augment_app
 from jointspace.commands.export import export
 from jointspace.commands.index import index_app, search
+from jointspace.commands.mine import mine
 from jointspace.commands.serve import serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, evaluate and search joint embedding spaces.")
@@ -26,6 +27,7 @@ app.add_typer(augment_app, name="augment")
 app.command()(search)
 app.command()(serve)
 app.command()(export)
+app.command()(mine)
 console = Console()
 _friendly = friendly(console)
 

@@ -124,17 +124,29 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file atomically (tmp file + fsync + rename)."""
+    with atomic_file(path, len(text.encode())) as tmp:
+        tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, needed: int | None = None) -> Iterator[Path]:
+    """A temporary file beside `path` for any writer to fill; when the block ends it is fsynced, given the
+    permissions the umask gives and renamed onto `path` (on an error it goes and `path` is untouched); a
+    full disk is one DiskFull line (`needed`: the bytes it needs, when known)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with disk_guard(path, len(text.encode())), os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        follow_umask(Path(tmp))
+        with disk_guard(path, needed):
+            yield tmp
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
