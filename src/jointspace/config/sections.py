@@ -66,6 +66,12 @@ class DataConfig(_DataSizes):
     csv_img_key: str = "filepath"  # open_clip's --csv-img-key
     csv_caption_key: str = "title"  # --csv-caption-key
     csv_separator: str = "\t"  # --csv-separator
+    # `jointspace mine`'s parquet: each anchor's mined negatives, n_per_anchor of them drawn per epoch
+    # (seeded) and scored as extra candidates of the anchor's rows (in-memory train split only)
+    hard_negatives: str | None = None
+    n_per_anchor: int = Field(1, ge=1)
+    # random: a seeded permutation; no_duplicates: also no two samples of one key or one caption in a batch
+    batch_sampler: Literal["random", "no_duplicates"] = "random"
 
     def prep_sizes(self) -> dict[str, int]:
         """The registered kinds' size fields as set here (defaults filled in)."""
@@ -76,6 +82,20 @@ class DataConfig(_DataSizes):
         """With data.urls, the modalities default to data.keys' (open_clip's image + text)."""
         if (self.urls or self.csv) and "modalities" not in self.model_fields_set:
             object.__setattr__(self, "modalities", list(self.keys or {"image": 0, "text": 0}))
+        return self
+
+    @model_validator(mode="after")
+    def _in_memory_only(self) -> DataConfig:
+        """Mined negatives and no-duplicate batches read the decoded train split (a negative's content by
+        its key, every caption of the epoch); a streamed split has neither."""
+        if self.streaming and self.hard_negatives:
+            raise UsageError("data.hard_negatives needs the train split in memory: set data.streaming: false")
+        if self.streaming and self.batch_sampler != "random":
+            raise UsageError("data.batch_sampler: no_duplicates needs the train split in memory (a streamed "
+                             "split is shuffled in a buffer): set data.streaming: false")
+        if self.resampled and self.batch_sampler != "random":
+            raise UsageError("data.batch_sampler: no_duplicates visits each sample once per epoch; it does "
+                             "not combine with data.resampled")
         return self
 
     @model_validator(mode="after")

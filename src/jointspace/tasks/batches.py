@@ -1,7 +1,8 @@
 """Where a training step's batch comes from: decoded-in-memory splits or streamed shards.
 
 Both yield, for every step of an epoch, this rank's batch of input tensors (on the device), the positive
-mask over the global batch (all ranks) and host (CPU) copies of this rank's token inputs, from which the
+mask over the global batch (all ranks; with mined hard negatives, `data.hard_negatives`, widened by
+each anchor's extra candidates: a `losses.extra.WithExtra`) and host (CPU) copies of this rank's token inputs, from which the
 model decides shapes before the step (`JointModel.host_plan`); both can start an epoch after `skip`
 steps for an exact mid-epoch resume. Nothing here waits for the device: host tensors go over pinned and
 non-blocking (`to_device`), and the objective plans one step ahead (`one_ahead`).
@@ -19,15 +20,17 @@ from jointspace.collectives import gather_no_grad
 from jointspace.config import RunConfig
 from jointspace.data.csv_source import CsvSource
 from jointspace.data.dataset import SplitData, recorded_range
+from jointspace.data.hard_negatives import hard_negatives_of
 from jointspace.data.shards import DataError, ReadStats, iter_samples
 from jointspace.data.sources import TrainSampler, shards_arg, source_label_lookups, source_of
 from jointspace.data.stream import ShardStream, shard_probabilities, stream_loader
 from jointspace.engine.distributed import DistInfo, shard_batch
 from jointspace.kinds import Prep, get_kind, input_channels, ready, to_inputs, with_role
 from jointspace.losses import positive_mask
+from jointspace.losses.extra import WithExtra
 from jointspace.runs import config_prep
 
-Step = tuple[dict[str, torch.Tensor], torch.Tensor | None, dict[str, torch.Tensor]]
+Step = tuple[dict[str, torch.Tensor], torch.Tensor | WithExtra | None, dict[str, torch.Tensor]]
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -69,10 +72,13 @@ class InMemoryBatches:
         data.inputs = {k: v.to(device) for k, v in data.inputs.items()}
         data.variants = {k: (v.to(device), o.to(device)) for k, (v, o) in data.variants.items()}
         data.labels = data.labels.to(device)
+        self.negatives = hard_negatives_of(cfg, data, text_key, dist_info.world_size)  # data.hard_negatives
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Step]:
         """(local batch, global positive mask, host token inputs) per step, from step `skip` on."""
         self.data.draw_variants(self.cfg.seed, epoch)  # one caption per sample this epoch
+        if self.negatives is not None:
+            self.negatives.draw(self.cfg.seed, epoch)  # n_per_anchor mined negatives per sample this epoch
         tokens = {m: t.cpu() for m, t in host_tokens(self.data.inputs, self.data.kinds).items()}  # once an epoch
         for k, idx in enumerate(self.sampler.batches(self.cfg.train.batch_size, self.cfg.seed, epoch)):
             if k < skip:
@@ -83,8 +89,10 @@ class InMemoryBatches:
             if self.cfg.loss.positives == "caption" and self.text_key:
                 glob[self.text_key] = self.data.inputs[self.text_key][on_device]
             mine = on_device if local is idx else to_device(local, self.device)
-            yield (self.data.batch(mine), positive_mask(glob, self.cfg.loss.positives, self.text_key),
-                   {m: t[local] for m, t in tokens.items()})
+            batch, mask = self.data.batch(mine), positive_mask(glob, self.cfg.loss.positives, self.text_key)
+            if self.negatives is not None:  # extra candidates per anchor, and the mask widened by them
+                batch, mask = self.negatives.extend(batch, mine, mask)
+            yield batch, mask, {m: t[local] for m, t in tokens.items()}
 
 
 class StreamedBatches:
