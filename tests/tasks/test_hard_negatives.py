@@ -81,7 +81,7 @@ def test_refusals(tiny_cfg, digits_dir, tmp_path):
         train(cfg, show_progress=False)
 
 
-def test_cli_training_with_hard_negatives_resumes_bitwise_equal(digits_dir, tmp_path, monkeypatch):
+def test_cli_training_with_hard_negatives_and_no_duplicates_resumes_bitwise_equal(digits_dir, tmp_path, monkeypatch):
     from jointspace.losses import BindingLoss
 
     _mined(digits_dir, tmp_path / "neg.parquet")
@@ -95,7 +95,7 @@ def test_cli_training_with_hard_negatives_resumes_bitwise_equal(digits_dir, tmp_
     monkeypatch.setattr(BindingLoss, "_with_extra", spy)
     sets = [*tiny_overrides(digits_dir, tmp_path / "runs", "hn", epochs=2), "train.checkpoint_every_steps=2",
             "train.keep_checkpoints=10", f"data.hard_negatives={tmp_path / 'neg.parquet'}", "data.n_per_anchor=2",
-            "loss.positives=instance"]
+            "loss.positives=instance", "data.batch_sampler=no_duplicates"]
     args = ["train", str(builtin_config("digits")), *[x for s in sets for x in ("--set", s)]]
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output

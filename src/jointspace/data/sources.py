@@ -11,7 +11,7 @@ proportional to weight_i (so source i gets weight_i x size_i of the mass). The d
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from jointspace.config import DataConfig
+from jointspace.data.batch_sampler import duplicate_values, no_duplicate_batches
 from jointspace.data.csv_source import CsvSource
 from jointspace.data.dataset import SplitData, apply_label_map, concat_splits, epoch_batches, load_split
 from jointspace.data.shards import INFO_FILE, DataError
@@ -116,19 +117,23 @@ def resampled_indices(sizes: list[int], weights: list[float], n_samples: int, se
 
 @dataclass
 class TrainSampler:
-    """Which training samples each epoch visits: a seeded permutation, or a weighted draw with replacement."""
+    """Which training samples each epoch visits: a seeded permutation, or a weighted draw with replacement;
+    with `duplicates` (data.batch_sampler: no_duplicates: what must not repeat in a batch, asked each
+    epoch) the permutation is cut into batches without duplicates (`data.batch_sampler`)."""
 
     n_data: int
     sizes: list[int]
     weights: list[float]
     resampled: bool = False
     samples_per_epoch: int | None = None
+    duplicates: Callable[[], np.ndarray] | None = None
 
     @classmethod
     def from_config(cls, data_cfg: DataConfig, train: SplitData) -> TrainSampler:
         sizes = train.source_sizes or [len(train)]
         weights = [s.weight for s in data_cfg.sources] if train.source_sizes else [1.0]
-        return cls(len(train), sizes, weights, data_cfg.resampled, data_cfg.samples_per_epoch)
+        duplicates = (lambda: duplicate_values(train)) if data_cfg.batch_sampler == "no_duplicates" else None
+        return cls(len(train), sizes, weights, data_cfg.resampled, data_cfg.samples_per_epoch, duplicates)
 
     @property
     def n_samples(self) -> int:
@@ -137,6 +142,9 @@ class TrainSampler:
 
     def batches(self, batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
         """Index batches of one epoch (drop_last)."""
+        if self.duplicates is not None:
+            yield from no_duplicate_batches(self.duplicates(), batch_size, seed, epoch, self.n_data // batch_size)
+            return
         if not self.resampled:
             yield from epoch_batches(self.n_data, batch_size, seed, epoch)
             return
