@@ -57,3 +57,11 @@ def test_every_example_config_validates():
             check_sweep(cfg, base, config_for, lambda r, p=path: task_of_raw(r, str(p)), lambda t: TASKS[t].val_metrics)
         else:
             assert config_for(raw, str(path)).task == raw.get("task", "contrastive"), path
+
+
+def test_guide_and_mined_negatives_are_refused_together():
+    """The guide scores in-batch candidates only: with mined extra candidates the run is refused at load."""
+    with pytest.raises(ConfigError, match=r"loss\.guide and data\.hard_negatives do not combine"):
+        config_from_dict({"loss": {"guide": "runs/g"}, "data": {"hard_negatives": "neg.parquet"}})
+    config_from_dict({"loss": {"guide": "runs/g"}})  # each alone loads
+    config_from_dict({"data": {"hard_negatives": "neg.parquet"}})

@@ -73,6 +73,13 @@ class RunConfig(RunFolder):
             return {k: v for k, v in raw.items() if k not in FORMER_SECTIONS or k in cls.model_fields}
         return raw
 
+    @model_validator(mode="after")
+    def _guide_or_mined_negatives(self) -> RunConfig:
+        if self.loss.guide and self.data.hard_negatives:
+            raise UsageError("loss.guide and data.hard_negatives do not combine yet (the guide does not score "
+                             "mined candidates): drop one of them")
+        return self
+
 
 class VariantConfig(_Strict):
     """One named variant of a comparison grid: overrides of the base config (dotted key -> value)."""
