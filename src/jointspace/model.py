@@ -17,6 +17,7 @@ from jointspace.towers.dedupe import batch_independent, distinct_rows, encode_un
 from jointspace.towers.groups import keep_norms_eval, tune_groups
 from jointspace.towers.heads import build_head
 from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
+from jointspace.towers.patch_dropout import apply_patch_dropout
 
 
 class JointModel(nn.Module):
@@ -179,8 +180,8 @@ def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = Non
 
 
 def tune_tower(tower: nn.Module, tcfg: TowerConfig) -> None:
-    """Apply a tower config's freezing, partial unlocking, layer decay, LoRA adapters and gradient
-    checkpointing, in place."""
+    """Apply a tower config's freezing, partial unlocking, layer decay, LoRA adapters, gradient checkpointing
+    and patch dropout, in place."""
     if tcfg.freeze and tcfg.lora:
         raise UsageError("freeze and lora exclude each other (with lora only the adapters train)")
     if tcfg.freeze:
@@ -193,6 +194,8 @@ def tune_tower(tower: nn.Module, tcfg: TowerConfig) -> None:
         apply_lora(tower, targets, tcfg.lora.r, tcfg.lora.alpha, tcfg.lora.dropout)
     if tcfg.grad_checkpointing:
         enable_grad_checkpointing(tower, tcfg.name)
+    if tcfg.patch_dropout:
+        apply_patch_dropout(tower, tcfg.patch_dropout, tcfg.name, tcfg.freeze)
 
 
 def text_tokenizers(cfg: ModelConfig) -> dict[str, str]:

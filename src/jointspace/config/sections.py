@@ -120,6 +120,7 @@ class TowerConfig(_Strict):
     freeze: bool = False  # locked tower (LiT): no parameter of it trains; only its head does
     lora: LoraSettings | None = None  # adapters train, the tower's own weights stay frozen
     grad_checkpointing: bool = False  # recompute activations in backward (less memory, more compute)
+    patch_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # share of image patch tokens dropped in training (ViTs)
     init_from: str | None = None  # "runs/x#image[@fingerprint]": start from that finished run's tower
     unlocked_groups: int | None = Field(None, ge=0)  # only the last N layer groups train (None: all)
     freeze_norms: bool = False  # with unlocked_groups: the locked part's norm layers stay in eval mode

@@ -7,6 +7,7 @@ from torch import nn
 
 from jointspace.errors import UsageError
 from jointspace.towers.groups import LayerGroups
+from jointspace.towers.patch_dropout import timm_patch_dropout
 from jointspace.towers.registry import register_tower
 
 
@@ -87,6 +88,10 @@ class TimmViT(nn.Module):
         named = dict(self.vit.named_parameters())
         ids = group_parameters(self.vit, self.vit.group_matcher(coarse=False))  # {layer id: parameter names}
         return [[(f"vit.{n}", named[n]) for n in names] for _, names in sorted(ids.items())]
+
+    def set_patch_dropout(self, p: float) -> None:
+        """timm's PatchDropout (its prefix tokens kept), as `patch_drop_rate=p` would build it."""
+        timm_patch_dropout(self.vit, p)
 
 
 @register_tower("vit")

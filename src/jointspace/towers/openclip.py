@@ -18,6 +18,7 @@ from torch import nn
 from jointspace.errors import UsageError
 from jointspace.towers.groups import LayerGroups, groups_from_lock
 from jointspace.towers.hub import describe_openclip_tags, missing, openclip_source, openclip_tags
+from jointspace.towers.patch_dropout import timm_patch_dropout
 from jointspace.towers.registry import register_tower
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -115,6 +116,19 @@ class OpenCLIPImage(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
+
+    def set_patch_dropout(self, p: float) -> None:
+        """open_clip's PatchDropout on its VisionTransformer (class token kept: `exclude_first_token`), as
+        `create_model(force_patch_dropout=p)` builds it; timm's on a timm ViT trunk (open_clip's TimmModel)."""
+        from open_clip.transformer import PatchDropout
+
+        if hasattr(self.visual, "patch_dropout"):
+            self.visual.patch_dropout = PatchDropout(p, exclude_first_token=True) if p > 0 else nn.Identity()
+        elif hasattr(getattr(self.visual, "trunk", None), "patch_drop"):
+            timm_patch_dropout(self.visual.trunk, p)
+        else:
+            raise UsageError(f"patch_dropout: open_clip's {type(self.visual).__name__} image tower has no patch "
+                             "dropout (only ViTs have one)")
 
 
 class OpenCLIPText(nn.Module):
