@@ -95,10 +95,10 @@ def test_eval_output_equals_the_tower_without_patch_dropout(pd_clip, which):
         assert torch.equal(tower(x), plain_train)  # p = 0 restores the library's Identity
 
 
-def _model(p: float, name: str = "vit") -> torch.nn.Module:
+def _model(p: float) -> torch.nn.Module:
     torch.manual_seed(0)
-    params = {"img_size": 32, "patch_size": 8, "width": 32, "depth": 2, "heads": 2} if name == "vit" else {}
-    cfg = ModelConfig(embed_dim=8, towers={"image": {"name": name, "params": params, "patch_dropout": p}})
+    params = {"img_size": 32, "patch_size": 8, "width": 32, "depth": 2, "heads": 2}
+    cfg = ModelConfig(embed_dim=8, towers={"image": {"name": "vit", "params": params, "patch_dropout": p}})
     return build_model(cfg, {"image": "image"}, Prep(channels={"image": 3}))
 
 
