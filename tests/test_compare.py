@@ -11,6 +11,8 @@ from jointspace.cli import app
 from jointspace.compare import _is_current, expand_grid, run_grid
 from jointspace.config import ConfigError, load_grid
 
+from .conftest import tiny_overrides
+
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
@@ -129,3 +131,26 @@ def test_a_preempted_grid_stops_and_goes_on_from_the_checkpoint(tmp_path, shapes
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x]
     assert steps == list(range(1, 13))  # resumed, not redone: every step once
     assert (metrics.parent.parent / "b-s0" / "done.json").exists()
+
+
+def test_a_contrastive_grid_tabulates_zero_shot_and_the_linear_probe(tmp_path, digits_dir):
+    """A contrastive run's done.json carries the mean zero-shot top-1 and linear-probe accuracy of its
+    eval.json, and the comparison shows them (mean ± std over seeds)."""
+    from jointspace.cli import builtin_config
+
+    overrides = dict(o.split("=", 1) for o in tiny_overrides(digits_dir, tmp_path / "unused", epochs=1))
+    grid = {"name": "joint", "output_dir": str(tmp_path / "runs"), "base": str(builtin_config("digits")),
+            "isolate": False, "seeds": [0, 1], "set": {k: yaml.safe_load(v) for k, v in overrides.items()
+                                                     if k not in ("name", "output_dir")},
+            "variants": [{"name": "plain"}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    grid_dir = run_grid(path, log=lambda _: None)
+    runs = [json.loads((grid_dir / "runs" / f"plain-s{s}" / "eval.json").read_text()) for s in (0, 1)]
+    zero = [sum(r["top1"] for r in ev["zero_shot"].values()) / len(ev["zero_shot"]) for ev in runs]
+    probe = [sum(ev["linear_probe"].values()) / len(ev["linear_probe"]) for ev in runs]
+    row = next(csv.DictReader((grid_dir / "comparison.csv").open()))
+    assert float(row["zero_shot_top1_mean"]) == pytest.approx(sum(zero) / 2)
+    assert float(row["linear_probe_mean"]) == pytest.approx(sum(probe) / 2)
+    md = (grid_dir / "comparison.md").read_text()
+    assert "zero-shot top-1" in md and "linear probe" in md

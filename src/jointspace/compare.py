@@ -41,9 +41,10 @@ from jointspace.tasks.common import read_done
 from jointspace.tasks.lifecycle import has_checkpoint, same_config
 
 METRICS = ("test_accuracy", "val_loss", "seconds_per_epoch", "peak_mem_mb", "test_top3", "trainable_params",
-           "epochs_to_95", "wall_seconds")
-# columns shown only when some run reports them (classify runs): (metric, header, digits)
-OPTIONAL = (("test_top3", "test top-3", 4), ("trainable_params", "trainable", 0),
+           "epochs_to_95", "wall_seconds", "zero_shot_top1", "linear_probe")
+# columns shown only when some run reports them (classify / contrastive runs): (metric, header, digits)
+OPTIONAL = (("test_top3", "test top-3", 4), ("zero_shot_top1", "zero-shot top-1", 4),
+            ("linear_probe", "linear probe", 4), ("trainable_params", "trainable", 0),
             ("epochs_to_95", "epochs to 95 % of best", 1), ("wall_seconds", "seconds", 0))
 
 
@@ -237,7 +238,8 @@ def write_comparison(grid_dir: Path, rows: list[dict], order: list[str], meta: d
         w = csv.DictWriter(f, fieldnames=list(agg[0]))
         w.writeheader()
         w.writerows(agg)
-    cols = ["name", "variant", "seed", "test_accuracy", "test_top3", "val_loss", "n_params", "trainable_params",
+    cols = ["name", "variant", "seed", "test_accuracy", "test_top3", "zero_shot_top1", "linear_probe", "val_loss",
+            "n_params", "trainable_params",
             "epochs_to_95", "seconds_per_epoch",
             "peak_mem_mb", "rss_rise_mb", "peak_rss_mb", "cuda_peak_mb", "epochs", "wall_seconds"]
     with (grid_dir / "runs.csv").open("w", newline="") as f:
