@@ -70,6 +70,17 @@ def test_keys_missing_from_the_data_are_one_line_naming_the_file(digits_dir, tmp
         HardNegatives(path, data, 1, "label", "text")
 
 
+def test_a_file_with_no_negatives_is_one_line_naming_the_file(digits_dir, tmp_path):
+    """`mine` can find nothing inside its window (it says so); training from that file is refused, not
+    started with a modality pair it cannot know."""
+    path = tmp_path / "neg.parquet"
+    empty = torch.zeros(0)
+    write_negatives(path, Negatives([], [], empty.long().numpy(), empty.numpy(), empty.numpy(), "image", "text"))
+    data = load_split(digits_dir, "train", ["image", "text"])
+    with pytest.raises(DataError, match=f"{path}: holds no negatives"):
+        HardNegatives(path, data, 1, "label", "text")
+
+
 def test_refusals(tiny_cfg, digits_dir, tmp_path):
     from jointspace.tasks.contrastive import train
 

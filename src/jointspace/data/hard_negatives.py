@@ -116,6 +116,9 @@ class HardNegatives:
     def __init__(self, path: str | Path, data: SplitData, n_per_anchor: int, positives: str,
                  text_key: str | None = None):
         rows = read_negatives(path)
+        if not len(rows):
+            raise DataError(f"{path}: holds no negatives (jointspace mine found none inside its window: widen "
+                            "--range-max or lower --margin)")
         self.anchor, self.candidate = rows.anchor_modality, rows.candidate_modality
         for m in (self.anchor, self.candidate):
             if m not in data.kinds:
