@@ -74,7 +74,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/recipes-shapes"))
     ap.add_argument("--n", type=int, default=4200, help="scenes synthesised (about 70 %% train)")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=6, help="epochs of each compared run")
+    ap.add_argument("--reference-epochs", type=int, default=8, help="epochs of the reference (miner, guide) run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--negatives", type=int, default=1, help="data.n_per_anchor")
     ap.add_argument("--margin", type=float, default=0.1, help="mine --margin (below the positive's cosine)")
@@ -86,9 +87,10 @@ def main() -> None:
     (args.work / "base.yaml").write_text(yaml.safe_dump(base))
     ref = args.work / "runs" / "reference"
     if not (ref / "done.json").exists():
-        cfg = {**base, "name": "reference", "output_dir": str(args.work / "runs"), "seed": 100}
+        cfg = base_config(data, args.reference_epochs)
+        cfg.update(name="reference", output_dir=str(args.work / "runs"), seed=100)
         (args.work / "reference.yaml").write_text(yaml.safe_dump(cfg))
-        cli("train", str(args.work / "reference.yaml"), "--overwrite")
+        cli("train", str(args.work / "reference.yaml"), "--resume" if (ref / "checkpoints").exists() else "--overwrite")
     negatives = args.work / "negatives.parquet"
     if not negatives.exists():
         cli("mine", str(ref), str(data), "--out", str(negatives), "--anchor", "image", "--candidate", "text",
@@ -106,7 +108,7 @@ def main() -> None:
     import torch
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}; shapes scenes "
-          f"n={args.n}, {args.epochs} epochs, batch 128, seeds {args.seeds}; load average at start {load0:.1f}, "
+          f"n={args.n}, {args.epochs} epochs (reference {args.reference_epochs}), batch 128, seeds {args.seeds}; load average at start {load0:.1f}, "
           f"at end {os.getloadavg()[0]:.1f}; {time.time() - t0:.0f} s in all")
     print("test accuracy = mean scene-level R@1 (image->text, text->image); zero-shot over the 144 scene names")
     print(table)
