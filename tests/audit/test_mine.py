@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from jointspace.audit.mine import Window, search
+from jointspace.audit.mine import Window, positive_rule, search
 from jointspace.cli import app
 from jointspace.errors import UsageError
 
@@ -60,6 +60,30 @@ def test_search_keeps_the_window_of_a_by_hand_ranking(window):
     assert got == by_hand(anchors, candidates, lambda i, j: i == j or labels[i] == labels[j], window)
     assert np.allclose(score, np.einsum("nd,nd->n", anchors[a], candidates[n]), atol=1e-5)
     assert len(got) > 0 and all(labels[i] != labels[j] for i, j, _ in got)
+
+
+def test_a_copy_of_the_anchors_own_candidate_is_never_its_negative():
+    """Under instance positives a candidate equal to the anchor's own one (the same caption text of another
+    sample) counts as its positive, as sentence-transformers drops repeated texts before mining; it is the
+    hardest "negative" otherwise (score equal to the positive's)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    tokens = torch.tensor([[5, 6, 0], [7, 8, 0], [9, 9, 9], [5, 6, 0]])  # sample 3's caption is sample 0's
+    data = SimpleNamespace(labels=torch.tensor([0, 1, 2, 3]), inputs={"text": tokens})
+    rows = np.arange(4)
+    expected = np.eye(4, dtype=bool)
+    expected[0, 3] = expected[3, 0] = True  # by hand: the two equal captions
+    assert (positive_rule(data, "instance", "text", "text")(rows, np.tile(rows, (4, 1))) == expected).all()
+    assert (positive_rule(data, "instance", "text")(rows, np.tile(rows, (4, 1))) == np.eye(4, dtype=bool)).all()
+    rng = np.random.default_rng(1)
+    anchors = _unit(rng.normal(size=(4, 8)))
+    candidates = _unit(rng.normal(size=(4, 8)) + 3 * anchors)
+    candidates[3] = candidates[0]  # equal captions embed alike
+    a, n, _, _ = search(anchors, candidates, positive_rule(data, "instance", "text", "text"), Window(num_negatives=3))
+    got = set(zip(a.tolist(), n.tolist(), strict=True))
+    assert (0, 3) not in got and (3, 0) not in got and len(got) == 2 + 3 + 3 + 2  # 1 and 2: every other one
 
 
 def test_window_refuses_an_empty_window():

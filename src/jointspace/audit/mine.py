@@ -109,18 +109,27 @@ def search(anchors: np.ndarray, candidates: np.ndarray, rule, window: Window) ->
     return tuple(np.concatenate([o[i] for o in out]) for i in range(4))
 
 
-def positive_rule(data, mode: str, text_key: str | None):
-    """The run's positive rule (`losses.masks.positive_pairs`) between rows of the split."""
+def positive_rule(data, mode: str, text_key: str | None, candidate_modality: str | None = None):
+    """The run's positive rule (`losses.masks.positive_pairs`) between rows of the split; and, as
+    sentence-transformers drops repeated texts from the corpus before it mines, a candidate whose
+    `candidate_modality` input equals the anchor's own (a copy of its caption, a duplicate image) is its
+    positive too, never its negative."""
     fields = {"label": data.labels}
     if text_key is not None and text_key in data.inputs:
         fields[text_key] = data.inputs[text_key]
+    own = data.inputs.get(candidate_modality) if candidate_modality is not None else None
+    if own is not None:  # one id per distinct input: equal inputs, equal ids
+        own = torch.unique(own.reshape(len(own), -1), dim=0, return_inverse=True)[1]
 
     def rule(anchor_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
         a = torch.from_numpy(anchor_rows)[:, None]
         c = torch.from_numpy(candidate_rows).clamp(min=0)
         anchor = {SAMPLE: a, **{f: t[a] for f, t in fields.items()}}
         candidate = {SAMPLE: c, **{f: t[c] for f, t in fields.items()}}
-        return positive_pairs(anchor, candidate, mode, text_key).numpy()
+        same = positive_pairs(anchor, candidate, mode, text_key)
+        if own is not None:
+            same = same | (own[c] == own[a])
+        return same.numpy()
 
     return rule
 
@@ -143,7 +152,7 @@ def mine_negatives(run_dir: str | Path, data: str | Path, out: str | Path, split
     split_data = load_run_split(cfg, info, source, split, wanted)
     dev = resolve_device(device)
     emb = embed_split(model.to(dev), split_data, device=dev)
-    rule = positive_rule(split_data, cfg.loss.positives, text_key)
+    rule = positive_rule(split_data, cfg.loss.positives, text_key, candidate)
     a_rows, n_rows, ranks, scores = search(emb[anchor].numpy().astype(np.float32),
                                            emb[candidate].numpy().astype(np.float32), rule, window)
     own = np.einsum("nd,nd->n", emb[anchor].numpy(), emb[candidate].numpy())

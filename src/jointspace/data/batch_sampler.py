@@ -60,27 +60,45 @@ def one_pass(order: list[int], values: list[tuple[int, ...]], batch_size: int) -
     return batches, remaining
 
 
-def _values_of(batch: list[int], values: list[tuple[int, ...]], but: int | None = None) -> set:
-    return {v for i in batch if i != but for v in values[i]}
+class Batches:
+    """Batches being filled, each with the set of its samples' values (a batch never holds one twice, so
+    the values of a batch less sample j are its set less j's values): every check is O(values of a sample)."""
+
+    def __init__(self, batches: list[list[int]], values: list[tuple[int, ...]]):
+        self.batches, self.values = batches, values
+        self.seen = [{v for i in b for v in values[i]} for b in batches]
+
+    def fits(self, k: int, i: int, but: int | None = None) -> bool:
+        """Sample i adds no repeated value to batch k (with sample `but` taken out of it)."""
+        out = set(self.values[but]) if but is not None else set()
+        return all(v not in self.seen[k] or v in out for v in self.values[i])
+
+    def put(self, k: int, i: int, pos: int | None = None) -> None:
+        """Sample i into batch k, appended or in place of the sample at `pos`."""
+        if pos is None:
+            self.batches[k].append(i)
+        else:
+            self.seen[k].difference_update(self.values[self.batches[k][pos]])
+            self.batches[k][pos] = i
+        self.seen[k].update(self.values[i])
 
 
-def _place(i: int, batches: list[list[int]], values: list[tuple[int, ...]], batch_size: int) -> bool:
+def _place(i: int, missing: Batches, batch_size: int) -> bool:
     """Put sample i into the first batch with room where it adds no duplicate."""
-    for batch in batches:
-        if len(batch) < batch_size and _values_of(batch, values).isdisjoint(values[i]):
-            batch.append(i)
+    for k, batch in enumerate(missing.batches):
+        if len(batch) < batch_size and missing.fits(k, i):
+            missing.put(k, i)
             return True
     return False
 
 
-def _swap_in(i: int, done: list[list[int]], missing: list[list[int]], values: list[tuple[int, ...]],
-             batch_size: int) -> bool:
+def _swap_in(i: int, done: Batches, missing: Batches, batch_size: int) -> bool:
     """Put sample i into a full batch in place of one of its samples that moves to a missing batch (both
     without duplicates)."""
-    for batch in done:
+    for k, batch in enumerate(done.batches):
         for pos, j in enumerate(batch):
-            if _values_of(batch, values, but=j).isdisjoint(values[i]) and _place(j, missing, values, batch_size):
-                batch[pos] = i
+            if done.fits(k, i, but=j) and _place(j, missing, batch_size):
+                done.put(k, i, pos)
                 return True
     return False
 
@@ -91,15 +109,15 @@ def fill_missing(done: list[list[int]], leftover: list[int], values: list[tuple[
     batch where it adds no duplicate, else into a full batch whose sample it displaces there), then
     samples of the epoch's earlier batches (repeats, in their order) where slots remain; None where even
     so a batch stays short. `done` (the full batches) may change by those exchanges."""
-    missing: list[list[int]] = [[] for _ in range(n_missing)]
+    full, missing = Batches(done, values), Batches([[] for _ in range(n_missing)], values)
     for i in leftover:
-        if sum(map(len, missing)) < batch_size * n_missing and not _place(i, missing, values, batch_size):
-            _swap_in(i, done, missing, values, batch_size)
+        if sum(map(len, missing.batches)) < batch_size * n_missing and not _place(i, missing, batch_size):
+            _swap_in(i, full, missing, batch_size)
     for i in [i for b in done for i in b]:
-        if all(len(b) == batch_size for b in missing):
+        if all(len(b) == batch_size for b in missing.batches):
             break
-        _place(i, missing, values, batch_size)
-    return missing if all(len(b) == batch_size for b in missing) else None
+        _place(i, missing, batch_size)
+    return missing.batches if all(len(b) == batch_size for b in missing.batches) else None
 
 
 def no_duplicate_batches(values: np.ndarray, batch_size: int, seed: int, epoch: int,
