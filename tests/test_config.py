@@ -61,7 +61,22 @@ def test_every_example_config_validates():
 
 def test_guide_and_mined_negatives_are_refused_together():
     """The guide scores in-batch candidates only: with mined extra candidates the run is refused at load."""
-    with pytest.raises(ConfigError, match=r"loss\.guide and data\.hard_negatives do not combine"):
+    with pytest.raises(ConfigError, match=r"^<config>: loss\.guide and data\.hard_negatives do not combine"):
         config_from_dict({"loss": {"guide": "runs/g"}, "data": {"hard_negatives": "neg.parquet"}})
     config_from_dict({"loss": {"guide": "runs/g"}})  # each alone loads
     config_from_dict({"data": {"hard_negatives": "neg.parquet"}})
+
+
+@pytest.mark.parametrize("task, field, value", [
+    ("metric", "data.batch_sampler", "no_duplicates"), ("metric", "loss.guide", "runs/g"),
+    ("classify", "data.hard_negatives", "neg.parquet"), ("classify", "loss.distill", {"teacher": "runs/t"}),
+])
+def test_a_task_refuses_the_contrastive_fields_it_would_ignore(task, field, value):
+    """data.hard_negatives, loss.guide and loss.distill act in contrastive runs only (and the metric task
+    samples its own batches): another task's config naming them is refused in one line naming the field."""
+    from jointspace.tasks import config_for
+
+    section, key = field.split(".")
+    with pytest.raises(ConfigError, match=rf"^<t>: {field}: not read by a {task} run \(drop it\)$"):
+        config_for({"task": task, section: {key: value}}, "<t>")
+    config_for({"task": "contrastive", section: {key: value}}, "<t>")  # where it is read, it loads

@@ -15,12 +15,14 @@ from jointspace.config.loading import (
     validate_config,
 )
 from jointspace.config.run import (
+    CONTRASTIVE_ONLY,
     FORMER_SECTIONS,
     GridConfig,
     RunConfig,
     RunFolder,
     VariantConfig,
     plain_folder_name,
+    refuse_unread,
 )
 from jointspace.config.sections import (
     DataConfig,
@@ -36,8 +38,8 @@ from jointspace.config.sections import (
     TrainConfig,
 )
 
-__all__ = ["FORMER_SECTIONS", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig", "GridConfig", "HeadConfig", "IndexConfig",
+__all__ = ["CONTRASTIVE_ONLY", "FORMER_SECTIONS", "ConfigError", "DataConfig", "DistillConfig", "EvalConfig", "GridConfig", "HeadConfig", "IndexConfig",
            "LoraSettings", "LossConfig", "ModelConfig", "RunConfig", "RunFolder", "RunsFailed", "SourceConfig",
            "TowerConfig", "TrainConfig", "VariantConfig", "_Strict", "apply_overrides", "config_from_dict",
-           "load_config", "load_grid", "plain_folder_name", "read_yaml", "renamed_key", "save_config",
+           "load_config", "load_grid", "plain_folder_name", "read_yaml", "refuse_unread", "renamed_key", "save_config",
            "split_override", "validate_config"]

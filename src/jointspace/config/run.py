@@ -81,6 +81,24 @@ class RunConfig(RunFolder):
         return self
 
 
+CONTRASTIVE_ONLY = ("data.hard_negatives", "loss.guide", "loss.distill")  # read by the contrastive loss only
+
+
+def refuse_unread(cfg: RunConfig, fields: tuple[str, ...]) -> None:
+    """One line naming the `fields` (dotted) that `cfg` sets although its task does not read them (they
+    would be ignored without a word)."""
+    default = RunConfig()
+    given = [f for f in fields if _at(cfg, f) != _at(default, f)]
+    if given:
+        raise UsageError(f"{', '.join(given)}: not read by a {cfg.task} run (drop {'them' if len(given) > 1 else 'it'})")
+
+
+def _at(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 class VariantConfig(_Strict):
     """One named variant of a comparison grid: overrides of the base config (dotted key -> value)."""
 

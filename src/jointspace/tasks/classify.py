@@ -10,10 +10,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from safetensors.torch import load_file
 
-from jointspace.config import RunConfig
+from jointspace.config import CONTRASTIVE_ONLY, RunConfig, refuse_unread
 from jointspace.data.dataset import SplitData
 from jointspace.data.sources import TrainSampler
 from jointspace.engine import Objective, StepContext, autocast, fit
@@ -56,6 +56,11 @@ class ClassifyRunConfig(RunConfig):
 
     task: Literal["classify"] = "classify"
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+
+    @model_validator(mode="after")
+    def _reads_its_fields(self) -> ClassifyRunConfig:
+        refuse_unread(self, CONTRASTIVE_ONLY)
+        return self
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ def resolve_init(cfg: RunConfig, kinds: dict[str, str]) -> tuple[RunConfig, dict
         if own is None:
             base = src_cfg.model.towers.get(src) or TowerConfig(name=get_kind(kind).default_tower)
             untuned = {"lora": None, "freeze": False, "unlocked_groups": None, "freeze_norms": False,
-                       "layer_decay": None}  # the run's architecture, not how it was tuned
+                       "layer_decay": None, "patch_dropout": 0.0}  # the run's architecture, not how it was tuned
             towers[m] = base.model_copy(update={**untuned, "init_from": spec})
         init["towers"][m] = (spec, _merged_tower(model, src))
         init["heads"][m] = model.heads[src].state_dict()

@@ -13,10 +13,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from jointspace.config import RunConfig, _Strict
+from jointspace.config import CONTRASTIVE_ONLY, RunConfig, _Strict, refuse_unread
 from jointspace.data.dataset import SplitData, epoch_batches
 from jointspace.engine import Objective, StepContext, fit
 from jointspace.engine.checkpoint import save_weights
@@ -73,6 +73,11 @@ class MetricRunConfig(RunConfig):
 
     task: Literal["metric"] = "metric"
     metric: MetricConfig = Field(default_factory=MetricConfig)
+
+    @model_validator(mode="after")
+    def _reads_its_fields(self) -> MetricRunConfig:
+        refuse_unread(self, (*CONTRASTIVE_ONLY, "data.batch_sampler"))
+        return self
 
 
 class MetricInfo(RunInfo):

@@ -13,6 +13,7 @@ import torch
 from jointspace.collectives import gather_no_grad
 from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
+from jointspace.losses.extra import EXTRA_SUFFIX
 from jointspace.model import JointModel
 from jointspace.run_dir import RUN_INFO, RunDir, read_run_info
 from jointspace.runs import load_run, model_fingerprint, run_prep
@@ -34,6 +35,7 @@ class ReferenceRun:
         """Normalised embeddings of this rank's batch `local`, in `chunks` pieces as the student's
         micro-batches, gathered over the ranks (the global batch, rank order). The inputs are taken at the
         width they have (`plan={}`): nothing here reads the device."""
+        local = {k: v for k, v in local.items() if EXTRA_SUFFIX not in k}  # mined candidates: the student's only
         first = local[self.modalities[0]]
         rows = torch.arange(len(first), device=first.device).chunk(chunks)
         micro = [local] if chunks == 1 else [{k: v[r] for k, v in local.items()} for r in rows]
