@@ -1,16 +1,15 @@
-"""JointModel: one tower + projection head per modality, and a learnable logit scale."""
+"""JointModel: one tower + projection head per modality, and the parameters its loss scores with."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jointspace.config import ModelConfig, TowerConfig
+from jointspace.config import LossConfig, ModelConfig, TowerConfig
 from jointspace.errors import UsageError
 from jointspace.kinds import Prep, get_kind
+from jointspace.losses import LogitParameters, loss_class
 from jointspace.losses.extra import extra_key, flat_extra
 from jointspace.towers import build_tower, tower_parameters, tower_tokenizer
 from jointspace.towers.dedupe import batch_independent, distinct_rows, encode_unique
@@ -20,25 +19,32 @@ from jointspace.towers.lora import apply_lora, enable_grad_checkpointing, freeze
 from jointspace.towers.patch_dropout import apply_patch_dropout
 
 
+def _old_logit_keys(model: JointModel, state: dict, prefix: str, *_args) -> None:
+    """State dicts written when the model held `logit_scale` / `logit_bias` load into `model.logits`."""
+    model.logits.rename_old_keys(state, prefix, f"{prefix}logits.")
+
+
 class JointModel(nn.Module):
-    """Embeds any of its modalities into one L2-normalised space."""
+    """Embeds any of its modalities into one L2-normalised space. `logits`: the parameters the run's loss
+    scores with (its class creates them: `PairLoss.logit_parameters`; None: InfoNCE's learned scale), here
+    so that DDP, the optimizer and checkpoints see them with the towers."""
 
     def __init__(self, towers: dict[str, nn.Module], embed_dim: int, head_type: str = "linear",
-                 head_hidden: int = 256, head_dropout: float = 0.0, init_temperature: float = 0.07,
-                 learn_temperature: bool = True, max_logit_scale: float = 100.0, dedupe: bool = True):
+                 head_hidden: int = 256, head_dropout: float = 0.0, logits: LogitParameters | None = None,
+                 dedupe: bool = True):
         super().__init__()
+        # first: its parameters lead `parameters()` as the model's own `logit_scale` / `logit_bias` did, so the
+        # optimizer's groups and the clipping norm's sum keep their order (the same weights as before, bitwise)
+        self.logits = logits if logits is not None else LogitParameters()
         self.towers = nn.ModuleDict(towers)
         self.heads = nn.ModuleDict(
             {m: build_head(t.out_dim, embed_dim, head_type, head_hidden, head_dropout) for m, t in towers.items()}
         )
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)),
-                                        requires_grad=learn_temperature)
-        self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by the SigLIP loss only
         self.embed_dim = embed_dim
-        self.max_log_scale = math.log(max_logit_scale)
         self.locked: list[str] = []  # towers kept in eval mode (set by build_model from `freeze`)
         self.dedupe = dedupe  # identical inputs of a batch encoded once (towers that allow it)
         self.kinds: dict[str, str] = {}  # modality -> kind (build_model sets it): how inputs become tensors
+        self.register_load_state_dict_pre_hook(_old_logit_keys)
 
     @property
     def modalities(self) -> list[str]:
@@ -52,10 +58,6 @@ class JointModel(nn.Module):
             self.towers[m].eval()
         keep_norms_eval(self)
         return self
-
-    def scale(self) -> torch.Tensor:
-        """exp(logit_scale), clamped to max_logit_scale as in CLIP."""
-        return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
     def encode(self, modality: str, batch: dict[str, torch.Tensor], normalize: bool = True,
                plan: dict | None = None) -> torch.Tensor:
@@ -168,11 +170,14 @@ def load_heads(heads: nn.ModuleDict, init: dict | None) -> None:
 
 
 def build_model(cfg: ModelConfig, kinds: dict[str, str], prep: Prep | None = None,
-                init: dict | None = None) -> JointModel:
-    """Build towers for every modality (config entry or the default for its kind) and their heads."""
+                init: dict | None = None, loss: str | None = None) -> JointModel:
+    """Build towers for every modality (config entry or the default for its kind), their heads and the
+    parameters the loss `loss` (config loss.name; None: its default) scores with."""
     towers = build_towers(cfg, kinds, prep, init)
-    model = JointModel(towers, cfg.embed_dim, cfg.head.type, cfg.head.hidden, cfg.head.dropout,
-                       cfg.init_temperature, cfg.learn_temperature, cfg.max_logit_scale, cfg.dedupe_inputs)
+    logits = loss_class(loss or LossConfig().name).logit_parameters(cfg.init_temperature, cfg.learn_temperature,
+                                                                     cfg.max_logit_scale)
+    model = JointModel(towers, cfg.embed_dim, cfg.head.type, cfg.head.hidden, cfg.head.dropout, logits,
+                       cfg.dedupe_inputs)
     load_heads(model.heads, init)
     model.kinds = {m: k for m, k in kinds.items() if m in towers}
     model.locked = [m for m, t in cfg.towers.items() if m in towers and t.freeze]

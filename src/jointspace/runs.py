@@ -44,8 +44,8 @@ def load_run_split(cfg: RunConfig, info: RunInfo | dict, root: str | Path, split
 
 
 def build_from_info(cfg: RunConfig, info: RunInfo | dict, init: dict | None = None) -> JointModel:
-    """Build the (untrained, or `init`-started) model a run describes."""
-    return build_model(cfg.model, RunInfo.of(info).kinds, run_prep(cfg, info), init)
+    """Build the (untrained, or `init`-started) model a run describes, with its loss's logit parameters."""
+    return build_model(cfg.model, RunInfo.of(info).kinds, run_prep(cfg, info), init, cfg.loss.name)
 
 
 def model_fingerprint(run_dir: str | Path) -> str:

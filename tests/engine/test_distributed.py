@@ -24,8 +24,7 @@ WORKER = textwrap.dedent("""
     info = init_distributed("cpu")
     for case in sys.argv[2:]:
         kind, local, mode = case.split(",")
-        model = make_model()
-        model.bias.requires_grad_(kind == "siglip")  # DDP waits for every trainable parameter's gradient
+        model = make_model(kind)  # only the logit parameters the loss reads: DDP waits for every one's gradient
         ddp = DDP(model)
         x, y, labels = make_batch()
         idx = shard_batch(torch.arange(len(labels)), info)
@@ -33,7 +32,7 @@ WORKER = textwrap.dedent("""
         glabels = gather_no_grad(labels[idx])
         mask = positive_mask({"label": glabels}, mode)
         loss_fn = BindingLoss([("a", "b")], kind, rank=info.rank, world_size=info.world_size, local_loss=local == "1")
-        loss, _ = loss_fn(emb, mask, LossContext(model.scale(), model.bias))
+        loss, _ = loss_fn(emb, mask, LossContext.from_logits(model.logits))
         loss.backward()
         if info.is_main:
             grads = {n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}
@@ -45,23 +44,24 @@ COMMON = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
 
+    import math
+    from jointspace.losses import loss_class
+
     class Pair(torch.nn.Module):
-        def __init__(self):
+        def __init__(self, kind):
             super().__init__()
             self.fa = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
             self.fb = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
-            self.log_scale = torch.nn.Parameter(torch.tensor(2.0))
-            self.bias = torch.nn.Parameter(torch.tensor(-1.0))
-
-        def scale(self):
-            return self.log_scale.exp()
+            self.logits = loss_class(kind).logit_parameters(init_temperature=math.exp(-2.0))  # the loss's own
+            if self.logits.bias is not None:
+                self.logits.bias.data.fill_(-1.0)
 
         def forward(self, x, y):
             return {"a": F.normalize(self.fa(x), dim=-1), "b": F.normalize(self.fb(y), dim=-1)}
 
-    def make_model():
+    def make_model(kind):
         torch.manual_seed(0)
-        return Pair().double()
+        return Pair(kind).double()
 
     def make_batch():
         g = torch.Generator().manual_seed(1)
@@ -85,7 +85,7 @@ def run_torchrun(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 CASES = [("infonce", False, "label"), ("infonce", True, "label"), ("infonce", True, "instance"),
-         ("siglip", False, "label")]
+         ("siglip", False, "label"), ("triplet", False, "label")]
 
 
 def test_two_process_gradients_match_single_process(tmp_path):
@@ -103,13 +103,15 @@ def test_two_process_gradients_match_single_process(tmp_path):
         sys.path.remove(str(tmp_path))
     for (kind, local, mode), case in zip(CASES, cases):
         ddp_grads = load_file(str(tmp_path / f"{case.replace(',', '_')}.safetensors"))
-        model = common.make_model()
+        model = common.make_model(kind)
         x, y, labels = common.make_batch()
         loss, _ = BindingLoss([("a", "b")], kind)(model(x, y), positive_mask({"label": labels}, mode),
-                                                  LossContext(model.scale(), model.bias))
+                                                  LossContext.from_logits(model.logits))
         loss.backward()
         expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-        assert ddp_grads.keys() == expected.keys() and "log_scale" in expected
+        # every parameter has a gradient: none exists that the loss does not read
+        assert ddp_grads.keys() == expected.keys() == {n for n, _ in model.named_parameters()}
+        assert ("logits.log_scale" in expected) == (kind != "triplet")
         for name, grad in expected.items():
             assert torch.allclose(ddp_grads[name], grad, atol=1e-5, rtol=1e-5), (case, name, ddp_grads[name] - grad)
     sys.modules.pop("common", None)

@@ -34,7 +34,7 @@ def test_loss_and_gradients_equal_the_plain_path_in_float64():
         model = _model(dedupe).train()
         seen = []
         model.towers["text"].register_forward_hook(lambda mod, args, out, seen=seen: seen.append(len(args[0])))
-        ctx = LossContext(model.scale(), model.logit_bias)
+        ctx = LossContext.from_logits(model.logits)
         loss, _ = BindingLoss([("image", "text")], "infonce")(model(batch), pos, ctx)
         loss.backward()
         losses.append(loss.detach())

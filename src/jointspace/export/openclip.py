@@ -81,7 +81,7 @@ def _state(job, image: str, text: str, classic: bool) -> dict[str, torch.Tensor]
         text_state["text_projection"] = _projected(proj, w, f"towers.{text}")
     for k, v in text_state.items():
         state[k if classic and k.startswith(_CLASSIC_TEXT) else f"text.{k}"] = v
-    state["logit_scale"] = model.logit_scale.detach().clamp(max=model.max_log_scale).reshape(())  # as used
+    state["logit_scale"] = model.logits.clamped().detach().reshape(())  # as used
     return {k: v.contiguous().clone() for k, v in state.items()}
 
 

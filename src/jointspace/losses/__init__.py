@@ -9,6 +9,7 @@ from jointspace.losses.base import LossContext, LossParams, PairLoss
 from jointspace.losses.binding import BindingLoss, binding_pairs
 from jointspace.losses.distill import distill_loss
 from jointspace.losses.infonce import InfoNCE, clip_loss
+from jointspace.losses.logits import LogitParameters
 from jointspace.losses.masks import Exclusions, guide_exclusions, positive_mask
 from jointspace.losses.metric import build_metric_loss
 from jointspace.losses.pml import PMLLoss
@@ -21,6 +22,6 @@ register("siglip", SigLIP)
 register("triplet", TripletMargin)
 register("pml", PMLLoss)
 
-__all__ = ["LOSSES", "BindingLoss", "Exclusions", "InfoNCE", "LossContext", "LossParams", "PMLLoss", "PairLoss", "SigLIP",
+__all__ = ["LOSSES", "BindingLoss", "Exclusions", "InfoNCE", "LogitParameters", "LossContext", "LossParams", "PMLLoss", "PairLoss", "SigLIP",
            "TripletMargin", "binding_pairs", "build_metric_loss", "build_pair_loss", "clip_loss", "distill_loss",
            "guide_exclusions", "loss_class", "loss_params", "positive_mask", "register", "siglip_loss"]

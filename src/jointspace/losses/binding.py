@@ -53,14 +53,6 @@ class BindingLoss(nn.Module):
         self.weights = {p: float(weights.get(f"{p[0]}-{p[1]}", weights.get(p[1], 1.0))) for p in pairs}
         self.rank, self.world_size = rank, world_size
 
-    @property
-    def uses_scale(self) -> bool:
-        return self.pair_loss.uses_scale
-
-    @property
-    def uses_bias(self) -> bool:
-        return self.pair_loss.uses_bias
-
     def forward(self, emb: dict[str, torch.Tensor], positives: torch.Tensor | WithExtra | None,
                 ctx: LossContext, excluded: dict[tuple[str, str], Exclusions] | None = None,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -71,7 +71,7 @@ def clip_loss_extra(a: torch.Tensor, b: torch.Tensor, ctx: LossContext, pos_mask
 
 
 class InfoNCE(PairLoss):
-    """Symmetric InfoNCE (CLIP) over a positive mask, at the model's logit scale; extra candidates of b
+    """Symmetric InfoNCE (CLIP) over a positive mask, at its learned logit scale; extra candidates of b
     (mined hard negatives) widen the a -> b rows."""
 
     takes_extra = True

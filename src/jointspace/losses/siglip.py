@@ -48,12 +48,13 @@ def siglip_loss_extra(a: torch.Tensor, b_gallery: torch.Tensor, ctx: LossContext
 
 
 class SigLIP(PairLoss):
-    """Sigmoid loss at the model's logit scale and bias. A sum over pairs: under data parallelism each
+    """Sigmoid loss at its learned logit scale and bias. A sum over pairs: under data parallelism each
     rank scores its own anchors against the gathered batch (always local). Extra candidates of b (mined
     hard negatives) are more pairs of each anchor."""
 
     always_local = True
     uses_bias = True
+    init_bias = -10.0  # the SigLIP paper's
     takes_extra = True
     leaves_out = True
 

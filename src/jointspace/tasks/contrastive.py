@@ -88,12 +88,11 @@ def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[di
     """
     fwd = forward_model if forward_model is not None else model  # a compiled module has no truth value
     backward = backward or torch.Tensor.backward
-    bias = model.logit_bias
     plans = plans or [None] * len(micro)
     if len(micro) == 1:
         with amp_ctx:
             emb = fwd(micro[0], plan=plans[0])
-            loss, parts = loss_fn(emb, pos_mask, LossContext(model.scale(), bias))
+            loss, parts = loss_fn(emb, pos_mask, LossContext.from_logits(model.logits))
         backward(loss)
         return loss.detach(), parts
     with torch.no_grad(), amp_ctx, frozen_norm_stats(model):
@@ -103,8 +102,7 @@ def accumulated_backward(model: JointModel, loss_fn: BindingLoss, micro: list[di
         with sync, amp_ctx:
             fresh = fwd(mb, plan=plans[j])
             emb = {m: torch.cat([fresh[m] if k == j else cached[k][m] for k in range(len(micro))]) for m in fresh}
-            scale = model.scale() if j == 0 else model.scale().detach()
-            loss, parts = loss_fn(emb, pos_mask, LossContext(scale, bias if j == 0 else bias.detach()))
+            loss, parts = loss_fn(emb, pos_mask, LossContext.from_logits(model.logits, detach=j > 0))
             backward(loss)
     return loss.detach(), parts
 
@@ -120,7 +118,7 @@ def validate(model: JointModel, loss_fn: BindingLoss, data: SplitData, cfg: RunC
         sl = slice(start, start + 512)
         batch = {"label": labels[sl], **{m: data.inputs[m][sl] for m in data.inputs}}
         mask = positive_mask(batch, cfg.loss.positives, with_role(data.kinds, "captions"))
-        ctx = LossContext(model.scale().cpu(), model.logit_bias.cpu())
+        ctx = LossContext.from_logits(model.logits, device="cpu")
         loss, _ = loss_fn({m: e[sl] for m, e in emb.items()}, mask, ctx)
         losses.append(float(loss))
     out["loss"] = float(np.mean(losses))
@@ -165,11 +163,10 @@ class ContrastiveObjective(Objective):
         return loss, {f"loss/{k}": v for k, v in parts.items()}  # tensors: read when the engine logs
 
     def after_step(self, step: int) -> None:
-        with torch.no_grad():
-            self.module.logit_scale.clamp_(max=self.module.max_log_scale)
+        self.module.logits.clamp_()
 
     def log_extras(self) -> dict:
-        return {"temperature": float(1 / self.module.scale().detach())}
+        return {"temperature": float(1 / self.module.logits.scale().detach())}
 
     def validate(self) -> dict | None:
         if self.val_data is None:
@@ -204,10 +201,6 @@ def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.de
     pairs = binding_pairs(list(run_info.kinds), cfg.loss.anchor, cfg.loss.pairs)
     pair_loss = build_pair_loss(cfg.loss.name, cfg.loss.params, cfg.train.local_loss)
     loss_fn = BindingLoss(pairs, pair_loss, cfg.loss.weights, dist_info.rank, dist_info.world_size)
-    # DDP needs every trainable parameter used: the logit parameters the loss does not read are frozen
-    model.logit_bias.requires_grad_(loss_fn.uses_bias)
-    if not loss_fn.uses_scale:
-        model.logit_scale.requires_grad_(False)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, pairs, loss_fn, BindingLoss(pairs, pair_loss, cfg.loss.weights)

@@ -28,7 +28,7 @@ class ReferenceRun:
 
     def scale(self) -> torch.Tensor:
         """The reference's own logit scale (exp of its learned log-temperature, clamped)."""
-        return self.model.scale().detach()
+        return self.model.logits.scale().detach()
 
     @torch.no_grad()
     def embed(self, local: dict[str, torch.Tensor], chunks: int, autocast: Callable[[], Any]) -> dict[str, torch.Tensor]:
