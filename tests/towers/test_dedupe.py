@@ -28,7 +28,7 @@ def test_loss_and_gradients_equal_the_plain_path_in_float64():
     batch = {"image": torch.randn(12, 1, 8, 8, dtype=torch.float64), "text": captions[rows],
              "label": rows}
     batch["image"][7] = batch["image"][2]  # and one repeated image
-    pos = (rows[:, None] == rows[None, :]).float()
+    pos = rows[:, None] == rows[None, :]  # a positive mask is boolean (the loss inverts it)
     losses, grads = [], []
     for dedupe in (False, True):
         model = _model(dedupe).train()
