@@ -154,3 +154,9 @@ def test_a_contrastive_grid_tabulates_zero_shot_and_the_linear_probe(tmp_path, d
     assert float(row["linear_probe_mean"]) == pytest.approx(sum(probe) / 2)
     md = (grid_dir / "comparison.md").read_text()
     assert "zero-shot top-1" in md and "linear probe" in md
+    for s in (0, 1):  # peak memory and wall time as classify runs report them, from the training summary
+        run = grid_dir / "runs" / f"plain-s{s}"
+        done, trained = (json.loads((run / f).read_text()) for f in ("done.json", "train_summary.json"))
+        assert done["peak_mem_mb"] == trained["peak_mem_mb"] == trained["rss_rise_mb"] >= 0
+        assert done["wall_seconds"] >= trained["wall_seconds"] > 0
+    assert row["peak_mem_mb_mean"] not in ("", "nan") and row["wall_seconds_mean"] not in ("", "nan")

@@ -5,6 +5,7 @@ torchrun, with accumulation that keeps every negative of the accumulated batch (
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from jointspace.run_dir import RunDir, RunInfo, read_run_info, write_run_info
 from jointspace.runs import build_from_info, load_run, resolve_device
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches, one_ahead, to_device
 from jointspace.tasks.common import (
+    PeakMemory,
     ensure_dataset,
     init_towers,
     plan_of,
@@ -209,7 +211,9 @@ def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.de
 def summarise(run_dir: Path) -> dict:
     """Evaluate a finished run and write its done.json for `jointspace compare`: test_accuracy is the
     mean class-level R@1 over the evaluated pairs, zero_shot_top1 and linear_probe the means over the
-    modalities eval scored (when it did)."""
+    modalities eval scored (when it did); peak memory (as classify's) and wall_seconds (training + this
+    evaluation) come from the training summary."""
+    t_eval = time.time()
     ev, run = evaluate_run(run_dir), RunDir(run_dir)
     r1 = [m["R@1"] for m in ev["retrieval"].values()]
     vals = [r["loss"] for r in run.read_metrics() if r.get("split") == "val"]
@@ -222,7 +226,11 @@ def summarise(run_dir: Path) -> dict:
                "zero_shot_top1": float(np.mean(zero_shot)) if zero_shot else None,
                "linear_probe": float(np.mean(probe)) if probe else None,
                "n_params": count_parameters(load_run(run_dir)[1]), "epochs": cfg.train.epochs,
-               "seconds_per_epoch": round(train_info["seconds"] / max(train_info.get("epochs_run", 0), 1e-9), 3)}
+               "seconds_per_epoch": round(train_info["seconds"] / max(train_info.get("epochs_run", 0), 1e-9), 3),
+               **{k: train_info[k] for k in ("peak_mem_mb", "rss_rise_mb", "peak_rss_mb", "cuda_peak_mb")
+                  if k in train_info}}
+    if "wall_seconds" in train_info:
+        summary["wall_seconds"] = round(train_info["wall_seconds"] + time.time() - t_eval, 1)
     write_done(run_dir, summary)
     return summary
 
@@ -230,6 +238,7 @@ def summarise(run_dir: Path) -> dict:
 @fresh_or_resumed
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> Path:
     """Train a joint space as configured; returns the run folder. Under torchrun, trains data-parallel."""
+    t_start = time.time()
     device = resolve_device(cfg.train.device)
     dist_info = init_distributed(device.type)
     if dist_info.enabled and device.type == "cuda":
@@ -271,8 +280,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         print(f"run {run_dir}: {plan.steps_per_epoch * batch_size} train samples per epoch, modalities "
               f"{list(run_info.kinds)}, pairs {pairs}, device {device}, world size {dist_info.world_size}\n"
               f"  {parameter_summary(model)}")
-    result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir, enabled=main), device,
-                 resume=resume, show_progress=show_progress, dist=dist_info)
+    with PeakMemory(device) as memory:
+        result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir, enabled=main), device,
+                     resume=resume, show_progress=show_progress, dist=dist_info)
     if main and getattr(batches, "skipped", None):  # streamed samples lost, counted as they were read
         run_info = read_run_info(run_dir)
         streamed = {"n_skipped": max(v["n_skipped"] for v in batches.skipped.values()),
@@ -285,7 +295,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
         run.write_train_summary(
             {"steps": result.step, "seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
              "world_size": dist_info.world_size,
-             "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1)})
+             "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1),
+             **memory.result(), "wall_seconds": round(time.time() - t_start, 1)})
     cleanup(dist_info)
     return run_dir
 
