@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from jointspace.config import RunConfig, load_config
+from jointspace.config import RunConfig
 from jointspace.data.dataset import SplitData
 from jointspace.data.sources import source_of
 from jointspace.engine import NonFiniteLossError, Objective, StepContext, fit, seed_everything  # noqa: F401
@@ -24,12 +24,11 @@ from jointspace.engine.optim import build_optimizer, build_scheduler
 from jointspace.errors import UsageError
 from jointspace.evaluate.embed import embed_split
 from jointspace.evaluate.retrieval import retrieval_metrics
-from jointspace.evaluate.runner import evaluate_run
 from jointspace.kinds import Prep, with_role
 from jointspace.losses import BindingLoss, LossContext, binding_pairs, build_pair_loss, positive_mask
-from jointspace.model import JointModel, count_parameters
+from jointspace.model import JointModel
 from jointspace.run_dir import RunDir, RunInfo, read_run_info, write_run_info
-from jointspace.runs import build_from_info, load_run, resolve_device
+from jointspace.runs import build_from_info, resolve_device
 from jointspace.tasks.batches import InMemoryBatches, StreamedBatches, one_ahead, to_device
 from jointspace.tasks.common import (
     PeakMemory,
@@ -41,8 +40,8 @@ from jointspace.tasks.common import (
     skipped,
     start_run,
     tracker_of,
-    write_done,
 )
+from jointspace.tasks.contrastive_summary import summarise
 from jointspace.tasks.lifecycle import fresh_or_resumed
 from jointspace.tasks.predictions import retrieval_predictions
 from jointspace.tasks.reference_terms import reference_terms
@@ -206,33 +205,6 @@ def _build(cfg: RunConfig, run_info: dict, dist_info: DistInfo, device: torch.de
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, pairs, loss_fn, BindingLoss(pairs, pair_loss, cfg.loss.weights)
-
-
-def summarise(run_dir: Path) -> dict:
-    """Evaluate a finished run and write its done.json for `jointspace compare`: test_accuracy is the
-    mean class-level R@1 over the evaluated pairs, zero_shot_top1 and linear_probe the means over the
-    modalities eval scored (when it did); peak memory (as classify's) and wall_seconds (training + this
-    evaluation) come from the training summary."""
-    t_eval = time.time()
-    ev, run = evaluate_run(run_dir), RunDir(run_dir)
-    r1 = [m["R@1"] for m in ev["retrieval"].values()]
-    vals = [r["loss"] for r in run.read_metrics() if r.get("split") == "val"]
-    train_info = run.read_train_summary()
-    cfg = load_config(run.config)
-    zero_shot = [r["top1"] for r in ev.get("zero_shot", {}).values()]
-    probe = list(ev.get("linear_probe", {}).values())
-    summary = {"task": "contrastive", "name": cfg.name, "seed": cfg.seed, "test_accuracy": float(np.mean(r1)),
-               "headline": "mean R@1", "val_loss": vals[-1] if vals else None,
-               "zero_shot_top1": float(np.mean(zero_shot)) if zero_shot else None,
-               "linear_probe": float(np.mean(probe)) if probe else None,
-               "n_params": count_parameters(load_run(run_dir)[1]), "epochs": cfg.train.epochs,
-               "seconds_per_epoch": round(train_info["seconds"] / max(train_info.get("epochs_run", 0), 1e-9), 3),
-               **{k: train_info[k] for k in ("peak_mem_mb", "rss_rise_mb", "peak_rss_mb", "cuda_peak_mb")
-                  if k in train_info}}
-    if "wall_seconds" in train_info:
-        summary["wall_seconds"] = round(train_info["wall_seconds"] + time.time() - t_eval, 1)
-    write_done(run_dir, summary)
-    return summary
 
 
 @fresh_or_resumed
