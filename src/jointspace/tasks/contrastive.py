@@ -255,22 +255,29 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_pr
     with PeakMemory(device) as memory:
         result = fit(obj, optimizer, scheduler, plan, run_dir, tracker_of(cfg, run_dir, enabled=main), device,
                      resume=resume, show_progress=show_progress, dist=dist_info)
-    if main and getattr(batches, "skipped", None):  # streamed samples lost, counted as they were read
+    if main:
+        _record(run_dir, model, batches, result, dist_info.world_size, batch_size, memory.result(), t_start)
+    cleanup(dist_info)
+    return run_dir
+
+
+def _record(run_dir: Path, model: JointModel, batches, result, world_size: int, batch_size: int, memory: dict,
+            t_start: float) -> None:
+    """After training (main process): the streamed samples lost (counted as they were read) into run.json,
+    the final weights, and the train summary (with the peak `memory`)."""
+    if getattr(batches, "skipped", None):
         run_info = read_run_info(run_dir)
         streamed = {"n_skipped": max(v["n_skipped"] for v in batches.skipped.values()),
                     "per_epoch": {str(e + 1): v["n_skipped"] for e, v in sorted(batches.skipped.items())},
                     "reasons": next(iter(batches.skipped.values()))["reasons"]}
         write_run_info(run_dir, run_info.updated(skipped={**run_info.skipped, "train (streamed)": streamed}))
-    if main:
-        run = RunDir(run_dir)
-        save_weights(model.state_dict(), run.weights, run.checkpoints)
-        run.write_train_summary(
-            {"steps": result.step, "seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
-             "world_size": dist_info.world_size,
-             "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1),
-             **memory.result(), "wall_seconds": round(time.time() - t_start, 1)})
-    cleanup(dist_info)
-    return run_dir
+    run = RunDir(run_dir)
+    save_weights(model.state_dict(), run.weights, run.checkpoints)
+    run.write_train_summary(
+        {"steps": result.step, "seconds": round(result.seconds, 2), "epochs_run": result.epochs_run,
+         "world_size": world_size,
+         "samples_per_second": round((result.step - result.start_step) * batch_size / result.seconds, 1),
+         **memory, "wall_seconds": round(time.time() - t_start, 1)})
 
 
 TASK = Task("contrastive", RunConfig, train, lambda d: f"done: {d}", verbs=("eval", "embed", "report", "index", "export"),
