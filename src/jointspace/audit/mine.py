@@ -26,7 +26,7 @@ from jointspace.errors import UsageError, require
 from jointspace.evaluate.embed import embed_split
 from jointspace.kinds import with_role
 from jointspace.losses.binding import binding_pairs
-from jointspace.losses.masks import SAMPLE, positive_pairs
+from jointspace.losses.masks import at_rows, positive_pairs, split_fields
 from jointspace.runs import load_run, load_run_split, resolve_device
 
 CHUNK = 4096  # anchors per search
@@ -114,9 +114,7 @@ def positive_rule(data, mode: str, text_key: str | None, candidate_modality: str
     sentence-transformers drops repeated texts from the corpus before it mines, a candidate whose
     `candidate_modality` input equals the anchor's own (a copy of its caption, a duplicate image) is its
     positive too, never its negative."""
-    fields = {"label": data.labels}
-    if text_key is not None and text_key in data.inputs:
-        fields[text_key] = data.inputs[text_key]
+    fields = split_fields(data.labels, data.inputs, text_key)
     own = data.inputs.get(candidate_modality) if candidate_modality is not None else None
     if own is not None:  # one id per distinct input: equal inputs, equal ids
         own = torch.unique(own.reshape(len(own), -1), dim=0, return_inverse=True)[1]
@@ -124,9 +122,7 @@ def positive_rule(data, mode: str, text_key: str | None, candidate_modality: str
     def rule(anchor_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
         a = torch.from_numpy(anchor_rows)[:, None]
         c = torch.from_numpy(candidate_rows).clamp(min=0)
-        anchor = {SAMPLE: a, **{f: t[a] for f, t in fields.items()}}
-        candidate = {SAMPLE: c, **{f: t[c] for f, t in fields.items()}}
-        same = positive_pairs(anchor, candidate, mode, text_key)
+        same = positive_pairs(at_rows(fields, a), at_rows(fields, c), mode, text_key)
         if own is not None:
             same = same | (own[c] == own[a])
         return same.numpy()

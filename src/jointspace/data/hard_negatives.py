@@ -23,7 +23,7 @@ from jointspace.errors import UsageError, require
 from jointspace.kinds import ready
 from jointspace.losses.binding import binding_pairs
 from jointspace.losses.extra import WithExtra, extra_key
-from jointspace.losses.masks import SAMPLE, positive_pairs
+from jointspace.losses.masks import at_rows, positive_pairs, split_fields
 from jointspace.losses.registry import extra_refusal, loss_class
 from jointspace.outputs import atomic_file
 
@@ -163,12 +163,9 @@ class HardNegatives:
 
     def _extra_positives(self, idx: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """[B, E]: which extra candidates (samples `flat`) are positives of each anchor (samples `idx`)."""
-        fields = {SAMPLE: None, "label": self.data.labels}
-        if self.text_key is not None and self.text_key in self.data.inputs:
-            fields[self.text_key] = self.data.inputs[self.text_key]
-        anchor = {k: (idx if t is None else t[idx])[:, None] for k, t in fields.items()}
-        extra = {k: (flat if t is None else t[flat])[None, :] for k, t in fields.items()}
-        return positive_pairs(anchor, extra, self.positives, self.text_key)
+        fields = split_fields(self.data.labels, self.data.inputs, self.text_key)
+        return positive_pairs(at_rows(fields, idx[:, None]), at_rows(fields, flat[None, :]), self.positives,
+                              self.text_key)
 
 
 def _rows_of(path: str | Path, keys: list[str], rows: Negatives) -> tuple[np.ndarray, np.ndarray]:

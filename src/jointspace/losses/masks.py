@@ -31,6 +31,20 @@ def positive_pairs(anchor: dict[str, torch.Tensor], candidate: dict[str, torch.T
     return same
 
 
+def split_fields(labels: torch.Tensor, inputs: dict[str, torch.Tensor], text_key: str | None) -> dict[str, torch.Tensor]:
+    """What the positive rule reads of a split's samples: labels, and the captions' token ids when it has them."""
+    fields = {"label": labels}
+    if text_key is not None and text_key in inputs:
+        fields[text_key] = inputs[text_key]
+    return fields
+
+
+def at_rows(fields: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`split_fields` of the samples `rows` (any shape of split rows), with their ids under SAMPLE: one side
+    of `positive_pairs`."""
+    return {SAMPLE: rows, **{f: t[rows] for f, t in fields.items()}}
+
+
 def positive_mask(batch: dict[str, torch.Tensor], mode: str, text_key: str | None = None) -> torch.Tensor | None:
     """[B, B] bool mask of positives: "instance" (None = identity), "label", or "caption" (same token ids)."""
     if mode not in MODES:
