@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from jointspace.losses.base import LossContext, row_positives
+
 EXTRA_SUFFIX = "+extra"
 
 
@@ -51,3 +53,14 @@ def extended_positives(in_batch: torch.Tensor, extra: torch.Tensor, valid: torch
     the E extra ones (`in_batch` [n, M], `extra` [n, E], `valid` [E])."""
     keep = torch.cat([torch.ones(in_batch.shape[1], dtype=torch.bool, device=valid.device), valid])
     return torch.cat([in_batch, extra & valid], dim=1), keep
+
+
+def scaled_with_extra(a: torch.Tensor, b_gallery: torch.Tensor, pos_mask: torch.Tensor | None, rows: slice | None,
+                      ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchors `a` (the rows `rows` of the global batch; None: all) against the gallery `b_gallery` then the
+    extra candidates `ctx.extra`: (logits at the logit scale [n, M + E], positives over them, columns that
+    exist [M + E])."""
+    pos = row_positives(pos_mask, a.shape[0], b_gallery.shape[0], rows, a.device)
+    extra_pos = ctx.extra_positives[rows] if rows is not None else ctx.extra_positives
+    pos, keep = extended_positives(pos, extra_pos, ctx.extra_valid)
+    return ctx.logit_scale * a @ torch.cat([b_gallery, ctx.extra]).T, pos, keep

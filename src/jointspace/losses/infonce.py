@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from jointspace.losses.base import LossContext, PairLoss, row_positives
-from jointspace.losses.extra import extended_positives
+from jointspace.losses.extra import scaled_with_extra
 from jointspace.losses.masks import Exclusions
 
 
@@ -60,12 +60,10 @@ def clip_loss_extra(a: torch.Tensor, b: torch.Tensor, ctx: LossContext, pos_mask
     b -> a is CLIP's. `local`: a, b are this rank's rows `ctx.rows` of the gathered `ctx.a_all`, `ctx.b_all`."""
     rows = ctx.rows if local else None
     a_gallery, b_gallery = (ctx.a_all, ctx.b_all) if local else (a, b)
-    n = a.shape[0]
-    pos_ab = row_positives(pos_mask, n, b_gallery.shape[0], rows, a.device)
-    pos_ba = row_positives(pos_mask.T if pos_mask is not None else None, n, a_gallery.shape[0], rows, a.device)
-    extra_pos = ctx.extra_positives[rows] if rows is not None else ctx.extra_positives
-    pos_ext, keep = extended_positives(pos_ab, extra_pos, ctx.extra_valid)
-    logits_ab = (ctx.logit_scale * a @ torch.cat([b_gallery, ctx.extra]).T).masked_fill(~keep, float("-inf"))
+    pos_ba = row_positives(pos_mask.T if pos_mask is not None else None, a.shape[0], a_gallery.shape[0], rows,
+                           a.device)
+    logits_ab, pos_ext, keep = scaled_with_extra(a, b_gallery, pos_mask, rows, ctx)
+    logits_ab = logits_ab.masked_fill(~keep, float("-inf"))
     logits_ba = ctx.logit_scale * b @ a_gallery.T
     return 0.5 * (_multi_positive_ce(logits_ab, pos_ext) + _multi_positive_ce(logits_ba, pos_ba))
 

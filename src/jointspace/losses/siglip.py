@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jointspace.losses.base import LossContext, PairLoss, row_positives
-from jointspace.losses.extra import extended_positives
+from jointspace.losses.base import LossContext, PairLoss
+from jointspace.losses.extra import scaled_with_extra
 from jointspace.losses.masks import Exclusions
 
 
@@ -39,10 +39,8 @@ def siglip_loss_extra(a: torch.Tensor, b_gallery: torch.Tensor, ctx: LossContext
                       rows: slice | None = None) -> torch.Tensor:
     """`siglip_loss` with the extra candidates `ctx.extra` as more pairs of each anchor (positive or
     negative by `ctx.extra_positives`; missing ones left out of the sum)."""
-    pos = row_positives(pos_mask, a.shape[0], b_gallery.shape[0], rows, a.device)
-    extra_pos = ctx.extra_positives[rows] if rows is not None else ctx.extra_positives
-    pos, keep = extended_positives(pos, extra_pos, ctx.extra_valid)
-    logits = ctx.logit_scale * a @ torch.cat([b_gallery, ctx.extra]).T + ctx.logit_bias
+    logits, pos, keep = scaled_with_extra(a, b_gallery, pos_mask, rows, ctx)
+    logits = logits + ctx.logit_bias
     signs = pos.to(logits.dtype) * 2 - 1
     return -(F.logsigmoid(signs * logits) * keep.to(logits.dtype)).sum() / a.shape[0]
 
