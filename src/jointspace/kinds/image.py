@@ -11,8 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode
-from torchvision.io import decode_image as decode_torchvision
 
 from jointspace.errors import UsageError
 from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size, resolve_path
@@ -49,6 +47,15 @@ def image_to_tensor(arrays: list[np.ndarray], size: int, channels: int | None = 
     return x
 
 
+def decode_torchvision(data: torch.Tensor) -> torch.Tensor:
+    """torchvision.io's decoder, channels as stored, imported on first use: importing torchvision costs a
+    process about 1.5 s (its models import torch._dynamo), most of a small run's start."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as decode
+
+    return decode(data, ImageReadMode.UNCHANGED)
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """A stored picture as uint8 [H, W] (grey) or [H, W, 3]. PIL reads the header (size limit, format,
     mode); grey and RGB PNG/JPEG of at least 96x96 are then decoded by torchvision.io (libpng, libjpeg-turbo:
@@ -58,7 +65,7 @@ def decode_image(data: bytes) -> np.ndarray:
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise UsageError(f"{img.width}x{img.height} image is larger than {MAX_IMAGE_PIXELS} pixels")
         if img.format in ("PNG", "JPEG") and img.mode in ("L", "RGB") and img.width * img.height >= TORCHVISION_MIN_PIXELS:
-            chw = decode_torchvision(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.UNCHANGED)
+            chw = decode_torchvision(torch.frombuffer(bytearray(data), dtype=torch.uint8))
             return chw[0].numpy() if chw.shape[0] == 1 else chw.permute(1, 2, 0).numpy()
         img.load()
         return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,9 +51,28 @@ def _openclip_tokenizer(name: str):
 
 @functools.lru_cache(maxsize=8)
 def _bpe_tokenizer(context_length: int):
-    from open_clip.tokenizer import SimpleTokenizer
+    return _openclip_tokenizer_module().SimpleTokenizer(context_length=context_length)
 
-    return SimpleTokenizer(context_length=context_length)
+
+@functools.lru_cache(maxsize=1)
+def _openclip_tokenizer_module() -> ModuleType:
+    """open_clip's `tokenizer` module. `import open_clip.tokenizer` first runs the package's `__init__`, which
+    imports every model it has (timm, transformers...: 2-3 s a process, most of a small training run's start);
+    the tokenizer file itself needs only ftfy, regex, numpy and torch. So unless open_clip is imported already,
+    that one file of the installed package is run alone (same code, same BPE file beside it)."""
+    if "open_clip.tokenizer" in sys.modules:
+        return sys.modules["open_clip.tokenizer"]
+    package = importlib.util.find_spec("open_clip")  # finds the package without running it
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "jointspace_openclip_tokenizer", Path(next(iter(package.submodule_search_locations))) / "tokenizer.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except (ImportError, OSError, AttributeError, TypeError, StopIteration):  # not installed, or the file changed shape
+        import open_clip.tokenizer
+
+        return open_clip.tokenizer
 
 
 @functools.lru_cache(maxsize=8)
