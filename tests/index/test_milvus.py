@@ -223,3 +223,18 @@ def test_lite_file_inside_the_folder_is_refused(tiny_run, digits_dir, tmp_path):
     with pytest.raises(IndexStoreError, match="cannot be inside the index folder"):
         build_index(tiny_run, digits_dir, tmp_path / "i", backend="milvus", uri=str(tmp_path / "i" / "m.db"))
     assert not Path(tmp_path / "i").exists()
+
+
+def test_a_factory_string_means_the_same_index_on_both_backends():
+    """HNSW<M>: FAISS's M and efConstruction at build, the efSearch the FAISS backend stores at search;
+    IVF<nlist>,Flat: the same nlist."""
+    import faiss
+
+    from jointspace.index.bulk import default_search_params
+    from jointspace.index.milvus_conn import index_spec
+
+    kind, build, search = index_spec("HNSW16", 10_000)
+    ref = faiss.index_factory(8, "HNSW16", faiss.METRIC_INNER_PRODUCT)
+    assert kind == "HNSW" and build == {"M": 16, "efConstruction": ref.hnsw.efConstruction}
+    assert search == {"ef": default_search_params(ref, "HNSW16")["efSearch"]}
+    assert index_spec("IVF256,Flat", 10_000)[:2] == ("IVF_FLAT", {"nlist": 256})

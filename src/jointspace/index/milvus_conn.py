@@ -112,9 +112,14 @@ def new_schema(cli, dim: int):
     return schema
 
 
+HNSW_EF_CONSTRUCTION = 40  # what FAISS's index_factory("HNSW<M>") builds with
+
+
 def index_spec(factory: str, n_vectors: int) -> tuple[str, dict, dict]:
     """(Milvus index type, build params, search params) for a FAISS-style factory string: `Flat`,
-    `IVF{nlist},Flat`, `HNSW{M}`, or `auto` (exact below EXACT_MAX vectors, IVF above)."""
+    `IVF{nlist},Flat`, `HNSW{M}`, or `auto` (exact below EXACT_MAX vectors, IVF above). A factory string
+    means the same index on both backends: HNSW{M} builds with FAISS's efConstruction (40) and searches
+    with the ef the FAISS backend stores (128)."""
     if factory == "auto":
         factory = "Flat" if n_vectors < EXACT_MAX else f"IVF{2 ** round(math.log2(4 * math.sqrt(n_vectors)))},Flat"
     if factory.upper() == "FLAT":
@@ -125,7 +130,7 @@ def index_spec(factory: str, n_vectors: int) -> tuple[str, dict, dict]:
         return "IVF_FLAT", {"nlist": nlist}, {"nprobe": max(8, round(nlist / 256))}
     m = re.fullmatch(r"HNSW(\d+)", factory, re.IGNORECASE)
     if m:
-        return "HNSW", {"M": int(m.group(1)), "efConstruction": 200}, {"ef": 128}
+        return "HNSW", {"M": int(m.group(1)), "efConstruction": HNSW_EF_CONSTRUCTION}, {"ef": 128}
     raise IndexStoreError(f"factory {factory!r}: the Milvus backend takes auto, Flat, IVF<nlist>,Flat or HNSW<M>")
 
 
