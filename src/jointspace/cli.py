@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from jointspace.cli_errors import friendly
+from jointspace.commands.audit import audit
 from jointspace.commands.augment import augment_app
 from jointspace.commands.export import export
 from jointspace.commands.index import index_app, search
@@ -28,6 +29,7 @@ app.command()(search)
 app.command()(serve)
 app.command()(export)
 app.command()(mine)
+app.command()(audit)
 console = Console()
 _friendly = friendly(console)
 
@@ -335,37 +337,6 @@ def sweep(
     from jointspace.sweep import run_sweep
 
     run_sweep(file, jobs, log=console.print)
-
-
-@app.command()
-@_friendly
-def audit(
-    run: Annotated[Path, typer.Argument(help="run folder (its joint space)")],
-    data: Annotated[Path, typer.Argument(help="shard folder to audit")],
-    out: Annotated[Path, typer.Option("--out", help="output folder (audit.json, audit.csv, samples.csv, audit.html)")],
-    split: Annotated[list[str] | None, typer.Option("--split", help="split to audit, repeatable (default: all; "
-                                                    "pairs across train and val/test are leaks)")] = None,
-    finders: Annotated[str, typer.Option(help="comma-separated: exact,near,mismatch,label,outlier")] =
-        "exact,near,mismatch,label,outlier",
-    near_threshold: Annotated[float, typer.Option(help="near duplicates: cosine at least this in every modality")] = 0.95,
-    near_ratio: Annotated[float, typer.Option(help="near duplicates: and a joint distance at most this times the "
-                                              "pair's 10th-neighbour distance")] = 0.1,
-    mismatch_share: Annotated[float, typer.Option(help="mismatched pairs: the own partner ranks outside this "
-                                                  "best share of candidates, both ways")] = 0.2,
-    folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
-    device: str = "auto",
-    overwrite: Annotated[bool, typer.Option(help="replace an earlier audit in --out (never another folder)")] = False,
-) -> None:
-    """Find duplicates, leaks, label issues, mismatched pairs and outliers of a dataset through a run's joint space."""
-    _require(run, "embed")
-    from jointspace.audit.run import Settings, run_audit
-
-    settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
-                        near_ratio=near_ratio, mismatch_share=mismatch_share, folds=folds)
-    result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device)
-    counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
-    console.print(f"wrote {out} ({result['n_samples']} samples; {counts})", soft_wrap=True, markup=False,
-                  highlight=False)
 
 
 @app.command()

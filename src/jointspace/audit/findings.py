@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
 import numpy as np
 
-from jointspace.audit.neighbours import class_partner_ranks, knn, pairs_above
+from jointspace.audit.neighbours import class_partner_ranks, knn, make_index, pairs_above
 from jointspace.audit.space import TRAIN, Space
 
 DUPLICATE, NEAR, LEAK, MISMATCH, LABEL, OUTLIER = "duplicate", "near_duplicate", "leak", "mismatch", "label", "outlier"
@@ -77,9 +78,11 @@ def exact_duplicates(space: Space) -> tuple[list[Finding], dict]:
 NEAR_K = 16  # neighbours looked at for near duplicates
 
 
-def joint_neighbours(space: Space, k: int = NEAR_K) -> tuple[np.ndarray, np.ndarray]:
-    """Every sample's k nearest others in the joint space (one FAISS search shared by the finders)."""
-    return knn(space.joint(), k)
+def joint_neighbours(space: Space, k: int = NEAR_K, make: Callable = make_index) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample's k nearest others in the joint space (one search shared by the finders, in the index
+    `make(vectors, seed)` makes: FAISS by default, or `audit.search.NeighbourSearch.index`)."""
+    joint = space.joint()
+    return knn(joint, k, make(joint, 0))
 
 
 def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
@@ -102,7 +105,7 @@ INSTANCE, CLASS = "instance", "class"  # how a modality pair is paired in the ru
 CLASS_PAIRED = 0.25  # median share of same-class candidates beating the own partner (chance: 0.5)
 
 
-def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarray, str]:
+def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index) -> tuple[np.ndarray, np.ndarray, str]:
     """For every sample, within its split: the rank share of its own `b` among the `b` values for its `a`
     (0: first; 1: last; estimated on a random 4096 candidates in larger splits) and the same from `b` to
     `a`; the row whose `b` its `a` matches best; and how the pair is paired in this space.
@@ -122,8 +125,8 @@ def mismatch_scores(space: Space, a: str, b: str) -> tuple[np.ndarray, np.ndarra
         rows = np.flatnonzero(space.splits == split)
         ea, eb = space.emb[a][rows], space.emb[b][rows]
         labels = space.labels[rows] if labelled else None
-        ranks["ab"][rows], same_ab, other_ab, best_b = class_partner_ranks(ea, eb, labels)
-        ranks["ba"][rows], same_ba, other_ba, _ = class_partner_ranks(eb, ea, labels)
+        ranks["ab"][rows], same_ab, other_ab, best_b = class_partner_ranks(ea, eb, labels, make=make)
+        ranks["ba"][rows], same_ba, other_ba, _ = class_partner_ranks(eb, ea, labels, make=make)
         if labelled:
             ranks["same"][rows] = (same_ab + same_ba) / 2
             ranks["other_ab"][rows], ranks["other_ba"][rows] = other_ab, other_ba
@@ -142,13 +145,14 @@ def judged_pairs(space: Space) -> list[tuple[str, str]]:
     return list(combinations(space.modalities, 2))
 
 
-def mismatched_pairs(space: Space, max_share: float, paired: dict[str, str] | None = None) -> list[Finding]:
+def mismatched_pairs(space: Space, max_share: float, paired: dict[str, str] | None = None,
+                     make: Callable = make_index) -> list[Finding]:
     """Samples whose partner in another modality ranks outside the best `max_share` of the candidates
     `mismatch_scores` counts, for every judged pair of modalities; `paired` (if given) receives each pair's
     pairing ("instance" or "class")."""
     found = []
     for a, b in judged_pairs(space):
-        score, best, how = mismatch_scores(space, a, b)
+        score, best, how = mismatch_scores(space, a, b, make)
         if paired is not None:
             paired[f"{a}-{b}"] = how
         for row in np.flatnonzero(score > max_share).tolist():

@@ -5,7 +5,7 @@ nlist/256 lists, at least 8... here at least 32)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import faiss
 import numpy as np
@@ -95,11 +95,12 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024, sample: int =
 
 
 def class_partner_ranks(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None, block: int = 1024,
-                        sample: int = RANK_SAMPLE, seed: int = 0
+                        sample: int = RANK_SAMPLE, seed: int = 0, make: Callable = make_index,
                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """`partner_ranks`, and with the rows' `labels` the same share counted apart over the candidates of
     row i's own class (its partner left out) and over those of the other classes: (share of all, share of
-    the same class, share of other classes, best row); the two class shares are None without labels."""
+    the same class, share of other classes, best row); the two class shares are None without labels.
+    `make(vectors, seed)` makes the index the best row is searched in (default: FAISS, `make_index`)."""
     pick = None if len(b) <= sample else np.sort(np.random.default_rng(seed).choice(len(b), sample, replace=False))
     pool = b if pick is None else b[pick]
     share = np.zeros(len(a))
@@ -120,5 +121,5 @@ def class_partner_ranks(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None,
             same[start:start + len(qa)] = (beats & mine).sum(axis=1) / np.maximum(n_mine - n_same_self, 1)
             other[start:start + len(qa)] = (beats & ~mine).sum(axis=1) / np.maximum(len(pool) - n_mine, 1)
     share /= max(len(pool) - (pick is None), 1)  # the partner itself is among all candidates
-    _, best = knn(b, 1, make_index(b, seed), queries=a)
+    _, best = knn(b, 1, make(b, seed), queries=a)
     return share, same, other, best[:, 0]

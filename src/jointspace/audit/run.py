@@ -20,6 +20,7 @@ from jointspace.audit.findings import (
 from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
 from jointspace.audit.labels import label_issues, require_cleanlab
 from jointspace.audit.page import write_page
+from jointspace.audit.search import NeighbourSearch
 from jointspace.audit.space import Space, load_space
 from jointspace.errors import UsageError
 from jointspace.run_dir import RunDir
@@ -51,8 +52,11 @@ class Settings:
             raise UsageError(f"--mismatch-share must be in [0, 1), got {self.mismatch_share}")
 
 
-def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Finding], dict, dict]:
-    """Run the chosen finders: (findings, summaries for audit.json, per-sample scores)."""
+def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None
+                ) -> tuple[list[Finding], dict, dict]:
+    """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
+    searches in FAISS, or on `search`'s backend (inside its `with` block)."""
+    make = (search or NeighbourSearch()).index
     found: list[Finding] = []
     summary: dict = {}
     timings: dict[str, float] = {}
@@ -64,7 +68,7 @@ def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Fin
         return value
 
     on = set(settings.finders)
-    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours)))
+    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
     if "exact" in on:
         exact, summary["exact_per_modality"] = timed("exact", lambda: exact_duplicates(space))
         found += exact
@@ -73,7 +77,8 @@ def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Fin
                                                          settings.neighbours))
     if "mismatch" in on and len(space.modalities) > 1:
         summary["mismatch_pairs"] = {}
-        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share, summary["mismatch_pairs"]))
+        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share, summary["mismatch_pairs"],
+                                                                make))
     if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
         labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed))
         found += labels
@@ -88,9 +93,12 @@ def audit_space(space: Space, settings: Settings = Settings()) -> tuple[list[Fin
 
 
 def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: list[str] | None = None,
-              settings: Settings = Settings(), overwrite: bool = False, device: str = "auto") -> dict:
-    """Audit `data` (its `splits`, default all) through the run's joint space into the folder `out`; the run
-    folder records where (report.html and the web service find it there). Returns audit.json's content."""
+              settings: Settings = Settings(), overwrite: bool = False, device: str = "auto",
+              search: NeighbourSearch | None = None) -> dict:
+    """Audit `data` (its `splits`, default all) through the run's joint space into the folder `out`, its
+    neighbour searches on `search`'s backend (default FAISS); the run folder records where (report.html
+    and the web service find it there). Returns audit.json's content."""
+    search = search or NeighbourSearch()
     if "label" in settings.finders:
         require_cleanlab()  # before any work: a missing extra is one line
     out = Path(out)
@@ -99,10 +107,12 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     t0 = time.perf_counter()
     space = load_space(run_dir, data, splits, device)
     embed_s = time.perf_counter() - t0
-    found, summary, scores = audit_space(space, settings)
+    with search:
+        found, summary, scores = audit_space(space, settings, search)
     summary["seconds"]["embed"] = round(embed_s, 3)
     about = {"run": str(Path(run_dir).resolve()), "data": str(data), "splits": sorted(set(space.splits.tolist())),
-             "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings), **summary}
+             "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings),
+             "search_backend": search.backend, **summary}
     with AUDIT_FOLDER.staged(out, overwrite, sources) as stage:
         result = write_findings(stage, found, about)
         write_samples(stage, space.keys, space.splits, scores)

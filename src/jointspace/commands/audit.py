@@ -1,0 +1,52 @@
+"""`jointspace audit`: parse and dispatch to jointspace.audit.run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from jointspace.cli_errors import friendly
+
+console = Console()
+
+
+@friendly(console)
+def audit(
+    run: Annotated[Path, typer.Argument(help="run folder (its joint space)")],
+    data: Annotated[Path, typer.Argument(help="shard folder to audit")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (audit.json, audit.csv, samples.csv, audit.html)")],
+    split: Annotated[list[str] | None, typer.Option("--split", help="split to audit, repeatable (default: all; "
+                                                    "pairs across train and val/test are leaks)")] = None,
+    finders: Annotated[str, typer.Option(help="comma-separated: exact,near,mismatch,label,outlier")] =
+        "exact,near,mismatch,label,outlier",
+    near_threshold: Annotated[float, typer.Option(help="near duplicates: cosine at least this in every modality")] = 0.95,
+    near_ratio: Annotated[float, typer.Option(help="near duplicates: and a joint distance at most this times the "
+                                              "pair's 10th-neighbour distance")] = 0.1,
+    mismatch_share: Annotated[float, typer.Option(help="mismatched pairs: the own partner ranks outside this "
+                                                  "best share of candidates, both ways")] = 0.2,
+    folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
+    backend: Annotated[str, typer.Option(help="where the neighbour searches run: faiss (in this process) or milvus "
+                                         "(a collection of the audit's own, dropped at the end)")] = "faiss",
+    uri: Annotated[str | None, typer.Option(help="milvus: a Milvus Lite file (.db) or a server "
+                                            "(http://host:19530); default: a temporary Lite file")] = None,
+    milvus_token: Annotated[str | None, typer.Option("--token", envvar="JOINTSPACE_MILVUS_TOKEN", help="milvus "
+                                                     "server token (user:password); never written down")] = None,
+    device: str = "auto",
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier audit in --out (never another folder)")] = False,
+) -> None:
+    """Find duplicates, leaks, label issues, mismatched pairs and outliers of a dataset through a run's joint space."""
+    from jointspace.audit.run import Settings, run_audit
+    from jointspace.audit.search import NeighbourSearch
+    from jointspace.tasks import require_verb
+
+    require_verb(run, "embed")
+    settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
+                        near_ratio=near_ratio, mismatch_share=mismatch_share, folds=folds)
+    search = NeighbourSearch(backend, uri, milvus_token)
+    result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search)
+    counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
+    console.print(f"wrote {out} ({result['n_samples']} samples; {counts})", soft_wrap=True, markup=False,
+                  highlight=False)
