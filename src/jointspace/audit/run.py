@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from jointspace.audit.findings import (
     NEAR_K,
@@ -21,7 +24,7 @@ from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
 from jointspace.audit.labels import label_issues, require_cleanlab
 from jointspace.audit.page import write_page
 from jointspace.audit.search import NeighbourSearch
-from jointspace.audit.space import Space, load_space
+from jointspace.audit.space import Space, classified_space, load_space
 from jointspace.errors import UsageError
 from jointspace.run_dir import RunDir
 
@@ -52,26 +55,43 @@ class Settings:
             raise UsageError(f"--mismatch-share must be in [0, 1), got {self.mismatch_share}")
 
 
-def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None
-                ) -> tuple[list[Finding], dict, dict]:
+JOINT_FINDERS = ("near", "mismatch", "outlier")  # the finders that need embeddings (a joint space)
+
+
+def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None,
+                probs: np.ndarray | None = None) -> tuple[list[Finding], dict, dict]:
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
-    searches in FAISS, or on `search`'s backend (inside its `with` block)."""
-    make = (search or NeighbourSearch()).index
+    searches in FAISS, or on `search`'s backend (inside its `with` block). `probs` [N, C]: class
+    probabilities for cleanlab (a classifier run's own) instead of the k-fold probe's. A space without
+    embeddings (a classifier run's) gets the exact-duplicate and label finders only."""
     found: list[Finding] = []
-    summary: dict = {}
-    timings: dict[str, float] = {}
+    summary: dict = {"seconds": {}}
 
     def timed(name: str, fn):
         t0 = time.perf_counter()
         value = fn()
-        timings[name] = round(time.perf_counter() - t0, 3)
+        summary["seconds"][name] = round(time.perf_counter() - t0, 3)
         return value
 
     on = set(settings.finders)
-    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
     if "exact" in on:
         exact, summary["exact_per_modality"] = timed("exact", lambda: exact_duplicates(space))
         found += exact
+    if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
+        labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed, probs))
+        summary["labels"]["probabilities"] = "the run's classifier" if probs is not None else "k-fold linear probe"
+        found += labels
+    scores: dict = {}
+    if space.emb:
+        scores = _joint_finders(space, settings, (search or NeighbourSearch()).index, found, summary, timed)
+    return found, summary, scores
+
+
+def _joint_finders(space: Space, settings: Settings, make, found: list[Finding], summary: dict, timed) -> dict:
+    """The finders that search the joint space (near duplicates, mismatches, outliers) and the per-sample
+    scores; appends to `found` and `summary`."""
+    on = set(settings.finders)
+    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
     if "near" in on:
         found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
                                                          settings.neighbours))
@@ -79,40 +99,49 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
         summary["mismatch_pairs"] = {}
         found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share, summary["mismatch_pairs"],
                                                                 make))
-    if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
-        labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed))
-        found += labels
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
         flagged, summary["outlier_fence"] = outliers(space, scores, settings.outlier_far)
         found += flagged
     if space.labelled:
         summary["representative"] = representative(space, scores)
-    summary["seconds"] = timings
-    return found, summary, scores
+    return scores
+
+
+def _finders_run(settings: Settings, space: Space) -> list[str]:
+    return [f for f in settings.finders if space.emb or f not in JOINT_FINDERS]
 
 
 def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: list[str] | None = None,
               settings: Settings = Settings(), overwrite: bool = False, device: str = "auto",
-              search: NeighbourSearch | None = None) -> dict:
+              search: NeighbourSearch | None = None, classified: Callable | None = None) -> dict:
     """Audit `data` (its `splits`, default all) through the run's joint space into the folder `out`, its
     neighbour searches on `search`'s backend (default FAISS); the run folder records where (report.html
-    and the web service find it there). Returns audit.json's content."""
+    and the web service find it there). A run without a joint space gives `classified(splits)`, its task's
+    `class_probabilities`: then its exact duplicates and, from its own probabilities, its label issues.
+    Returns audit.json's content."""
     search = search or NeighbourSearch()
+    if classified is not None and not {"exact", "label"} & set(settings.finders):
+        raise UsageError(f"{run_dir} has no joint space: its audit finds exact duplicates and label issues "
+                         f"(--finders exact,label), not {', '.join(settings.finders)}")
     if "label" in settings.finders:
         require_cleanlab()  # before any work: a missing extra is one line
     out = Path(out)
     sources = [run_dir, *([data] if Path(str(data)).exists() else [])]
     AUDIT_FOLDER.check(out, overwrite, sources)
     t0 = time.perf_counter()
-    space = load_space(run_dir, data, splits, device)
+    probs = None
+    if classified is None:
+        space = load_space(run_dir, data, splits, device)
+    else:
+        space, probs = classified_space(classified(splits))
     embed_s = time.perf_counter() - t0
     with search:
-        found, summary, scores = audit_space(space, settings, search)
+        found, summary, scores = audit_space(space, settings, search, probs)
     summary["seconds"]["embed"] = round(embed_s, 3)
     about = {"run": str(Path(run_dir).resolve()), "data": str(data), "splits": sorted(set(space.splits.tolist())),
              "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings),
-             "search_backend": search.backend, **summary}
+             "search_backend": search.backend, "finders_run": _finders_run(settings, space), **summary}
     with AUDIT_FOLDER.staged(out, overwrite, sources) as stage:
         result = write_findings(stage, found, about)
         write_samples(stage, space.keys, space.splits, scores)

@@ -42,7 +42,7 @@ class Space:
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.emb)
+        return list(self.kinds)
 
     def joint(self) -> np.ndarray:
         """The sample's point in the joint space: its modalities' embeddings side by side, scaled so that
@@ -79,10 +79,7 @@ def load_space(run_dir: str | Path, shards: str | Path, splits: list[str] | None
     modalities = [m for m in cfg.data.modalities if m in have and m in model.towers]
     if not modalities:
         raise DataError(f"{shards}: none of the run's modalities ({', '.join(cfg.data.modalities)}) are in it")
-    splits = splits or [s for s in source.info.get("splits", {}) if source.has_split(s)]
-    missing = [s for s in splits if not source.has_split(s)]
-    if missing:
-        raise DataError(f"{shards}: no split {missing[0]!r} (has: {', '.join(source.info.get('splits', {}))})")
+    splits = audited_splits(source, shards, splits)
     dev = resolve_device(device)
     model = model.to(dev)
     parts = []
@@ -93,6 +90,22 @@ def load_space(run_dir: str | Path, shards: str | Path, splits: list[str] | None
     space = _joined(parts)
     space.pairs = trained_pairs(cfg, modalities)
     return space
+
+
+def audited_splits(source, shards: str | Path, splits: list[str] | None) -> list[str]:
+    """`splits` (default: every split the data has), each checked to be in the data."""
+    splits = splits or [s for s in source.info.get("splits", {}) if source.has_split(s)]
+    missing = [s for s in splits if not source.has_split(s)]
+    if missing:
+        raise DataError(f"{shards}: no split {missing[0]!r} (has: {', '.join(source.info.get('splits', {}))})")
+    return splits
+
+
+def classified_space(parts: list[tuple]) -> tuple[Space, np.ndarray]:
+    """The Space of a run without a joint space (a classifier's: keys, splits, labels, content hashes and
+    values; no embeddings) from its task's (split, SplitData, class probabilities) parts, and the
+    probabilities [N, C] of its samples in the Space's order."""
+    return _joined([(split, data, {}) for split, data, _ in parts]), np.concatenate([p for *_, p in parts])
 
 
 def trained_pairs(cfg, modalities: list[str]) -> list[tuple[str, str]] | None:
@@ -108,14 +121,14 @@ def trained_pairs(cfg, modalities: list[str]) -> list[tuple[str, str]] | None:
 
 def _joined(parts: list) -> Space:
     """One Space of every split's SplitData and embeddings."""
-    first = parts[0][1]
-    kinds = {m: k for m, k in first.kinds.items() if m in parts[0][2]}
+    first, embedded = parts[0][1], bool(parts[0][2])
+    kinds = {m: k for m, k in first.kinds.items() if m in parts[0][2] or not embedded}
     values = {m: [v for _, d, _ in parts for v in _split_values(d, m, kinds[m])] for m in kinds}
     return Space(
         keys=[k for _, d, _ in parts for k in d.keys],
         splits=np.array([s for s, d, _ in parts for _ in range(len(d))], dtype=object),
         labels=np.concatenate([d.labels.numpy() for _, d, _ in parts]).astype(np.int64),
-        emb={m: np.concatenate([e[m] for _, _, e in parts]) for m in kinds},
+        emb={m: np.concatenate([e[m] for _, _, e in parts]) for m in kinds} if embedded else {},
         kinds=kinds,
         class_names=[str(c) for c in first.class_names],
         hashes={m: np.array([content_hash(v) for v in vals], dtype=object) for m, vals in values.items()},

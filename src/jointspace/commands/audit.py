@@ -37,16 +37,22 @@ def audit(
     device: str = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an earlier audit in --out (never another folder)")] = False,
 ) -> None:
-    """Find duplicates, leaks, label issues, mismatched pairs and outliers of a dataset through a run's joint space."""
+    """Find duplicates, leaks, label issues, mismatched pairs and outliers of a dataset through a run's joint space
+    (a classify run: exact duplicates, and label issues from its own classifier's probabilities)."""
     from jointspace.audit.run import Settings, run_audit
     from jointspace.audit.search import NeighbourSearch
-    from jointspace.tasks import require_verb
+    from jointspace.tasks import TASKS, require_verb, task_of_run
 
-    require_verb(run, "embed")
+    task = TASKS.get(task_of_run(run))
+    own = task.class_probabilities if task is not None and "embed" not in task.verbs else None
+    if own is None:  # a run with a joint space, or a clear error naming the runs that have one
+        require_verb(run, "embed")
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
                         near_ratio=near_ratio, mismatch_share=mismatch_share, folds=folds)
     search = NeighbourSearch(backend, uri, milvus_token)
-    result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search)
+    classified = (lambda splits: own(run, data, splits)) if own is not None else None
+    result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
+                       classified=classified)
     counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
     console.print(f"wrote {out} ({result['n_samples']} samples; {counts})", soft_wrap=True, markup=False,
                   highlight=False)

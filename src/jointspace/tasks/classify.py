@@ -8,14 +8,16 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from safetensors.torch import load_file
 
+from jointspace.audit.space import audited_splits
 from jointspace.config import CONTRASTIVE_ONLY, RunConfig, refuse_unread
 from jointspace.data.dataset import SplitData
-from jointspace.data.sources import TrainSampler
+from jointspace.data.sources import TrainSampler, shards_arg
 from jointspace.engine import Objective, StepContext, autocast, fit
 from jointspace.engine.checkpoint import save_weights
 from jointspace.engine.optim import build_optimizer, build_scheduler
@@ -161,14 +163,31 @@ def train_classifier(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bo
     return run_dir
 
 
-def classifier_predictions(run_dir: Path, split: str) -> ClassPredictions:
-    """The finished classifier's predicted class of every sample of a split prepared as the run's."""
+def _logits(run_dir: Path, source, split: str, keep_raw: bool = False) -> tuple[SplitData, torch.Tensor]:
+    """A split of `source` (default: the run's data) prepared as the run's, and the finished classifier's logits."""
     run, cfg = RunDir(run_dir), run_config(run_dir)
-    data = load_run_split(cfg, run.read_info(), cfg.data.path, split)
+    data = load_run_split(cfg, run.read_info(), source or cfg.data.path, split, keep_raw=keep_raw)
     model = build_classifier(cfg, data)
     model.load_state_dict(load_file(str(run.weights)))
-    logits = predict(model, data, torch.device("cpu"))
+    return data, predict(model, data, torch.device("cpu"))
+
+
+def classifier_predictions(run_dir: Path, split: str) -> ClassPredictions:
+    """The finished classifier's predicted class of every sample of a split prepared as the run's."""
+    data, logits = _logits(run_dir, None, split)
     return ClassPredictions(logits.argmax(1), data.labels, data.class_names, "prediction", "accuracy")
+
+
+def classifier_probabilities(run_dir: Path, shards: str | Path, splits: list[str] | None
+                             ) -> list[tuple[str, SplitData, np.ndarray]]:
+    """`jointspace audit` of a classify run: per split of `shards` (default: every split it has), the split
+    prepared as the run's with its values, and the classifier's class probabilities (softmax) [N, C]."""
+    source = shards_arg(shards, run_config(run_dir).data)
+    out = []
+    for split in audited_splits(source, shards, splits):
+        data, logits = _logits(run_dir, source, split, keep_raw=True)
+        out.append((split, data, torch.softmax(logits.double(), dim=1).numpy()))
+    return out
 
 
 def summary_text(run_dir: Path) -> str:
@@ -180,4 +199,5 @@ def summary_text(run_dir: Path) -> str:
 
 TASK = Task("classify", ClassifyRunConfig, train_classifier, summary_text, val_metrics=("loss", "accuracy"),
             results=f"{EVAL} and classification_<split>.txt (written when it trained)",
-            measure="top-1 of the classifier", predictions=classifier_predictions, info=ClassifyInfo)
+            measure="top-1 of the classifier", predictions=classifier_predictions, info=ClassifyInfo,
+            class_probabilities=classifier_probabilities)
