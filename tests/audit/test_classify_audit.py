@@ -30,6 +30,11 @@ def test_a_classify_run_audits_with_its_own_classifier(shapes_dir, tmp_path):
     info = read_info(shapes_dir)
     splits = {s: read_split(shapes_dir, s) for s in info["splits"]}
     splits["train"] = [*splits["train"], {**splits["train"][0], "key": "dup-0"}]
+    rng, original = np.random.default_rng(0), splits["train"][1]
+    noisy = {"image": np.clip(np.round(original["image"] + rng.normal(0, 2, original["image"].shape)), 0, 255)
+             .astype(np.uint8), "lidar": original["lidar"] + 0.01 * original["lidar"].std()
+             * rng.normal(size=original["lidar"].shape).astype(original["lidar"].dtype)}
+    splits["test"] = [*splits["test"], {**original, **noisy, "key": "near-1"}]
     data = tmp_path / "faulty"
     write_dataset(data, splits, info["modalities"], info["class_names"])
     cfg = load_config(None, model=ClassifyRunConfig, overrides=[
@@ -44,9 +49,17 @@ def test_a_classify_run_audits_with_its_own_classifier(shapes_dir, tmp_path):
     done = runner.invoke(app, ["audit", str(run), str(data), "--out", str(out), "--split", "train"])
     assert done.exit_code == 0, done.output
     result = json.loads((out / "audit.json").read_text())
-    assert result["finders_run"] == ["exact", "label"] and result["labels"]["probabilities"] == "the run's classifier"
+    assert result["finders_run"] == ["exact", "near", "label"]
+    assert result["labels"]["probabilities"] == "the run's classifier"
     rows = result["findings"]
     assert ("dup-0", "duplicate") in {(r["key"], r["issue"]) for r in rows}
+
+    everywhere = tmp_path / "audit-all"
+    done = runner.invoke(app, ["audit", str(run), str(data), "--out", str(everywhere), "--finders", "near"])
+    assert done.exit_code == 0, done.output
+    near = [r for r in json.loads((everywhere / "audit.json").read_text())["findings"]]
+    assert [(r["key"], r["issue"], r["partner_key"], r["detail"]["by"]) for r in near] == \
+        [("near-1", "leak", original["key"], "content")]  # the noisy copy, by content; the exact one is not near
 
     (_, train, probs), = classifier_probabilities(run, data, ["train"])
     assert np.allclose(probs.sum(1), 1.0) and probs.shape == (len(train), len(info["class_names"]))
@@ -57,5 +70,5 @@ def test_a_classify_run_audits_with_its_own_classifier(shapes_dir, tmp_path):
     assert all(r["suggested"] == names[int(probs[train.keys.index(r["key"])].argmax())] for r in rows
                if r["issue"] == "label")
 
-    bad = runner.invoke(app, ["audit", str(run), str(data), "--out", str(tmp_path / "x"), "--finders", "near"])
+    bad = runner.invoke(app, ["audit", str(run), str(data), "--out", str(tmp_path / "x"), "--finders", "mismatch,outlier"])
     assert bad.exit_code == 2 and "no joint space" in bad.output and not (tmp_path / "x").exists()

@@ -172,3 +172,32 @@ def test_instance_paired_data_keeps_every_candidate_and_untrained_pairs_are_not_
     assert paired == {"image-text": "instance"}
     assert {(f.key, f.partner_key, f.modality) for f in found} == {("s003", "s012", "image-text"),
                                                                    ("s012", "s003", "image-text")}
+
+
+def test_near_copies_by_content_need_every_array_close_and_the_same_caption():
+    """A noisy copy of a picture and its scan is a near duplicate by content whatever the embeddings say
+    (random here); with another caption it is not; a point set (no content vector) does not count."""
+    from jointspace.audit.content import content_near_duplicates
+    from jointspace.kinds.content import block_means
+
+    rng = np.random.default_rng(0)
+    n = 40
+    images = [rng.integers(0, 255, (24, 24, 3)).astype(np.uint8) for _ in range(n)]
+    scans = [rng.random((8, 30)).astype(np.float32) for _ in range(n)]
+    captions = [f"caption {i % 7}" for i in range(n)]
+    for copy, original in ((30, 3), (31, 4)):
+        images[copy] = np.clip(np.round(images[original] + rng.normal(0, 2, images[original].shape)), 0, 255).astype(np.uint8)
+        scans[copy] = scans[original] + 0.01 * scans[original].std() * rng.normal(size=scans[original].shape).astype(np.float32)
+    captions[30] = captions[3]  # 31 keeps another caption than 4's
+    points = [rng.random((50, 3)) for _ in range(n)]
+    values = {"image": images, "lidar": scans, "text": captions, "points": points}
+    kinds = {"image": "image", "lidar": "range", "text": "text", "points": "points"}
+    space = Space([f"s{i:03d}" for i in range(n)], np.array(["train"] * 30 + ["test"] * 10, dtype=object),
+                  np.zeros(n, dtype=np.int64), {m: _unit(rng.normal(size=(n, 4))) for m in kinds}, kinds,
+                  hashes={m: np.array([content_hash(v) for v in vals], dtype=object) for m, vals in values.items()},
+                  values=values)
+    found = content_near_duplicates(space)
+    assert [(f.key, f.issue, f.partner_key, f.detail["by"]) for f in found] == [("s030", LEAK, "s003", "content")]
+    assert found[0].score > 0.999
+    assert block_means(np.ones((5, 5)), 48).shape == (48 * 48,) and not block_means(np.ones((5, 5)), 48).any()
+    assert block_means(images[3], 48) @ block_means(images[30], 48) > 0.999 > block_means(images[3], 48) @ block_means(images[5], 48)

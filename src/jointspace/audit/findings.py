@@ -97,7 +97,7 @@ def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray
     lowest = np.min([np.einsum("nd,nd->n", space.emb[m][i], space.emb[m][j]) for m in space.modalities], axis=0)
     same = sample_hashes(space)
     keep = (lowest >= threshold) & (1.0 - cos <= ratio * np.minimum(kth[i], kth[j]))
-    return [_pair_finding(space, a, b, NEAR, low, exact=False)
+    return [_pair_finding(space, a, b, NEAR, low, exact=False, by="joint space")
             for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jointspace.audit.content import content_near_duplicates
 from jointspace.audit.findings import (
     NEAR_K,
     Finding,
@@ -38,6 +39,7 @@ class Settings:
     finders: tuple[str, ...] = FINDERS
     near_threshold: float = 0.95  # cosine in every modality
     near_ratio: float = 0.1  # and a joint distance at most 0.1 x the pair's 10th-neighbour distance
+    near_content: float = 0.999  # or: content vectors' cosine in every modality that has them (others identical)
     neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
     mismatch_share: float = 0.2  # a partner ranked outside the best 20 % of candidates, both ways
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
@@ -51,11 +53,13 @@ class Settings:
                              f"choose from {', '.join(FINDERS)}")
         if not -1.0 <= self.near_threshold <= 1.0:
             raise UsageError(f"--near-threshold must be a cosine in [-1, 1], got {self.near_threshold}")
+        if not -1.0 <= self.near_content <= 1.0:
+            raise UsageError(f"--near-content must be a cosine in [-1, 1], got {self.near_content}")
         if not 0.0 <= self.mismatch_share < 1.0:
             raise UsageError(f"--mismatch-share must be in [0, 1), got {self.mismatch_share}")
 
 
-JOINT_FINDERS = ("near", "mismatch", "outlier")  # the finders that need embeddings (a joint space)
+JOINT_FINDERS = ("mismatch", "outlier")  # the finders that need embeddings (near: content vectors without)
 
 
 def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None,
@@ -63,7 +67,7 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
     searches in FAISS, or on `search`'s backend (inside its `with` block). `probs` [N, C]: class
     probabilities for cleanlab (a classifier run's own) instead of the k-fold probe's. A space without
-    embeddings (a classifier run's) gets the exact-duplicate and label finders only."""
+    embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy finders."""
     found: list[Finding] = []
     summary: dict = {"seconds": {}}
 
@@ -81,9 +85,15 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
         labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed, probs))
         summary["labels"]["probabilities"] = "the run's classifier" if probs is not None else "k-fold linear probe"
         found += labels
+    make = (search or NeighbourSearch()).index
     scores: dict = {}
     if space.emb:
-        scores = _joint_finders(space, settings, (search or NeighbourSearch()).index, found, summary, timed)
+        scores = _joint_finders(space, settings, make, found, summary, timed)
+    if "near" in on:
+        pairs = {(f.key, f.partner_key) for f in found}
+        found += [f for f in timed("near_content", lambda: content_near_duplicates(space, settings.near_content,
+                                                                                  make=make))
+                  if (f.key, f.partner_key) not in pairs]
     return found, summary, scores
 
 
@@ -121,9 +131,9 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     `class_probabilities`: then its exact duplicates and, from its own probabilities, its label issues.
     Returns audit.json's content."""
     search = search or NeighbourSearch()
-    if classified is not None and not {"exact", "label"} & set(settings.finders):
-        raise UsageError(f"{run_dir} has no joint space: its audit finds exact duplicates and label issues "
-                         f"(--finders exact,label), not {', '.join(settings.finders)}")
+    if classified is not None and not {"exact", "label", "near"} & set(settings.finders):
+        raise UsageError(f"{run_dir} has no joint space: its audit finds exact duplicates, near copies by content "
+                         f"and label issues (--finders exact,near,label), not {', '.join(settings.finders)}")
     if "label" in settings.finders:
         require_cleanlab()  # before any work: a missing extra is one line
     out = Path(out)

@@ -25,6 +25,9 @@ def audit(
     near_threshold: Annotated[float, typer.Option(help="near duplicates: cosine at least this in every modality")] = 0.95,
     near_ratio: Annotated[float, typer.Option(help="near duplicates: and a joint distance at most this times the "
                                               "pair's 10th-neighbour distance")] = 0.1,
+    near_content: Annotated[float, typer.Option(help="near duplicates, or: content vectors (block means of "
+                                                "images, scans, features) at least this cosine in every "
+                                                "modality that has them, captions identical")] = 0.999,
     mismatch_share: Annotated[float, typer.Option(help="mismatched pairs: the own partner ranks outside this "
                                                   "best share of candidates, both ways")] = 0.2,
     folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
@@ -38,7 +41,7 @@ def audit(
     overwrite: Annotated[bool, typer.Option(help="replace an earlier audit in --out (never another folder)")] = False,
 ) -> None:
     """Find duplicates, leaks, label issues, mismatched pairs and outliers of a dataset through a run's joint space
-    (a classify run: exact duplicates, and label issues from its own classifier's probabilities)."""
+    (a classify run: exact duplicates, near copies by content, label issues from its own classifier)."""
     from jointspace.audit.run import Settings, run_audit
     from jointspace.audit.search import NeighbourSearch
     from jointspace.tasks import TASKS, require_verb, task_of_run
@@ -48,7 +51,7 @@ def audit(
     if own is None:  # a run with a joint space, or a clear error naming the runs that have one
         require_verb(run, "embed")
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
-                        near_ratio=near_ratio, mismatch_share=mismatch_share, folds=folds)
+                        near_ratio=near_ratio, near_content=near_content, mismatch_share=mismatch_share, folds=folds)
     search = NeighbourSearch(backend, uri, milvus_token)
     classified = (lambda splits: own(run, data, splits)) if own is not None else None
     result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,

@@ -11,6 +11,7 @@ import torch
 
 from jointspace.errors import UsageError
 from jointspace.kinds.base import BadCell, Kind, Prep, QueryError, Size
+from jointspace.kinds.content import block_means
 from jointspace.kinds.image import ImageKind
 from jointspace.kinds.points import PointsKind
 from jointspace.kinds.range import RangeKind
@@ -89,6 +90,13 @@ def kind_for_alias(word: str) -> str | None:
     return next((k.name for k in _KINDS.values() if word == k.name or word in k.aliases), None)
 
 
+def content_vector(kind: str, value: Any):
+    """A value's content as a short unit vector (its kind's `content_cells` grid of block means, centred)
+    for finding near copies; None for kinds whose values are compared by content hash only."""
+    cells = get_kind(kind).content_cells
+    return block_means(value, cells) if cells else None
+
+
 def with_role(kinds: dict[str, str], role: str) -> str | None:
     """The first modality whose kind has `role` ("captions", "picture", "spatial") set, or None."""
     return next((m for m, k in kinds.items() if getattr(get_kind(k), role)), None)
@@ -142,6 +150,6 @@ def describe() -> list[dict]:
             for k in _KINDS.values()]
 
 
-__all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "Size", "all_kinds", "decode_file", "describe", "fit_prep",
+__all__ = ["KINDS", "BadCell", "Kind", "Prep", "QueryError", "Size", "all_kinds", "content_vector", "decode_file", "describe", "fit_prep",
            "get_kind", "input_channels", "kind_for_alias", "kind_for_extension", "preview_modality", "recognise_column",
            "recognise_folder", "register", "size_fields", "to_inputs", "with_role"]

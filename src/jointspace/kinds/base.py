@@ -119,6 +119,7 @@ class Kind:
     fallback: bool = False  # recognised only when no other kind claims a manifest column
     ranged: bool = False  # values are metric distances, scaled by a per-run Prep.max_range
     sizes: tuple[Size, ...] = ()  # size fields it reads from Prep (each a `data.<name>` config field)
+    content_cells: int = 0  # near copies (audit): values as block means on this grid (kinds.content); 0: by hash
 
     # ---- storage ----
     def encode(self, value: Any) -> tuple[str, bytes]:

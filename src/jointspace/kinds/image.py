@@ -96,6 +96,7 @@ class ImageKind(Kind):
     aliases = ("image", "img", "picture", "photo")
     folder_words = ("rgb", "image", "img", "camera", "cam", "photo", "picture")
     default_tower = "cnn"
+    content_cells = 48
     spatial = True
     picture = True
     preview_rank = 0

@@ -74,6 +74,7 @@ class RangeKind(NpyKind):
     word_needed = True  # a .npy folder is a range image by its name, as a manifest column
     grid_files = ("azimuth.npy", "zenith.npy")
     default_tower = "range_cnn"
+    content_cells = 48
     spatial = True
     ranged = True
     preview_rank = 1

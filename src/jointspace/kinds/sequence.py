@@ -43,6 +43,7 @@ class SequenceKind(NpyKind):
     aliases = ("sequence", "audio", "speech", "frames", "mfcc")
     folder_words = ("audio", "speech", "sound", "voice", "mfcc", "sequence", "feature")
     default_tower = "frames_cnn"
+    content_cells = 48
     preview_rank = 3
     fallback = True  # a .npy column that no other kind claims by its name
     sizes = (Size("max_frames", 96, doc="feature sequences: longer ones are cut, shorter ones padded"),)

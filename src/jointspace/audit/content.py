@@ -1,0 +1,50 @@
+"""Near copies by content: every modality's values as their kinds' content vectors (block means, see
+kinds.content), searched in a FAISS index (or the audit's Milvus). The joint space finds copies that stand
+out from their neighbourhood; a run that packs distinct samples tight (identical captions pulled together)
+cannot tell a noisy copy from them, and this route, which does not look at the run, can."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from jointspace.audit.findings import NEAR, NEAR_K, Finding, _pair_finding, sample_hashes
+from jointspace.audit.neighbours import knn, make_index, pairs_above
+from jointspace.audit.space import Space
+from jointspace.kinds import content_vector, get_kind
+
+CONTENT_THRESHOLD = 0.999  # cosine of two values' content vectors, in every modality that has them
+
+
+def content_vectors(space: Space) -> dict[str, np.ndarray]:
+    """[N, cells^2] unit vectors per modality whose kind has content vectors (none without values)."""
+    out = {}
+    for m in space.modalities:
+        values = space.values.get(m) or []
+        if len(values) != len(space) or not len(space) or content_vector(space.kinds[m], values[0]) is None:
+            continue
+        out[m] = np.stack([content_vector(space.kinds[m], v) for v in values])
+    return out
+
+
+def content_near_duplicates(space: Space, threshold: float = CONTENT_THRESHOLD, k: int = NEAR_K,
+                            make: Callable = make_index) -> list[Finding]:
+    """Pairs (not identical in every modality) whose content vectors have a cosine of at least `threshold`
+    in every modality that has them and whose captions are the same text (values of kinds with neither,
+    e.g. point sets, do not count); found among each sample's k nearest by content. Score: the lowest
+    cosine. A pair across train and val/test is a leak."""
+    vectors = content_vectors(space)
+    if not vectors:
+        return []
+    joint = np.ascontiguousarray(np.concatenate(list(vectors.values()), axis=1) / np.sqrt(len(vectors)),
+                                 dtype=np.float32)
+    i, j, _ = pairs_above(joint, threshold, knn(joint, k, make(joint, 0)))
+    lowest = np.min([np.einsum("nd,nd->n", v[i], v[j]) for v in vectors.values()], axis=0)
+    keep = lowest >= threshold
+    for m in space.modalities:  # captions must be the same text; other values without vectors do not count
+        if m not in vectors and get_kind(space.kinds[m]).captions:
+            keep &= space.hashes[m][i] == space.hashes[m][j]
+    same = sample_hashes(space)
+    return [_pair_finding(space, a, b, NEAR, low, by="content")
+            for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
