@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/audit.py                    # 100k samples, 2 x 64-d, 70/15/15 splits
     .venv/bin/python bench/audit.py --n 20000 --dim 32
+    .venv/bin/python bench/audit.py --pictures         # and 32x32 pictures: near copies by content too
 
 The embeddings are synthetic (embedding 100k real samples on 2 cores is the run's own cost, not the
 audit's): 10 classes, each sample a class centre plus its own direction plus noise in each modality, so
@@ -24,8 +25,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def synthetic_space(n: int, dim: int, seed: int = 0):
-    """A Space of n samples in 2 modalities with planted faults; returns (space, planted keys per fault)."""
+def synthetic_space(n: int, dim: int, seed: int = 0, pictures: bool = False):
+    """A Space of n samples in 2 modalities with planted faults; returns (space, planted keys per fault).
+    `pictures`: with values (a picture per sample, a caption per class), so the near-copy search by
+    content runs too."""
     from jointspace.audit.space import Space
 
     rng = np.random.default_rng(seed)
@@ -53,6 +56,11 @@ def synthetic_space(n: int, dim: int, seed: int = 0):
     keys = [f"k{i:06d}" for i in range(n)]
     space = Space(keys=keys, splits=splits, labels=labels.astype(np.int64), emb=emb, kinds={"image": "image", "text": "text"},
                   class_names=[str(c) for c in range(10)], hashes=hashes)
+    if pictures:  # values for the content route: a 32x32 grey picture (8x8 random blocks) and a class caption
+        images = np.kron(rng.integers(0, 256, (n, 8, 8)), np.ones((1, 4, 4))).astype(np.uint8)
+        images[dup_dst] = images[dup_src]
+        images[near_dst] = np.clip(np.round(images[near_src] + rng.normal(0, 2, images[near_src].shape)), 0, 255)
+        space.values = {"image": list(images), "text": [f"a picture of class {c}" for c in labels.tolist()]}
     planted = {"duplicate": dup_dst, "leak": near_dst, "mismatch": swap, "label": flip}
     return space, {k: {keys[i] for i in v.tolist()} for k, v in planted.items()}
 
@@ -62,6 +70,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pictures", action="store_true", help="give the samples values (32x32 pictures, captions): "
+                    "the near-copy search by content runs too")
     args = ap.parse_args()
     import faiss
 
@@ -69,7 +79,7 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     t0 = time.perf_counter()
-    space, planted = synthetic_space(args.n, args.dim)
+    space, planted = synthetic_space(args.n, args.dim, pictures=args.pictures)
     made = time.perf_counter() - t0
     t0 = time.perf_counter()
     found, summary, _ = audit_space(space, Settings())
