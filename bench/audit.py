@@ -29,7 +29,7 @@ def synthetic_space(n: int, dim: int, seed: int = 0, pictures: bool = False):
     """A Space of n samples in 2 modalities with planted faults; returns (space, planted keys per fault).
     `pictures`: with values (a picture per sample, a caption per class), so the near-copy search by
     content runs too."""
-    from jointspace.audit.space import Space
+    from jointspace.audit.space import Space, content_hash
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
@@ -61,6 +61,7 @@ def synthetic_space(n: int, dim: int, seed: int = 0, pictures: bool = False):
         images[dup_dst] = images[dup_src]
         images[near_dst] = np.clip(np.round(images[near_src] + rng.normal(0, 2, images[near_src].shape)), 0, 255)
         space.values = {"image": list(images), "text": [f"a picture of class {c}" for c in labels.tolist()]}
+        space.hashes = {m: np.array([content_hash(v) for v in vals], dtype=object) for m, vals in space.values.items()}
     planted = {"duplicate": dup_dst, "leak": near_dst, "mismatch": swap, "label": flip}
     return space, {k: {keys[i] for i in v.tolist()} for k, v in planted.items()}
 

@@ -61,9 +61,10 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, folds: int = 5, 
 def label_issues(space: Space, folds: int = 5, seed: int = 0,
                  probs: np.ndarray | None = None) -> tuple[list[Finding], dict]:
     """cleanlab's label issues (ranked by self-confidence), with each one's label-quality score (reported
-    as 1 - quality: higher is more suspect) and suggested class; and counts per class and per suggested class."""
+    as 1 - quality: higher is more suspect) and suggested class; and counts per class and per suggested class,
+    and the argmax's accuracy (of the k-fold probe, or of the given `probs`)."""
     cl_filter, cl_rank = require_cleanlab()
-    labels = space.labels
+    labels, probed = space.labels, probs is None
     if probs is None:
         probs = out_of_fold_probs(space.joint(), labels, folds, seed)
     issues = cl_filter.find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
@@ -77,5 +78,5 @@ def label_issues(space: Space, folds: int = 5, seed: int = 0,
         per_class[f.label] = per_class.get(f.label, 0) + 1
         per_suggested[f.suggested] = per_suggested.get(f.suggested, 0) + 1
     accuracy = float((suggested == labels).mean()) if len(labels) else 0.0
-    return found, {"per_class": per_class, "per_suggested_class": per_suggested, "probe_accuracy": accuracy,
-                   "folds": folds}
+    about = {"probe_accuracy": accuracy, "folds": folds} if probed else {"accuracy": accuracy}
+    return found, {"per_class": per_class, "per_suggested_class": per_suggested, **about}

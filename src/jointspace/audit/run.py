@@ -11,6 +11,9 @@ import numpy as np
 
 from jointspace.audit.content import content_near_duplicates
 from jointspace.audit.findings import (
+    DUPLICATE,
+    LEAK,
+    NEAR,
     NEAR_K,
     Finding,
     exact_duplicates,
@@ -59,9 +62,6 @@ class Settings:
             raise UsageError(f"--mismatch-share must be in [0, 1), got {self.mismatch_share}")
 
 
-JOINT_FINDERS = ("mismatch", "outlier")  # the finders that need embeddings (near: content vectors without)
-
-
 def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None,
                 probs: np.ndarray | None = None) -> tuple[list[Finding], dict, dict]:
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
@@ -69,12 +69,14 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     probabilities for cleanlab (a classifier run's own) instead of the k-fold probe's. A space without
     embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy finders."""
     found: list[Finding] = []
-    summary: dict = {"seconds": {}}
+    summary: dict = {"seconds": {}, "finders_run": []}
 
     def timed(name: str, fn):
         t0 = time.perf_counter()
         value = fn()
         summary["seconds"][name] = round(time.perf_counter() - t0, 3)
+        if name.split("_")[0] in FINDERS and name.split("_")[0] not in summary["finders_run"]:
+            summary["finders_run"].append(name.split("_")[0])
         return value
 
     on = set(settings.finders)
@@ -89,11 +91,12 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     scores: dict = {}
     if space.emb:
         scores = _joint_finders(space, settings, make, found, summary, timed)
-    if "near" in on:
-        pairs = {(f.key, f.partner_key) for f in found}
+    if "near" in on:  # by content too; a pair the joint space (or the hashes) found already is not repeated
+        pairs = {(f.key, f.partner_key) for f in found if f.issue in (DUPLICATE, NEAR, LEAK)}
         found += [f for f in timed("near_content", lambda: content_near_duplicates(space, settings.near_content,
                                                                                   make=make))
                   if (f.key, f.partner_key) not in pairs]
+    summary["finders_run"] = [f for f in FINDERS if f in summary["finders_run"]]
     return found, summary, scores
 
 
@@ -111,15 +114,11 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
                                                                 make))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
-        flagged, summary["outlier_fence"] = outliers(space, scores, settings.outlier_far)
+        flagged, summary["outlier_fence"] = timed("outlier", lambda: outliers(space, scores, settings.outlier_far))
         found += flagged
     if space.labelled:
         summary["representative"] = representative(space, scores)
     return scores
-
-
-def _finders_run(settings: Settings, space: Space) -> list[str]:
-    return [f for f in settings.finders if space.emb or f not in JOINT_FINDERS]
 
 
 def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: list[str] | None = None,
@@ -151,7 +150,7 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     summary["seconds"]["embed"] = round(embed_s, 3)
     about = {"run": str(Path(run_dir).resolve()), "data": str(data), "splits": sorted(set(space.splits.tolist())),
              "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings),
-             "search_backend": search.backend, "finders_run": _finders_run(settings, space), **summary}
+             "search_backend": search.backend, **summary}
     with AUDIT_FOLDER.staged(out, overwrite, sources) as stage:
         result = write_findings(stage, found, about)
         write_samples(stage, space.keys, space.splits, scores)

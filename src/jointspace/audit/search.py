@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -28,24 +30,45 @@ from jointspace.index.milvus_conn import (
 )
 
 BACKENDS = ("faiss", "milvus")
-AUDIT_MARK = "jointspace_audit_"  # this audit's collections: jointspace_audit_<pid>_<time>_<n>
+AUDIT_MARK = "jointspace_audit_"  # this audit's collections: jointspace_audit_<pid>_<uuid>
+
+
+MESSAGE_BYTES = 16 << 20  # vectors per insert or search request: about this many bytes (gRPC limits messages)
+
+
+@contextmanager
+def _milvus_errors(uri: str) -> Iterator[None]:
+    """The Milvus client's errors inside, as one-line IndexStoreErrors naming the server."""
+    mod = pymilvus()
+    try:
+        yield
+    except mod.exceptions.MilvusException as err:
+        raise IndexStoreError(f"Milvus at {public_uri(uri)}: {err.message}") from None
+
+
+def _rows_per_message(dim: int) -> int:
+    return max(1, min(PAGE_ROWS, MESSAGE_BYTES // (4 * max(dim, 1))))
 
 
 class MilvusNeighbours:
     """A collection of vectors (row number = primary key) searched by inner product."""
 
-    def __init__(self, cli, name: str, n: int, params: dict):
-        self.cli, self.name, self.ntotal, self.params = cli, name, n, params
+    def __init__(self, cli, uri: str, name: str, n: int, params: dict):
+        self.cli, self.uri, self.name, self.ntotal, self.params = cli, uri, name, n, params
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Similarities [Q, k] (descending; -inf where fewer) and rows [Q, k] (-1 where fewer)."""
-        hits = self.cli.search(self.name, data=np.asarray(queries, dtype=np.float32).tolist(), limit=min(k, TOPK_MAX),
-                               search_params={"metric_type": "IP", "params": self.params})
+        queries = np.asarray(queries, dtype=np.float32)
         sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
-        for i, found in enumerate(hits):
-            for j, h in enumerate(found[:k]):
-                sims[i, j], rows[i, j] = h["distance"], h["id"]
+        step = _rows_per_message(queries.shape[1])
+        for start in range(0, len(queries), step):
+            with _milvus_errors(self.uri):
+                hits = self.cli.search(self.name, data=queries[start:start + step].tolist(), limit=min(k, TOPK_MAX),
+                                       search_params={"metric_type": "IP", "params": self.params})
+            for i, found in enumerate(hits, start):
+                for j, h in enumerate(found[:k]):
+                    sims[i, j], rows[i, j] = h["distance"], h["id"]
         return sims, rows
 
 
@@ -73,18 +96,27 @@ class NeighbourSearch:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Drop every collection this audit made (each on its own: one that fails does not keep the rest),
+        then remove a temporary Lite file; an error on the way in is not hidden by one here."""
         if self.backend != "milvus":
             return
+        failed = []
         try:
-            cli = client(self.uri, self.token)
             for name in self._made:
-                cli.drop_collection(name)
+                try:
+                    client(self.uri, self.token).drop_collection(name)
+                except Exception as err:  # noqa: BLE001 - any failure: said below, the others still dropped
+                    failed.append(f"{name} ({err})")
         finally:
             self._made = []
             if self._scratch is not None:
-                close_clients(self.uri)
-                self._scratch.cleanup()
-                self._scratch, self.uri = None, None
+                try:
+                    close_clients(self.uri)
+                finally:
+                    self._scratch.cleanup()
+                    self._scratch, self.uri = None, None
+        if failed and exc[0] is None:
+            raise IndexStoreError(f"could not drop the audit's Milvus collections {', '.join(failed)}")
 
     def index(self, vectors: np.ndarray, seed: int = 0):
         """An index over `vectors` [N, D] (L2-normalised, float32) for `neighbours.knn`."""
@@ -92,23 +124,22 @@ class NeighbourSearch:
             return make_index(vectors, seed)
         if self.uri is None:
             raise UsageError("NeighbourSearch: use it in a `with` block")
-        try:
+        with _milvus_errors(self.uri):
             return self._milvus(np.ascontiguousarray(vectors, dtype=np.float32))
-        except pymilvus().exceptions.MilvusException as err:
-            raise IndexStoreError(f"Milvus at {public_uri(self.uri)}: {err.message}") from None
 
     def _milvus(self, vectors: np.ndarray) -> MilvusNeighbours:
         """The vectors into a new collection of this audit's, indexed as `index build --factory auto` would
         (exact below 50k vectors, IVF above, probing at least MIN_NPROBE lists, as the FAISS route does)."""
         mod, cli = pymilvus(), client(self.uri, self.token)
-        name = f"{AUDIT_MARK}{os.getpid()}_{time.strftime('%Y%m%d%H%M%S')}_{len(self._made)}"
+        name = f"{AUDIT_MARK}{os.getpid()}_{uuid.uuid4().hex}"
         schema = cli.create_schema(auto_id=False)
         schema.add_field("id", mod.DataType.INT64, is_primary=True)
         schema.add_field("vector", mod.DataType.FLOAT_VECTOR, dim=int(vectors.shape[1]))
         cli.create_collection(name, schema=schema, consistency_level="Strong")
         self._made.append(name)
-        for start in range(0, len(vectors), PAGE_ROWS):
-            block = vectors[start:start + PAGE_ROWS]
+        step = _rows_per_message(vectors.shape[1])
+        for start in range(0, len(vectors), step):
+            block = vectors[start:start + step]
             cli.insert(name, [{"id": start + i, "vector": v} for i, v in enumerate(block.tolist())])
         cli.flush(name)
         kind, build, search = index_spec("auto", len(vectors))
@@ -118,4 +149,4 @@ class NeighbourSearch:
         cli.load_collection(name)
         if "nprobe" in search:
             search = {"nprobe": max(MIN_NPROBE, search["nprobe"])}
-        return MilvusNeighbours(cli, name, len(vectors), search)
+        return MilvusNeighbours(cli, self.uri, name, len(vectors), search)

@@ -22,9 +22,9 @@ TRAIN = "train"
 @dataclass
 class Space:
     """N samples (of every audited split, one after the other): keys, split, label, one L2-normalised
-    embedding [N, D] per modality, one content hash per modality (hex), and the decoded values (for
-    previews; empty when the space was built from vectors alone), and the modality pairs the run's loss
-    aligned."""
+    embedding [N, D] per modality (none for a run without a joint space: a classifier's), one content
+    hash per modality (hex), and the decoded values (for previews and content vectors; empty when the
+    space was built from vectors alone), and the modality pairs the run's loss aligned."""
 
     keys: list[str]
     splits: np.ndarray  # [N] split names (str)

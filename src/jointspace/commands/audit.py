@@ -15,7 +15,7 @@ console = Console()
 
 @friendly(console)
 def audit(
-    run: Annotated[Path, typer.Argument(help="run folder (its joint space)")],
+    run: Annotated[Path, typer.Argument(help="run folder (its joint space, or a classify run's classifier)")],
     data: Annotated[Path, typer.Argument(help="shard folder to audit")],
     out: Annotated[Path, typer.Option("--out", help="output folder (audit.json, audit.csv, samples.csv, audit.html)")],
     split: Annotated[list[str] | None, typer.Option("--split", help="split to audit, repeatable (default: all; "
@@ -57,5 +57,7 @@ def audit(
     result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
                        classified=classified)
     counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
-    console.print(f"wrote {out} ({result['n_samples']} samples; {counts})", soft_wrap=True, markup=False,
+    skipped = [f for f in settings.finders if f not in result["finders_run"]]
+    note = f"; not run: {', '.join(skipped)} (they need a joint space, two modalities or labels)" if skipped else ""
+    console.print(f"wrote {out} ({result['n_samples']} samples; {counts}){note}", soft_wrap=True, markup=False,
                   highlight=False)

@@ -9,8 +9,9 @@ import numpy as np
 
 def block_means(value, cells: int) -> np.ndarray:
     """A numeric array [H, W, ...] (further axes averaged; a 1-D one is a column) as the means of a
-    cells x cells grid of blocks of its first two axes (cells x cells values: a grid row or column
-    past a small array's size is 0), minus their mean, scaled to unit length (all zeros when flat)."""
+    cells x cells grid of blocks of its first two axes (always cells x cells values: along an axis shorter
+    than `cells`, each row or column has a cell of its own and the cells between stay 0), the filled ones
+    minus their mean, scaled to unit length (all zeros when flat)."""
     a = np.nan_to_num(np.asarray(value, dtype=np.float64), posinf=0.0, neginf=0.0)
     a = a.reshape(a.shape[0], -1) if a.ndim == 1 else a
     while a.ndim > 2:
