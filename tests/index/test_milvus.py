@@ -238,3 +238,22 @@ def test_a_factory_string_means_the_same_index_on_both_backends():
     assert kind == "HNSW" and build == {"M": 16, "efConstruction": ref.hnsw.efConstruction}
     assert search == {"ef": default_search_params(ref, "HNSW16")["efSearch"]}
     assert index_spec("IVF256,Flat", 10_000)[:2] == ("IVF_FLAT", {"nlist": 256})
+
+
+def test_a_retried_create_index_that_finds_its_index_goes_on(tmp_path):
+    """pymilvus sends a create_index again when a long build outlived its connection (seen at 1M vectors,
+    HNSW, Milvus Lite): the second call finds the index and the build goes on; another type is refused."""
+    from jointspace.index.milvus_conn import client, create_index_once, new_schema
+
+    uri = str(tmp_path / "retry.db")
+    cli = client(uri)
+    cli.create_collection("retry", schema=new_schema(cli, 4), consistency_level="Strong")
+    for kind, build in (("FLAT", {}), ("FLAT", {})):
+        params = cli.prepare_index_params()
+        params.add_index("vector", index_type=kind, metric_type="IP", params=build)
+        create_index_once(cli, "retry", params, kind)
+    other = cli.prepare_index_params()
+    other.add_index("vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": 4})
+    with pytest.raises(IndexStoreError, match="already has a FLAT index"):
+        create_index_once(cli, "retry", other, "IVF_FLAT")
+    close_clients(uri)

@@ -35,6 +35,7 @@ from jointspace.index.milvus_conn import (
     alias_target,
     client,
     count,
+    create_index_once,
     drop_leftovers,
     index_spec,
     is_lite,
@@ -148,7 +149,7 @@ class MilvusStore:
         kind, build, search = index_spec(self.meta["factory"], self.n_items)
         params = self.client.prepare_index_params()
         params.add_index("vector", index_type=kind, metric_type="IP", params=build)
-        self.client.create_index(self.staging, params)
+        create_index_once(self.client, self.staging, params, kind)
         self.client.load_collection(self.staging)
         if self.meta["factory"] == "auto":
             self.meta["factory"] = "Flat" if kind == "FLAT" else f"IVF{build['nlist']},Flat"

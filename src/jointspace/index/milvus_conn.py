@@ -134,6 +134,21 @@ def index_spec(factory: str, n_vectors: int) -> tuple[str, dict, dict]:
     raise IndexStoreError(f"factory {factory!r}: the Milvus backend takes auto, Flat, IVF<nlist>,Flat or HNSW<M>")
 
 
+def create_index_once(cli, collection: str, params, kind: str) -> None:
+    """Index `collection`'s vectors. A long build (HNSW over 1M vectors in Milvus Lite: minutes) can outlive
+    the client's connection, and pymilvus then sends the call again, which finds the index the first call
+    made: that index, if of the same type, is the one asked for."""
+    try:
+        cli.create_index(collection, params)
+    except pymilvus().exceptions.MilvusException as err:
+        if "already exists" not in str(err.message):
+            raise
+        have = cli.describe_index(collection, "vector")
+        if str(have.get("index_type", "")).upper() != kind.upper():
+            raise IndexStoreError(f"collection {collection!r} already has a {have.get('index_type')} index, "
+                                  f"not the {kind} asked for") from None
+
+
 def iter_rows(cli, name: str, expr: str, fields: list[str]) -> Iterator[dict]:
     """Every row matching `expr` ("" = all), a page at a time."""
     it = cli.query_iterator(name, batch_size=PAGE_ROWS, filter=expr, output_fields=fields)
