@@ -23,6 +23,7 @@ from jointspace.index.milvus_conn import (
     TOPK_MAX,
     client,
     close_clients,
+    create_index_once,
     index_spec,
     is_lite,
     public_uri,
@@ -145,7 +146,7 @@ class NeighbourSearch:
         kind, build, search = index_spec("auto", len(vectors))
         params = cli.prepare_index_params()
         params.add_index("vector", index_type=kind, metric_type="IP", params=build)
-        cli.create_index(name, params)
+        create_index_once(cli, name, params, kind)
         cli.load_collection(name)
         if "nprobe" in search:
             search = {"nprobe": max(MIN_NPROBE, search["nprobe"])}
