@@ -36,7 +36,18 @@ def pymilvus():
     # sides log it (with a traceback) before the client takes its own clock: nothing to act on
     logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    logging.getLogger("pymilvus.decorators").addFilter(_RETRIED_INDEX)  # create_index_once handles it
     return mod
+
+
+class _RetriedIndexFilter(logging.Filter):
+    """Drops pymilvus's error log (with a traceback) of a retried create_index finding its own index."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "index already exists" not in record.getMessage()
+
+
+_RETRIED_INDEX = _RetriedIndexFilter()
 
 
 def is_lite(uri: str) -> bool:
