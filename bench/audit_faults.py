@@ -160,6 +160,10 @@ def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
     caption, ranged = with_role(space.kinds, "captions") or "", with_role(space.kinds, "ranged") or ""
     rows = [("exact duplicates", by(lambda f: f.issue == "duplicate"), truth["duplicate"]),
             ("leaks (exact or near)", by(lambda f: f.issue == "leak"), truth["leak"]),
+            ("  of which near in the joint space", by(lambda f: f.issue == "leak" and f.detail.get("by") == "joint space"),
+             truth["leak"]),
+            ("  of which near by content", by(lambda f: f.issue == "leak" and f.detail.get("by") == "content"),
+             truth["leak"]),
             ("label issues", by(lambda f: f.issue == "label"), truth["label"])]
     if caption and truth["caption"]:
         rows.append(("swapped captions", by(lambda f: f.issue == "mismatch" and caption in f.modality.split("-")),
