@@ -72,6 +72,9 @@ def test_near_duplicates_need_every_modality_and_name_leaks():
     got = {(f.key, f.issue, f.partner_key) for f in found}
     assert got == {("s030", LEAK, "s002"), ("s010", NEAR, "s005")}
     assert all(f.score >= 0.95 for f in found)
+    pulled = np.arange(n)
+    pulled[10] = 5  # the run's positives matched 10 and 5 (a label, a caption): not judged in the joint space
+    assert {(f.key, f.partner_key) for f in near_duplicates(space, 0.95, not_same=pulled)} == {("s030", "s002")}
 
 
 def test_knn_leaves_each_query_out_and_ranks_partners():

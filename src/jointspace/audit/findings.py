@@ -86,13 +86,17 @@ def joint_neighbours(space: Space, k: int = NEAR_K, make: Callable = make_index)
 
 
 def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-                    ratio: float = 0.1, k: int = 10) -> list[Finding]:
+                    ratio: float = 0.1, k: int = 10, not_same: np.ndarray | None = None) -> list[Finding]:
     """Pairs (not identical in every modality) whose cosine is at least `threshold` in every modality and
     whose joint-space distance is at most `ratio` times the smaller of the two samples' distances to their
     k-th nearest neighbour: a copy stands out from its neighbourhood even where a class is packed tight.
-    Found among the nearest neighbours in the joint space (a FAISS index); score: the lowest cosine."""
+    Found among the nearest neighbours in the joint space (a FAISS index); score: the lowest cosine.
+    `not_same`: per-sample keys; pairs with the same key are not judged (the run's loss pulled them together)."""
     sims, rows = neighbours or joint_neighbours(space)
     i, j, cos = pairs_above(space.joint(), threshold, (sims, rows))
+    if not_same is not None:
+        differ = not_same[i] != not_same[j]
+        i, j, cos = i[differ], j[differ], cos[differ]
     kth = 1.0 - sims[:, min(k, sims.shape[1]) - 1]
     lowest = np.min([np.einsum("nd,nd->n", space.emb[m][i], space.emb[m][j]) for m in space.modalities], axis=0)
     same = sample_hashes(space)

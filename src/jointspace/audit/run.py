@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.audit.content import content_near_duplicates
+from jointspace.audit.content import content_near_duplicates, content_vectors
 from jointspace.audit.findings import (
     DUPLICATE,
     LEAK,
@@ -105,9 +105,10 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
     scores; appends to `found` and `summary`."""
     on = set(settings.finders)
     near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
-    if "near" in on:
+    if "near" in on:  # pairs the loss pulled together are left to the content route, where it runs
+        pulled = space.positive_keys() if content_vectors(space, probe=True) else None
         found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
-                                                         settings.neighbours))
+                                                         settings.neighbours, pulled))
     if "mismatch" in on and len(space.modalities) > 1:
         summary["mismatch_pairs"] = {}
         found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share, summary["mismatch_pairs"],
