@@ -53,7 +53,7 @@ def audit(
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
                         near_ratio=near_ratio, near_content=near_content, mismatch_share=mismatch_share, folds=folds)
     search = NeighbourSearch(backend, uri, milvus_token)
-    classified = (lambda splits: own(run, data, splits)) if own is not None else None
+    classified = (lambda splits: own(run, data, splits, device)) if own is not None else None
     result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
                        classified=classified)
     counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())

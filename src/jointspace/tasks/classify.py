@@ -163,13 +163,16 @@ def train_classifier(cfg: ClassifyRunConfig, resume: bool = False, overwrite: bo
     return run_dir
 
 
-def _logits(run_dir: Path, source, split: str, keep_raw: bool = False) -> tuple[SplitData, torch.Tensor]:
-    """A split of `source` (default: the run's data) prepared as the run's, and the finished classifier's logits."""
+def _logits(run_dir: Path, source, split: str, keep_raw: bool = False, device: str = "cpu"
+            ) -> tuple[SplitData, torch.Tensor]:
+    """A split of `source` (default: the run's data) prepared as the run's, and the finished classifier's logits
+    (computed on `device`, returned on the CPU)."""
     run, cfg = RunDir(run_dir), run_config(run_dir)
     data = load_run_split(cfg, run.read_info(), source or cfg.data.path, split, keep_raw=keep_raw)
     model = build_classifier(cfg, data)
     model.load_state_dict(load_file(str(run.weights)))
-    return data, predict(model, data, torch.device("cpu"))
+    dev = resolve_device(device)
+    return data, predict(model.to(dev), data, dev)
 
 
 def classifier_predictions(run_dir: Path, split: str) -> ClassPredictions:
@@ -178,14 +181,14 @@ def classifier_predictions(run_dir: Path, split: str) -> ClassPredictions:
     return ClassPredictions(logits.argmax(1), data.labels, data.class_names, "prediction", "accuracy")
 
 
-def classifier_probabilities(run_dir: Path, shards: str | Path, splits: list[str] | None
+def classifier_probabilities(run_dir: Path, shards: str | Path, splits: list[str] | None, device: str = "auto"
                              ) -> list[tuple[str, SplitData, np.ndarray]]:
     """`jointspace audit` of a classify run: per split of `shards` (default: every split it has), the split
     prepared as the run's with its values, and the classifier's class probabilities (softmax) [N, C]."""
     source = shards_arg(shards, run_config(run_dir).data)
     out = []
     for split in audited_splits(source, shards, splits):
-        data, logits = _logits(run_dir, source, split, keep_raw=True)
+        data, logits = _logits(run_dir, source, split, keep_raw=True, device=device)
         out.append((split, data, torch.softmax(logits.double(), dim=1).numpy()))
     return out
 

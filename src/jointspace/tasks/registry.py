@@ -63,9 +63,9 @@ class Task:
     joint_space: bool = False  # its towers form a joint space: `init_from` starts from them, augment fix asks it
     predictions: Callable[[Path, str], ClassPredictions] | None = None  # augment fix judges its runs by these
     finished: Callable[[Path], bool] = weights_and_done  # a pipeline keeps a finished stage
-    # `jointspace audit` of a run without a joint space: (run, shards, splits) -> per split (name, the split
-    # prepared as the run's with its values, its own class probabilities [N, C]) for cleanlab
-    class_probabilities: Callable[[Path, str | Path, list[str] | None], list[tuple]] | None = None
+    # `jointspace audit` of a run without a joint space: (run, shards, splits, device) -> per split (name, the
+    # split prepared as the run's with its values, its own class probabilities [N, C]) for cleanlab
+    class_probabilities: Callable[[Path, str | Path, list[str] | None, str], list[tuple]] | None = None
 
     @property
     def sections(self) -> tuple[str, ...]:
