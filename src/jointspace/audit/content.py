@@ -17,16 +17,15 @@ from jointspace.kinds import content_vector, get_kind
 CONTENT_THRESHOLD = 0.999  # cosine of two values' content vectors, in every modality that has them
 
 
-def content_vectors(space: Space, probe: bool = False) -> dict[str, np.ndarray | None]:
-    """[N, cells^2] unit vectors per modality whose kind has content vectors (none without values);
-    `probe`: only whether there are any (the modalities that would have them, mapped to None)."""
-    out = {}
-    for m in space.modalities:
-        values = space.values.get(m) or []
-        if len(values) != len(space) or not len(space) or content_vector(space.kinds[m], values[0]) is None:
-            continue
-        out[m] = None if probe else np.stack([content_vector(space.kinds[m], v) for v in values])
-    return out
+def content_modalities(space: Space) -> list[str]:
+    """The modalities whose kind has content vectors and whose values the space holds (none without values)."""
+    return [m for m in space.modalities if len(space) and get_kind(space.kinds[m]).content_cells
+            and len(space.values.get(m) or []) == len(space)]
+
+
+def content_vectors(space: Space) -> dict[str, np.ndarray]:
+    """[N, cells^2] unit vectors per modality of `content_modalities`."""
+    return {m: np.stack([content_vector(space.kinds[m], v) for v in space.values[m]]) for m in content_modalities(space)}
 
 
 def content_near_duplicates(space: Space, threshold: float = CONTENT_THRESHOLD, k: int = NEAR_K,

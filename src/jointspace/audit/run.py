@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.audit.content import content_near_duplicates, content_vectors
+from jointspace.audit.content import content_modalities, content_near_duplicates
 from jointspace.audit.findings import (
     DUPLICATE,
     LEAK,
@@ -75,8 +75,9 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
         t0 = time.perf_counter()
         value = fn()
         summary["seconds"][name] = round(time.perf_counter() - t0, 3)
-        if name.split("_")[0] in FINDERS and name.split("_")[0] not in summary["finders_run"]:
-            summary["finders_run"].append(name.split("_")[0])
+        finder = name.split("_")[0]  # near_content: the near finder's second route
+        if finder in FINDERS and finder not in summary["finders_run"]:
+            summary["finders_run"].append(finder)
         return value
 
     on = set(settings.finders)
@@ -106,7 +107,7 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
     on = set(settings.finders)
     near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
     if "near" in on:  # pairs the loss pulled together are left to the content route, where it runs
-        pulled = space.positive_keys() if content_vectors(space, probe=True) else None
+        pulled = space.positive_keys() if content_modalities(space) else None
         found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
                                                          settings.neighbours, pulled))
     if "mismatch" in on and len(space.modalities) > 1:

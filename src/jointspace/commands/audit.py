@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from jointspace.cli_errors import friendly
+from jointspace.commands.index import MilvusTokenOpt
 
 console = Console()
 
@@ -35,8 +36,7 @@ def audit(
                                          "(a collection of the audit's own, dropped at the end)")] = "faiss",
     uri: Annotated[str | None, typer.Option(help="milvus: a Milvus Lite file (.db) or a server "
                                             "(http://host:19530); default: a temporary Lite file")] = None,
-    milvus_token: Annotated[str | None, typer.Option("--token", envvar="JOINTSPACE_MILVUS_TOKEN", help="milvus "
-                                                     "server token (user:password); never written down")] = None,
+    milvus_token: MilvusTokenOpt = None,
     device: str = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an earlier audit in --out (never another folder)")] = False,
 ) -> None:

@@ -21,6 +21,8 @@ WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="metadata fi
 SplitOpt = Annotated[list[str] | None, typer.Option("--split", help="split to index, repeatable (default: all)")]
 ModalityOpt = Annotated[list[str] | None, typer.Option("--modality", help="modality to index, repeatable "
                                                        "(default: every modality of the model in the data)")]
+MilvusTokenOpt = Annotated[str | None, typer.Option("--token", envvar="JOINTSPACE_MILVUS_TOKEN", help="milvus "
+                                                   "server token (user:password); never written down")]
 LockTimeoutOpt = Annotated[float, typer.Option("--lock-timeout", min=0, help="seconds to wait while another writer "
                                                "holds the index's writer lock, then fail")]
 _friendly = friendly(console)
@@ -51,8 +53,7 @@ def index_build(
                                          "collection; the folder records its --uri)")] = "faiss",
     uri: Annotated[str | None, typer.Option(help="milvus: ./name.db (Milvus Lite, in this process; default "
                                             "<out>.milvus.db) or http://host:19530 (a server)")] = None,
-    milvus_token: Annotated[str | None, typer.Option("--token", envvar="JOINTSPACE_MILVUS_TOKEN", help="milvus "
-                                                     "server token (user:password); never written down")] = None,
+    milvus_token: MilvusTokenOpt = None,
     collection: Annotated[str | None, typer.Option(help="milvus: collection alias (default: the folder's "
                                                    "name)")] = None,
 ) -> None:

@@ -21,7 +21,8 @@ def block_means(value, cells: int) -> np.ndarray:
     cell = (rows[:, None] * cells + cols[None, :]).ravel()
     sums = np.bincount(cell, weights=a.ravel(), minlength=cells * cells)
     counts = np.bincount(cell, minlength=cells * cells)
-    v = np.divide(sums, counts, out=np.zeros(cells * cells), where=counts > 0)
-    v[counts > 0] -= v[counts > 0].mean() if counts.any() else 0.0
+    filled = counts > 0
+    v = np.divide(sums, counts, out=np.zeros(cells * cells), where=filled)
+    v[filled] -= v[filled].mean() if filled.any() else 0.0
     norm = np.linalg.norm(v)
     return (v / norm if norm > 0 else v).astype(np.float32)
