@@ -9,8 +9,10 @@ import pytest
 from jointspace.audit.findings import (
     DUPLICATE,
     LEAK,
+    MISMATCH_MARGIN,
     NEAR,
     exact_duplicates,
+    mismatch_scores,
     mismatched_pairs,
     near_duplicates,
     neighbour_scores,
@@ -72,21 +74,34 @@ def test_near_duplicates_need_every_modality_and_name_leaks():
     got = {(f.key, f.issue, f.partner_key) for f in found}
     assert got == {("s030", LEAK, "s002"), ("s010", NEAR, "s005")}
     assert all(f.score >= 0.95 for f in found)
-    pulled = np.arange(n)
-    pulled[10] = 5  # the run's positives matched 10 and 5 (a label, a caption): not judged in the joint space
-    assert {(f.key, f.partner_key) for f in near_duplicates(space, 0.95, not_same=pulled)} == {("s030", "s002")}
+    content = {"image": _unit(rng.normal(size=(n, 8)))}  # content vectors where the space has them
+    content["image"][30] = content["image"][2]  # 30 copies 2 in content too; 10 and 5 differ there
+    assert {(f.key, f.partner_key) for f in near_duplicates(space, 0.95, content=content)} == {("s030", "s002")}
+    content["image"][10] = _unit(content["image"][5:6] + 0.005 * rng.normal(size=(1, 8)))[0]  # cosine ~0.9998
+    assert {(f.key, f.partner_key) for f in near_duplicates(space, 0.95, content=content)} == {("s030", "s002"),
+                                                                                              ("s010", "s005")}
+    strict = near_duplicates(space, 0.95, content=content, content_threshold=0.99999)
+    assert {(f.key, f.partner_key) for f in strict} == {("s030", "s002")}
 
 
 def test_knn_leaves_each_query_out_and_ranks_partners():
     x = _unit(np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32))
     sims, rows = knn(x, 2)
     assert rows[0].tolist() == [1, 2] and rows[3, 0] != 3 and np.all(np.diff(sims, axis=1) <= 0)
-    ranks, best = partner_ranks(x, x[[0, 2, 1, 3]])  # rows 1 and 2 swapped
-    assert ranks[0] == 0 and ranks[1] == pytest.approx(2 / 3) and ranks[2] == pytest.approx(1 / 3) and best[1] == 2
+    ranks = partner_ranks(x, x[[0, 2, 1, 3]])  # rows 1 and 2 swapped
+    assert ranks[0] == 0 and ranks[1] == pytest.approx(2 / 3) and ranks[2] == pytest.approx(1 / 3)
     many = _unit(np.random.default_rng(0).normal(size=(3000, 8)))
-    exact, _ = partner_ranks(many, many[::-1])
-    sampled, _ = partner_ranks(many, many[::-1], sample=1000)  # estimated on a random third of the candidates
+    exact = partner_ranks(many, many[::-1])
+    sampled = partner_ranks(many, many[::-1], sample=1000)  # estimated on a random third of the candidates
     assert np.abs(exact - sampled).max() < 0.07 and abs(exact.mean() - sampled.mean()) < 0.01
+
+
+def _margins(space: Space, a: str, b: str, k: int = 3) -> np.ndarray:
+    """The mismatch margin by hand: the logit scale x (k-th best candidate's cosine - own), both ways, the smaller."""
+    sims = space.emb[a] @ space.emb[b].T
+    own = np.diag(sims)
+    kth_ab, kth_ba = -np.sort(-sims, axis=1)[:, k - 1], -np.sort(-sims, axis=0)[k - 1]
+    return space.logit_scale * (np.minimum(kth_ab, kth_ba) - own)
 
 
 def test_a_known_swap_is_a_mismatched_pair_naming_the_other_sample():
@@ -96,9 +111,31 @@ def test_a_known_swap_is_a_mismatched_pair_naming_the_other_sample():
     text = image + 0.3 * rng.normal(size=(n, 16))
     text[[7, 41]] = text[[41, 7]]  # two captions swapped
     space = _space({"image": image, "text": text})
-    found = mismatched_pairs(space, max_share=0.2)
+    found = mismatched_pairs(space)
     assert {(f.key, f.partner_key, f.modality) for f in found} == {("s007", "s041", "image-text"),
                                                                    ("s041", "s007", "image-text")}
+    by_hand = _margins(space, "image", "text")
+    assert [f.score for f in found] == pytest.approx(by_hand[[7, 41]].tolist(), abs=1e-4)
+    assert np.sort(by_hand)[-3] < MISMATCH_MARGIN <= by_hand[[7, 41]].min()  # only the two pass the rule
+    shares = np.maximum(partner_ranks(space.emb["image"], space.emb["text"]),
+                        partner_ranks(space.emb["text"], space.emb["image"]))
+    assert [f.detail["rank_share"] for f in found] == pytest.approx(shares[[7, 41]].tolist(), abs=1e-6)
+    space.logit_scale *= 0.9 * MISMATCH_MARGIN / by_hand[[7, 41]].max()
+    assert mismatched_pairs(space) == []  # the same cosines in a run with a colder logit scale: below the margin
+
+
+def test_the_margin_is_to_the_third_best_candidate_both_ways():
+    """mismatch_scores equals the margin worked by hand for every sample, to the best candidate (beaten_by=1)
+    and to the third (the default): a partner beaten by one or two candidates scores lower, never higher."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(80, 16))
+    space = _space({"image": image, "text": image + 0.9 * rng.normal(size=(80, 16))})  # loosely paired
+    for k in (1, 3):
+        margin, best, _ = mismatch_scores(space, "image", "text", beaten_by=k)
+        assert margin == pytest.approx(_margins(space, "image", "text", k), abs=1e-4)
+    assert best.tolist() == np.argmax(space.emb["image"] @ space.emb["text"].T, axis=1).tolist()
+    first, third = _margins(space, "image", "text", 1), _margins(space, "image", "text", 3)
+    assert np.all(third <= first + 1e-6) and ((first >= MISMATCH_MARGIN) & (third < MISMATCH_MARGIN)).any()
 
 
 def test_a_known_flipped_label_is_a_label_issue_with_its_suggested_class():
@@ -137,31 +174,29 @@ def test_a_tight_class_is_not_a_heap_of_near_duplicates_but_a_copy_in_it_is():
     assert [(f.key, f.partner_key) for f in near_duplicates(space, threshold=0.95)] == [("s029", "s004")]
 
 
-def test_a_class_paired_swap_counts_only_other_classes_and_flags_no_classmate():
+def test_a_class_paired_swap_is_found_and_no_classmate_is_flagged():
     """Captions paired with their images by class only (digits): a sample's own caption is no better than
-    its classmates', so ranking it among every caption flags clean samples; the finder measures that on the
-    data, leaves the own class's candidates out, and finds just the swap across classes."""
+    its classmates', so its rank among every caption flags clean samples; the margin does not (classmates
+    score about as high as the own caption), and the swap across classes is found."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 30)
     centres = rng.normal(size=(3, 16)) * 3
     image = centres[labels] + rng.normal(size=(90, 16))
-    text = centres[labels] + rng.normal(size=(90, 16))  # the class's caption, not the instance's
+    templates = rng.normal(size=(3, 6, 16))  # six wordings per class, as digits has
+    text = centres[labels] + templates[labels, rng.integers(0, 6, 90)]  # the class's caption, not the instance's
     text[[7, 71]] = text[[71, 7]]  # a class-a caption and a class-c caption swapped
     space = _space({"image": image, "text": text}, labels=labels)
-    every, _ = partner_ranks(space.emb["image"], space.emb["text"])
-    every_back, _ = partner_ranks(space.emb["text"], space.emb["image"])
+    every = partner_ranks(space.emb["image"], space.emb["text"])
+    every_back = partner_ranks(space.emb["text"], space.emb["image"])
     clean = np.minimum(every, every_back)[np.setdiff1d(np.arange(90), [7, 71])]
     assert (clean > 0.2).sum() > 5  # ranked among all candidates, classmates push clean partners down
-    paired: dict[str, str] = {}
-    found = mismatched_pairs(space, max_share=0.2, paired=paired)
-    assert paired == {"image-text": "class"}
+    found = mismatched_pairs(space)
     assert {(f.key, f.modality) for f in found} == {("s007", "image-text"), ("s071", "image-text")}
-    assert all(f.detail == {"paired": "class"} for f in found)
 
 
-def test_instance_paired_data_keeps_every_candidate_and_untrained_pairs_are_not_judged():
-    """With labels, an instance-paired pair still ranks among every candidate (a swap within a class is
-    found); a pair the run never trained against each other (text-audio under an image anchor) is skipped."""
+def test_instance_paired_data_finds_a_swap_within_a_class_and_untrained_pairs_are_not_judged():
+    """A swap within a class is found; a pair the run never trained against each other (text-audio under an
+    image anchor) is skipped."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 30)
     image = rng.normal(size=(90, 16)) + 0.2 * rng.normal(size=(3, 16))[labels]
@@ -170,9 +205,7 @@ def test_instance_paired_data_keeps_every_candidate_and_untrained_pairs_are_not_
     text[[3, 12]] = text[[12, 3]]  # a swap within class a
     space = _space({"image": image, "text": text, "audio": audio}, labels=labels)
     space.pairs = [("image", "text")]
-    paired: dict[str, str] = {}
-    found = mismatched_pairs(space, max_share=0.2, paired=paired)
-    assert paired == {"image-text": "instance"}
+    found = mismatched_pairs(space)
     assert {(f.key, f.partner_key, f.modality) for f in found} == {("s003", "s012", "image-text"),
                                                                    ("s012", "s003", "image-text")}
 

@@ -29,12 +29,13 @@ def content_vectors(space: Space) -> dict[str, np.ndarray]:
 
 
 def content_near_duplicates(space: Space, threshold: float = CONTENT_THRESHOLD, k: int = NEAR_K,
-                            make: Callable = make_index) -> list[Finding]:
+                            make: Callable = make_index, vectors: dict[str, np.ndarray] | None = None
+                            ) -> list[Finding]:
     """Pairs (not identical in every modality) whose content vectors have a cosine of at least `threshold`
     in every modality that has them and whose captions are the same text (values of kinds with neither,
     e.g. point sets, do not count); found among each sample's k nearest by content. Score: the lowest
-    cosine. A pair across train and val/test is a leak."""
-    vectors = content_vectors(space)
+    cosine. A pair across train and val/test is a leak. `vectors`: `content_vectors(space)`, if computed."""
+    vectors = content_vectors(space) if vectors is None else vectors
     if not vectors:
         return []
     joint = np.ascontiguousarray(np.concatenate(list(vectors.values()), axis=1) / np.sqrt(len(vectors)),

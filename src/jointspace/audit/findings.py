@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
 import numpy as np
 
-from jointspace.audit.neighbours import class_partner_ranks, knn, make_index, pairs_above
+from jointspace.audit.neighbours import knn, make_index, pairs_above, partner_ranks
 from jointspace.audit.space import TRAIN, Space
 
 DUPLICATE, NEAR, LEAK, MISMATCH, LABEL, OUTLIER = "duplicate", "near_duplicate", "leak", "mismatch", "label", "outlier"
@@ -86,58 +87,55 @@ def joint_neighbours(space: Space, k: int = NEAR_K, make: Callable = make_index)
 
 
 def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-                    ratio: float = 0.1, k: int = 10, not_same: np.ndarray | None = None) -> list[Finding]:
+                    ratio: float = 0.1, k: int = 10, content: dict[str, np.ndarray] | None = None,
+                    content_threshold: float = 0.999) -> list[Finding]:
     """Pairs (not identical in every modality) whose cosine is at least `threshold` in every modality and
     whose joint-space distance is at most `ratio` times the smaller of the two samples' distances to their
     k-th nearest neighbour: a copy stands out from its neighbourhood even where a class is packed tight.
     Found among the nearest neighbours in the joint space (a FAISS index); score: the lowest cosine.
-    `not_same`: per-sample keys; pairs with the same key are not judged (the run's loss pulled them together)."""
+    `content`: per modality, the samples' content vectors (`audit.content`): where the space has them, a
+    pair must also be near in content (cosine at least `content_threshold` in each): a run places distinct
+    values its loss treats alike (one caption, one class) together, and content tells copies from them."""
     sims, rows = neighbours or joint_neighbours(space)
     i, j, cos = pairs_above(space.joint(), threshold, (sims, rows))
-    if not_same is not None:
-        differ = not_same[i] != not_same[j]
-        i, j, cos = i[differ], j[differ], cos[differ]
     kth = 1.0 - sims[:, min(k, sims.shape[1]) - 1]
     lowest = np.min([np.einsum("nd,nd->n", space.emb[m][i], space.emb[m][j]) for m in space.modalities], axis=0)
     same = sample_hashes(space)
     keep = (lowest >= threshold) & (1.0 - cos <= ratio * np.minimum(kth[i], kth[j]))
+    for vectors in (content or {}).values():
+        keep &= np.einsum("nd,nd->n", vectors[i], vectors[j]) >= content_threshold
     return [_pair_finding(space, a, b, NEAR, low, exact=False, by="joint space")
             for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
 
 
-INSTANCE, CLASS = "instance", "class"  # how a modality pair is paired in the run's space
-CLASS_PAIRED = 0.25  # median share of same-class candidates beating the own partner (chance: 0.5)
+MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least 10 times likelier
+BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or two lookalikes do not count)
 
 
-def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index) -> tuple[np.ndarray, np.ndarray, str]:
-    """For every sample, within its split: the rank share of its own `b` among the `b` values for its `a`
-    (0: first; 1: last; estimated on a random 4096 candidates in larger splits) and the same from `b` to
-    `a`; the row whose `b` its `a` matches best; and how the pair is paired in this space.
-
-    Instance-paired (the default): the share of all candidates, combined as the smaller of the two ways
-    (both must rank badly). Class-paired, where the samples have labels and, on this data, a sample's own
-    partner does not outrank the other candidates of its class (the median share of them beating it, both
-    ways, is at least CLASS_PAIRED; chance is 0.5, instance pairing gives about 0): the candidates of the
-    sample's own class are as right as its partner and do not count; the share of the other classes'
-    candidates that beat the partner, the larger of the two ways (free of the within-class noise, either
-    way is evidence)."""
+def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every sample, within its split: the margin (in the run's logits: logit scale x cosine) by which
+    its `beaten_by`-th best candidate of `b` beats its own `b` for its `a`, and the same from `b` to `a`,
+    the smaller of the two (both ways must be wrong; 0 or below: the own partner is among the best); the
+    row whose `b` its `a` matches best; and the rank share of its own `b` (the share of candidates that beat
+    it, the larger of the two ways; estimated on a random 4096 in larger splits). A margin of m nats: under
+    the run's softmax over the candidates, each of those candidates is e^m times likelier than the own
+    partner. Classmates and identical values do not beat the own partner by a margin where the pairing is
+    by class (digits' captions), so no class mode is needed."""
     n = len(space)
-    ranks = {k: np.zeros(n) for k in ("ab", "ba", "same", "other_ab", "other_ba")}
+    margin, share = np.zeros(n), np.zeros(n)
     best = np.zeros(n, dtype=np.int64)
-    labelled = space.labelled and len(np.unique(space.labels)) > 1
     for split in dict.fromkeys(space.splits.tolist()):
         rows = np.flatnonzero(space.splits == split)
         ea, eb = space.emb[a][rows], space.emb[b][rows]
-        labels = space.labels[rows] if labelled else None
-        ranks["ab"][rows], same_ab, other_ab, best_b = class_partner_ranks(ea, eb, labels, make=make)
-        ranks["ba"][rows], same_ba, other_ba, _ = class_partner_ranks(eb, ea, labels, make=make)
-        if labelled:
-            ranks["same"][rows] = (same_ab + same_ba) / 2
-            ranks["other_ab"][rows], ranks["other_ba"][rows] = other_ab, other_ba
-        best[rows] = rows[best_b]
-    if labelled and n and float(np.median(ranks["same"])) >= CLASS_PAIRED:
-        return np.maximum(ranks["other_ab"], ranks["other_ba"]), best, CLASS
-    return np.minimum(ranks["ab"], ranks["ba"]), best, INSTANCE
+        own = np.einsum("nd,nd->n", ea, eb)
+        k = min(beaten_by, len(rows))
+        ab, best_b = knn(eb, k, make(eb, 0), queries=ea)
+        ba, _ = knn(ea, k, make(ea, 0), queries=eb)
+        margin[rows] = space.logit_scale * (np.minimum(ab[:, k - 1], ba[:, k - 1]) - own)
+        share[rows] = np.maximum(partner_ranks(ea, eb), partner_ranks(eb, ea))
+        best[rows] = rows[best_b[:, 0]]
+    return margin, best, share
 
 
 def judged_pairs(space: Space) -> list[tuple[str, str]]:
@@ -149,21 +147,18 @@ def judged_pairs(space: Space) -> list[tuple[str, str]]:
     return list(combinations(space.modalities, 2))
 
 
-def mismatched_pairs(space: Space, max_share: float, paired: dict[str, str] | None = None,
-                     make: Callable = make_index) -> list[Finding]:
-    """Samples whose partner in another modality ranks outside the best `max_share` of the candidates
-    `mismatch_scores` counts, for every judged pair of modalities; `paired` (if given) receives each pair's
-    pairing ("instance" or "class")."""
+def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index) -> list[Finding]:
+    """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates by at least
+    `margin` nats both ways (`mismatch_scores`), for every judged pair of modalities. Score: the margin."""
     found = []
     for a, b in judged_pairs(space):
-        score, best, how = mismatch_scores(space, a, b, make)
-        if paired is not None:
-            paired[f"{a}-{b}"] = how
-        for row in np.flatnonzero(score > max_share).tolist():
+        score, best, share = mismatch_scores(space, a, b, make)
+        for row in np.flatnonzero(score >= margin).tolist():
             p = int(best[row])
             found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),
                                  space.keys[p] if p != row else "", str(space.splits[p]) if p != row else "",
-                                 f"{a}-{b}", space.class_name(int(space.labels[row])), detail={"paired": how}))
+                                 f"{a}-{b}", space.class_name(int(space.labels[row])),
+                                 detail={"rank_share": round(float(share[row]), 6)}))
     return found
 
 

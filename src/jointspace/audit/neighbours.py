@@ -5,7 +5,7 @@ nlist/256 lists, at least 8... here at least 32)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -85,41 +85,15 @@ def pairs_above(vectors: np.ndarray, threshold: float, neighbours: tuple[np.ndar
 
 
 def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024, sample: int = RANK_SAMPLE,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int = 0) -> np.ndarray:
     """For each row i: the share of rows j of `b` that score higher against a[i] than its own partner b[i]
     (0: the partner is first; ties do not count), counted over every row of `b`, or over a seeded random
-    `sample` of them when `b` is larger; and the row of `b` that a[i] scores highest (through the index).
-    Blocks of `block` queries at a time: memory O(block x sample)."""
-    share, _, _, best = class_partner_ranks(a, b, None, block, sample, seed)
-    return share, best
-
-
-def class_partner_ranks(a: np.ndarray, b: np.ndarray, labels: np.ndarray | None, block: int = 1024,
-                        sample: int = RANK_SAMPLE, seed: int = 0, make: Callable = make_index,
-                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """`partner_ranks`, and with the rows' `labels` the same share counted apart over the candidates of
-    row i's own class (its partner left out) and over those of the other classes: (share of all, share of
-    the same class, share of other classes, best row); the two class shares are None without labels.
-    `make(vectors, seed)` makes the index the best row is searched in (default: FAISS, `make_index`)."""
+    `sample` of them when `b` is larger. Blocks of `block` queries at a time: memory O(block x sample)."""
     pick = None if len(b) <= sample else np.sort(np.random.default_rng(seed).choice(len(b), sample, replace=False))
     pool = b if pick is None else b[pick]
     share = np.zeros(len(a))
-    same = other = None
-    if labels is not None:
-        labels = np.asarray(labels)
-        pool_labels = labels if pick is None else labels[pick]
-        same, other = np.zeros(len(a)), np.zeros(len(a))
-        n_same_self = int(pick is None)  # the partner itself is among its class's candidates
     for start in range(0, len(a), block):
         qa = a[start:start + block]
         own = np.einsum("nd,nd->n", qa, b[start:start + block])
-        beats = (qa @ pool.T) > own[:, None] + 1e-5
-        share[start:start + len(qa)] = beats.sum(axis=1)
-        if labels is not None:
-            mine = labels[start:start + len(qa), None] == pool_labels[None, :]
-            n_mine = mine.sum(axis=1)
-            same[start:start + len(qa)] = (beats & mine).sum(axis=1) / np.maximum(n_mine - n_same_self, 1)
-            other[start:start + len(qa)] = (beats & ~mine).sum(axis=1) / np.maximum(len(pool) - n_mine, 1)
-    share /= max(len(pool) - (pick is None), 1)  # the partner itself is among all candidates
-    _, best = knn(b, 1, make(b, seed), queries=a)
-    return share, same, other, best[:, 0]
+        share[start:start + len(qa)] = ((qa @ pool.T) > own[:, None] + 1e-5).sum(axis=1)
+    return share / max(len(pool) - (pick is None), 1)  # the partner itself is among all candidates

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.audit.content import content_modalities, content_near_duplicates
+from jointspace.audit.content import content_near_duplicates, content_vectors
 from jointspace.audit.findings import (
     DUPLICATE,
     LEAK,
+    MISMATCH_MARGIN,
     NEAR,
     NEAR_K,
     Finding,
     exact_duplicates,
     joint_neighbours,
+    judged_pairs,
     mismatched_pairs,
     near_duplicates,
     neighbour_scores,
@@ -44,7 +46,7 @@ class Settings:
     near_ratio: float = 0.1  # and a joint distance at most 0.1 x the pair's 10th-neighbour distance
     near_content: float = 0.999  # or: content vectors' cosine in every modality that has them (others identical)
     neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
-    mismatch_share: float = 0.2  # a partner ranked outside the best 20 % of candidates, both ways
+    mismatch_margin: float = MISMATCH_MARGIN  # nats (ln 10): 3 candidates 10 x likelier than the own partner, both ways
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
     folds: int = 5
     seed: int = 0
@@ -58,8 +60,8 @@ class Settings:
             raise UsageError(f"--near-threshold must be a cosine in [-1, 1], got {self.near_threshold}")
         if not -1.0 <= self.near_content <= 1.0:
             raise UsageError(f"--near-content must be a cosine in [-1, 1], got {self.near_content}")
-        if not 0.0 <= self.mismatch_share < 1.0:
-            raise UsageError(f"--mismatch-share must be in [0, 1), got {self.mismatch_share}")
+        if not self.mismatch_margin > 0.0:
+            raise UsageError(f"--mismatch-margin must be a positive number of nats, got {self.mismatch_margin}")
 
 
 def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None,
@@ -90,30 +92,30 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
         found += labels
     make = (search or NeighbourSearch()).index
     scores: dict = {}
+    content = timed("content_vectors", lambda: content_vectors(space)) if "near" in on else {}
     if space.emb:
-        scores = _joint_finders(space, settings, make, found, summary, timed)
+        scores = _joint_finders(space, settings, make, found, summary, timed, content)
     if "near" in on:  # by content too; a pair the joint space (or the hashes) found already is not repeated
         pairs = {(f.key, f.partner_key) for f in found if f.issue in (DUPLICATE, NEAR, LEAK)}
-        found += [f for f in timed("near_content", lambda: content_near_duplicates(space, settings.near_content,
-                                                                                  make=make))
-                  if (f.key, f.partner_key) not in pairs]
+        found += [f for f in timed("near_content", lambda: content_near_duplicates(
+                      space, settings.near_content, make=make, vectors=content)) if (f.key, f.partner_key) not in pairs]
     summary["finders_run"] = [f for f in FINDERS if f in summary["finders_run"]]
     return found, summary, scores
 
 
-def _joint_finders(space: Space, settings: Settings, make, found: list[Finding], summary: dict, timed) -> dict:
-    """The finders that search the joint space (near duplicates, mismatches, outliers) and the per-sample
-    scores; appends to `found` and `summary`."""
+def _joint_finders(space: Space, settings: Settings, make, found: list[Finding], summary: dict, timed,
+                   content: dict[str, np.ndarray]) -> dict:
+    """The finders that search the joint space (near duplicates, confirmed by `content` vectors where the
+    space has them; mismatches; outliers) and the per-sample scores; appends to `found` and `summary`."""
     on = set(settings.finders)
     near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
-    if "near" in on:  # pairs the loss pulled together are left to the content route, where it runs
-        pulled = space.positive_keys() if content_modalities(space) else None
+    if "near" in on:
         found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
-                                                         settings.neighbours, pulled))
+                                                         settings.neighbours, content, settings.near_content))
     if "mismatch" in on and len(space.modalities) > 1:
-        summary["mismatch_pairs"] = {}
-        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_share, summary["mismatch_pairs"],
-                                                                make))
+        summary["mismatch_pairs"] = ["-".join(p) for p in judged_pairs(space)]
+        summary["logit_scale"] = round(space.logit_scale, 6)
+        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
         flagged, summary["outlier_fence"] = timed("outlier", lambda: outliers(space, scores, settings.outlier_far))

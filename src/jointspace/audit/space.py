@@ -24,7 +24,7 @@ class Space:
     """N samples (of every audited split, one after the other): keys, split, label, one L2-normalised
     embedding [N, D] per modality (none for a run without a joint space: a classifier's), one content
     hash per modality (hex), and the decoded values (for previews and content vectors; empty when the
-    space was built from vectors alone), and the modality pairs the run's loss aligned."""
+    space was built from vectors alone), the modality pairs the run's loss aligned and its logit scale."""
 
     keys: list[str]
     splits: np.ndarray  # [N] split names (str)
@@ -36,7 +36,7 @@ class Space:
     values: dict[str, list] = field(default_factory=dict)
     labelled: bool = True
     pairs: list[tuple[str, str]] | None = None  # the modality pairs the run trained (None: every pair)
-    positives: str = "instance"  # what else the run's loss pulled together: "label" or "caption" (loss.positives)
+    logit_scale: float = 1 / 0.07  # the run's logit scale (its logits: scale x cosine); CLIP's initial by default
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -50,16 +50,6 @@ class Space:
         the inner product of two samples is the mean of their per-modality cosines."""
         return np.ascontiguousarray(np.concatenate([self.emb[m] for m in self.modalities], axis=1)
                                     / np.sqrt(len(self.emb)), dtype=np.float32)
-
-    def positive_keys(self) -> np.ndarray | None:
-        """Per sample, what the run's positives matched on (its label, or its caption's hash): two samples
-        with the same key were pulled together by the loss; None for instance positives."""
-        if self.positives == "label" and self.labelled:
-            return self.labels
-        captions = [m for m in self.modalities if get_kind(self.kinds[m]).captions and m in self.hashes]
-        if self.positives == "caption" and captions:
-            return self.hashes[captions[0]]
-        return None
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
@@ -100,7 +90,7 @@ def load_space(run_dir: str | Path, shards: str | Path, splits: list[str] | None
         parts.append((split, data, {m: e.numpy().astype(np.float32) for m, e in emb.items()}))
     space = _joined(parts)
     space.pairs = trained_pairs(cfg, modalities)
-    space.positives = getattr(getattr(cfg, "loss", None), "positives", "instance")
+    space.logit_scale = float(model.logits.scale().detach())
     return space
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -29,8 +30,9 @@ def audit(
     near_content: Annotated[float, typer.Option(help="near duplicates, or: content vectors (block means of "
                                                 "images, scans, features) at least this cosine in every "
                                                 "modality that has them, captions identical")] = 0.999,
-    mismatch_share: Annotated[float, typer.Option(help="mismatched pairs: the own partner ranks outside this "
-                                                  "best share of candidates, both ways")] = 0.2,
+    mismatch_margin: Annotated[float, typer.Option(help="mismatched pairs: 3 candidates beat the own partner by at "
+                                                   "least this many nats of the run's logits, both ways "
+                                                   "(ln 10: each 10 times likelier)")] = math.log(10),
     folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
     backend: Annotated[str, typer.Option(help="where the neighbour searches run: faiss (in this process) or milvus "
                                          "(a collection of the audit's own, dropped at the end)")] = "faiss",
@@ -51,7 +53,7 @@ def audit(
     if own is None:  # a run with a joint space, or a clear error naming the runs that have one
         require_verb(run, "embed")
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
-                        near_ratio=near_ratio, near_content=near_content, mismatch_share=mismatch_share, folds=folds)
+                        near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin, folds=folds)
     search = NeighbourSearch(backend, uri, milvus_token)
     classified = (lambda splits: own(run, data, splits, device)) if own is not None else None
     result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
