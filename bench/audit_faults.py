@@ -9,7 +9,8 @@ state it; FiftyOne itself is not installed).
 Faults, planted by `plant` in a copy of each set: 5 % of train labels flipped; 2 % of train samples copied
 into test with slight noise (arrays: +N(0, 2) grey levels for integers, +1 % of the array's std for floats;
 captions unchanged); 1 % of train samples copied within train exactly; 3 % of train captions swapped between
-samples of different classes; 2 % of train range scans (LiDAR) swapped likewise, on sets that have one. A small run is
+samples of different classes; 2 % of train range scans (LiDAR) swapped likewise, on sets that have one (the copies
+are made after the swaps: a copy of a swapped sample carries the swap and counts as swapped). A small run is
 trained on the faulty train split (the audit's setting: the model saw the faults), then audited.
 """
 
@@ -111,6 +112,12 @@ def train(name: str, data: Path, runs: Path, epochs: int, again: bool, full: boo
     return runs / name
 
 
+def copied(truth: dict, fault: str) -> set:
+    """The samples with a planted swap of `fault`, and the copies planted from them (a duplicate or a leak of
+    a sample whose caption was swapped carries the swapped caption: `plant` copies after it swaps)."""
+    return set(truth[fault]) | {k for k in truth["duplicate"] | truth["leak"] if k.split("-", 1)[1] in truth[fault]}
+
+
 def _pr(predicted: set, truth: set) -> tuple[float, float, int, int]:
     hit = len(predicted & truth)
     return (hit / len(predicted) if predicted else float("nan"), hit / len(truth) if truth else float("nan"),
@@ -158,6 +165,7 @@ def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
     seconds = time.perf_counter() - t0
     by = lambda pred: {f.key for f in found if pred(f)}
     caption, ranged = with_role(space.kinds, "captions") or "", with_role(space.kinds, "ranged") or ""
+    truth = {**truth, "caption": copied(truth, "caption"), "range": copied(truth, "range")}
     rows = [("exact duplicates", by(lambda f: f.issue == "duplicate"), truth["duplicate"]),
             ("leaks (exact or near)", by(lambda f: f.issue == "leak"), truth["leak"]),
             ("  of which near in the joint space", by(lambda f: f.issue == "leak" and f.detail.get("by") == "joint space"),
@@ -171,6 +179,11 @@ def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
     if ranged and truth["range"]:
         rows.append(("swapped LiDAR scans", by(lambda f: f.issue == "mismatch" and ranged in f.modality.split("-")),
                      truth["range"]))
+    swapped = {m for m in (caption, ranged) if m and truth["caption" if m == caption else "range"]}
+    others = sorted({f.modality for f in found if f.issue == "mismatch" and not swapped & set(f.modality.split("-"))})
+    for pair in others:  # pairs with no planted swap: every flag there is a false one
+        rows.append((f"mismatch of {pair} (nothing planted)", by(lambda f, p=pair: f.issue == "mismatch" and f.modality == p),
+                     set()))
     probs = out_of_fold_probs(space.joint(), space.labels)
     lab = datalab_sets(space, probs)
     copies = truth["duplicate"] | truth["leak"]
