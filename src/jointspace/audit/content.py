@@ -1,7 +1,8 @@
 """Near copies by content: every modality's values as their kinds' content vectors (block means, see
 kinds.content), searched in a FAISS index (or the audit's Milvus). The joint space finds copies that stand
 out from their neighbourhood; a run that packs distinct samples tight (identical captions pulled together)
-cannot tell a noisy copy from them, and this route, which does not look at the run, can."""
+cannot tell a noisy copy from them, and this route, which does not look at the run, can. The same vectors
+confirm the joint space's pairs (`findings.near_duplicates`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jointspace.audit.findings import NEAR, NEAR_K, Finding, _pair_finding, sample_hashes
+from jointspace.audit.findings import CONTENT_THRESHOLD, NEAR, NEAR_K, Finding, _pair_finding, sample_hashes
 from jointspace.audit.neighbours import knn, make_index, pairs_above
 from jointspace.audit.space import Space
 from jointspace.kinds import content_vector, get_kind
-
-CONTENT_THRESHOLD = 0.999  # cosine of two values' content vectors, in every modality that has them
 
 
 def content_modalities(space: Space) -> list[str]:

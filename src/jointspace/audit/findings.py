@@ -77,6 +77,7 @@ def exact_duplicates(space: Space) -> tuple[list[Finding], dict]:
 
 
 NEAR_K = 16  # neighbours looked at for near duplicates
+CONTENT_THRESHOLD = 0.999  # cosine of two values' content vectors, in every modality that has them
 
 
 def joint_neighbours(space: Space, k: int = NEAR_K, make: Callable = make_index) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +89,7 @@ def joint_neighbours(space: Space, k: int = NEAR_K, make: Callable = make_index)
 
 def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
                     ratio: float = 0.1, k: int = 10, content: dict[str, np.ndarray] | None = None,
-                    content_threshold: float = 0.999) -> list[Finding]:
+                    content_threshold: float = CONTENT_THRESHOLD) -> list[Finding]:
     """Pairs (not identical in every modality) whose cosine is at least `threshold` in every modality and
     whose joint-space distance is at most `ratio` times the smaller of the two samples' distances to their
     k-th nearest neighbour: a copy stands out from its neighbourhood even where a class is packed tight.

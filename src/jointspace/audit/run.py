@@ -11,6 +11,7 @@ import numpy as np
 
 from jointspace.audit.content import content_near_duplicates, content_vectors
 from jointspace.audit.findings import (
+    CONTENT_THRESHOLD,
     DUPLICATE,
     LEAK,
     MISMATCH_MARGIN,
@@ -44,7 +45,7 @@ class Settings:
     finders: tuple[str, ...] = FINDERS
     near_threshold: float = 0.95  # cosine in every modality
     near_ratio: float = 0.1  # and a joint distance at most 0.1 x the pair's 10th-neighbour distance
-    near_content: float = 0.999  # or: content vectors' cosine in every modality that has them (others identical)
+    near_content: float = CONTENT_THRESHOLD  # content vectors' cosine in every modality that has them
     neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
     mismatch_margin: float = MISMATCH_MARGIN  # nats (ln 10): 3 candidates 10 x likelier than the own partner, both ways
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR

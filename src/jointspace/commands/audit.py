@@ -27,9 +27,10 @@ def audit(
     near_threshold: Annotated[float, typer.Option(help="near duplicates: cosine at least this in every modality")] = 0.95,
     near_ratio: Annotated[float, typer.Option(help="near duplicates: and a joint distance at most this times the "
                                               "pair's 10th-neighbour distance")] = 0.1,
-    near_content: Annotated[float, typer.Option(help="near duplicates, or: content vectors (block means of "
+    near_content: Annotated[float, typer.Option(help="near duplicates by content: content vectors (block means of "
                                                 "images, scans, features) at least this cosine in every "
-                                                "modality that has them, captions identical")] = 0.999,
+                                                "modality that has them, captions identical; the joint "
+                                                "space's pairs must reach it too")] = 0.999,
     mismatch_margin: Annotated[float, typer.Option(help="mismatched pairs: 3 candidates beat the own partner by at "
                                                    "least this many nats of the run's logits, both ways "
                                                    "(ln 10: each 10 times likelier)")] = math.log(10),
