@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
@@ -11,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture
+def multiprocess_lock(tmp_path_factory):
+    """Held while a test runs several processes of its own (torchrun ranks, sweep workers): under
+    `make test`'s two pytest workers, two such tests at once on 2 cores starve each other's ranks into
+    timing races (a worker past its step before the test's signal, a gloo rank aborting). The lock file is
+    in the folder the pytest workers share."""
+    with open(tmp_path_factory.getbasetemp().parent / "multiprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

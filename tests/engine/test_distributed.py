@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from jointspace.losses import BindingLoss, LossContext, positive_mask
 
+pytestmark = pytest.mark.usefixtures("multiprocess_lock")  # several processes of its own: one such test at a time
+
 WORKER = textwrap.dedent("""
     import sys, torch
     from torch.nn.parallel import DistributedDataParallel as DDP

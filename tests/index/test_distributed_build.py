@@ -18,6 +18,8 @@ import pytest
 from jointspace.index.backend import open_store
 from jointspace.index.build_parts import my_part
 
+pytestmark = pytest.mark.usefixtures("multiprocess_lock")  # several processes of its own: one such test at a time
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d",
             "--rdzv_endpoint=127.0.0.1:0"]
 WORKER = textwrap.dedent("""

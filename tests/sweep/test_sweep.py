@@ -30,6 +30,8 @@ from jointspace.sweep.space import suggest
 from jointspace.tasks import config_for, get_task
 from jointspace.tasks.lifecycle import has_checkpoint
 
+pytestmark = pytest.mark.usefixtures("multiprocess_lock")  # several processes of its own: one such test at a time
+
 DIGITS = Path(__file__).parents[2] / "src" / "jointspace" / "configs" / "digits.yaml"
 JOINTSPACE = str(Path(sys.executable).parent / "jointspace")
 

@@ -5,11 +5,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from jointspace.losses import BindingLoss, LossContext, guide_exclusions
 from jointspace.tasks.reference_terms import BoundLoss
+
+pytestmark = pytest.mark.usefixtures("multiprocess_lock")  # several processes of its own: one such test at a time
 
 COMMON = textwrap.dedent("""
     import torch
