@@ -56,3 +56,6 @@ def test_audit_finds_the_planted_copies_and_writes_its_folder(tiny_run, faulty_d
     bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"),
                               "--finders", "exact,nope"])
     assert bad.exit_code == 2 and "unknown finder nope" in bad.output
+    bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"),
+                              "--mismatch-margin", "0"])
+    assert bad.exit_code == 2 and "--mismatch-margin must be a positive number of nats" in bad.output
