@@ -237,3 +237,37 @@ def test_near_copies_by_content_need_every_array_close_and_the_same_caption():
     assert found[0].score > 0.999
     assert block_means(np.ones((5, 5)), 48).shape == (48 * 48,) and not block_means(np.ones((5, 5)), 48).any()
     assert block_means(images[3], 48) @ block_means(images[30], 48) > 0.999 > block_means(images[3], 48) @ block_means(images[5], 48)
+
+
+def test_the_audit_confirms_joint_space_copies_by_content_in_every_modality_that_has_it():
+    """audit_space hands the content vectors to the joint-space route: a pair near in the joint space is a near
+    duplicate only if every modality with content vectors (image and range here) is near in content too."""
+    import json
+
+    from jointspace.audit.run import Settings, audit_space
+
+    rng = np.random.default_rng(0)
+    n = 40
+    base = rng.normal(size=(n, 16))
+    emb = {m: base + 0.3 * rng.normal(size=(n, 16)) for m in ("image", "lidar", "text")}
+    for e in emb.values():
+        e[10] = e[5] + 0.01 * rng.normal(size=16)  # 10 is 5 again, in the joint space
+    images = [rng.integers(0, 255, (24, 24, 3)).astype(np.uint8) for _ in range(n)]
+    scans = [rng.random((8, 30)).astype(np.float32) for _ in range(n)]
+    captions = [f"caption {i}" for i in range(n)]
+    kinds = {"image": "image", "lidar": "range", "text": "text"}
+
+    def audited(images, scans):
+        values = {"image": images, "lidar": scans, "text": captions}
+        space = Space([f"s{i:03d}" for i in range(n)], np.array(["train"] * n, dtype=object), np.zeros(n, dtype=np.int64),
+                      {m: _unit(e) for m, e in emb.items()}, kinds,
+                      hashes={m: np.array([content_hash(v) for v in vals], dtype=object) for m, vals in values.items()},
+                      values=values)
+        found, summary, _ = audit_space(space, Settings(finders=("near", "mismatch")))
+        json.dumps(summary)  # audit.json takes it as it is
+        return {(f.key, f.partner_key, f.detail["by"]) for f in found if f.issue == NEAR}
+
+    assert audited(images, scans) == set()  # distinct content: not a copy, however close the run put them
+    copied = images[:10] + [images[5]] + images[11:]
+    assert audited(copied, scans) == set()  # the range scans still differ
+    assert audited(copied, scans[:10] + [scans[5] * 1.0001] + scans[11:]) == {("s010", "s005", "joint space")}

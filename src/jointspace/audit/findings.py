@@ -114,15 +114,20 @@ BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or
 
 
 def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For every sample, within its split: the margin (in the run's logits: logit scale x cosine) by which
-    its `beaten_by`-th best candidate of `b` beats its own `b` for its `a`, and the same from `b` to `a`,
-    the smaller of the two (both ways must be wrong; 0 or below: the own partner is among the best); the
-    row whose `b` its `a` matches best; and the rank share of its own `b` (the share of candidates that beat
-    it, the larger of the two ways; estimated on a random 4096 in larger splits). A margin of m nats: under
-    the run's softmax over the candidates, each of those candidates is e^m times likelier than the own
-    partner. Classmates and identical values do not beat the own partner by a margin where the pairing is
-    by class (digits' captions), so no class mode is needed."""
+                    ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every sample, within its split: the margin by which its `beaten_by`-th best candidate of `b`
+    beats its own `b` for its `a`, and the same from `b` to `a`, the smaller of the two (both ways must be
+    wrong; 0 or below: the own partner is among the best); the row whose `b` its `a` matches best; and the
+    rank share of its own `b` (the share of candidates that beat it, the larger of the two ways; estimated
+    on a random 4096 in larger splits; only where the margin is at least `ranked_from`, else 0).
+
+    The margin is in the run's logits, logit scale x cosine (SigLIP's bias cancels in the difference; a loss
+    without a learned scale, triplet or a pytorch-metric-learning one, has the constant scale the model was
+    built with, 1 / init_temperature). A margin of m nats: under a softmax over the candidates, each of those
+    candidates is e^m times likelier than the own partner. Classmates and identical values do not beat the
+    own partner by a margin where the pairing is by class (digits' captions), so no class mode is needed.
+    Above 50k samples a split is searched through IVF (approximate): a margin can come out smaller, never
+    larger, than exact search gives."""
     n = len(space)
     margin, share = np.zeros(n), np.zeros(n)
     best = np.zeros(n, dtype=np.int64)
@@ -134,7 +139,8 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
         ab, best_b = knn(eb, k, make(eb, 0), queries=ea)
         ba, _ = knn(ea, k, make(ea, 0), queries=eb)
         margin[rows] = space.logit_scale * (np.minimum(ab[:, k - 1], ba[:, k - 1]) - own)
-        share[rows] = np.maximum(partner_ranks(ea, eb), partner_ranks(eb, ea))
+        ranked = np.flatnonzero(margin[rows] >= ranked_from)
+        share[rows[ranked]] = np.maximum(partner_ranks(ea, eb, rows=ranked), partner_ranks(eb, ea, rows=ranked))
         best[rows] = rows[best_b[:, 0]]
     return margin, best, share
 
@@ -153,7 +159,7 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     `margin` nats both ways (`mismatch_scores`), for every judged pair of modalities. Score: the margin."""
     found = []
     for a, b in judged_pairs(space):
-        score, best, share = mismatch_scores(space, a, b, make)
+        score, best, share = mismatch_scores(space, a, b, make, ranked_from=margin)
         for row in np.flatnonzero(score >= margin).tolist():
             p = int(best[row])
             found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),

@@ -85,15 +85,17 @@ def pairs_above(vectors: np.ndarray, threshold: float, neighbours: tuple[np.ndar
 
 
 def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024, sample: int = RANK_SAMPLE,
-                  seed: int = 0) -> np.ndarray:
-    """For each row i: the share of rows j of `b` that score higher against a[i] than its own partner b[i]
-    (0: the partner is first; ties do not count), counted over every row of `b`, or over a seeded random
-    `sample` of them when `b` is larger. Blocks of `block` queries at a time: memory O(block x sample)."""
+                  seed: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
+    """For each row i (of `rows`, default all): the share of rows j of `b` that score higher against a[i]
+    than its own partner b[i] (0: the partner is first; ties do not count), counted over every row of `b`,
+    or over a seeded random `sample` of them when `b` is larger. Blocks of `block` queries at a time: memory
+    O(block x sample)."""
     pick = None if len(b) <= sample else np.sort(np.random.default_rng(seed).choice(len(b), sample, replace=False))
     pool = b if pick is None else b[pick]
-    share = np.zeros(len(a))
-    for start in range(0, len(a), block):
-        qa = a[start:start + block]
-        own = np.einsum("nd,nd->n", qa, b[start:start + block])
-        share[start:start + len(qa)] = ((qa @ pool.T) > own[:, None] + 1e-5).sum(axis=1)
+    rows = np.arange(len(a)) if rows is None else np.asarray(rows)
+    share = np.zeros(len(rows))
+    for start in range(0, len(rows), block):
+        mine = rows[start:start + block]
+        own = np.einsum("nd,nd->n", a[mine], b[mine])
+        share[start:start + len(mine)] = ((a[mine] @ pool.T) > own[:, None] + 1e-5).sum(axis=1)
     return share / max(len(pool) - (pick is None), 1)  # the partner itself is among all candidates

@@ -115,7 +115,7 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
                                                          settings.neighbours, content, settings.near_content))
     if "mismatch" in on and len(space.modalities) > 1:
         summary["mismatch_pairs"] = ["-".join(p) for p in judged_pairs(space)]
-        summary["logit_scale"] = round(space.logit_scale, 6)
+        summary["logit_scale"] = round(float(space.logit_scale), 6)
         found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
