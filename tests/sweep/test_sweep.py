@@ -216,8 +216,10 @@ def test_a_preempted_sweep_resumes_its_trials_bitwise_equal_to_uninterrupted_one
 def test_a_signal_to_one_worker_alone_stops_the_whole_sweep(tmp_path, digits_dir):
     """The worker stops its trial and tells the sweep, which passes the signal on to the other worker."""
     base_set = yaml.safe_load(_sweep(tmp_path, digits_dir).read_text())["set"]
-    path = _sweep(tmp_path, digits_dir, set={**base_set, "train.epochs": 3})  # 9 steps: time to pass it on
-    _stop_when_both_train(tmp_path, path, to_worker=True, steps=9)
+    # 18 steps: time to pass it on, even where the other trial started many steps late on a loaded machine
+    # (with 9, a clean-clone `make test` once saw the first trial finish before the signal reached it)
+    path = _sweep(tmp_path, digits_dir, set={**base_set, "train.epochs": 6})
+    _stop_when_both_train(tmp_path, path, to_worker=True, steps=18)
 
 
 def test_a_watch_inside_another_starts_with_what_it_heard_and_hands_back_its_own():
