@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jointspace.audit.findings import CONTENT_THRESHOLD, NEAR, NEAR_K, Finding, _pair_finding, sample_hashes
+from jointspace.audit.findings import CONTENT_THRESHOLD, NEAR_K, Finding, lowest_cosine, near_findings
 from jointspace.audit.neighbours import knn, make_index, pairs_above
 from jointspace.audit.space import Space
 from jointspace.kinds import content_vector, get_kind
@@ -40,11 +40,9 @@ def content_near_duplicates(space: Space, threshold: float = CONTENT_THRESHOLD, 
     joint = np.ascontiguousarray(np.concatenate(list(vectors.values()), axis=1) / np.sqrt(len(vectors)),
                                  dtype=np.float32)
     i, j, _ = pairs_above(joint, threshold, knn(joint, k, make(joint, 0)))
-    lowest = np.min([np.einsum("nd,nd->n", v[i], v[j]) for v in vectors.values()], axis=0)
+    lowest = lowest_cosine(list(vectors.values()), i, j)
     keep = lowest >= threshold
     for m in space.modalities:  # captions must be the same text; other values without vectors do not count
         if m not in vectors and get_kind(space.kinds[m]).captions:
             keep &= space.hashes[m][i] == space.hashes[m][j]
-    same = sample_hashes(space)
-    return [_pair_finding(space, a, b, NEAR, low, by="content")
-            for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
+    return near_findings(space, i[keep], j[keep], lowest[keep], by="content")

@@ -100,13 +100,24 @@ def near_duplicates(space: Space, threshold: float, neighbours: tuple[np.ndarray
     sims, rows = neighbours or joint_neighbours(space)
     i, j, cos = pairs_above(space.joint(), threshold, (sims, rows))
     kth = 1.0 - sims[:, min(k, sims.shape[1]) - 1]
-    lowest = np.min([np.einsum("nd,nd->n", space.emb[m][i], space.emb[m][j]) for m in space.modalities], axis=0)
-    same = sample_hashes(space)
+    lowest = lowest_cosine([space.emb[m] for m in space.modalities], i, j)
     keep = (lowest >= threshold) & (1.0 - cos <= ratio * np.minimum(kth[i], kth[j]))
-    for vectors in (content or {}).values():
-        keep &= np.einsum("nd,nd->n", vectors[i], vectors[j]) >= content_threshold
-    return [_pair_finding(space, a, b, NEAR, low, exact=False, by="joint space")
-            for a, b, low in zip(i[keep].tolist(), j[keep].tolist(), lowest[keep].tolist()) if same[a] != same[b]]
+    if content:
+        keep &= lowest_cosine(list(content.values()), i, j) >= content_threshold
+    return near_findings(space, i[keep], j[keep], lowest[keep], exact=False, by="joint space")
+
+
+def lowest_cosine(vectors: list[np.ndarray], i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Per pair (i[n], j[n]): the lowest cosine of its two rows over `vectors` (one [N, D] unit array each)."""
+    return np.min([np.einsum("nd,nd->n", v[i], v[j]) for v in vectors], axis=0)
+
+
+def near_findings(space: Space, i: np.ndarray, j: np.ndarray, score: np.ndarray, **detail) -> list[Finding]:
+    """A near duplicate (or leak) finding for each pair (i[n], j[n]) that is not identical in every modality
+    (those are exact duplicates), scored `score[n]`, with `detail`."""
+    same = sample_hashes(space)
+    return [_pair_finding(space, a, b, NEAR, low, **detail)
+            for a, b, low in zip(i.tolist(), j.tolist(), score.tolist()) if same[a] != same[b]]
 
 
 MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least 10 times likelier
