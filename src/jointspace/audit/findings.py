@@ -144,16 +144,32 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
     best = np.zeros(n, dtype=np.int64)
     for split in dict.fromkeys(space.splits.tolist()):
         rows = np.flatnonzero(space.splits == split)
-        ea, eb = space.emb[a][rows], space.emb[b][rows]
-        own = np.einsum("nd,nd->n", ea, eb)
-        k = min(beaten_by, len(rows))
-        ab, best_b = knn(eb, k, make(eb, 0), queries=ea)
-        ba, _ = knn(ea, k, make(ea, 0), queries=eb)
-        margin[rows] = space.logit_scale * (np.minimum(ab[:, k - 1], ba[:, k - 1]) - own)
-        ranked = np.flatnonzero(margin[rows] >= ranked_from)
-        share[rows[ranked]] = np.maximum(partner_ranks(ea, eb, rows=ranked), partner_ranks(eb, ea, rows=ranked))
-        best[rows] = rows[best_b[:, 0]]
+        margin[rows], best_b, share[rows] = group_margins(space.emb[a][rows], space.emb[b][rows], space.logit_scale,
+                                                         make, beaten_by, ranked_from)
+        best[rows] = rows[best_b]
     return margin, best, share
+
+
+def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable = make_index,
+                  beaten_by: int = BEATEN_BY, ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`mismatch_scores` within one group of candidates: the pairs (ea[i], eb[i]), logit scale `scale`;
+    (margins, the row whose `b` each `a` matches best, rank shares)."""
+    own = np.einsum("nd,nd->n", ea, eb)
+    k = min(beaten_by, len(ea))
+    ab, best_b = knn(eb, k, make(eb, 0), queries=ea)
+    ba, _ = knn(ea, k, make(ea, 0), queries=eb)
+    margin = scale * (np.minimum(ab[:, k - 1], ba[:, k - 1]) - own)
+    return margin, best_b[:, 0], rank_shares(ea, eb, margin >= ranked_from)
+
+
+def rank_shares(ea: np.ndarray, eb: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The rank share of each pair (ea[i], eb[i]) among the group's candidates, the larger of the two ways,
+    where `where` holds (0 elsewhere)."""
+    share = np.zeros(len(ea))
+    ranked = np.flatnonzero(where)
+    if len(ranked):
+        share[ranked] = np.maximum(partner_ranks(ea, eb, rows=ranked), partner_ranks(eb, ea, rows=ranked))
+    return share
 
 
 def judged_pairs(space: Space) -> list[tuple[str, str]]:
@@ -165,12 +181,14 @@ def judged_pairs(space: Space) -> list[tuple[str, str]]:
     return list(combinations(space.modalities, 2))
 
 
-def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index) -> list[Finding]:
+def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index,
+                     scores: Callable = mismatch_scores) -> list[Finding]:
     """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates by at least
-    `margin` nats both ways (`mismatch_scores`), for every judged pair of modalities. Score: the margin."""
+    `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
+    judged pair of modalities. Score: the margin."""
     found = []
     for a, b in judged_pairs(space):
-        score, best, share = mismatch_scores(space, a, b, make, ranked_from=margin)
+        score, best, share = scores(space, a, b, make, ranked_from=margin)
         for row in np.flatnonzero(score >= margin).tolist():
             p = int(best[row])
             found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),

@@ -18,7 +18,7 @@ def require_cleanlab():
     return require("audit", "cleanlab.filter", WHAT), require("audit", "cleanlab.rank", WHAT)
 
 
-def _fit_softmax(x, y, n_classes: int, weight_decay: float = 1e-4, steps: int = 100):
+def fit_softmax(x, y, n_classes: int, weight_decay: float = 1e-4, steps: int = 100):
     """A multinomial logistic regression (full-batch L-BFGS, L2 penalty) on tensors x [N, D], y [N]."""
     import torch
 
@@ -51,7 +51,7 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, folds: int = 5, 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for fit_rows, held in splitter.split(features, labels):
-            predict = _fit_softmax(x[fit_rows], y[fit_rows], n_classes)
+            predict = fit_softmax(x[fit_rows], y[fit_rows], n_classes)
             with torch.no_grad():
                 probs[held] = predict(x[held]).numpy()
     probs += 1e-6

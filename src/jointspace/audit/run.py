@@ -21,6 +21,7 @@ from jointspace.audit.findings import (
     exact_duplicates,
     joint_neighbours,
     judged_pairs,
+    mismatch_scores,
     mismatched_pairs,
     near_duplicates,
     neighbour_scores,
@@ -30,6 +31,7 @@ from jointspace.audit.findings import (
 from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
 from jointspace.audit.labels import label_issues, require_cleanlab
 from jointspace.audit.page import write_page
+from jointspace.audit.refit import Refit, fold_of, held_keys, load_refit
 from jointspace.audit.search import NeighbourSearch
 from jointspace.audit.space import Space, classified_space, load_space
 from jointspace.errors import UsageError
@@ -50,6 +52,7 @@ class Settings:
     mismatch_margin: float = MISMATCH_MARGIN  # nats (ln 10): 3 candidates 10 x likelier than the own partner, both ways
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
     folds: int = 5
+    refit: int = 0  # K > 1: judge the train split's pairs and labels by K runs trained without each fold
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,14 +66,18 @@ class Settings:
             raise UsageError(f"--near-content must be a cosine in [-1, 1], got {self.near_content}")
         if not self.mismatch_margin > 0.0:
             raise UsageError(f"--mismatch-margin must be a positive number of nats, got {self.mismatch_margin}")
+        if self.refit == 1 or self.refit < 0:
+            raise UsageError(f"--refit must be 0 (off) or at least 2 folds, got {self.refit}")
 
 
 def audit_space(space: Space, settings: Settings = Settings(), search: NeighbourSearch | None = None,
-                probs: np.ndarray | None = None) -> tuple[list[Finding], dict, dict]:
+                probs: np.ndarray | None = None, refit: Refit | None = None) -> tuple[list[Finding], dict, dict]:
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
     searches in FAISS, or on `search`'s backend (inside its `with` block). `probs` [N, C]: class
-    probabilities for cleanlab (a classifier run's own) instead of the k-fold probe's. A space without
-    embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy finders."""
+    probabilities for cleanlab (a classifier run's own) instead of the k-fold probe's. `refit`: the train
+    split's mismatch margins and class probabilities come from the runs that did not train on each sample.
+    A space without embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy
+    finders."""
     found: list[Finding] = []
     summary: dict = {"seconds": {}, "finders_run": []}
 
@@ -88,14 +95,18 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
         exact, summary["exact_per_modality"] = timed("exact", lambda: exact_duplicates(space))
         found += exact
     if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
-        labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed, probs))
-        summary["labels"]["probabilities"] = "the run's classifier" if probs is not None else "k-fold linear probe"
+        given, source = probs, "the run's classifier" if probs is not None else "k-fold linear probe"
+        if refit is not None and probs is None:
+            given = timed("refit_probe", lambda: refit.probs(space, settings.folds, settings.seed))
+            source = "k-fold linear probe; each train sample's on the refit run that did not train on it"
+        labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed, given))
+        summary["labels"]["probabilities"] = source
         found += labels
     make = (search or NeighbourSearch()).index
     scores: dict = {}
     content = timed("content_vectors", lambda: content_vectors(space)) if "near" in on else {}
     if space.emb:
-        scores = _joint_finders(space, settings, make, found, summary, timed, content)
+        scores = _joint_finders(space, settings, make, found, summary, timed, content, refit)
     if "near" in on:  # by content too; a pair the joint space (or the hashes) found already is not repeated
         pairs = {(f.key, f.partner_key) for f in found if f.issue in (DUPLICATE, NEAR, LEAK)}
         found += [f for f in timed("near_content", lambda: content_near_duplicates(
@@ -105,9 +116,10 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
 
 
 def _joint_finders(space: Space, settings: Settings, make, found: list[Finding], summary: dict, timed,
-                   content: dict[str, np.ndarray]) -> dict:
+                   content: dict[str, np.ndarray], refit: Refit | None = None) -> dict:
     """The finders that search the joint space (near duplicates, confirmed by `content` vectors where the
-    space has them; mismatches; outliers) and the per-sample scores; appends to `found` and `summary`."""
+    space has them; mismatches, of the train split on the `refit` runs where given; outliers) and the
+    per-sample scores; appends to `found` and `summary`."""
     on = set(settings.finders)
     near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
     if "near" in on:
@@ -116,7 +128,8 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
     if "mismatch" in on and len(space.modalities) > 1:
         summary["mismatch_pairs"] = ["-".join(p) for p in judged_pairs(space)]
         summary["logit_scale"] = round(float(space.logit_scale), 6)
-        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make))
+        scorer = refit.scores if refit is not None else mismatch_scores
+        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make, scorer))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
         flagged, summary["outlier_fence"] = timed("outlier", lambda: outliers(space, scores, settings.outlier_far))
@@ -126,14 +139,29 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
     return scores
 
 
+def _refitted(space: Space, settings: Settings, refit: Callable | None, data, device: str) -> tuple[Refit | None, float]:
+    """The refit runs' spaces (`settings.refit` folds, trained by `refit`) and the seconds they took; (None, 0)
+    when off."""
+    if not settings.refit:
+        return None, 0.0
+    if refit is None or not space.emb:
+        raise UsageError("--refit retrains a run with a joint space (contrastive or metric), not a classifier")
+    t0 = time.perf_counter()
+    fold = fold_of(space, settings.refit, settings.seed)
+    runs = refit(held_keys(space, fold))
+    return load_refit(space, fold, runs, data, device), time.perf_counter() - t0
+
+
 def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: list[str] | None = None,
               settings: Settings = Settings(), overwrite: bool = False, device: str = "auto",
-              search: NeighbourSearch | None = None, classified: Callable | None = None) -> dict:
+              search: NeighbourSearch | None = None, classified: Callable | None = None,
+              refit: Callable | None = None) -> dict:
     """Audit `data` (its `splits`, default all) through the run's joint space into the folder `out`, its
     neighbour searches on `search`'s backend (default FAISS); the run folder records where (report.html
     and the web service find it there). A run without a joint space gives `classified(splits)`, its task's
     `class_probabilities`: then its exact duplicates and, from its own probabilities, its label issues.
-    Returns audit.json's content."""
+    With `settings.refit` = K, `refit(held)` trains a run without each fold's train keys and returns their
+    folders (`tasks.refit.train_without`). Returns audit.json's content."""
     search = search or NeighbourSearch()
     if classified is not None and not {"exact", "label", "near"} & set(settings.finders):
         raise UsageError(f"{run_dir} has no joint space: its audit finds exact duplicates, near copies by content "
@@ -150,9 +178,13 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     else:
         space, probs = classified_space(classified(splits))
     embed_s = time.perf_counter() - t0
+    refitted, refit_s = _refitted(space, settings, refit, data, device)
     with search:
-        found, summary, scores = audit_space(space, settings, search, probs)
+        found, summary, scores = audit_space(space, settings, search, probs, refitted)
     summary["seconds"]["embed"] = round(embed_s, 3)
+    if refitted is not None:
+        summary["seconds"]["refit"] = round(refit_s, 3)
+        summary["refit"] = {"folds": settings.refit, "train_per_fold": np.bincount(refitted.fold[refitted.fold >= 0]).tolist()}
     about = {"run": str(Path(run_dir).resolve()), "data": str(data), "splits": sorted(set(space.splits.tolist())),
              "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings),
              "search_backend": search.backend, **summary}

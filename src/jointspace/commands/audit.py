@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +37,9 @@ def audit(
                                                    "least this many nats of the run's logits, both ways "
                                                    "(ln 10: each 10 times likelier)")] = math.log(10),
     folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
+    refit: Annotated[int, typer.Option(help="K >= 2: train K runs of RUN's config on DATA, each without one fold "
+                                       "of its train split, and judge each train sample's pairs and label by "
+                                       "the run that did not train on it (K trainings; 0: off)")] = 0,
     backend: Annotated[str, typer.Option(help="where the neighbour searches run: faiss (in this process) or milvus "
                                          "(a collection of the audit's own, dropped at the end)")] = "faiss",
     uri: Annotated[str | None, typer.Option(help="milvus: a Milvus Lite file (.db) or a server "
@@ -48,17 +53,24 @@ def audit(
     from jointspace.audit.run import Settings, run_audit
     from jointspace.audit.search import NeighbourSearch
     from jointspace.tasks import TASKS, require_verb, task_of_run
+    from jointspace.tasks.refit import train_without
 
     task = TASKS.get(task_of_run(run))
     own = task.class_probabilities if task is not None and "embed" not in task.verbs else None
     if own is None:  # a run with a joint space, or a clear error naming the runs that have one
         require_verb(run, "embed")
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
-                        near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin, folds=folds)
+                        near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin, folds=folds,
+                        refit=refit)
     search = NeighbourSearch(backend, uri, milvus_token)
     classified = (lambda splits: own(run, data, splits, device)) if own is not None else None
-    result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
-                       classified=classified)
+    if refit:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    # the fold runs go in a folder of this call's own beside --out, removed at the end
+    with tempfile.TemporaryDirectory(prefix=".refit-", dir=out.parent) if refit else nullcontext() as work:
+        retrain = (lambda held: train_without(run, data, held, work, device)) if refit and own is None else None
+        result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
+                           classified=classified, refit=retrain)
     counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
     skipped = [f for f in settings.finders if f not in result["finders_run"]]
     note = f"; not run: {', '.join(skipped)} (they need a joint space, two modalities or labels)" if skipped else ""

@@ -1,0 +1,108 @@
+"""`jointspace audit --refit K`: the train split cut into K folds, and each fold's samples judged by a run of the
+same config that trained on the other folds only (cross-fitting, cleanlab's out-of-sample rule). A run fits
+the faults it trained on (a swapped pair it learned, a flipped label it learned); a run that never saw a
+sample cannot have fitted its faults. Here: the folds, each fold's space, and the mismatch margins and class
+probabilities of the train split taken from them (the other splits' come from the audited run: it never
+trained on them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jointspace.audit.findings import BEATEN_BY, group_margins, mismatch_scores, rank_shares, sample_hashes
+from jointspace.audit.labels import fit_softmax, out_of_fold_probs
+from jointspace.audit.neighbours import make_index
+from jointspace.audit.space import TRAIN, Space, load_space
+from jointspace.errors import UsageError
+
+
+def fold_of(space: Space, k: int, seed: int = 0) -> np.ndarray:
+    """Per row of `space`: its fold, 0..k-1, for the train split's samples (samples identical in every
+    modality share a fold, so no run trains on a copy of what it judges); -1 for the other splits."""
+    train = np.flatnonzero(space.splits == TRAIN)
+    if k < 2 or len(train) < 2 * k:
+        raise UsageError(f"--refit {k}: needs at least 2 folds and 2 train samples a fold (the audited data has "
+                         f"{len(train)} train samples)")
+    _, group = np.unique(sample_hashes(space)[train], return_inverse=True)
+    fold = np.full(len(space), -1, dtype=np.int64)
+    fold[train] = np.random.default_rng(seed).permutation(group.max() + 1)[group] % k
+    return fold
+
+
+def held_keys(space: Space, fold: np.ndarray) -> list[set[str]]:
+    """The train keys of each fold, fold 0 first."""
+    return [{space.keys[i] for i in np.flatnonzero(fold == f)} for f in range(int(fold.max()) + 1)]
+
+
+@dataclass
+class Refit:
+    """The folds of an audited space's rows (`fold_of`) and, per fold, its train split embedded by the run
+    that did not train on that fold (rows in the audited space's train order)."""
+
+    fold: np.ndarray
+    spaces: list[Space]
+
+    def rows(self, space: Space, f: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fold f's rows in the audited space, and the same samples' rows in fold f's space."""
+        train = np.flatnonzero(space.splits == TRAIN)
+        held = np.flatnonzero(self.fold[train] == f)
+        return train[held], held
+
+    def scores(self, space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
+               ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`mismatch_scores`, a train sample's margin the mean of the audited run's (among its split) and its
+        fold's run's (among the fold's samples): the audited run fitted the swaps it trained on (their
+        margins shrink), the fold's run never saw them but trained on a fold less and judges among fewer
+        candidates (its margins are noisier); the mean is the two runs' logits averaged, an ensemble. The
+        partner: the audited run's best match, the fold run's where that is the sample itself. Other
+        splits: the audited run's, as without --refit."""
+        margin, best, _ = mismatch_scores(space, a, b, make, beaten_by, np.inf)
+        for f, other in enumerate(self.spaces):
+            rows, mine = self.rows(space, f)
+            held, best_b, _ = group_margins(other.emb[a][mine], other.emb[b][mine], other.logit_scale, make,
+                                            beaten_by, np.inf)
+            margin[rows] = (margin[rows] + held) / 2
+            fitted = best[rows] == rows
+            best[rows[fitted]] = rows[best_b[fitted]]
+        share = np.zeros(len(space))
+        for split in dict.fromkeys(space.splits.tolist()):
+            rows = np.flatnonzero(space.splits == split)
+            share[rows] = rank_shares(space.emb[a][rows], space.emb[b][rows], margin[rows] >= ranked_from)
+        return margin, best, share
+
+    def probs(self, space: Space, folds: int = 5, seed: int = 0) -> np.ndarray:
+        """[N, C] class probabilities: a train sample's from a linear probe on its fold's run, fitted on the
+        other folds' samples; the other splits' from the audited run's k-fold probe (over every split, as
+        without --refit)."""
+        import torch
+
+        n_classes = int(space.labels.max()) + 1
+        probs = out_of_fold_probs(space.joint(), space.labels, folds, seed)
+        for f, other in enumerate(self.spaces):
+            rows, mine = self.rows(space, f)
+            x, y = torch.from_numpy(other.joint().astype(np.float64)), torch.from_numpy(other.labels)
+            seen = np.setdiff1d(np.arange(len(other)), mine)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                predict = fit_softmax(x[seen], y[seen], n_classes)
+                with torch.no_grad():
+                    probs[rows] = predict(x[mine]).numpy() + 1e-6
+        return probs / probs.sum(axis=1, keepdims=True)
+
+
+def load_refit(space: Space, fold: np.ndarray, runs: list[Path], data: str | Path, device: str = "auto") -> Refit:
+    """Each fold run's embedding of `data`'s train split, checked to hold the audited space's train samples
+    in the same order."""
+    keys = [space.keys[i] for i in np.flatnonzero(space.splits == TRAIN)]
+    spaces = []
+    for run in runs:
+        other = load_space(run, data, [TRAIN], device)
+        if other.keys != keys:
+            raise UsageError(f"{run}: its embedding of {data}'s train split does not hold the audited samples in "
+                             f"their order")
+        spaces.append(other)
+    return Refit(fold, spaces)

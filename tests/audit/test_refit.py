@@ -1,0 +1,105 @@
+"""`jointspace audit --refit K`: the train split's folds, and each train sample judged by the run that did not
+train on it (hand-built spaces: a swap and a flipped label the audited run fitted), and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from jointspace.audit.findings import mismatch_scores, mismatched_pairs
+from jointspace.audit.labels import label_issues
+from jointspace.audit.refit import Refit, fold_of, held_keys
+from jointspace.audit.space import Space
+from jointspace.cli import app
+
+from .test_finders import _space
+
+runner = CliRunner()
+
+
+def test_folds_cover_the_train_split_keep_copies_together_and_leave_other_splits_out():
+    n = 40
+    space = _space({"image": np.random.default_rng(0).normal(size=(n, 4))}, splits=["train"] * 30 + ["val"] * 10)
+    space.hashes["image"][7] = space.hashes["image"][21]  # an exact copy within train
+    fold = fold_of(space, 3)
+    assert (fold[30:] == -1).all() and set(fold[:30].tolist()) == {0, 1, 2}
+    assert fold[7] == fold[21]
+    held = held_keys(space, fold)
+    assert sorted(k for keys in held for k in keys) == space.keys[:30]
+    assert (fold_of(space, 3) == fold).all()  # seeded
+    with pytest.raises(ValueError, match="--refit 16: needs at least 2 folds and 2 train samples a fold"):
+        fold_of(space, 16)
+
+
+def _eye(rows: list[int], d: int = 8) -> np.ndarray:
+    return np.eye(d, dtype=np.float32)[rows]
+
+
+def _fitted_swap() -> tuple[Space, Refit]:
+    """8 train samples (folds 0,0,0,0,1,1,1,1) and 2 val; the audited run fitted every pair (text = image).
+    The run trained without fold 0 puts sample 3's text at (e0 - e3) / sqrt(2): the text of sample 0's image."""
+    rows = list(range(8)) + [5, 6]
+    space = _space({"image": _eye(rows), "text": _eye(rows)}, splits=["train"] * 8 + ["val"] * 2)
+    space.logit_scale = 10.0
+    text = _eye(list(range(8)))
+    text[3] = np.array([1, 0, 0, -1, 0, 0, 0, 0], dtype=np.float32) / math.sqrt(2)
+    fold0 = _space({"image": _eye(list(range(8))), "text": text})
+    fold1 = _space({"image": _eye(list(range(8))), "text": _eye(list(range(8)))})
+    fold0.logit_scale = fold1.logit_scale = 10.0
+    return space, Refit(np.array([0, 0, 0, 0, 1, 1, 1, 1, -1, -1]), [fold0, fold1])
+
+
+def test_a_swap_the_run_fitted_is_found_by_the_mean_with_the_run_that_did_not_train_on_it():
+    space, refit = _fitted_swap()
+    assert np.allclose(mismatch_scores(space, "image", "text", beaten_by=1)[0], 0.0, atol=1e-6)  # audited run: fitted
+    margin, best, _ = refit.scores(space, "image", "text", beaten_by=1)
+    # sample 3 on fold 0's run, among fold 0's samples: its image (e3) meets the texts e0, e1, e2 at 0 and its
+    # own at -1/sqrt(2); its text meets image e0 at 1/sqrt(2), its own at -1/sqrt(2): min(0, 0) - (-0.707)
+    # = 0.707, x 10 = 7.07 nats; the audited run's 0: the mean 3.54, above ln 10; its partner: fold 0's e0
+    assert margin[3] == pytest.approx(10 / math.sqrt(2) / 2, abs=1e-5)
+    assert np.allclose(np.delete(margin, 3), 0.0, atol=1e-6) and best[3] == 0
+
+    def one(*args, **kw):
+        return refit.scores(*args, beaten_by=1, **kw)
+
+    assert mismatched_pairs(space) == []
+    found = mismatched_pairs(space, scores=one)
+    assert [(f.key, f.partner_key, f.modality) for f in found] == [("s003", "s000", "image-text")]
+    assert found[0].score == pytest.approx(3.535534, abs=1e-5) and found[0].detail["rank_share"] == 0.0
+
+
+def test_a_flipped_label_the_run_fitted_is_found_on_the_refit_runs():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    labels = np.repeat([0, 1, 2], 30)
+    true = centres[labels] + rng.normal(size=(90, 16)) * 0.5
+    labels[7] = 1  # sample 7 (of class a) labelled b
+    fitted = true.copy()
+    fitted[7] = centres[1] + rng.normal(size=16) * 0.5  # the audited run learned the flipped label
+    splits = ["train"] * 75 + ["val"] * 15
+    space = _space({"image": fitted}, splits=splits, labels=labels)
+    fold = fold_of(space, 3)
+    refit = Refit(fold, [_space({"image": true[:75]}, labels=labels[:75]) for _ in range(3)])
+    in_sample, _ = label_issues(space)
+    assert "s007" not in {f.key for f in in_sample}
+    found, about = label_issues(space, probs=refit.probs(space))
+    assert {f.key: f.suggested for f in found}.get("s007") == "a" and about["accuracy"] > 0.95
+
+
+def test_audit_refit_trains_a_run_per_fold_and_leaves_no_folder(tiny_run, faulty_digits, tmp_path):
+    out = tmp_path / "audit"
+    done = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(out), "--refit", "2",
+                               "--finders", "mismatch,label"])
+    assert done.exit_code == 0, done.output
+    result = json.loads((out / "audit.json").read_text())
+    assert result["refit"]["folds"] == 2 and len(result["refit"]["train_per_fold"]) == 2
+    train_rows = [line for line in (out / "samples.csv").read_text().splitlines()[1:] if line.split(",")[1] == "train"]
+    assert sum(result["refit"]["train_per_fold"]) == len(train_rows) > 0
+    assert "refit run" in result["labels"]["probabilities"] and result["seconds"]["refit"] > 0
+    assert not list(tmp_path.glob(".refit-*"))  # the fold runs were this call's own, removed
+    bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"), "--refit", "1"])
+    assert bad.exit_code == 2 and "--refit must be 0 (off) or at least 2 folds" in bad.output
