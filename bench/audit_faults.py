@@ -5,6 +5,7 @@ state it; FiftyOne itself is not installed).
 
     .venv/bin/python bench/audit_faults.py --work /tmp/audit-bench            # digits and shapes
     .venv/bin/python bench/audit_faults.py --sets digits --epochs 6
+    .venv/bin/python bench/audit_faults.py --sets digits --epochs 6 --refit 5   # and as `audit --refit 5`
 
 Faults, planted by `plant` in a copy of each set: 5 % of train labels flipped; 2 % of train samples copied
 into test with slight noise (arrays: +N(0, 2) grey levels for integers, +1 % of the array's std for floats;
@@ -153,19 +154,31 @@ def fiftyone_leaks(space, distance: float = 0.2) -> set:
     return {space.keys[i] for i in other[(1.0 - sims[:, 0]) < distance].tolist()}
 
 
-def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
-    from jointspace.audit.labels import out_of_fold_probs
-    from jointspace.audit.run import Settings, audit_space
-    from jointspace.audit.space import load_space
+def refit_for(name: str, run: Path, data: Path, space, k: int, seed: int, runs: Path, again: bool):
+    """The `--refit k` runs of `run` (trained by `jointspace.tasks.refit.train_without`, as the audit command
+    trains them; kept in `runs`/NAME-refitK with the folds they were trained for, reused while those match)."""
+    from jointspace.audit.refit import fold_of, held_keys, load_refit
+    from jointspace.tasks.refit import train_without
+
+    fold = fold_of(space, k, seed)
+    held = held_keys(space, fold)
+    folder, want = runs / f"{name}-refit{k}", [sorted(h) for h in held]
+    stamp = folder / "held.json"
+    if again or not stamp.exists() or json.loads(stamp.read_text()) != want:
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        train_without(run, data, held, folder)
+        stamp.write_text(json.dumps(want))
+        print(f"{name}: {k} refit runs trained in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return load_refit(space, fold, [folder / f"fold-{i}" for i in range(k)], data)
+
+
+def finder_rows(space, found: list, truth: dict, suffix: str = "") -> list[tuple[str, set, set]]:
+    """(finder, flagged keys, planted keys) for each of the audit's finders."""
     from jointspace.kinds import with_role
 
-    space = load_space(run, data)
-    t0 = time.perf_counter()
-    found, summary, _ = audit_space(space, Settings())
-    seconds = time.perf_counter() - t0
     by = lambda pred: {f.key for f in found if pred(f)}
     caption, ranged = with_role(space.kinds, "captions") or "", with_role(space.kinds, "ranged") or ""
-    truth = {**truth, "caption": copied(truth, "caption"), "range": copied(truth, "range")}
     rows = [("exact duplicates", by(lambda f: f.issue == "duplicate"), truth["duplicate"]),
             ("leaks (exact or near)", by(lambda f: f.issue == "leak"), truth["leak"]),
             ("  of which near in the joint space", by(lambda f: f.issue == "leak" and f.detail.get("by") == "joint space"),
@@ -184,6 +197,37 @@ def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
     for pair in others:  # pairs with no planted swap: every flag there is a false one
         rows.append((f"mismatch of {pair} (nothing planted)", by(lambda f, p=pair: f.issue == "mismatch" and f.modality == p),
                      set()))
+    rows.append(("mismatch, every pair", by(lambda f: f.issue == "mismatch"), truth["caption"] | truth["range"]))
+    return [(finder + suffix, pred, true) for finder, pred, true in rows]
+
+
+def _audited(name: str, space, found: list, summary: dict, seconds: float, how: str) -> None:
+    print(f"{name}{how}: {len(space)} samples audited in {seconds:.1f}s; probe accuracy "
+          f"{summary.get('labels', {}).get('probe_accuracy', float('nan')):.3f}; mismatch pairs judged "
+          f"{summary.get('mismatch_pairs')}, flags per pair "
+          f"{dict(Counter(f.modality for f in found if f.issue == 'mismatch'))}", file=sys.stderr)
+
+
+def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed: int = 0,
+             again: bool = False) -> list[list[str]]:
+    from jointspace.audit.labels import out_of_fold_probs
+    from jointspace.audit.run import Settings, audit_space
+    from jointspace.audit.space import load_space
+
+    space = load_space(run, data)
+    truth = {**truth, "caption": copied(truth, "caption"), "range": copied(truth, "range")}
+    t0 = time.perf_counter()
+    found, summary, _ = audit_space(space, Settings())
+    _audited(name, space, found, summary, time.perf_counter() - t0, "")
+    rows = finder_rows(space, found, truth)
+    if refit:
+        fitted = refit_for(name, run, data, space, refit, seed, run.parent, again)
+        t0 = time.perf_counter()
+        found, summary, _ = audit_space(space, Settings(refit=refit, seed=seed), refit=fitted)
+        _audited(name, space, found, summary, time.perf_counter() - t0, f" --refit {refit}")
+        rows += [r for r in finder_rows(space, found, truth, f" (--refit {refit})")
+                 if r[0].split(" (--refit")[0] in ("label issues", "swapped captions", "swapped LiDAR scans",
+                                                    "mismatch, every pair") or "nothing planted" in r[0]]
     probs = out_of_fold_probs(space.joint(), space.labels)
     lab = datalab_sets(space, probs)
     copies = truth["duplicate"] | truth["leak"]
@@ -194,10 +238,6 @@ def evaluate(name: str, run: Path, data: Path, truth: dict) -> list[list[str]]:
     for finder, pred, true in rows:
         p, r, n_pred, n_true = _pr(pred, true)
         out.append([name, finder, f"{p:.3f}", f"{r:.3f}", str(n_pred), str(n_true)])
-    print(f"{name}: {len(space)} samples audited in {seconds:.1f}s; probe accuracy "
-          f"{summary.get('labels', {}).get('probe_accuracy', float('nan')):.3f}; mismatch pairs judged "
-          f"{summary.get('mismatch_pairs')}, flags per pair "
-          f"{dict(Counter(f.modality for f in found if f.issue == 'mismatch'))}", file=sys.stderr)
     return out
 
 
@@ -209,6 +249,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retrain", action="store_true", help="plant and train again (default: reuse --work's)")
     ap.add_argument("--full", action="store_true", help="train the shipped config's model and image size, not the small one")
+    ap.add_argument("--refit", type=int, default=0, help="K >= 2: also audit as `jointspace audit --refit K` "
+                    "(K more trainings, kept in --work and reused)")
     args = ap.parse_args()
     from jointspace.data.builtin import synthesize
 
@@ -222,7 +264,8 @@ def main() -> None:
             truth_file.write_text(json.dumps(plant(clean, faulty, args.seed), indent=1))
         truth = json.loads(truth_file.read_text())
         run = train(name, faulty, args.work / "runs", args.epochs, args.retrain, args.full)
-        table += evaluate(name, run, faulty, {k: set(v) for k, v in truth.items()})
+        table += evaluate(name, run, faulty, {k: set(v) for k, v in truth.items()}, args.refit, args.seed,
+                          args.retrain)
     print("| set | finder | precision | recall | flagged | planted |")
     print("|---|---|---:|---:|---:|---:|")
     for row in table:
