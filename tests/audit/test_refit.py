@@ -103,3 +103,12 @@ def test_audit_refit_trains_a_run_per_fold_and_leaves_no_folder(tiny_run, faulty
     assert not list(tmp_path.glob(".refit-*"))  # the fold runs were this call's own, removed
     bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"), "--refit", "1"])
     assert bad.exit_code == 2 and "--refit must be 0 (off) or at least 2 folds" in bad.output
+
+
+def test_refit_needs_a_shard_folder_to_copy(tiny_run, tmp_path):
+    from jointspace.data.shards import DataError
+    from jointspace.tasks.refit import train_without
+
+    with pytest.raises(DataError, match="--refit retrains on copies of a shard folder"):
+        train_without(tiny_run, tmp_path / "images.csv", [{"a"}, {"b"}], tmp_path / "work")
+    assert not (tmp_path / "work").exists()

@@ -144,8 +144,6 @@ def _refitted(space: Space, settings: Settings, refit: Callable | None, data, de
     when off."""
     if not settings.refit:
         return None, 0.0
-    if refit is None or not space.emb:
-        raise UsageError("--refit retrains a run with a joint space (contrastive or metric), not a classifier")
     t0 = time.perf_counter()
     fold = fold_of(space, settings.refit, settings.seed)
     runs = refit(held_keys(space, fold))
@@ -166,6 +164,8 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     if classified is not None and not {"exact", "label", "near"} & set(settings.finders):
         raise UsageError(f"{run_dir} has no joint space: its audit finds exact duplicates, near copies by content "
                          f"and label issues (--finders exact,near,label), not {', '.join(settings.finders)}")
+    if settings.refit and (refit is None or classified is not None):
+        raise UsageError("--refit retrains a run with a joint space (contrastive or metric), not a classifier")
     if "label" in settings.finders:
         require_cleanlab()  # before any work: a missing extra is one line
     out = Path(out)
