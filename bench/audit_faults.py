@@ -202,8 +202,9 @@ def finder_rows(space, found: list, truth: dict, suffix: str = "") -> list[tuple
 
 
 def _audited(name: str, space, found: list, summary: dict, seconds: float, how: str) -> None:
+    labels = summary.get("labels", {})
     print(f"{name}{how}: {len(space)} samples audited in {seconds:.1f}s; probe accuracy "
-          f"{summary.get('labels', {}).get('probe_accuracy', float('nan')):.3f}; mismatch pairs judged "
+          f"{labels.get('probe_accuracy', labels.get('accuracy', float('nan'))):.3f}; mismatch pairs judged "
           f"{summary.get('mismatch_pairs')}, flags per pair "
           f"{dict(Counter(f.modality for f in found if f.issue == 'mismatch'))}", file=sys.stderr)
 

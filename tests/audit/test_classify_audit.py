@@ -73,5 +73,5 @@ def test_a_classify_run_audits_with_its_own_classifier(shapes_dir, tmp_path):
     bad = runner.invoke(app, ["audit", str(run), str(data), "--out", str(tmp_path / "x"), "--finders", "mismatch,outlier"])
     assert bad.exit_code == 2 and "no joint space" in bad.output and not (tmp_path / "x").exists()
     bad = runner.invoke(app, ["audit", str(run), str(data), "--out", str(tmp_path / "x"), "--refit", "2"])
-    assert bad.exit_code == 2 and "--refit retrains a run with a joint space" in bad.output
+    assert bad.exit_code == 2 and "--refit retrains a run with a joint space, not a classifier" in bad.output
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".refit-*"))

@@ -23,16 +23,20 @@ runner = CliRunner()
 
 def test_folds_cover_the_train_split_keep_copies_together_and_leave_other_splits_out():
     n = 40
-    space = _space({"image": np.random.default_rng(0).normal(size=(n, 4))}, splits=["train"] * 30 + ["val"] * 10)
-    space.hashes["image"][7] = space.hashes["image"][21]  # an exact copy within train
-    fold = fold_of(space, 3)
-    assert (fold[30:] == -1).all() and set(fold[:30].tolist()) == {0, 1, 2}
-    assert fold[7] == fold[21]
-    held = held_keys(space, fold)
-    assert sorted(k for keys in held for k in keys) == space.keys[:30]
-    assert (fold_of(space, 3) == fold).all()  # seeded
-    with pytest.raises(ValueError, match="--refit 16: needs at least 2 folds and 2 train samples a fold"):
-        fold_of(space, 16)
+    splits = ["val"] * 5 + ["train"] * 30 + ["val"] * 5  # train rows need not come first
+    space = _space({"image": np.random.default_rng(0).normal(size=(n, 4))}, splits=splits)
+    copies = [(5 + i, 20 + i) for i in range(8)]  # 8 exact copies within train
+    for i, j in copies:
+        space.hashes["image"][j] = space.hashes["image"][i]
+    for seed in range(5):
+        fold = fold_of(space, 3, seed)
+        assert (fold[:5] == -1).all() and (fold[35:] == -1).all() and set(fold[5:35].tolist()) == {0, 1, 2}
+        assert all(fold[i] == fold[j] for i, j in copies)  # a chance grouping: (1/3)^8
+        held = held_keys(space, fold)
+        assert sorted(k for keys in held for k in keys) == space.keys[5:35]
+        assert (fold_of(space, 3, seed) == fold).all()  # seeded
+    with pytest.raises(ValueError, match="--refit 12: needs at least 2 folds and 2 distinct train samples a fold"):
+        fold_of(space, 12)  # 30 train samples, 22 distinct
 
 
 def _eye(rows: list[int], d: int = 8) -> np.ndarray:
@@ -69,7 +73,8 @@ def test_a_swap_the_run_fitted_is_found_by_the_mean_with_the_run_that_did_not_tr
     assert mismatched_pairs(space) == []
     found = mismatched_pairs(space, scores=one)
     assert [(f.key, f.partner_key, f.modality) for f in found] == [("s003", "s000", "image-text")]
-    assert found[0].score == pytest.approx(3.535534, abs=1e-5) and found[0].detail["rank_share"] == 0.0
+    # its rank share: the larger of the audited run's (0: it fitted the swap) and fold 0's (all 3 others beat it)
+    assert found[0].score == pytest.approx(3.535534, abs=1e-5) and found[0].detail["rank_share"] == 1.0
 
 
 def test_a_flipped_label_the_run_fitted_is_found_on_the_refit_runs():
@@ -103,6 +108,11 @@ def test_audit_refit_trains_a_run_per_fold_and_leaves_no_folder(tiny_run, faulty
     assert not list(tmp_path.glob(".refit-*"))  # the fold runs were this call's own, removed
     bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"), "--refit", "1"])
     assert bad.exit_code == 2 and "--refit must be 0 (off) or at least 2 folds" in bad.output
+    for more, said in ((["--finders", "exact,near"], "--refit changes only the mismatch and label finders"),
+                       (["--split", "test"], "add --split train")):
+        bad = runner.invoke(app, ["audit", str(tiny_run), str(faulty_digits), "--out", str(tmp_path / "x"),
+                                  "--refit", "2", *more])
+        assert bad.exit_code == 2 and said in bad.output and not (tmp_path / "x").exists()
 
 
 def test_refit_needs_a_shard_folder_to_copy(tiny_run, tmp_path):
@@ -112,3 +122,24 @@ def test_refit_needs_a_shard_folder_to_copy(tiny_run, tmp_path):
     with pytest.raises(DataError, match="--refit retrains on copies of a shard folder"):
         train_without(tiny_run, tmp_path / "images.csv", [{"a"}, {"b"}], tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+def test_a_fold_run_trains_on_the_copy_whatever_data_the_run_named(tiny_run, tmp_path):
+    from jointspace.data.source import FolderSource
+    from jointspace.data.sources import source_of
+    from jointspace.errors import UsageError
+    from jointspace.tasks.refit import _fold_config, _starts_fresh
+    from jointspace.tasks.registry import run_config
+
+    cfg = run_config(tiny_run)
+    named = cfg.model_copy(update={"data": cfg.data.model_copy(update={
+        "csv": "train.csv", "val_csv": "val.csv", "urls": "x-{0..3}.tar", "hard_negatives": "neg.parquet"})})
+    copy = tmp_path / "data-0"
+    one = _fold_config(named, copy, tmp_path, "fold-0", "cpu")
+    source = source_of(one.data)
+    assert isinstance(source, FolderSource) and one.data.path == str(copy) and one.data.hard_negatives is None
+    assert one.train.device == "cpu" and one.tracker == "none" and one.name == "fold-0"
+    _starts_fresh(cfg, tiny_run)
+    started = cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_from": "runs/other"})})
+    with pytest.raises(UsageError, match="model.init_from starts it from"):
+        _starts_fresh(started, tiny_run)

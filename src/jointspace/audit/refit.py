@@ -24,10 +24,10 @@ def fold_of(space: Space, k: int, seed: int = 0) -> np.ndarray:
     """Per row of `space`: its fold, 0..k-1, for the train split's samples (samples identical in every
     modality share a fold, so no run trains on a copy of what it judges); -1 for the other splits."""
     train = np.flatnonzero(space.splits == TRAIN)
-    if k < 2 or len(train) < 2 * k:
-        raise UsageError(f"--refit {k}: needs at least 2 folds and 2 train samples a fold (the audited data has "
-                         f"{len(train)} train samples)")
     _, group = np.unique(sample_hashes(space)[train], return_inverse=True)
+    if k < 2 or len(train) == 0 or group.max() + 1 < 2 * k:
+        raise UsageError(f"--refit {k}: needs at least 2 folds and 2 distinct train samples a fold (the audited "
+                         f"data has {len(set(group.tolist()))} distinct train samples)")
     fold = np.full(len(space), -1, dtype=np.int64)
     fold[train] = np.random.default_rng(seed).permutation(group.max() + 1)[group] % k
     return fold
@@ -54,25 +54,27 @@ class Refit:
 
     def scores(self, space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
                ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`mismatch_scores`, a train sample's margin the mean of the audited run's (among its split) and its
-        fold's run's (among the fold's samples): the audited run fitted the swaps it trained on (their
-        margins shrink), the fold's run never saw them but trained on a fold less and judges among fewer
-        candidates (its margins are noisier); the mean is the two runs' logits averaged, an ensemble. The
-        partner: the audited run's best match, the fold run's where that is the sample itself. Other
-        splits: the audited run's, as without --refit."""
+        """`mismatch_scores`, a train sample's margin the mean of two margins: the audited run's (among its
+        split) and its fold's run's (among the fold's samples). The audited run fitted the swaps it trained
+        on (their margins shrink); the fold's run never saw them but trained on a fold less and judges among
+        fewer candidates (its margins are noisier). The partner: the audited run's best match, the fold
+        run's where that is the sample itself; the rank share: the larger of the two runs'. Other splits:
+        the audited run's, as without --refit."""
         margin, best, _ = mismatch_scores(space, a, b, make, beaten_by, np.inf)
+        fold_share = np.zeros(len(space))
         for f, other in enumerate(self.spaces):
             rows, mine = self.rows(space, f)
-            held, best_b, _ = group_margins(other.emb[a][mine], other.emb[b][mine], other.logit_scale, make,
-                                            beaten_by, np.inf)
+            ea, eb = other.emb[a][mine], other.emb[b][mine]
+            held, best_b, _ = group_margins(ea, eb, other.logit_scale, make, beaten_by, np.inf)
             margin[rows] = (margin[rows] + held) / 2
             fitted = best[rows] == rows
             best[rows[fitted]] = rows[best_b[fitted]]
+            fold_share[rows] = rank_shares(ea, eb, margin[rows] >= ranked_from)
         share = np.zeros(len(space))
         for split in dict.fromkeys(space.splits.tolist()):
             rows = np.flatnonzero(space.splits == split)
             share[rows] = rank_shares(space.emb[a][rows], space.emb[b][rows], margin[rows] >= ranked_from)
-        return margin, best, share
+        return margin, best, np.maximum(share, fold_share)
 
     def probs(self, space: Space, folds: int = 5, seed: int = 0) -> np.ndarray:
         """[N, C] class probabilities: a train sample's from a linear probe on its fold's run, fitted on the
@@ -104,5 +106,6 @@ def load_refit(space: Space, fold: np.ndarray, runs: list[Path], data: str | Pat
         if other.keys != keys:
             raise UsageError(f"{run}: its embedding of {data}'s train split does not hold the audited samples in "
                              f"their order")
+        other.values, other.hashes = {}, {}  # only its embeddings are used: K decoded copies would not fit
         spaces.append(other)
     return Refit(fold, spaces)

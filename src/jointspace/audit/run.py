@@ -33,7 +33,7 @@ from jointspace.audit.labels import label_issues, require_cleanlab
 from jointspace.audit.page import write_page
 from jointspace.audit.refit import Refit, fold_of, held_keys, load_refit
 from jointspace.audit.search import NeighbourSearch
-from jointspace.audit.space import Space, classified_space, load_space
+from jointspace.audit.space import TRAIN, Space, classified_space, load_space
 from jointspace.errors import UsageError
 from jointspace.run_dir import RunDir
 
@@ -139,6 +139,16 @@ def _joint_finders(space: Space, settings: Settings, make, found: list[Finding],
     return scores
 
 
+def _refit_applies(settings: Settings, joint: bool, splits: list[str] | None) -> None:
+    """--refit's K trainings, refused before any work where they would judge nothing."""
+    if not joint:
+        raise UsageError("--refit retrains a run with a joint space, not a classifier")
+    if not {"mismatch", "label"} & set(settings.finders):
+        raise UsageError("--refit changes only the mismatch and label finders: add one to --finders")
+    if splits and TRAIN not in splits:
+        raise UsageError("--refit judges the train split by runs trained without each fold of it: add --split train")
+
+
 def _refitted(space: Space, settings: Settings, refit: Callable | None, data, device: str) -> tuple[Refit | None, float]:
     """The refit runs' spaces (`settings.refit` folds, trained by `refit`) and the seconds they took; (None, 0)
     when off."""
@@ -164,8 +174,8 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     if classified is not None and not {"exact", "label", "near"} & set(settings.finders):
         raise UsageError(f"{run_dir} has no joint space: its audit finds exact duplicates, near copies by content "
                          f"and label issues (--finders exact,near,label), not {', '.join(settings.finders)}")
-    if settings.refit and (refit is None or classified is not None):
-        raise UsageError("--refit retrains a run with a joint space (contrastive or metric), not a classifier")
+    if settings.refit:
+        _refit_applies(settings, refit is not None and classified is None, splits)
     if "label" in settings.finders:
         require_cleanlab()  # before any work: a missing extra is one line
     out = Path(out)
@@ -184,7 +194,8 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
     summary["seconds"]["embed"] = round(embed_s, 3)
     if refitted is not None:
         summary["seconds"]["refit"] = round(refit_s, 3)
-        summary["refit"] = {"folds": settings.refit, "train_per_fold": np.bincount(refitted.fold[refitted.fold >= 0]).tolist()}
+        per_fold = np.bincount(refitted.fold[refitted.fold >= 0]).tolist()
+        summary["refit"] = {"folds": settings.refit, "train_per_fold": per_fold}
     about = {"run": str(Path(run_dir).resolve()), "data": str(data), "splits": sorted(set(space.splits.tolist())),
              "n_samples": len(space), "modalities": space.kinds, "settings": asdict(settings),
              "search_backend": search.backend, **summary}
