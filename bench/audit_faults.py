@@ -173,7 +173,7 @@ def refit_for(name: str, run: Path, data: Path, space, k: int, seed: int, runs: 
     return load_refit(space, fold, [folder / f"fold-{i}" for i in range(k)], data)
 
 
-def finder_rows(space, found: list, truth: dict, suffix: str = "") -> list[tuple[str, set, set]]:
+def finder_rows(space, found: list, truth: dict) -> list[tuple[str, set, set]]:
     """(finder, flagged keys, planted keys) for each of the audit's finders."""
     from jointspace.kinds import with_role
 
@@ -198,7 +198,7 @@ def finder_rows(space, found: list, truth: dict, suffix: str = "") -> list[tuple
         rows.append((f"mismatch of {pair} (nothing planted)", by(lambda f, p=pair: f.issue == "mismatch" and f.modality == p),
                      set()))
     rows.append(("mismatch, every pair", by(lambda f: f.issue == "mismatch"), truth["caption"] | truth["range"]))
-    return [(finder + suffix, pred, true) for finder, pred, true in rows]
+    return rows
 
 
 def _audited(name: str, space, found: list, summary: dict, seconds: float, how: str) -> None:
@@ -226,9 +226,9 @@ def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed
         t0 = time.perf_counter()
         found, summary, _ = audit_space(space, Settings(refit=refit, seed=seed), refit=fitted)
         _audited(name, space, found, summary, time.perf_counter() - t0, f" --refit {refit}")
-        rows += [r for r in finder_rows(space, found, truth, f" (--refit {refit})")
-                 if r[0].split(" (--refit")[0] in ("label issues", "swapped captions", "swapped LiDAR scans",
-                                                    "mismatch, every pair") or "nothing planted" in r[0]]
+        changed = ("label issues", "swapped captions", "swapped LiDAR scans", "mismatch, every pair")
+        rows += [(f"{finder} (--refit {refit})", pred, true) for finder, pred, true in finder_rows(space, found, truth)
+                 if finder in changed or "nothing planted" in finder]
     probs = out_of_fold_probs(space.joint(), space.labels)
     lab = datalab_sets(space, probs)
     copies = truth["duplicate"] | truth["leak"]

@@ -39,18 +39,25 @@ def fit_softmax(x, y, n_classes: int, weight_decay: float = 1e-4, steps: int = 1
 def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
     """[N, C] class probabilities, each row from a linear probe (softmax regression) that did not see that
     sample (stratified k-fold where every class has `folds` samples, else plain k-fold)."""
-    import torch
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    n_classes = int(labels.max()) + 1
     _, counts = np.unique(labels, return_counts=True)
     splitter = (StratifiedKFold if counts.min() >= folds else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    return probe_probs(features, labels, int(labels.max()) + 1, splitter.split(features, labels), seed)
+
+
+def probe_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, folds, seed: int = 0) -> np.ndarray:
+    """[N, C] class probabilities of the rows each (fit rows, held rows) pair of `folds` holds out, from a
+    linear probe fitted on that pair's fit rows (rows no pair holds out: uniform), smoothed by 1e-6 and
+    normalised."""
+    import torch
+
     x = torch.from_numpy(np.asarray(features, dtype=np.float64))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     probs = np.zeros((len(labels), n_classes))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for fit_rows, held in splitter.split(features, labels):
+        for fit_rows, held in folds:
             predict = fit_softmax(x[fit_rows], y[fit_rows], n_classes)
             with torch.no_grad():
                 probs[held] = predict(x[held]).numpy()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.audit.findings import BEATEN_BY, group_margins, mismatch_scores, rank_shares, sample_hashes
-from jointspace.audit.labels import fit_softmax, out_of_fold_probs
+from jointspace.audit.labels import out_of_fold_probs, probe_probs
 from jointspace.audit.neighbours import make_index
 from jointspace.audit.space import TRAIN, Space, load_space
 from jointspace.errors import UsageError
@@ -80,20 +80,13 @@ class Refit:
         """[N, C] class probabilities: a train sample's from a linear probe on its fold's run, fitted on the
         other folds' samples; the other splits' from the audited run's k-fold probe (over every split, as
         without --refit)."""
-        import torch
-
         n_classes = int(space.labels.max()) + 1
         probs = out_of_fold_probs(space.joint(), space.labels, folds, seed)
         for f, other in enumerate(self.spaces):
             rows, mine = self.rows(space, f)
-            x, y = torch.from_numpy(other.joint().astype(np.float64)), torch.from_numpy(other.labels)
             seen = np.setdiff1d(np.arange(len(other)), mine)
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                predict = fit_softmax(x[seen], y[seen], n_classes)
-                with torch.no_grad():
-                    probs[rows] = predict(x[mine]).numpy() + 1e-6
-        return probs / probs.sum(axis=1, keepdims=True)
+            probs[rows] = probe_probs(other.joint(), other.labels, n_classes, [(seen, mine)], seed)[mine]
+        return probs
 
 
 def load_refit(space: Space, fold: np.ndarray, runs: list[Path], data: str | Path, device: str = "auto") -> Refit:
@@ -102,10 +95,9 @@ def load_refit(space: Space, fold: np.ndarray, runs: list[Path], data: str | Pat
     keys = [space.keys[i] for i in np.flatnonzero(space.splits == TRAIN)]
     spaces = []
     for run in runs:
-        other = load_space(run, data, [TRAIN], device)
+        other = load_space(run, data, [TRAIN], device, contents=False)  # its embeddings are all it is used for
         if other.keys != keys:
             raise UsageError(f"{run}: its embedding of {data}'s train split does not hold the audited samples in "
                              f"their order")
-        other.values, other.hashes = {}, {}  # only its embeddings are used: K decoded copies would not fit
         spaces.append(other)
     return Refit(fold, spaces)

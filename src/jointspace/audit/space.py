@@ -71,9 +71,9 @@ def _split_values(data, m: str, kind: str) -> list:
 
 
 def load_space(run_dir: str | Path, shards: str | Path, splits: list[str] | None = None, device: str = "auto",
-               batch_size: int = 512) -> Space:
+               batch_size: int = 512, contents: bool = True) -> Space:
     """Embed `splits` (default: every split of the data) of `shards` with the run; modalities are the run's
-    that the data has."""
+    that the data has. `contents=False`: embeddings alone (no decoded values kept, no content hashes)."""
     cfg, model, info = load_run(run_dir)
     source = shards_arg(shards, cfg.data)
     have = source.info["modalities"]
@@ -85,10 +85,10 @@ def load_space(run_dir: str | Path, shards: str | Path, splits: list[str] | None
     model = model.to(dev)
     parts = []
     for split in splits:
-        data = load_run_split(cfg, info, source, split, modalities, keep_raw=True)
+        data = load_run_split(cfg, info, source, split, modalities, keep_raw=contents)
         emb = embed_split(model, data, batch_size=batch_size, device=dev)
         parts.append((split, data, {m: e.numpy().astype(np.float32) for m, e in emb.items()}))
-    space = _joined(parts)
+    space = _joined(parts, contents)
     space.pairs = trained_pairs(cfg, modalities)
     space.logit_scale = float(model.logits.scale().detach())
     return space
@@ -121,11 +121,12 @@ def trained_pairs(cfg, modalities: list[str]) -> list[tuple[str, str]] | None:
     return [(a, b) for a, b in pairs if a in modalities and b in modalities]
 
 
-def _joined(parts: list) -> Space:
-    """One Space of every split's SplitData and embeddings."""
+def _joined(parts: list, contents: bool = True) -> Space:
+    """One Space of every split's SplitData and embeddings (with their values and content hashes unless
+    `contents` is False)."""
     first, embedded = parts[0][1], bool(parts[0][2])
     kinds = {m: k for m, k in first.kinds.items() if m in parts[0][2] or not embedded}
-    values = {m: [v for _, d, _ in parts for v in _split_values(d, m, kinds[m])] for m in kinds}
+    values = {m: [v for _, d, _ in parts for v in _split_values(d, m, kinds[m])] for m in kinds} if contents else {}
     return Space(
         keys=[k for _, d, _ in parts for k in d.keys],
         splits=np.array([s for s, d, _ in parts for _ in range(len(d))], dtype=object),
