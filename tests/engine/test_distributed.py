@@ -24,7 +24,9 @@ WORKER = textwrap.dedent("""
     from common import make_model, make_batch
 
     info = init_distributed("cpu")
-    for case in sys.argv[2:]:
+
+
+    def run_case(case):  # a function, so that its DDP (which holds the process group) is gone before cleanup
         kind, local, mode = case.split(",")
         model = make_model(kind)  # only the logit parameters the loss reads: DDP waits for every one's gradient
         ddp = DDP(model)
@@ -39,6 +41,14 @@ WORKER = textwrap.dedent("""
         if info.is_main:
             grads = {n: p.grad.contiguous() for n, p in model.named_parameters() if p.grad is not None}
             save_file(grads, f"{sys.argv[1]}/{case.replace(',', '_')}.safetensors")
+
+
+    for case in sys.argv[2:]:
+        run_case(case)
+    # No DDP is left, so cleanup destroys the process group and joins its gloo threads. A DDP kept as a global
+    # until interpreter exit kept them running past cleanup: a thread freeing the last allreduce (which holds
+    # the backward's Python context) then took the GIL of a finalizing interpreter, and the rank aborted now
+    # and then ("terminate called without an active exception").
     cleanup(info)
 """)
 
