@@ -203,8 +203,8 @@ def finder_rows(space, found: list, truth: dict) -> list[tuple[str, set, set]]:
 
 def _audited(name: str, space, found: list, summary: dict, seconds: float, how: str) -> None:
     labels = summary.get("labels", {})
-    print(f"{name}{how}: {len(space)} samples audited in {seconds:.1f}s; probe accuracy "
-          f"{labels.get('probe_accuracy', labels.get('accuracy', float('nan'))):.3f}; mismatch pairs judged "
+    print(f"{name}{how}: {len(space)} samples audited in {seconds:.1f}s; label accuracy "
+          f"{labels.get('accuracy', float('nan')):.3f}; mismatch pairs judged "
           f"{summary.get('mismatch_pairs')}, flags per pair "
           f"{dict(Counter(f.modality for f in found if f.issue == 'mismatch'))}", file=sys.stderr)
 

@@ -28,7 +28,8 @@ def test_audit_finds_the_planted_copies_and_writes_its_folder(tiny_run, faulty_d
     assert ("dup-0", "duplicate") in {(k, i) for k, i, *_ in exact}
     assert any(k == "leak-1" and i == "leak" and s == "test" and ps == "train" for k, i, _, s, ps in exact)
     assert keys and result["n_samples"] == 182 and set(result["splits"]) == {"train", "val", "test"}
-    assert "labels" in result and "probe_accuracy" in result["labels"] and result["representative"]
+    assert "labels" in result and "accuracy" in result["labels"] and result["representative"]
+    assert result["labels"]["voters"] == 5 and "vote of the 5 nearest others" in result["labels"]["probabilities"]
     html = (out / "audit.html").read_text()
     assert "Exact duplicates" in html and "data:image/png;base64," in html and "leak-1" in html
     assert (out / "samples.csv").read_text().count("\n") == 183

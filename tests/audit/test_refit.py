@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from jointspace.audit.findings import mismatch_scores, mismatched_pairs
 from jointspace.audit.labels import label_issues
+from jointspace.audit.neighbours import knn
 from jointspace.audit.refit import Refit, fold_of, held_keys
 from jointspace.audit.space import Space
 from jointspace.cli import app
@@ -89,10 +90,12 @@ def test_a_flipped_label_the_run_fitted_is_found_on_the_refit_runs():
     space = _space({"image": fitted}, splits=splits, labels=labels)
     fold = fold_of(space, 3)
     refit = Refit(fold, [_space({"image": true[:75]}, labels=labels[:75]) for _ in range(3)])
-    in_sample, _ = label_issues(space)
-    assert "s007" not in {f.key for f in in_sample}
-    found, about = label_issues(space, probs=refit.probs(space))
-    assert {f.key: f.suggested for f in found}.get("s007") == "a" and about["accuracy"] > 0.95
+    _, near = knn(space.joint(), 16)
+    for voters in (None, near):  # the probe alone, and with the vote of the neighbours
+        in_sample, _ = label_issues(space, neighbours=voters)
+        assert "s007" not in {f.key for f in in_sample}  # the audited run put it among class b
+        found, about = label_issues(space, probs=refit.probs(space, neighbours=voters))
+        assert {f.key: f.suggested for f in found}.get("s007") == "a" and about["accuracy"] > 0.95
 
 
 def test_audit_refit_trains_a_run_per_fold_and_leaves_no_folder(tiny_run, faulty_digits, tmp_path):

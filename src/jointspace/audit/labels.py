@@ -1,5 +1,7 @@
-"""Label issues: out-of-fold class probabilities from a k-fold linear probe (softmax regression) on the run's embeddings (every
-modality side by side), handed to cleanlab (`filter.find_label_issues`, `rank.get_label_quality_scores`)."""
+"""Label issues: class probabilities that never saw the sample's own label, handed to cleanlab
+(`filter.find_label_issues`, `rank.get_label_quality_scores`). Two judges on the run's embeddings (every
+modality side by side) give them: a k-fold linear probe (softmax regression: out-of-fold) and the vote of
+the sample's nearest others in the joint space (Datalab's k-NN route); `agreement` combines the two."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from jointspace.audit.space import Space
 from jointspace.errors import require
 
 WHAT = "jointspace audit (label issues)"
+VOTERS = 5  # the nearest others whose labels vote
+VOTE_FLOOR = 1e-3  # added to each class's share of the vote: no class is ruled out by 5 neighbours alone
 
 
 def require_cleanlab():
@@ -65,15 +69,47 @@ def probe_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, folds,
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def label_issues(space: Space, folds: int = 5, seed: int = 0,
-                 probs: np.ndarray | None = None) -> tuple[list[Finding], dict]:
+def vote(labels: np.ndarray, rows: np.ndarray, n_classes: int, voters: int = VOTERS) -> np.ndarray:
+    """[Q, C] each query's share of its first `voters` neighbours (`rows` [Q, >= voters], row numbers into
+    `labels`, -1 for none) in each class; uniform where a query has none."""
+    rows = np.asarray(rows)[:, :voters]
+    counts = np.zeros((len(rows), n_classes))
+    for column in rows.T:
+        known = column >= 0
+        np.add.at(counts, (np.flatnonzero(known), labels[column[known]]), 1.0)
+    total = counts.sum(axis=1, keepdims=True)
+    return np.where(total > 0, counts / np.maximum(total, 1.0), 1.0 / n_classes)
+
+
+def agreement(probe: np.ndarray, votes: np.ndarray, floor: float = VOTE_FLOOR) -> np.ndarray:
+    """[N, C] the normalised geometric mean of a probe's probabilities and a neighbour vote (each class's
+    share plus `floor`): a class is likely only where both judges find it likely. The probe draws lines
+    through the whole space; the vote reads the sample's own neighbourhood, which can hold the true class
+    where no line parts it, or where a run that partly fitted a wrong label moved the sample only so far."""
+    log = 0.5 * np.log(np.maximum(probe, 1e-12)) + 0.5 * np.log(votes + floor)
+    combined = np.exp(log - log.max(axis=1, keepdims=True))
+    return combined / combined.sum(axis=1, keepdims=True)
+
+
+def judged_probs(space: Space, neighbours: np.ndarray | None, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """[N, C] the k-fold probe's probabilities on the space's joint embeddings, with the vote of each sample's
+    nearest others (`neighbours` [N, >= VOTERS] row numbers, self left out: `findings.joint_neighbours`)
+    where given."""
+    probs = out_of_fold_probs(space.joint(), space.labels, folds, seed)
+    if neighbours is None:
+        return probs
+    return agreement(probs, vote(space.labels, neighbours, probs.shape[1]))
+
+
+def label_issues(space: Space, folds: int = 5, seed: int = 0, probs: np.ndarray | None = None,
+                 neighbours: np.ndarray | None = None) -> tuple[list[Finding], dict]:
     """cleanlab's label issues (ranked by self-confidence), with each one's label-quality score (reported
     as 1 - quality: higher is more suspect) and suggested class; and counts per class and per suggested class,
-    and the argmax's accuracy (of the k-fold probe, or of the given `probs`)."""
+    and the accuracy of the probabilities' argmax (`judged_probs`', or the given `probs`')."""
     cl_filter, cl_rank = require_cleanlab()
     labels, probed = space.labels, probs is None
     if probs is None:
-        probs = out_of_fold_probs(space.joint(), labels, folds, seed)
+        probs = judged_probs(space, neighbours, folds, seed)
     issues = cl_filter.find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
     quality = cl_rank.get_label_quality_scores(labels, probs)
     suggested = probs.argmax(axis=1)
@@ -85,5 +121,5 @@ def label_issues(space: Space, folds: int = 5, seed: int = 0,
         per_class[f.label] = per_class.get(f.label, 0) + 1
         per_suggested[f.suggested] = per_suggested.get(f.suggested, 0) + 1
     accuracy = float((suggested == labels).mean()) if len(labels) else 0.0
-    about = {"probe_accuracy": accuracy, "folds": folds} if probed else {"accuracy": accuracy}
-    return found, {"per_class": per_class, "per_suggested_class": per_suggested, **about}
+    about = {"folds": folds, "voters": VOTERS if neighbours is not None else 0} if probed else {}
+    return found, {"per_class": per_class, "per_suggested_class": per_suggested, "accuracy": accuracy, **about}

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.audit.findings import BEATEN_BY, group_margins, mismatch_scores, rank_shares, sample_hashes
-from jointspace.audit.labels import out_of_fold_probs, probe_probs
-from jointspace.audit.neighbours import make_index
+from jointspace.audit.labels import VOTERS, agreement, judged_probs, probe_probs, vote
+from jointspace.audit.neighbours import knn, make_index
 from jointspace.audit.space import TRAIN, Space, load_space
 from jointspace.errors import UsageError
 
@@ -76,16 +76,23 @@ class Refit:
             share[rows] = rank_shares(space.emb[a][rows], space.emb[b][rows], margin[rows] >= ranked_from)
         return margin, best, np.maximum(share, fold_share)
 
-    def probs(self, space: Space, folds: int = 5, seed: int = 0) -> np.ndarray:
-        """[N, C] class probabilities: a train sample's from a linear probe on its fold's run, fitted on the
-        other folds' samples; the other splits' from the audited run's k-fold probe (over every split, as
-        without --refit)."""
-        n_classes = int(space.labels.max()) + 1
-        probs = out_of_fold_probs(space.joint(), space.labels, folds, seed)
+    def probs(self, space: Space, folds: int = 5, seed: int = 0, neighbours: np.ndarray | None = None,
+              make: Callable = make_index) -> np.ndarray:
+        """[N, C] class probabilities (`labels.judged_probs`): a train sample's from its fold's run, a linear
+        probe fitted on the other folds' samples and, with `neighbours`, the vote of its nearest samples
+        among them; the other splits' from the audited run, its k-fold probe (over every split) and the vote
+        of `neighbours` (their nearest others in its joint space), as without --refit."""
+        probs = judged_probs(space, neighbours, folds, seed)
+        n_classes = probs.shape[1]
         for f, other in enumerate(self.spaces):
             rows, mine = self.rows(space, f)
             seen = np.setdiff1d(np.arange(len(other)), mine)
-            probs[rows] = probe_probs(other.joint(), other.labels, n_classes, [(seen, mine)], seed)[mine]
+            joint = other.joint()
+            held = probe_probs(joint, other.labels, n_classes, [(seen, mine)], seed)[mine]
+            if neighbours is not None:
+                _, near = knn(joint[seen], VOTERS, make(joint[seen], seed), queries=joint[mine])
+                held = agreement(held, vote(other.labels[seen], near, n_classes))
+            probs[rows] = held
         return probs
 
 

@@ -29,7 +29,7 @@ from jointspace.audit.findings import (
     representative,
 )
 from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
-from jointspace.audit.labels import label_issues, require_cleanlab
+from jointspace.audit.labels import VOTERS, label_issues, require_cleanlab
 from jointspace.audit.page import write_page
 from jointspace.audit.refit import Refit, fold_of, held_keys, load_refit
 from jointspace.audit.search import NeighbourSearch
@@ -74,8 +74,9 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
                 probs: np.ndarray | None = None, refit: Refit | None = None) -> tuple[list[Finding], dict, dict]:
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
     searches in FAISS, or on `search`'s backend (inside its `with` block). `probs` [N, C]: class
-    probabilities for cleanlab (a classifier run's own) instead of the k-fold probe's. `refit`: the train
-    split's mismatch margins and class probabilities come from the runs that did not train on each sample.
+    probabilities for cleanlab (a classifier run's own) instead of the probe's and the neighbour vote's.
+    `refit`: the train split's mismatch margins and class probabilities come from the runs that did not
+    train on each sample.
     A space without embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy
     finders."""
     found: list[Finding] = []
@@ -94,19 +95,15 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     if "exact" in on:
         exact, summary["exact_per_modality"] = timed("exact", lambda: exact_duplicates(space))
         found += exact
-    if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
-        given, source = probs, "the run's classifier" if probs is not None else "k-fold linear probe"
-        if refit is not None and probs is None:
-            given = timed("refit_probe", lambda: refit.probs(space, settings.folds, settings.seed))
-            source = "k-fold linear probe; each train sample's on the refit run that did not train on it"
-        labels, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed, given))
-        summary["labels"]["probabilities"] = source
-        found += labels
     make = (search or NeighbourSearch()).index
+    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours, VOTERS), make)) \
+        if space.emb else None
+    if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
+        found += _label_finder(space, settings, probs, refit, near, make, summary, timed)
     scores: dict = {}
     content = timed("content_vectors", lambda: content_vectors(space)) if "near" in on else {}
     if space.emb:
-        scores = _joint_finders(space, settings, make, found, summary, timed, content, refit)
+        scores = _joint_finders(space, settings, make, near, found, summary, timed, content, refit)
     if "near" in on:  # by content too; a pair the joint space (or the hashes) found already is not repeated
         pairs = {(f.key, f.partner_key) for f in found if f.issue in (DUPLICATE, NEAR, LEAK)}
         found += [f for f in timed("near_content", lambda: content_near_duplicates(
@@ -115,13 +112,28 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     return found, summary, scores
 
 
-def _joint_finders(space: Space, settings: Settings, make, found: list[Finding], summary: dict, timed,
+def _label_finder(space: Space, settings: Settings, probs: np.ndarray | None, refit: Refit | None, near, make,
+                  summary: dict, timed) -> list[Finding]:
+    """cleanlab's label issues from `probs` (a classifier run's own) or else from the k-fold probe and the
+    vote of the `near` neighbours (of the train split on the `refit` runs where given); fills summary."""
+    voters = near[1] if near is not None else None
+    source = "the run's classifier"
+    if probs is None:
+        source = "k-fold linear probe" + (f" and the vote of the {VOTERS} nearest others" if voters is not None else "")
+    if refit is not None and probs is None:
+        probs = timed("refit_probe", lambda: refit.probs(space, settings.folds, settings.seed, voters, make))
+        source += "; each train sample's on the refit run that did not train on it"
+    found, summary["labels"] = timed("label", lambda: label_issues(space, settings.folds, settings.seed, probs, voters))
+    summary["labels"]["probabilities"] = source
+    return found
+
+
+def _joint_finders(space: Space, settings: Settings, make, near, found: list[Finding], summary: dict, timed,
                    content: dict[str, np.ndarray], refit: Refit | None = None) -> dict:
-    """The finders that search the joint space (near duplicates, confirmed by `content` vectors where the
-    space has them; mismatches, of the train split on the `refit` runs where given; outliers) and the
-    per-sample scores; appends to `found` and `summary`."""
+    """The finders that search the joint space (its `near` neighbours: near duplicates, confirmed by `content`
+    vectors where the space has them; mismatches, of the train split on the `refit` runs where given;
+    outliers) and the per-sample scores; appends to `found` and `summary`."""
     on = set(settings.finders)
-    near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours), make))
     if "near" in on:
         found += timed("near", lambda: near_duplicates(space, settings.near_threshold, near, settings.near_ratio,
                                                          settings.neighbours, content, settings.near_content))
