@@ -127,7 +127,7 @@ def _pr(predicted: set, truth: set) -> tuple[float, float, int, int]:
 
 def datalab_sets(space, probs) -> dict[str, set]:
     """cleanlab's Datalab with its defaults on the joint embeddings: label issues (from features alone, its
-    k-NN route, and from the same out-of-fold probabilities), near duplicates, outliers."""
+    k-NN route, and from the probabilities the audit gives cleanlab), near duplicates, outliers."""
     from cleanlab import Datalab
 
     keys = np.array(space.keys)
@@ -211,7 +211,8 @@ def _audited(name: str, space, found: list, summary: dict, seconds: float, how: 
 
 def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed: int = 0,
              again: bool = False) -> list[list[str]]:
-    from jointspace.audit.labels import out_of_fold_probs
+    from jointspace.audit.findings import joint_neighbours
+    from jointspace.audit.labels import judged_probs
     from jointspace.audit.run import Settings, audit_space
     from jointspace.audit.space import load_space
 
@@ -229,7 +230,7 @@ def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed
         changed = ("label issues", "swapped captions", "swapped LiDAR scans", "mismatch, every pair")
         rows += [(f"{finder} (--refit {refit})", pred, true) for finder, pred, true in finder_rows(space, found, truth)
                  if finder in changed or "nothing planted" in finder]
-    probs = out_of_fold_probs(space.joint(), space.labels)
+    probs = judged_probs(space, joint_neighbours(space)[1])  # what the audit (without --refit) gives cleanlab
     lab = datalab_sets(space, probs)
     copies = truth["duplicate"] | truth["leak"]
     for key, pred in lab.items():
