@@ -90,7 +90,8 @@ class Refit:
             joint = other.joint()
             held = probe_probs(joint, other.labels, n_classes, [(seen, mine)], seed)[mine]
             if neighbours is not None:
-                _, near = knn(joint[seen], VOTERS, make(joint[seen], seed), queries=joint[mine])
+                fit = joint[seen]
+                _, near = knn(fit, VOTERS, make(fit, seed), queries=joint[mine])
                 held = agreement(held, vote(other.labels[seen], near, n_classes))
             probs[rows] = held
         return probs

@@ -6,12 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from jointspace.audit.space import TRAIN
 from jointspace.data.shards import DataError, read_info
 from jointspace.data.subsample import clean_copy
 from jointspace.errors import UsageError
 from jointspace.tasks.registry import get_task, run_config
-
-TRAIN = "train"
 
 
 def train_without(run_dir: str | Path, data: str | Path, held: list[set[str]], work: str | Path,
