@@ -121,16 +121,18 @@ def near_findings(space: Space, i: np.ndarray, j: np.ndarray, score: np.ndarray,
 
 
 MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least 10 times likelier
+CLASS_EVIDENCE = math.log(30)  # nats: the margin and the class margin together, where the space has labels
 BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or two lookalikes do not count)
 
 
 def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
-                    ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every sample, within its split: the margin by which its `beaten_by`-th best candidate of `b`
     beats its own `b` for its `a`, and the same from `b` to `a`, the smaller of the two (both ways must be
     wrong; 0 or below: the own partner is among the best); the row whose `b` its `a` matches best; and the
     rank share of its own `b` (the share of candidates that beat it, the larger of the two ways; estimated
-    on a random 4096 in larger splits; only where the margin is at least `ranked_from`, else 0).
+    on a random 4096 in larger splits; only where the margin is at least `ranked_from`, one bar or a bar per
+    sample, else 0).
 
     The margin is in the run's logits, logit scale x cosine (SigLIP's bias cancels in the difference; a loss
     without a learned scale, triplet or a pytorch-metric-learning one, has the constant scale the model was
@@ -142,16 +144,17 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
     n = len(space)
     margin, share = np.zeros(n), np.zeros(n)
     best = np.zeros(n, dtype=np.int64)
+    bar = np.broadcast_to(ranked_from, (n,))
     for split in dict.fromkeys(space.splits.tolist()):
         rows = np.flatnonzero(space.splits == split)
         margin[rows], best_b, share[rows] = group_margins(space.emb[a][rows], space.emb[b][rows], space.logit_scale,
-                                                         make, beaten_by, ranked_from)
+                                                         make, beaten_by, bar[rows])
         best[rows] = rows[best_b]
     return margin, best, share
 
 
 def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable = make_index,
-                  beaten_by: int = BEATEN_BY, ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  beaten_by: int = BEATEN_BY, ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`mismatch_scores` within one group of candidates: the pairs (ea[i], eb[i]), logit scale `scale`;
     (margins, the row whose `b` each `a` matches best, rank shares)."""
     own = np.einsum("nd,nd->n", ea, eb)
@@ -181,20 +184,38 @@ def judged_pairs(space: Space) -> list[tuple[str, str]]:
     return list(combinations(space.modalities, 2))
 
 
+def class_margins(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """Per sample, from two modalities' class probabilities [N, C] (each never saw the sample's label): how
+    many nats `pa` prefers its likeliest class to the class `pb` finds likeliest, and the same from `pb`'s
+    side, the smaller of the two (0 where both name the same class; both ways must disagree)."""
+    rows = np.arange(len(pa))
+    ca, cb = pa.argmax(axis=1), pb.argmax(axis=1)
+    la, lb = np.log(np.maximum(pa, 1e-12)), np.log(np.maximum(pb, 1e-12))
+    return np.minimum(la[rows, ca] - la[rows, cb], lb[rows, cb] - lb[rows, ca])
+
+
 def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index,
-                     scores: Callable = mismatch_scores) -> list[Finding]:
+                     scores: Callable = mismatch_scores, classes: dict[str, np.ndarray] | None = None,
+                     evidence: float = CLASS_EVIDENCE) -> list[Finding]:
     """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates by at least
     `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
-    judged pair of modalities. Score: the margin."""
+    judged pair of modalities. `classes`: per modality, class probabilities that never saw the sample's label
+    (`labels.modality_probs`); where given, a pair whose margin plus its class margin (`class_margins`)
+    reaches `evidence` nats is flagged too: a run that trained on a swapped pair pulled its two values
+    together, but each still looks like its own class. Score: the margin."""
     found = []
     for a, b in judged_pairs(space):
-        score, best, share = scores(space, a, b, make, ranked_from=margin)
-        for row in np.flatnonzero(score >= margin).tolist():
+        lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
+        bar = np.minimum(margin, evidence - lift)
+        score, best, share = scores(space, a, b, make, ranked_from=bar)
+        for row in np.flatnonzero(score >= bar).tolist():
             p = int(best[row])
+            detail = {"rank_share": round(float(share[row]), 6)}
+            if classes:
+                detail["class_margin"] = round(float(lift[row]), 6)
             found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),
                                  space.keys[p] if p != row else "", str(space.splits[p]) if p != row else "",
-                                 f"{a}-{b}", space.class_name(int(space.labels[row])),
-                                 detail={"rank_share": round(float(share[row]), 6)}))
+                                 f"{a}-{b}", space.class_name(int(space.labels[row])), detail=detail))
     return found
 
 

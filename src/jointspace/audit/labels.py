@@ -50,6 +50,12 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, folds: int = 5, 
     return probe_probs(features, labels, int(labels.max()) + 1, splitter.split(features, labels), seed)
 
 
+def modality_probs(space: Space, modalities: list[str], folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per modality, [N, C] class probabilities from a k-fold probe on that modality's embeddings alone (the
+    mismatch finder's class margins: `findings.class_margins`)."""
+    return {m: out_of_fold_probs(space.emb[m], space.labels, folds, seed) for m in modalities}
+
+
 def probe_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, folds, seed: int = 0) -> np.ndarray:
     """[N, C] class probabilities of the rows each (fit rows, held rows) pair of `folds` holds out, from a
     linear probe fitted on that pair's fit rows (rows no pair holds out: uniform), smoothed by 1e-6 and

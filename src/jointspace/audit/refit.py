@@ -53,7 +53,7 @@ class Refit:
         return train[held], held
 
     def scores(self, space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
-               ranked_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`mismatch_scores`, a train sample's margin the mean of two margins: the audited run's (among its
         split) and its fold's run's (among the fold's samples). The audited run fitted the swaps it trained
         on (their margins shrink); the fold's run never saw them but trained on a fold less and judges among
@@ -61,6 +61,7 @@ class Refit:
         run's where that is the sample itself; the rank share: the larger of the two runs'. Other splits:
         the audited run's, as without --refit."""
         margin, best, _ = mismatch_scores(space, a, b, make, beaten_by, np.inf)
+        bar = np.broadcast_to(ranked_from, (len(space),))
         fold_share = np.zeros(len(space))
         for f, other in enumerate(self.spaces):
             rows, mine = self.rows(space, f)
@@ -69,11 +70,11 @@ class Refit:
             margin[rows] = (margin[rows] + held) / 2
             fitted = best[rows] == rows
             best[rows[fitted]] = rows[best_b[fitted]]
-            fold_share[rows] = rank_shares(ea, eb, margin[rows] >= ranked_from)
+            fold_share[rows] = rank_shares(ea, eb, margin[rows] >= bar[rows])
         share = np.zeros(len(space))
         for split in dict.fromkeys(space.splits.tolist()):
             rows = np.flatnonzero(space.splits == split)
-            share[rows] = rank_shares(space.emb[a][rows], space.emb[b][rows], margin[rows] >= ranked_from)
+            share[rows] = rank_shares(space.emb[a][rows], space.emb[b][rows], margin[rows] >= bar[rows])
         return margin, best, np.maximum(share, fold_share)
 
     def probs(self, space: Space, folds: int = 5, seed: int = 0, neighbours: np.ndarray | None = None,

@@ -11,6 +11,7 @@ import numpy as np
 
 from jointspace.audit.content import content_near_duplicates, content_vectors
 from jointspace.audit.findings import (
+    CLASS_EVIDENCE,
     CONTENT_THRESHOLD,
     DUPLICATE,
     LEAK,
@@ -29,7 +30,7 @@ from jointspace.audit.findings import (
     representative,
 )
 from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
-from jointspace.audit.labels import VOTERS, label_issues, require_cleanlab
+from jointspace.audit.labels import VOTERS, label_issues, modality_probs, require_cleanlab
 from jointspace.audit.page import write_page
 from jointspace.audit.refit import Refit, fold_of, held_keys, load_refit
 from jointspace.audit.search import NeighbourSearch
@@ -50,6 +51,7 @@ class Settings:
     near_content: float = CONTENT_THRESHOLD  # content vectors' cosine in every modality that has them
     neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
     mismatch_margin: float = MISMATCH_MARGIN  # nats (ln 10): 3 candidates 10 x likelier than the own partner, both ways
+    class_evidence: float = CLASS_EVIDENCE  # nats (ln 30): or the margin plus the modalities' class margin (inf: off)
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
     folds: int = 5
     refit: int = 0  # K > 1: judge the train split's pairs and labels by K runs trained without each fold
@@ -66,6 +68,8 @@ class Settings:
             raise UsageError(f"--near-content must be a cosine in [-1, 1], got {self.near_content}")
         if not self.mismatch_margin > 0.0:
             raise UsageError(f"--mismatch-margin must be a positive number of nats, got {self.mismatch_margin}")
+        if not self.class_evidence > 0.0:
+            raise UsageError(f"--class-evidence must be a positive number of nats (inf: off), got {self.class_evidence}")
         if self.refit == 1 or self.refit < 0:
             raise UsageError(f"--refit must be 0 (off) or at least 2 folds, got {self.refit}")
 
@@ -141,7 +145,9 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
         summary["mismatch_pairs"] = ["-".join(p) for p in judged_pairs(space)]
         summary["logit_scale"] = round(float(space.logit_scale), 6)
         scorer = refit.scores if refit is not None else mismatch_scores
-        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make, scorer))
+        classes = timed("mismatch_probes", lambda: _class_probs(space, settings, summary))
+        found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make, scorer, classes,
+                                                             settings.class_evidence))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
         flagged, summary["outlier_fence"] = timed("outlier", lambda: outliers(space, scores, settings.outlier_far))
@@ -149,6 +155,16 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
     if space.labelled:
         summary["representative"] = representative(space, scores)
     return scores
+
+
+def _class_probs(space: Space, settings: Settings, summary: dict) -> dict[str, np.ndarray] | None:
+    """The class margins' probabilities: a k-fold probe per judged modality, where the space has two classes or
+    more and the class evidence is on (audit.json says which)."""
+    on = space.labelled and len(set(space.labels.tolist())) > 1 and np.isfinite(settings.class_evidence)
+    summary["mismatch_classes"] = f"{settings.folds}-fold linear probe per modality" if on else "none"
+    if not on:
+        return None
+    return modality_probs(space, sorted({m for pair in judged_pairs(space) for m in pair}), settings.folds, settings.seed)
 
 
 def _refit_applies(settings: Settings, joint: bool, splits: list[str] | None) -> None:

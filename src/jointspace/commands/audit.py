@@ -36,6 +36,10 @@ def audit(
     mismatch_margin: Annotated[float, typer.Option(help="mismatched pairs: 3 candidates beat the own partner by at "
                                                    "least this many nats of the run's logits, both ways "
                                                    "(ln 10: each 10 times likelier)")] = math.log(10),
+    class_evidence: Annotated[float, typer.Option(help="mismatched pairs, where the data has labels: or the margin "
+                                                  "plus the class margin (each modality's k-fold probe prefers its "
+                                                  "own class to the other's by this many nats, both ways) at "
+                                                  "least this (ln 30; inf: off)")] = math.log(30),
     folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
     refit: Annotated[int, typer.Option(help="K >= 2: train K runs of RUN's config on DATA, each without one fold "
                                        "of its train split; a train sample's label is judged by the run that "
@@ -61,7 +65,8 @@ def audit(
     if own is None:  # a run with a joint space, or a clear error naming the runs that have one
         require_verb(run, "embed")
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
-                        near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin, folds=folds,
+                        near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin,
+                        class_evidence=class_evidence, folds=folds,
                         refit=refit)
     search = NeighbourSearch(backend, uri, milvus_token)
     classified = (lambda splits: own(run, data, splits, device)) if own is not None else None
