@@ -149,10 +149,9 @@ def test_class_margins_by_hand():
     assert class_margins(text, image) == pytest.approx([np.log(8.0), 0.0])
 
 
-def test_a_swap_the_run_partly_fitted_is_found_through_the_class_margin_and_a_flipped_label_is_not():
-    """A run that trained on a swapped pair pulled it together: its margin is below ln 10. Each modality's
-    class probabilities still name the value's own class, and the margin plus that class margin reaches
-    ln 30. A flipped label gives no class margin (both modalities name the true class); a clean pair none."""
+def _partly_fitted_swap() -> Space:
+    """Captions of s007 (class a) and s071 (class c) swapped, in a run whose logit scale puts their margins at
+    1.5 nats and more (below ln 10); s040 (class b) labelled a."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 30)
     centres = rng.normal(size=(3, 16)) * 3
@@ -162,8 +161,16 @@ def test_a_swap_the_run_partly_fitted_is_found_through_the_class_margin_and_a_fl
     flipped = labels.copy()
     flipped[40] = 0  # a class-b sample labelled a
     space = _space({"image": image, "text": text}, labels=flipped)
-    by_hand = _margins(space, "image", "text")
-    space.logit_scale *= 1.5 / by_hand[[7, 71]].min()  # the swap's margins: 1.5 nats and more, below ln 10
+    space.logit_scale *= 1.5 / _margins(space, "image", "text")[[7, 71]].min()
+    return space
+
+
+def test_a_swap_the_run_partly_fitted_is_found_through_the_class_margin_and_a_flipped_label_is_not():
+    """A run that trained on a swapped pair pulled it together: its margin is below ln 10. Each modality's
+    class probabilities still name the value's own class, and the margin plus that class margin reaches
+    ln 30. A flipped label gives no class margin (both modalities name the true class); a clean pair none."""
+    space = _partly_fitted_swap()
+    labels = np.repeat(np.arange(3), 30)
     by_hand = _margins(space, "image", "text")
     assert by_hand[[7, 71]].min() == pytest.approx(1.5, abs=1e-3) and by_hand.max() < MISMATCH_MARGIN
     assert mismatched_pairs(space) == []
@@ -178,6 +185,16 @@ def test_a_swap_the_run_partly_fitted_is_found_through_the_class_margin_and_a_fl
     probes = modality_probs(space, ["image", "text"])  # the audit's own: a k-fold probe per modality
     assert {f.key for f in mismatched_pairs(space, classes=probes)} == {"s007", "s071"}
     assert class_margins(probes["image"], probes["text"])[40] == 0.0  # the flipped label: both name class b
+
+
+def test_the_audit_takes_its_class_margins_from_a_probe_per_modality_unless_turned_off():
+    from jointspace.audit.run import Settings, audit_space
+
+    space = _partly_fitted_swap()
+    found, summary, _ = audit_space(space, Settings(finders=("mismatch",)))
+    assert {f.key for f in found} == {"s007", "s071"} and summary["mismatch_classes"] == "5-fold linear probe per modality"
+    found, summary, _ = audit_space(space, Settings(finders=("mismatch",), class_evidence=float("inf")))
+    assert found == [] and summary["mismatch_classes"] == "none"
 
 
 def test_a_known_flipped_label_is_a_label_issue_with_its_suggested_class():
