@@ -76,6 +76,12 @@ def test_a_swap_the_run_fitted_is_found_by_the_mean_with_the_run_that_did_not_tr
     assert [(f.key, f.partner_key, f.modality) for f in found] == [("s003", "s000", "image-text")]
     # its rank share: the larger of the audited run's (0: it fitted the swap) and fold 0's (all 3 others beat it)
     assert found[0].score == pytest.approx(3.535534, abs=1e-5) and found[0].detail["rank_share"] == 1.0
+    bar = np.full(len(space), np.inf)
+    bar[3] = 3.0  # a bar per sample (the class margins' lower bars): ranked where its margin reaches it
+    share = refit.scores(space, "image", "text", beaten_by=1, ranked_from=bar)[2]
+    assert share[3] == 1.0 and np.all(np.delete(share, 3) == 0.0)
+    bar[3] = 4.0
+    assert np.all(refit.scores(space, "image", "text", beaten_by=1, ranked_from=bar)[2] == 0.0)
 
 
 def test_a_flipped_label_the_run_fitted_is_found_on_the_refit_runs():

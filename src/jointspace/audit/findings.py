@@ -154,7 +154,8 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
 
 
 def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable = make_index,
-                  beaten_by: int = BEATEN_BY, ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  beaten_by: int = BEATEN_BY, ranked_from: float | np.ndarray = -np.inf
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`mismatch_scores` within one group of candidates: the pairs (ea[i], eb[i]), logit scale `scale`;
     (margins, the row whose `b` each `a` matches best, rank shares)."""
     own = np.einsum("nd,nd->n", ea, eb)
@@ -201,14 +202,15 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
     judged pair of modalities. `classes`: per modality, class probabilities that never saw the sample's label
     (`labels.modality_probs`); where given, a pair whose margin plus its class margin (`class_margins`)
-    reaches `evidence` nats is flagged too: a run that trained on a swapped pair pulled its two values
-    together, but each still looks like its own class. Score: the margin."""
+    reaches `evidence` nats is flagged too, where the margin is above 0 (the own partner is beaten: a pair
+    whose own partner is among its best matches is not flagged on its classes alone): a run that trained on
+    a swapped pair pulled its two values together, but each still looks like its own class. Score: the margin."""
     found = []
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
-        bar = np.minimum(margin, evidence - lift)
+        bar = np.maximum(np.minimum(margin, evidence - lift), 0.0)
         score, best, share = scores(space, a, b, make, ranked_from=bar)
-        for row in np.flatnonzero(score >= bar).tolist():
+        for row in np.flatnonzero((score >= bar) & (score > 0)).tolist():
             p = int(best[row])
             detail = {"rank_share": round(float(share[row]), 6)}
             if classes:

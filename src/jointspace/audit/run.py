@@ -51,7 +51,7 @@ class Settings:
     near_content: float = CONTENT_THRESHOLD  # content vectors' cosine in every modality that has them
     neighbours: int = 10  # k of the k-NN outlier score (near duplicates look at 16)
     mismatch_margin: float = MISMATCH_MARGIN  # nats (ln 10): 3 candidates 10 x likelier than the own partner, both ways
-    class_evidence: float = CLASS_EVIDENCE  # nats (ln 30): or the margin plus the modalities' class margin (inf: off)
+    class_evidence: float = CLASS_EVIDENCE  # nats (ln 30): or margin + class margin (labelled data; inf: off)
     outlier_far: float = 3.0  # Tukey's far-out fence: Q3 + 3 IQR
     folds: int = 5
     refit: int = 0  # K > 1: judge the train split's pairs and labels by K runs trained without each fold
@@ -68,8 +68,9 @@ class Settings:
             raise UsageError(f"--near-content must be a cosine in [-1, 1], got {self.near_content}")
         if not self.mismatch_margin > 0.0:
             raise UsageError(f"--mismatch-margin must be a positive number of nats, got {self.mismatch_margin}")
-        if not self.class_evidence > 0.0:
-            raise UsageError(f"--class-evidence must be a positive number of nats (inf: off), got {self.class_evidence}")
+        if not self.class_evidence >= self.mismatch_margin:
+            raise UsageError(f"--class-evidence must be at least --mismatch-margin ({self.mismatch_margin:.4g} "
+                             f"nats; inf: off), got {self.class_evidence}")
         if self.refit == 1 or self.refit < 0:
             raise UsageError(f"--refit must be 0 (off) or at least 2 folds, got {self.refit}")
 
@@ -79,8 +80,8 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
     searches in FAISS, or on `search`'s backend (inside its `with` block). `probs` [N, C]: class
     probabilities for cleanlab (a classifier run's own) instead of the probe's and the neighbour vote's.
-    `refit`: the train split's mismatch margins and class probabilities come from the runs that did not
-    train on each sample.
+    `refit`: the train split's mismatch margins and the label finder's class probabilities come from the runs
+    that did not train on each sample (the mismatch finder's class margins always from this space).
     A space without embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy
     finders."""
     found: list[Finding] = []
@@ -164,7 +165,8 @@ def _class_probs(space: Space, settings: Settings, summary: dict) -> dict[str, n
     summary["mismatch_classes"] = f"{settings.folds}-fold linear probe per modality" if on else "none"
     if not on:
         return None
-    return modality_probs(space, sorted({m for pair in judged_pairs(space) for m in pair}), settings.folds, settings.seed)
+    judged = sorted({m for pair in judged_pairs(space) for m in pair})
+    return modality_probs(space, judged, settings.folds, settings.seed)
 
 
 def _refit_applies(settings: Settings, joint: bool, splits: list[str] | None) -> None:

@@ -37,10 +37,12 @@ def audit(
                                                    "least this many nats of the run's logits, both ways "
                                                    "(ln 10: each 10 times likelier)")] = math.log(10),
     class_evidence: Annotated[float, typer.Option(help="mismatched pairs, where the data has labels: or the margin "
-                                                  "plus the class margin (each modality's k-fold probe prefers its "
-                                                  "own class to the other's by this many nats, both ways) at "
-                                                  "least this (ln 30; inf: off)")] = math.log(30),
-    folds: Annotated[int, typer.Option(min=2, help="label issues: folds of the linear probe")] = 5,
+                                                  "plus the class margin (how many nats each modality's k-fold "
+                                                  "probe prefers its likeliest class to the other modality's, "
+                                                  "the smaller way) at least this many nats (ln 30; inf: off)")
+                              ] = math.log(30),
+    folds: Annotated[int, typer.Option(min=2, help="label issues and the mismatch finder's class margins: folds of "
+                                       "the linear probes")] = 5,
     refit: Annotated[int, typer.Option(help="K >= 2: train K runs of RUN's config on DATA, each without one fold "
                                        "of its train split; a train sample's label is judged by the run that "
                                        "did not train on it, its pairs by the mean of that run's margin and "
@@ -66,8 +68,7 @@ def audit(
         require_verb(run, "embed")
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
                         near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin,
-                        class_evidence=class_evidence, folds=folds,
-                        refit=refit)
+                        class_evidence=class_evidence, folds=folds, refit=refit)
     search = NeighbourSearch(backend, uri, milvus_token)
     classified = (lambda splits: own(run, data, splits, device)) if own is not None else None
     if refit:
@@ -77,8 +78,13 @@ def audit(
         retrain = (lambda held: train_without(run, data, held, work, device)) if refit and own is None else None
         result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
                            classified=classified, refit=retrain)
+    _say_written(out, result, settings.finders)
+
+
+def _say_written(out: Path, result: dict, finders: tuple[str, ...]) -> None:
+    """One line: where the audit went, its samples and counts, and the chosen finders that could not run."""
     counts = ", ".join(f"{k}: {v}" for k, v in result["counts"].items())
-    skipped = [f for f in settings.finders if f not in result["finders_run"]]
+    skipped = [f for f in finders if f not in result["finders_run"]]
     note = f"; not run: {', '.join(skipped)} (they need a joint space, two modalities or labels)" if skipped else ""
     console.print(f"wrote {out} ({result['n_samples']} samples; {counts}){note}", soft_wrap=True, markup=False,
                   highlight=False)
