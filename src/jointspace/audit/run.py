@@ -103,7 +103,7 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     make = (search or NeighbourSearch()).index
     near = timed("neighbours", lambda: joint_neighbours(space, max(NEAR_K, settings.neighbours, VOTERS), make)) \
         if space.emb else None
-    if "label" in on and space.labelled and len(set(space.labels.tolist())) > 1:
+    if "label" in on and space.classed:
         found += _label_finder(space, settings, probs, refit, near, make, summary, timed)
     scores: dict = {}
     content = timed("content_vectors", lambda: content_vectors(space)) if "near" in on else {}
@@ -161,7 +161,7 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
 def _class_probs(space: Space, settings: Settings, summary: dict) -> dict[str, np.ndarray] | None:
     """The class margins' probabilities: a k-fold probe per judged modality, where the space has two classes or
     more and the class evidence is on (audit.json says which)."""
-    on = space.labelled and len(set(space.labels.tolist())) > 1 and np.isfinite(settings.class_evidence)
+    on = space.classed and np.isfinite(settings.class_evidence)
     summary["mismatch_classes"] = f"{settings.folds}-fold linear probe per modality" if on else "none"
     if not on:
         return None

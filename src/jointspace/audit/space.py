@@ -45,6 +45,11 @@ class Space:
     def modalities(self) -> list[str]:
         return list(self.kinds)
 
+    @property
+    def classed(self) -> bool:
+        """Labelled with two classes or more: what a probe needs (the label finder, the class margins)."""
+        return self.labelled and len(set(self.labels.tolist())) > 1
+
     def joint(self) -> np.ndarray:
         """The sample's point in the joint space: its modalities' embeddings side by side, scaled so that
         the inner product of two samples is the mean of their per-modality cosines."""

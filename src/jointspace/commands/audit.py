@@ -59,13 +59,9 @@ def audit(
     (a classify run: exact duplicates, near copies by content, label issues from its own classifier)."""
     from jointspace.audit.run import Settings, run_audit
     from jointspace.audit.search import NeighbourSearch
-    from jointspace.tasks import TASKS, require_verb, task_of_run
     from jointspace.tasks.refit import train_without
 
-    task = TASKS.get(task_of_run(run))
-    own = task.class_probabilities if task is not None and "embed" not in task.verbs else None
-    if own is None:  # a run with a joint space, or a clear error naming the runs that have one
-        require_verb(run, "embed")
+    own = _classifier_of(run)
     settings = Settings(finders=tuple(f.strip() for f in finders.split(",") if f.strip()), near_threshold=near_threshold,
                         near_ratio=near_ratio, near_content=near_content, mismatch_margin=mismatch_margin,
                         class_evidence=class_evidence, folds=folds, refit=refit)
@@ -79,6 +75,18 @@ def audit(
         result = run_audit(run, data, out, split, settings, overwrite=overwrite, device=device, search=search,
                            classified=classified, refit=retrain)
     _say_written(out, result, settings.finders)
+
+
+def _classifier_of(run: Path):
+    """A classify run's `class_probabilities` (its audit judges labels by its own classifier); None for a run
+    with a joint space, or a clear error naming the runs that have one."""
+    from jointspace.tasks import TASKS, require_verb, task_of_run
+
+    task = TASKS.get(task_of_run(run))
+    own = task.class_probabilities if task is not None and "embed" not in task.verbs else None
+    if own is None:
+        require_verb(run, "embed")
+    return own
 
 
 def _say_written(out: Path, result: dict, finders: tuple[str, ...]) -> None:
