@@ -123,12 +123,13 @@ def near_findings(space: Space, i: np.ndarray, j: np.ndarray, score: np.ndarray,
 MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least 10 times likelier
 CLASS_EVIDENCE = math.log(30)  # nats: the margin and the class margin together, where the space has labels
 BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or two lookalikes do not count)
+CLASS_PAIRED = 0.25  # a typical own partner trailing this share of its class's values or more: pairs made by class
 
 
 def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
                     ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For every sample, within its split: the margin by which its `beaten_by`-th best candidate of `b`
-    beats its own `b` for its `a`, and the same from `b` to `a`, the smaller of the two (both ways must be
+    """For every sample, within its split: the margin by which its `beaten_by`-th best candidate of `b` (more
+    where the split's pairs are made by class: `beaten_by_in`) beats its own `b` for its `a`, and the same from `b` to `a`, the smaller of the two (both ways must be
     wrong; 0 or below: the own partner is among the best); the row whose `b` its `a` matches best; and the
     rank share of its own `b` (the share of candidates that beat it, the larger of the two ways; estimated
     on a random 4096 in larger splits; only where the margin is at least `ranked_from`, one bar or a bar per
@@ -137,8 +138,8 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
     The margin is in the run's logits, logit scale x cosine (SigLIP's bias cancels in the difference; a loss
     without a learned scale, triplet or a pytorch-metric-learning one, has the constant scale the model was
     built with, 1 / init_temperature). A margin of m nats: under a softmax over the candidates, each of those
-    candidates is e^m times likelier than the own partner. Classmates and identical values do not beat the
-    own partner by a margin where the pairing is by class (digits' captions), so no class mode is needed.
+    candidates is e^m times likelier than the own partner. Identical values (digits' captions of one template)
+    tie with the own partner; values of one class that differ (recordings of one spoken digit) can beat it.
     Above 50k samples a split is searched through IVF (approximate): a margin can come out smaller, never
     larger, than exact search gives."""
     n = len(space)
@@ -147,10 +148,29 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
     bar = np.broadcast_to(ranked_from, (n,))
     for split in dict.fromkeys(space.splits.tolist()):
         rows = np.flatnonzero(space.splits == split)
-        margin[rows], best_b, share[rows] = group_margins(space.emb[a][rows], space.emb[b][rows], space.logit_scale,
-                                                         make, beaten_by, bar[rows])
+        ea, eb = space.emb[a][rows], space.emb[b][rows]
+        k = beaten_by_in(ea, eb, space.labels[rows] if space.classed else None, beaten_by)
+        margin[rows], best_b, share[rows] = group_margins(ea, eb, space.logit_scale, make, k, bar[rows])
         best[rows] = rows[best_b]
     return margin, best, share
+
+
+def beaten_by_in(ea: np.ndarray, eb: np.ndarray, labels: np.ndarray | None = None, beaten_by: int = BEATEN_BY,
+                 sample: int = 1024, seed: int = 0) -> int:
+    """How many candidates must beat an own partner among the pairs (ea[i], eb[i]) of one group: `beaten_by`,
+    plus, where the pairs are made by class, the rank of a typical own partner. Made by class (labelled
+    groups only): the median own partner (on a seeded `sample` of the pairs; the larger of the two ways)
+    trails at least CLASS_PAIRED of the median class's values. Paired by sample, the own partner is among the
+    first few; paired by class (an image of a 3 with any recording of "three"), it ranks anywhere among its
+    class's values, half of them on average, and a pair is then wrong where it trails its class's typical
+    value by the margin, not its class's best."""
+    if labels is None or len(ea) < 2:
+        return beaten_by
+    rows = np.random.default_rng(seed).choice(len(ea), min(sample, len(ea)), replace=False)
+    shares = np.maximum(partner_ranks(ea, eb, rows=rows), partner_ranks(eb, ea, rows=rows))
+    typical = int(np.median(shares) * (len(ea) - 1))
+    class_size = float(np.median(np.unique(labels, return_counts=True)[1]))
+    return min(beaten_by + typical, len(ea)) if typical >= CLASS_PAIRED * class_size else beaten_by
 
 
 def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable = make_index,

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.audit.findings import BEATEN_BY, group_margins, mismatch_scores, rank_shares, sample_hashes
+from jointspace.audit.findings import (
+    BEATEN_BY,
+    beaten_by_in,
+    group_margins,
+    mismatch_scores,
+    rank_shares,
+    sample_hashes,
+)
 from jointspace.audit.labels import VOTERS, agreement, judged_probs, probe_probs, vote
 from jointspace.audit.neighbours import knn, make_index
 from jointspace.audit.space import TRAIN, Space, load_space
@@ -66,7 +73,8 @@ class Refit:
         for f, other in enumerate(self.spaces):
             rows, mine = self.rows(space, f)
             ea, eb = other.emb[a][mine], other.emb[b][mine]
-            held, best_b, _ = group_margins(ea, eb, other.logit_scale, make, beaten_by, np.inf)
+            k = beaten_by_in(ea, eb, other.labels[mine] if other.classed else None, beaten_by)
+            held, best_b, _ = group_margins(ea, eb, other.logit_scale, make, k, np.inf)
             margin[rows] = (margin[rows] + held) / 2
             fitted = best[rows] == rows
             best[rows[fitted]] = rows[best_b[fitted]]

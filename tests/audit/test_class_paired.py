@@ -1,0 +1,54 @@
+"""Pairs made by class (an image of a 3 with any recording of "three"): a sample's own partner is one of its
+class's values, so the mismatch margin is to the candidate a typical own partner ranks with, not to the
+class's best (`findings.beaten_by_in`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jointspace.audit.findings import (
+    BEATEN_BY,
+    MISMATCH_MARGIN,
+    beaten_by_in,
+    mismatch_scores,
+    mismatched_pairs,
+)
+from jointspace.audit.space import Space
+
+from .test_finders import _margins, _space
+
+N_CLASS = 40
+
+
+def _paired(by_class: bool) -> Space:
+    """3 classes of 40; each image's recording is any of its class's (by_class) or a noisy copy of the image;
+    the recordings of s005 (class a) and s090 (class c) swapped."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), N_CLASS)
+    centres = rng.normal(size=(3, 16)) * 3
+    image = centres[labels] + rng.normal(size=(3 * N_CLASS, 16))
+    audio = centres[labels] + rng.normal(size=(3 * N_CLASS, 16)) if by_class else image + 0.3 * rng.normal(size=image.shape)
+    audio[[5, 90]] = audio[[90, 5]]
+    space = _space({"image": image, "audio": audio}, labels=labels)
+    space.logit_scale = 20.0
+    return space
+
+
+def test_pairs_made_by_class_are_judged_against_a_typical_partner():
+    space = _paired(by_class=True)
+    ea, eb = space.emb["image"], space.emb["audio"]
+    k = beaten_by_in(ea, eb, space.labels)
+    assert BEATEN_BY + N_CLASS // 4 <= k <= BEATEN_BY + 3 * N_CLASS // 4  # about half its class beats it
+    assert beaten_by_in(ea, eb, None) == BEATEN_BY  # no labels: no classes to tell by
+    clean = np.setdiff1d(np.arange(len(space)), [5, 90])
+    assert (_margins(space, "image", "audio", BEATEN_BY)[clean] >= MISMATCH_MARGIN).sum() >= 5  # to the class's best
+    margin, _, _ = mismatch_scores(space, "image", "audio")
+    assert margin == pytest.approx(_margins(space, "image", "audio", k), abs=1e-4)
+    assert {f.key for f in mismatched_pairs(space)} == {"s005", "s090"}
+
+
+def test_pairs_made_by_sample_keep_the_third_best_candidate():
+    space = _paired(by_class=False)
+    assert beaten_by_in(space.emb["image"], space.emb["audio"], space.labels) == BEATEN_BY
+    assert {f.key for f in mismatched_pairs(space)} == {"s005", "s090"}
