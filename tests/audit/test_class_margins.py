@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jointspace.audit.findings import CLASS_EVIDENCE, MISMATCH_MARGIN, class_margins, mismatched_pairs
 from jointspace.audit.labels import modality_probs
+from jointspace.audit.mismatch import CLASS_EVIDENCE, MISMATCH_MARGIN, class_margins, mismatched_pairs
 from jointspace.audit.space import Space
 
 from .test_finders import _margins, _space

@@ -1,13 +1,13 @@
-"""Pairs made by class (an image of a 3 with any recording of "three"): a sample's own partner is one of its
+"""Modalities paired by class (an image of a 3 with any recording of "three"): a sample's own partner is one of its
 class's values, so the mismatch margin is to the candidate a typical own partner ranks with, not to the
-class's best (`findings.beaten_by_in`)."""
+class's best (`mismatch.beaten_by_in`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from jointspace.audit.findings import (
+from jointspace.audit.mismatch import (
     BEATEN_BY,
     MISMATCH_MARGIN,
     beaten_by_in,
@@ -52,3 +52,13 @@ def test_pairs_made_by_sample_keep_the_third_best_candidate():
     space = _paired(by_class=False)
     assert beaten_by_in(space.emb["image"], space.emb["audio"], space.labels) == BEATEN_BY
     assert {f.key for f in mismatched_pairs(space)} == {"s005", "s090"}
+
+
+def test_the_audit_says_how_many_candidates_must_beat_a_partner_per_pair_and_split():
+    from jointspace.audit.run import Settings, audit_space
+
+    space = _paired(by_class=True)
+    found, summary, _ = audit_space(space, Settings(finders=("mismatch",)))
+    k = beaten_by_in(space.emb["image"], space.emb["audio"], space.labels)
+    assert summary["mismatch_beaten_by"] == {"image-audio": {"train": k}} and k > BEATEN_BY
+    assert {f.key for f in found} == {"s005", "s090"}  # with the class margins too

@@ -9,17 +9,15 @@ import pytest
 from jointspace.audit.findings import (
     DUPLICATE,
     LEAK,
-    MISMATCH_MARGIN,
     NEAR,
     exact_duplicates,
-    mismatch_scores,
-    mismatched_pairs,
     near_duplicates,
     neighbour_scores,
     outliers,
     representative,
 )
 from jointspace.audit.labels import label_issues
+from jointspace.audit.mismatch import MISMATCH_MARGIN, mismatch_scores, mismatched_pairs
 from jointspace.audit.neighbours import knn, partner_ranks
 from jointspace.audit.space import Space, content_hash
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from jointspace.audit.findings import mismatch_scores, mismatched_pairs
 from jointspace.audit.labels import label_issues
+from jointspace.audit.mismatch import mismatch_scores, mismatched_pairs
 from jointspace.audit.neighbours import knn
 from jointspace.audit.refit import Refit, fold_of, held_keys
 from jointspace.audit.space import Space

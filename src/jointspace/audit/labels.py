@@ -53,7 +53,7 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, folds: int = 5, 
 def modality_probs(space: Space, modalities: list[str], folds: int = 5,
                    seed: int = 0) -> dict[str, np.ndarray]:
     """Per modality, [N, C] class probabilities from a k-fold probe on that modality's embeddings alone (the
-    mismatch finder's class margins: `findings.class_margins`)."""
+    mismatch finder's class margins: `mismatch.class_margins`)."""
     return {m: out_of_fold_probs(space.emb[m], space.labels, folds, seed) for m in modalities}
 
 

@@ -13,15 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jointspace.audit.findings import (
-    BEATEN_BY,
-    beaten_by_in,
-    group_margins,
-    mismatch_scores,
-    rank_shares,
-    sample_hashes,
-)
+from jointspace.audit.findings import sample_hashes
 from jointspace.audit.labels import VOTERS, agreement, judged_probs, probe_probs, vote
+from jointspace.audit.mismatch import BEATEN_BY, beaten_by_in, group_margins, mismatch_scores, rank_shares
 from jointspace.audit.neighbours import knn, make_index
 from jointspace.audit.space import TRAIN, Space, load_space
 from jointspace.errors import UsageError

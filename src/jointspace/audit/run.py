@@ -11,19 +11,14 @@ import numpy as np
 
 from jointspace.audit.content import content_near_duplicates, content_vectors
 from jointspace.audit.findings import (
-    CLASS_EVIDENCE,
     CONTENT_THRESHOLD,
     DUPLICATE,
     LEAK,
-    MISMATCH_MARGIN,
     NEAR,
     NEAR_K,
     Finding,
     exact_duplicates,
     joint_neighbours,
-    judged_pairs,
-    mismatch_scores,
-    mismatched_pairs,
     near_duplicates,
     neighbour_scores,
     outliers,
@@ -31,6 +26,14 @@ from jointspace.audit.findings import (
 )
 from jointspace.audit.folder import AUDIT_FOLDER, write_findings, write_samples
 from jointspace.audit.labels import VOTERS, label_issues, modality_probs, require_cleanlab
+from jointspace.audit.mismatch import (
+    CLASS_EVIDENCE,
+    MISMATCH_MARGIN,
+    judged_pairs,
+    mismatch_scores,
+    mismatched_pairs,
+    split_beaten_by,
+)
 from jointspace.audit.page import write_page
 from jointspace.audit.refit import Refit, fold_of, held_keys, load_refit
 from jointspace.audit.search import NeighbourSearch
@@ -144,6 +147,7 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
                                                          settings.neighbours, content, settings.near_content))
     if "mismatch" in on and len(space.modalities) > 1:
         summary["mismatch_pairs"] = ["-".join(p) for p in judged_pairs(space)]
+        summary["mismatch_beaten_by"] = {"-".join(p): split_beaten_by(space, *p) for p in judged_pairs(space)}
         summary["logit_scale"] = round(float(space.logit_scale), 6)
         scorer = refit.scores if refit is not None else mismatch_scores
         classes = timed("mismatch_probes", lambda: _class_probs(space, settings, summary))

@@ -1,0 +1,145 @@
+"""The mismatch finder: for every pair of modalities the run trained, the samples whose own partner its
+best candidates beat by a margin in the run's logits, both ways (or by less, where the two modalities' class
+probabilities disagree too), judged within each split."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from itertools import combinations
+
+import numpy as np
+
+from jointspace.audit.findings import MISMATCH, Finding
+from jointspace.audit.neighbours import knn, make_index, partner_ranks
+from jointspace.audit.space import Space
+
+MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least 10 times likelier
+CLASS_EVIDENCE = math.log(30)  # nats: the margin and the class margin together, where the space has labels
+BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or two lookalikes do not count)
+CLASS_PAIRED = 0.25  # a typical own partner trailing this share of its class's values or more: paired by class
+
+
+def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
+                    ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every sample, within its split: the margin by which its `beaten_by`-th best candidate of `b` (more
+    where the split's modalities are paired by class: `beaten_by_in`) beats its own `b` for its `a`, and the
+    same from `b` to `a`, the smaller of the two (both ways must be wrong; 0 or below: the own partner is among
+    the best); the row whose `b` its `a` matches best; and the rank share of its own `b` (the share of
+    candidates that beat it, the larger of the two ways; estimated on a random 4096 in larger splits; only
+    where the margin is at least `ranked_from`, one bar or a bar per sample, else 0).
+
+    The margin is in the run's logits, logit scale x cosine (SigLIP's bias cancels in the difference; a loss
+    without a learned scale, triplet or a pytorch-metric-learning one, has the constant scale the model was
+    built with, 1 / init_temperature). A margin of m nats: under a softmax over the candidates, each of those
+    candidates is e^m times likelier than the own partner. Identical values (digits' captions of one template)
+    tie with the own partner; values of one class that differ (recordings of one spoken digit) can beat it.
+    Above 50k samples a split is searched through IVF (approximate): a margin can come out smaller, never
+    larger, than exact search gives."""
+    n = len(space)
+    margin, share = np.zeros(n), np.zeros(n)
+    best = np.zeros(n, dtype=np.int64)
+    bar = np.broadcast_to(ranked_from, (n,))
+    for split, k in split_beaten_by(space, a, b, beaten_by).items():
+        rows = np.flatnonzero(space.splits == split)
+        margin[rows], best_b, share[rows] = group_margins(space.emb[a][rows], space.emb[b][rows], space.logit_scale,
+                                                         make, k, bar[rows])
+        best[rows] = rows[best_b]
+    return margin, best, share
+
+
+def split_beaten_by(space: Space, a: str, b: str, beaten_by: int = BEATEN_BY) -> dict[str, int]:
+    """Per split: how many candidates must beat a sample's own partner (`beaten_by_in`; audit.json's
+    `mismatch_beaten_by`)."""
+    out = {}
+    for split in dict.fromkeys(space.splits.tolist()):
+        rows = np.flatnonzero(space.splits == split)
+        out[split] = beaten_by_in(space.emb[a][rows], space.emb[b][rows],
+                                  space.labels[rows] if space.classed else None, beaten_by)
+    return out
+
+
+def beaten_by_in(ea: np.ndarray, eb: np.ndarray, labels: np.ndarray | None = None, beaten_by: int = BEATEN_BY,
+                 sample: int = 1024, seed: int = 0) -> int:
+    """How many candidates must beat an own partner among the pairs (ea[i], eb[i]) of one group: `beaten_by`,
+    plus, where the two are paired by class, the rank of a typical own partner. Paired by class (labelled
+    groups only): the median own partner (on a seeded `sample` of the pairs; the larger of the two ways)
+    trails at least CLASS_PAIRED of the median class's values. Paired by sample, the own partner is among the
+    first few; paired by class (an image of a 3 with any recording of "three"), it ranks anywhere among its
+    class's values, half of them on average, and a pair is then wrong where it trails its class's typical
+    value by the margin, not its class's best."""
+    if labels is None or len(ea) < 2:
+        return beaten_by
+    rows = np.random.default_rng(seed).choice(len(ea), min(sample, len(ea)), replace=False)
+    shares = np.maximum(partner_ranks(ea, eb, rows=rows), partner_ranks(eb, ea, rows=rows))
+    typical = int(np.median(shares) * (len(ea) - 1))
+    class_size = float(np.median(np.unique(labels, return_counts=True)[1]))
+    return min(beaten_by + typical, len(ea)) if typical >= CLASS_PAIRED * class_size else beaten_by
+
+
+def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable = make_index,
+                  beaten_by: int = BEATEN_BY, ranked_from: float | np.ndarray = -np.inf
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`mismatch_scores` within one group of candidates: the pairs (ea[i], eb[i]), logit scale `scale`;
+    (margins, the row whose `b` each `a` matches best, rank shares)."""
+    own = np.einsum("nd,nd->n", ea, eb)
+    k = min(beaten_by, len(ea))
+    ab, best_b = knn(eb, k, make(eb, 0), queries=ea)
+    ba, _ = knn(ea, k, make(ea, 0), queries=eb)
+    margin = scale * (np.minimum(ab[:, k - 1], ba[:, k - 1]) - own)
+    return margin, best_b[:, 0], rank_shares(ea, eb, margin >= ranked_from)
+
+
+def rank_shares(ea: np.ndarray, eb: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The rank share of each pair (ea[i], eb[i]) among the group's candidates, the larger of the two ways,
+    where `where` holds (0 elsewhere)."""
+    share = np.zeros(len(ea))
+    ranked = np.flatnonzero(where)
+    if len(ranked):
+        share[ranked] = np.maximum(partner_ranks(ea, eb, rows=ranked), partner_ranks(eb, ea, rows=ranked))
+    return share
+
+
+def judged_pairs(space: Space) -> list[tuple[str, str]]:
+    """The modality pairs the mismatch finder judges: those the run trained against each other (an anchor's
+    pairs, or the loss's explicit pairs: a pair never trained is aligned only through a third modality),
+    every pair where the space does not say."""
+    if space.pairs:
+        return [(a, b) for a, b in space.pairs if a in space.emb and b in space.emb]
+    return list(combinations(space.modalities, 2))
+
+
+def class_margins(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """Per sample, from two modalities' class probabilities [N, C] (each never saw the sample's label): how
+    many nats `pa` prefers its likeliest class to the class `pb` finds likeliest, and the same from `pb`'s
+    side, the smaller of the two (0 where both name the same class; both ways must disagree)."""
+    rows = np.arange(len(pa))
+    ca, cb = pa.argmax(axis=1), pb.argmax(axis=1)
+    la, lb = np.log(np.maximum(pa, 1e-12)), np.log(np.maximum(pb, 1e-12))
+    return np.minimum(la[rows, ca] - la[rows, cb], lb[rows, cb] - lb[rows, ca])
+
+
+def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index,
+                     scores: Callable = mismatch_scores, classes: dict[str, np.ndarray] | None = None,
+                     evidence: float = CLASS_EVIDENCE) -> list[Finding]:
+    """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates by at least
+    `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
+    judged pair of modalities. `classes`: per modality, class probabilities that never saw the sample's label
+    (`labels.modality_probs`); where given, a pair whose margin plus its class margin (`class_margins`)
+    reaches `evidence` nats is flagged too, where the margin is above 0 (the own partner is beaten: a pair
+    whose own partner is among its best matches is not flagged on its classes alone): a run that trained on
+    a swapped pair pulled its two values together, but each still looks like its own class. Score: the margin."""
+    found = []
+    for a, b in judged_pairs(space):
+        lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
+        bar = np.maximum(np.minimum(margin, evidence - lift), 0.0)
+        score, best, share = scores(space, a, b, make, ranked_from=bar)
+        for row in np.flatnonzero((score >= bar) & (score > 0)).tolist():
+            p = int(best[row])
+            detail = {"rank_share": round(float(share[row]), 6)}
+            if classes:
+                detail["class_margin"] = round(float(lift[row]), 6)
+            found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),
+                                 space.keys[p] if p != row else "", str(space.splits[p]) if p != row else "",
+                                 f"{a}-{b}", space.class_name(int(space.labels[row])), detail=detail))
+    return found
