@@ -3,6 +3,7 @@
     .venv/bin/python bench/audit.py                    # 100k samples, 2 x 64-d, 70/15/15 splits
     .venv/bin/python bench/audit.py --n 20000 --dim 32
     .venv/bin/python bench/audit.py --pictures         # and 32x32 pictures: near copies by content too
+    .venv/bin/python bench/audit.py --by-class         # the text modality paired by class, not by sample
 
 The embeddings are synthetic (embedding 100k real samples on 2 cores is the run's own cost, not the
 audit's): 10 classes, each sample a class centre plus its own direction plus noise in each modality, so
@@ -25,17 +26,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def synthetic_space(n: int, dim: int, seed: int = 0, pictures: bool = False):
+def synthetic_space(n: int, dim: int, seed: int = 0, pictures: bool = False, by_class: bool = False):
     """A Space of n samples in 2 modalities with planted faults; returns (space, planted keys per fault).
     `pictures`: with values (a picture per sample, a caption per class), so the near-copy search by
-    content runs too."""
+    content runs too. `by_class`: each sample's text is another sample's of its class (the modalities paired
+    by class, as digits' recordings are): a swapped partner is planted only where the two classes differ."""
     from jointspace.audit.space import Space, content_hash
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n)
     centres = rng.normal(size=(10, dim)) * 1.2
-    own = rng.normal(size=(n, dim))
-    emb = {m: _unit(centres[labels] + own + 0.35 * rng.normal(size=(n, dim))).astype(np.float32)
+    own = {"image": rng.normal(size=(n, dim))}
+    own["text"] = own["image"].copy()
+    for c in range(10) if by_class else ():  # each text takes another sample's of its class
+        rows = np.flatnonzero(labels == c)
+        own["text"][rows] = own["image"][rng.permutation(rows)]
+    emb = {m: _unit(centres[labels] + own[m] + 0.35 * rng.normal(size=(n, dim))).astype(np.float32)
            for m in ("image", "text")}
     splits = np.array(["train"] * n, dtype=object)
     splits[int(0.7 * n):int(0.85 * n)], splits[int(0.85 * n):] = "val", "test"
@@ -52,6 +58,8 @@ def synthetic_space(n: int, dim: int, seed: int = 0, pictures: bool = False):
     labels[dup_dst], labels[near_dst] = labels[dup_src], labels[near_src]
     a, b = swap[: len(swap) // 2], swap[len(swap) // 2:]
     emb["text"][a], emb["text"][b] = emb["text"][b].copy(), emb["text"][a].copy()
+    if by_class:  # a swap within a class is no fault where any value of the class is a right partner
+        swap = np.concatenate([a[labels[a] != labels[b]], b[labels[a] != labels[b]]])
     labels[flip] = (labels[flip] + rng.integers(1, 10, len(flip))) % 10
     keys = [f"k{i:06d}" for i in range(n)]
     space = Space(keys=keys, splits=splits, labels=labels.astype(np.int64), emb=emb, kinds={"image": "image", "text": "text"},
@@ -73,6 +81,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pictures", action="store_true", help="give the samples values (32x32 pictures, captions): "
                     "the near-copy search by content runs too")
+    ap.add_argument("--by-class", action="store_true", help="pair the text modality by class: each sample's text "
+                    "is another sample's of its class")
     args = ap.parse_args()
     import faiss
 
@@ -80,7 +90,7 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     t0 = time.perf_counter()
-    space, planted = synthetic_space(args.n, args.dim, pictures=args.pictures)
+    space, planted = synthetic_space(args.n, args.dim, pictures=args.pictures, by_class=args.by_class)
     made = time.perf_counter() - t0
     t0 = time.perf_counter()
     found, summary, _ = audit_space(space, Settings())
@@ -93,6 +103,7 @@ def main() -> None:
         print(f"| {args.n:,} | 2 x {args.dim} | {name} | {s:.1f} |")
     print(f"| {args.n:,} | 2 x {args.dim} | **whole audit** | **{total:.1f}** |")
     print(f"\npeak resident memory: {peak_mb:,.0f} MB; threads: {args.threads}")
+    print(f"mismatch candidates per split: {summary.get('mismatch_beaten_by')}")
     for issue, keys in planted.items():
         flagged = {f.key for f in found if f.issue == issue}
         flagged |= {f.partner_key for f in found if f.issue == issue and issue == "duplicate"}  # either copy

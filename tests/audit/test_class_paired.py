@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jointspace.audit.labels import modality_probs
 from jointspace.audit.mismatch import (
     BEATEN_BY,
     MISMATCH_MARGIN,
@@ -14,6 +15,8 @@ from jointspace.audit.mismatch import (
     mismatch_scores,
     mismatched_pairs,
 )
+from jointspace.audit.neighbours import kth_best
+from jointspace.audit.refit import Refit
 from jointspace.audit.space import Space
 
 from .test_finders import _margins, _space
@@ -62,3 +65,33 @@ def test_the_audit_says_how_many_candidates_must_beat_a_partner_per_pair_and_spl
     k = beaten_by_in(space.emb["image"], space.emb["audio"], space.labels)
     assert summary["mismatch_beaten_by"] == {"image-audio": {"train": k}} and k > BEATEN_BY
     assert {f.key for f in found} == {"s005", "s090"}  # with the class margins too
+
+
+def test_the_kth_best_candidate_by_hand_and_at_the_same_share_of_a_sample():
+    rng = np.random.default_rng(0)
+    queries, cands = rng.normal(size=(50, 8)), rng.normal(size=(300, 8))
+    exact = -np.sort(-(queries @ cands.T), axis=1)[:, 39]
+    assert kth_best(queries, cands, 40, block=7) == pytest.approx(exact)
+    sampled = kth_best(queries, cands, 40, sample=150)  # the 20th of 150 sampled candidates
+    above = ((queries @ cands.T) > sampled[:, None]).sum(axis=1)  # its place among every candidate
+    assert not np.allclose(sampled, exact) and 30 <= np.median(above) <= 48
+
+
+def test_each_refit_run_judges_its_fold_against_its_own_typical_partner():
+    space = _paired(by_class=True)
+    fold = np.arange(len(space)) % 2
+    refit = Refit(fold, [space, space])  # each fold's run: the audited run's embeddings, in its train order
+    _, mine = refit.rows(space, 0)
+    k = beaten_by_in(space.emb["image"][mine], space.emb["audio"][mine], space.labels[mine])
+    assert BEATEN_BY < k < beaten_by_in(space.emb["image"], space.emb["audio"], space.labels)  # half the candidates
+    assert {f.key for f in mismatched_pairs(space, scores=refit.scores)} == {"s005", "s090"}
+
+
+def test_paired_by_class_only_values_whose_classes_disagree_make_a_wrong_pair():
+    space = _paired(by_class=True)
+    space.logit_scale = 30.0  # hotter: a few clean pairs trail even their class's typical value by ln 10
+    margin_only = {f.key for f in mismatched_pairs(space)}
+    assert {"s005", "s090"} < margin_only  # the swap, and clean pairs of one class
+    probes = modality_probs(space, ["image", "audio"])
+    found = mismatched_pairs(space, classes=probes)
+    assert {f.key for f in found} == {"s005", "s090"} and all(f.detail["class_margin"] > 0 for f in found)

@@ -11,7 +11,7 @@ from itertools import combinations
 import numpy as np
 
 from jointspace.audit.findings import MISMATCH, Finding
-from jointspace.audit.neighbours import knn, make_index, partner_ranks
+from jointspace.audit.neighbours import knn, kth_best, make_index, partner_ranks
 from jointspace.audit.space import Space
 
 MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least 10 times likelier
@@ -81,12 +81,19 @@ def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable =
                   beaten_by: int = BEATEN_BY, ranked_from: float | np.ndarray = -np.inf
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`mismatch_scores` within one group of candidates: the pairs (ea[i], eb[i]), logit scale `scale`;
-    (margins, the row whose `b` each `a` matches best, rank shares)."""
+    (margins, the row whose `b` each `a` matches best, rank shares). The k-th best candidates come from the
+    group's index (`make`) up to BEATEN_BY; beyond (paired by class: k in the hundreds or thousands), from
+    `kth_best` (exact products over at most 4096 sampled candidates, at the same share)."""
     own = np.einsum("nd,nd->n", ea, eb)
     k = min(beaten_by, len(ea))
-    ab, best_b = knn(eb, k, make(eb, 0), queries=ea)
-    ba, _ = knn(ea, k, make(ea, 0), queries=eb)
-    margin = scale * (np.minimum(ab[:, k - 1], ba[:, k - 1]) - own)
+    near = min(k, BEATEN_BY)
+    ab, best_b = knn(eb, near, make(eb, 0), queries=ea)
+    ba, _ = knn(ea, near, make(ea, 0), queries=eb)
+    if k > near:
+        kth_ab, kth_ba = kth_best(ea, eb, k), kth_best(eb, ea, k)
+    else:
+        kth_ab, kth_ba = ab[:, k - 1], ba[:, k - 1]
+    margin = scale * (np.minimum(kth_ab, kth_ba) - own)
     return margin, best_b[:, 0], rank_shares(ea, eb, margin >= ranked_from)
 
 
@@ -122,19 +129,27 @@ def class_margins(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
 def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index,
                      scores: Callable = mismatch_scores, classes: dict[str, np.ndarray] | None = None,
                      evidence: float = CLASS_EVIDENCE) -> list[Finding]:
-    """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates by at least
-    `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
-    judged pair of modalities. `classes`: per modality, class probabilities that never saw the sample's label
-    (`labels.modality_probs`); where given, a pair whose margin plus its class margin (`class_margins`)
-    reaches `evidence` nats is flagged too, where the margin is above 0 (the own partner is beaten: a pair
-    whose own partner is among its best matches is not flagged on its classes alone): a run that trained on
-    a swapped pair pulled its two values together, but each still looks like its own class. Score: the margin."""
+    """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates (more where the
+    two are paired by class: `split_beaten_by`) by at least `margin` nats both ways (`scores`:
+    `mismatch_scores`, or the refit runs' out-of-fold ones), for every judged pair of modalities. `classes`:
+    per modality, class probabilities that never saw the sample's label (`labels.modality_probs`); where
+    given, a pair whose margin plus its class margin (`class_margins`) reaches `evidence` nats is flagged
+    too, where the margin is above 0 (the own partner is beaten: a pair whose own partner is among its best
+    matches is not flagged on its classes alone): a run that trained on a swapped pair pulled its two values
+    together, but each still looks like its own class. Where given and the two are paired by class, only a
+    pair whose class margin is above 0 is flagged: any value of its class is a right partner, so only values
+    whose classes disagree make a wrong pair. Score: the margin."""
     found = []
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
         bar = np.maximum(np.minimum(margin, evidence - lift), 0.0)
         score, best, share = scores(space, a, b, make, ranked_from=bar)
-        for row in np.flatnonzero((score >= bar) & (score > 0)).tolist():
+        flagged = (score >= bar) & (score > 0)
+        if classes:
+            counts = split_beaten_by(space, a, b)
+            by_class = np.array([counts[split] > BEATEN_BY for split in space.splits.tolist()], dtype=bool)
+            flagged &= ~by_class | (lift > 0)
+        for row in np.flatnonzero(flagged).tolist():
             p = int(best[row])
             detail = {"rank_share": round(float(share[row]), 6)}
             if classes:

@@ -99,3 +99,21 @@ def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024, sample: int =
         own = np.einsum("nd,nd->n", a[mine], b[mine])
         share[start:start + len(mine)] = ((a[mine] @ pool.T) > own[:, None] + 1e-5).sum(axis=1)
     return share / max(len(pool) - (pick is None), 1)  # the partner itself is among all candidates
+
+
+def kth_best(queries: np.ndarray, cands: np.ndarray, k: int, block: int = 1024, sample: int = RANK_SAMPLE,
+             seed: int = 0) -> np.ndarray:
+    """Per query, the k-th highest similarity among `cands` (every row of it, a query's own partner
+    included), or, where `cands` is larger than `sample`, the candidate at the same share of a seeded random
+    `sample` of them (an estimate of the same quantile). Exact products, `block` queries at a time: memory
+    O(block x sample) for any k, where a k-NN search would hold k results per query (and an IVF index returns
+    fewer than k where its probed lists hold fewer)."""
+    pick = None if len(cands) <= sample else np.sort(np.random.default_rng(seed).choice(len(cands), sample, replace=False))
+    pool = cands if pick is None else cands[pick]
+    kk = min(max(1, k if pick is None else round(k * len(pool) / len(cands))), len(pool))
+    out = np.empty(len(queries), dtype=np.float64)
+    for start in range(0, len(queries), block):
+        sims = queries[start:start + block] @ pool.T
+        out[start:start + len(sims)] = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]
+    return out
+
