@@ -88,11 +88,10 @@ def group_margins(ea: np.ndarray, eb: np.ndarray, scale: float, make: Callable =
     k = min(beaten_by, len(ea))
     near = min(k, BEATEN_BY)
     ab, best_b = knn(eb, near, make(eb, 0), queries=ea)
-    ba, _ = knn(ea, near, make(ea, 0), queries=eb)
-    if k > near:
+    if k > near:  # the index gives only each a's best match
         kth_ab, kth_ba = kth_best(ea, eb, k), kth_best(eb, ea, k)
     else:
-        kth_ab, kth_ba = ab[:, k - 1], ba[:, k - 1]
+        kth_ab, kth_ba = ab[:, k - 1], knn(ea, k, make(ea, 0), queries=eb)[0][:, k - 1]
     margin = scale * (np.minimum(kth_ab, kth_ba) - own)
     return margin, best_b[:, 0], rank_shares(ea, eb, margin >= ranked_from)
 

@@ -84,21 +84,28 @@ def pairs_above(vectors: np.ndarray, threshold: float, neighbours: tuple[np.ndar
     return pair[:, 0], pair[:, 1], cos.astype(np.float32)
 
 
+def candidate_pool(cands: np.ndarray, sample: int = RANK_SAMPLE, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """`cands`, or a seeded random `sample` of its rows (in their order) where it has more; and whether
+    it was sampled."""
+    if len(cands) <= sample:
+        return cands, False
+    return cands[np.sort(np.random.default_rng(seed).choice(len(cands), sample, replace=False))], True
+
+
 def partner_ranks(a: np.ndarray, b: np.ndarray, block: int = 1024, sample: int = RANK_SAMPLE,
                   seed: int = 0, rows: np.ndarray | None = None) -> np.ndarray:
     """For each row i (of `rows`, default all): the share of rows j of `b` that score higher against a[i]
     than its own partner b[i] (0: the partner is first; ties do not count), counted over every row of `b`,
     or over a seeded random `sample` of them when `b` is larger. Blocks of `block` queries at a time: memory
     O(block x sample)."""
-    pick = None if len(b) <= sample else np.sort(np.random.default_rng(seed).choice(len(b), sample, replace=False))
-    pool = b if pick is None else b[pick]
+    pool, sampled = candidate_pool(b, sample, seed)
     rows = np.arange(len(a)) if rows is None else np.asarray(rows)
     share = np.zeros(len(rows))
     for start in range(0, len(rows), block):
         mine = rows[start:start + block]
         own = np.einsum("nd,nd->n", a[mine], b[mine])
         share[start:start + len(mine)] = ((a[mine] @ pool.T) > own[:, None] + 1e-5).sum(axis=1)
-    return share / max(len(pool) - (pick is None), 1)  # the partner itself is among all candidates
+    return share / max(len(pool) - (not sampled), 1)  # the partner itself is among all candidates
 
 
 def kth_best(queries: np.ndarray, cands: np.ndarray, k: int, block: int = 1024, sample: int = RANK_SAMPLE,
@@ -108,12 +115,10 @@ def kth_best(queries: np.ndarray, cands: np.ndarray, k: int, block: int = 1024, 
     `sample` of them (an estimate of the same quantile). Exact products, `block` queries at a time: memory
     O(block x sample) for any k, where a k-NN search would hold k results per query (and an IVF index returns
     fewer than k where its probed lists hold fewer)."""
-    pick = None if len(cands) <= sample else np.sort(np.random.default_rng(seed).choice(len(cands), sample, replace=False))
-    pool = cands if pick is None else cands[pick]
-    kk = min(max(1, k if pick is None else round(k * len(pool) / len(cands))), len(pool))
+    pool, sampled = candidate_pool(cands, sample, seed)
+    kk = min(max(1, round(k * len(pool) / len(cands)) if sampled else k), len(pool))
     out = np.empty(len(queries), dtype=np.float64)
     for start in range(0, len(queries), block):
         sims = queries[start:start + block] @ pool.T
         out[start:start + len(sims)] = -np.partition(-sims, kk - 1, axis=1)[:, kk - 1]
     return out
-
