@@ -18,6 +18,7 @@ MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least
 CLASS_EVIDENCE = math.log(30)  # nats: the margin and the class margin together, where the space has labels
 BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or two lookalikes do not count)
 CLASS_PAIRED = 0.25  # a typical own partner trailing this share of its class's values or more: paired by class
+EXCHANGE_MARGIN = math.log(3)  # nats: a swap's other side, its `a` preferring the flagged sample's value to its own
 
 
 def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
@@ -137,23 +138,64 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     matches is not flagged on its classes alone): a run that trained on a swapped pair pulled its two values
     together, but each still looks like its own class. Where given and the two are paired by class, only a
     pair whose class margin is above 0 is flagged: any value of its class is a right partner, so only values
-    whose classes disagree make a wrong pair. Score: the margin."""
+    whose classes disagree make a wrong pair. And the other side of each swap found (`exchanged`), which the
+    run may have fitted. Score: the margin (on a swap's other side its own, which can be below the bar)."""
     found = []
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
         bar = np.maximum(np.minimum(margin, evidence - lift), 0.0)
         score, best, share = scores(space, a, b, make, ranked_from=bar)
         flagged = (score >= bar) & (score > 0)
+        counts = split_beaten_by(space, a, b)
         if classes:
-            counts = split_beaten_by(space, a, b)
             by_class = np.array([counts[split] > BEATEN_BY for split in space.splits.tolist()], dtype=bool)
             flagged &= ~by_class | (lift > 0)
         for row in np.flatnonzero(flagged).tolist():
-            p = int(best[row])
             detail = {"rank_share": round(float(share[row]), 6)}
-            if classes:
-                detail["class_margin"] = round(float(lift[row]), 6)
-            found.append(Finding(space.keys[row], MISMATCH, float(score[row]), str(space.splits[row]),
-                                 space.keys[p] if p != row else "", str(space.splits[p]) if p != row else "",
-                                 f"{a}-{b}", space.class_name(int(space.labels[row])), detail=detail))
+            found.append(_finding(space, a, b, row, float(score[row]), int(best[row]), detail, lift[row] if classes else None))
+        for row, (other, prefers, rank) in sorted(exchanged(space, a, b, flagged, counts, margin).items()):
+            detail = {"rank_share": round(rank, 6), "exchange_margin": round(prefers, 6)}
+            found.append(_finding(space, a, b, row, float(score[row]), other, detail, lift[row] if classes else None))
     return found
+
+
+def _finding(space: Space, a: str, b: str, row: int, score: float, partner: int, detail: dict,
+             lift: float | None) -> Finding:
+    if lift is not None:
+        detail["class_margin"] = round(float(lift), 6)
+    return Finding(space.keys[row], MISMATCH, score, str(space.splits[row]),
+                   space.keys[partner] if partner != row else "", str(space.splits[partner]) if partner != row else "",
+                   f"{a}-{b}", space.class_name(int(space.labels[row])), detail=detail)
+
+
+def exchanged(space: Space, a: str, b: str, flagged: np.ndarray, counts: dict[str, int],
+              margin: float = MISMATCH_MARGIN, block: int = 256) -> dict[int, tuple[int, float, float]]:
+    """A swap has two sides: where a flagged sample i's `a` prefers sample j's `b` to its own by `margin` nats
+    and j's `a` prefers i's `b` to its own by EXCHANGE_MARGIN, i holds j's value and j holds i's, and j is a
+    mismatched pair too. A run that trained on a swap can fit one side of it: that side's own margin shrinks,
+    yet its `a` still prefers the value it was swapped out of. Within each split paired by sample (`counts`,
+    `split_beaten_by`: BEATEN_BY; paired by class, any value of the class is a right partner); j not flagged.
+    Returns {j: (i, how many nats j's `a` prefers i's `b` to its own, j's rank share)}, i the flagged sample
+    whose value j's `a` prefers most."""
+    out = {}
+    for split, k in counts.items():
+        rows = np.flatnonzero(space.splits == split)
+        held = np.flatnonzero(flagged[rows])
+        if k > BEATEN_BY or not len(held):
+            continue
+        ea, eb, scale = space.emb[a][rows], space.emb[b][rows], space.logit_scale
+        own = scale * np.einsum("nd,nd->n", ea, eb)
+        prefers, other = np.full(len(rows), -np.inf), np.zeros(len(rows), dtype=np.int64)
+        for start in range(0, len(held), block):
+            rows_i = held[start:start + block]
+            wants = scale * (ea[rows_i] @ eb.T) - own[rows_i, None] >= margin  # i's a prefers j's b
+            pref = np.where(wants, scale * (eb[rows_i] @ ea.T) - own[None, :], -np.inf)  # j's a prefers i's b
+            top = pref.argmax(axis=0)
+            value = pref[top, np.arange(len(rows))]
+            better = value > prefers
+            prefers[better], other[better] = value[better], rows_i[top[better]]
+        hit = (prefers >= EXCHANGE_MARGIN) & ~flagged[rows]
+        share = rank_shares(ea, eb, hit)
+        out.update({int(rows[j]): (int(rows[other[j]]), float(prefers[j]), float(share[j]))
+                    for j in np.flatnonzero(hit)})
+    return out
