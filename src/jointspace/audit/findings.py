@@ -19,7 +19,8 @@ ALL = "all"  # the modality of a finding about whole samples
 @dataclass
 class Finding:
     """One suspect sample: the issue, a score (higher: more suspect), the sample it pairs with (a duplicate's
-    original, a leak's train sample, the sample whose partner a mismatched one matches), and its split."""
+    original, a leak's train sample, the sample whose value a mismatched one's first modality matches best,
+    or on a swap's other side the flagged sample holding its value), and its split."""
 
     key: str
     issue: str

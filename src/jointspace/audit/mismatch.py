@@ -18,7 +18,7 @@ MISMATCH_MARGIN = math.log(10)  # nats: the beating candidates are each at least
 CLASS_EVIDENCE = math.log(30)  # nats: the margin and the class margin together, where the space has labels
 BEATEN_BY = 3  # candidates that must beat the own partner by the margin (one or two lookalikes do not count)
 CLASS_PAIRED = 0.25  # a typical own partner trailing this share of its class's values or more: paired by class
-EXCHANGE_MARGIN = math.log(3)  # nats: a swap's other side, its `a` preferring the flagged sample's value to its own
+EXCHANGE_PREFERENCE = math.log(3)  # nats: a swap's other side, its `a` preferring the flagged sample's value to its own
 
 
 def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
@@ -138,8 +138,10 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     matches is not flagged on its classes alone): a run that trained on a swapped pair pulled its two values
     together, but each still looks like its own class. Where given and the two are paired by class, only a
     pair whose class margin is above 0 is flagged: any value of its class is a right partner, so only values
-    whose classes disagree make a wrong pair. And the other side of each swap found (`exchanged`), which the
-    run may have fitted. Score: the margin (on a swap's other side its own, which can be below the bar)."""
+    whose classes disagree make a wrong pair. And the other side of each swap found (`exchanged`, judged in
+    `space`, the audited run's, also where `scores` are the refit runs'), which the run may have fitted. Score:
+    the margin; on a swap's other side, its flagged partner's (one swap, one score; its own margin, which can
+    be below the bar, in `detail.margin`)."""
     found = []
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
@@ -153,9 +155,11 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
         for row in np.flatnonzero(flagged).tolist():
             detail = {"rank_share": round(float(share[row]), 6)}
             found.append(_finding(space, a, b, row, float(score[row]), int(best[row]), detail, lift[row] if classes else None))
-        for row, (other, prefers, rank) in sorted(exchanged(space, a, b, flagged, counts, margin).items()):
-            detail = {"rank_share": round(rank, 6), "exchange_margin": round(prefers, 6)}
-            found.append(_finding(space, a, b, row, float(score[row]), other, detail, lift[row] if classes else None))
+        for row, (partner, prefers, rank) in sorted(exchanged(space, a, b, flagged, counts, margin).items()):
+            detail = {"rank_share": round(rank, 6), "margin": round(float(score[row]), 6),
+                      "exchange_preference": round(prefers, 6)}
+            found.append(_finding(space, a, b, row, float(score[partner]), partner, detail,
+                                  lift[row] if classes else None))
     return found
 
 
@@ -171,31 +175,32 @@ def _finding(space: Space, a: str, b: str, row: int, score: float, partner: int,
 def exchanged(space: Space, a: str, b: str, flagged: np.ndarray, counts: dict[str, int],
               margin: float = MISMATCH_MARGIN, block: int = 256) -> dict[int, tuple[int, float, float]]:
     """A swap has two sides: where a flagged sample i's `a` prefers sample j's `b` to its own by `margin` nats
-    and j's `a` prefers i's `b` to its own by EXCHANGE_MARGIN, i holds j's value and j holds i's, and j is a
-    mismatched pair too. A run that trained on a swap can fit one side of it: that side's own margin shrinks,
-    yet its `a` still prefers the value it was swapped out of. Within each split paired by sample (`counts`,
-    `split_beaten_by`: BEATEN_BY; paired by class, any value of the class is a right partner); j not flagged.
-    Returns {j: (i, how many nats j's `a` prefers i's `b` to its own, j's rank share)}, i the flagged sample
-    whose value j's `a` prefers most."""
+    and j's `a` prefers i's `b` to its own by EXCHANGE_PREFERENCE, i holds j's value and j holds i's, and j is
+    a mismatched pair too. A run that trained on a swap can fit one side of it: that side's own margin
+    shrinks, yet its `a` still prefers the value it was swapped out of. From `a`'s side only (the first of the
+    judged pair: the anchor, where the loss has one), in `space`'s embeddings; within each split paired by
+    sample (`counts`, `split_beaten_by`: BEATEN_BY; paired by class, any value of the class is a right
+    partner); j not flagged. Returns {j: (i, how many nats j's `a` prefers i's `b` to its own, j's rank
+    share)}, i the flagged sample whose value j's `a` prefers most."""
     out = {}
     for split, k in counts.items():
         rows = np.flatnonzero(space.splits == split)
-        held = np.flatnonzero(flagged[rows])
-        if k > BEATEN_BY or not len(held):
+        flagged_rows = np.flatnonzero(flagged[rows])
+        if k > BEATEN_BY or not len(flagged_rows):
             continue
-        ea, eb, scale = space.emb[a][rows], space.emb[b][rows], space.logit_scale
+        ea, eb, scale = space.emb[a][rows], space.emb[b][rows], float(space.logit_scale)
         own = scale * np.einsum("nd,nd->n", ea, eb)
-        prefers, other = np.full(len(rows), -np.inf), np.zeros(len(rows), dtype=np.int64)
-        for start in range(0, len(held), block):
-            rows_i = held[start:start + block]
+        prefers, partner = np.full(len(rows), -np.inf), np.zeros(len(rows), dtype=np.int64)
+        for start in range(0, len(flagged_rows), block):
+            rows_i = flagged_rows[start:start + block]
             wants = scale * (ea[rows_i] @ eb.T) - own[rows_i, None] >= margin  # i's a prefers j's b
             pref = np.where(wants, scale * (eb[rows_i] @ ea.T) - own[None, :], -np.inf)  # j's a prefers i's b
             top = pref.argmax(axis=0)
             value = pref[top, np.arange(len(rows))]
             better = value > prefers
-            prefers[better], other[better] = value[better], rows_i[top[better]]
-        hit = (prefers >= EXCHANGE_MARGIN) & ~flagged[rows]
+            prefers[better], partner[better] = value[better], rows_i[top[better]]
+        hit = (prefers >= EXCHANGE_PREFERENCE) & ~flagged[rows]
         share = rank_shares(ea, eb, hit)
-        out.update({int(rows[j]): (int(rows[other[j]]), float(prefers[j]), float(share[j]))
+        out.update({int(rows[j]): (int(rows[partner[j]]), float(prefers[j]), float(share[j]))
                     for j in np.flatnonzero(hit)})
     return out
