@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jointspace.audit.labels import modality_probs
+from jointspace.audit.labels import mislabelled, modality_probs
 from jointspace.audit.mismatch import (
     BEATEN_BY,
+    CLASS_EVIDENCE,
     MISMATCH_MARGIN,
     beaten_by_in,
+    class_margins,
     mismatch_scores,
     mismatched_pairs,
 )
@@ -95,3 +97,23 @@ def test_paired_by_class_only_values_whose_classes_disagree_make_a_wrong_pair():
     probes = modality_probs(space, ["image", "audio"])
     found = mismatched_pairs(space, classes=probes)
     assert {f.key for f in found} == {"s005", "s090"} and all(f.detail["class_margin"] > 0 for f in found)
+
+
+def test_paired_by_class_a_value_its_probe_names_less_surely_than_that_class_names_its_own_is_not_wrong():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), N_CLASS)
+    centres = rng.normal(size=(3, 16)) * 3
+    image = centres[labels] + rng.normal(size=(3 * N_CLASS, 16))
+    audio = centres[labels] + rng.normal(size=(3 * N_CLASS, 16))
+    audio[[5, 90]] = audio[[90, 5]]  # a swap across classes a and c
+    audio[10] = 0.4 * centres[0] + 0.6 * centres[1] + rng.normal(size=16)  # a recording of a, between a and b
+    space = _space({"image": image, "audio": audio}, labels=labels)
+    space.logit_scale = 20.0
+    probes = modality_probs(space, ["image", "audio"])
+    lift = class_margins(probes["image"], probes["audio"])
+    margin, _, _ = mismatch_scores(space, "image", "audio")
+    assert 0 < margin[10] and margin[10] + lift[10] >= CLASS_EVIDENCE  # the margin and class routes would flag it
+    assert probes["audio"][10].argmax() == 1 and probes["audio"][10, 1] < np.median(probes["audio"][labels == 1, 1])
+    assert set(np.flatnonzero(mislabelled(probes["audio"], labels, space.splits))) >= {5, 90}
+    assert not mislabelled(probes["audio"], labels, space.splits)[10]  # cleanlab: not as sure as b's own
+    assert {f.key for f in mismatched_pairs(space, classes=probes)} == {"s005", "s090"}

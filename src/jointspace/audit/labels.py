@@ -108,6 +108,18 @@ def judged_probs(space: Space, neighbours: np.ndarray | None, folds: int = 5, se
     return agreement(probs, vote(space.labels, neighbours, probs.shape[1]))
 
 
+def mislabelled(probs: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
+    """[N] bool: cleanlab's label issues (`filter.find_label_issues`, its defaults) of class probabilities
+    `probs` that never saw the sample's label, within each split (a split of one class has none)."""
+    cl_filter, _ = require_cleanlab()
+    out = np.zeros(len(labels), dtype=bool)
+    for split in dict.fromkeys(splits.tolist()):
+        rows = np.flatnonzero(splits == split)
+        if len(np.unique(labels[rows])) > 1:
+            out[rows] = cl_filter.find_label_issues(labels[rows], probs[rows])
+    return out
+
+
 def label_issues(space: Space, folds: int = 5, seed: int = 0, probs: np.ndarray | None = None,
                  neighbours: np.ndarray | None = None) -> tuple[list[Finding], dict]:
     """cleanlab's label issues (ranked by self-confidence), with each one's label-quality score (reported

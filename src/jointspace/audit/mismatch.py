@@ -11,6 +11,7 @@ from itertools import combinations
 import numpy as np
 
 from jointspace.audit.findings import MISMATCH, Finding
+from jointspace.audit.labels import mislabelled
 from jointspace.audit.neighbours import knn, kth_best, make_index, partner_ranks
 from jointspace.audit.space import Space
 
@@ -137,8 +138,11 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     too, where the margin is above 0 (the own partner is beaten: a pair whose own partner is among its best
     matches is not flagged on its classes alone): a run that trained on a swapped pair pulled its two values
     together, but each still looks like its own class. Where given and the two are paired by class, only a
-    pair whose class margin is above 0 is flagged: any value of its class is a right partner, so only values
-    whose classes disagree make a wrong pair. And the other side of each swap found (`exchanged`, judged in
+    pair whose class margin is above 0 and one of whose values is a label issue of its own modality is
+    flagged (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of
+    its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its
+    own modality's probe places in another class as surely as cleanlab asks (a value between two classes,
+    or from a weak tower, is not). And the other side of each swap found (`exchanged`, judged in
     `space`, the audited run's, also where `scores` are the refit runs'), which the run may have fitted. Score:
     the margin; on a swap's other side, its flagged partner's (one swap, one score; its own margin, which can
     be below the bar, in `detail.margin`)."""
@@ -151,7 +155,9 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
         counts = split_beaten_by(space, a, b)
         if classes:
             by_class = np.array([counts[split] > BEATEN_BY for split in space.splits.tolist()], dtype=bool)
-            flagged &= ~by_class | (lift > 0)
+            if by_class.any():
+                wrong = {m: mislabelled(classes[m], space.labels, space.splits) for m in (a, b)}
+                flagged &= ~by_class | ((lift > 0) & (wrong[a] | wrong[b]))
         for row in np.flatnonzero(flagged).tolist():
             detail = {"rank_share": round(float(share[row]), 6)}
             found.append(_finding(space, a, b, row, float(score[row]), int(best[row]), detail, lift[row] if classes else None))
