@@ -11,7 +11,7 @@ from jointspace.audit.findings import LABEL, Finding
 from jointspace.audit.space import Space
 from jointspace.errors import require
 
-WHAT = "jointspace audit (label issues)"
+WHAT = "jointspace audit (label issues; mismatched pairs of modalities paired by class)"
 VOTERS = 5  # the nearest others whose labels vote
 VOTE_FLOOR = 1e-3  # added to each class's share of the vote: no class is ruled out by 5 neighbours alone
 
@@ -109,14 +109,17 @@ def judged_probs(space: Space, neighbours: np.ndarray | None, folds: int = 5, se
 
 
 def mislabelled(probs: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> np.ndarray:
-    """[N] bool: cleanlab's label issues (`filter.find_label_issues`, its defaults) of class probabilities
-    `probs` that never saw the sample's label, within each split (a split of one class has none)."""
+    """[N] bool: cleanlab's label issues (`filter.find_label_issues`, its defaults but one process) of class
+    probabilities `probs` that never saw the sample's label, within each split. cleanlab's per-class
+    thresholds: a sample is an issue where its probabilities name another class as surely as that class's
+    own samples name it on average. Within a split, a class none of its samples has takes no issue, and the
+    only sample of a class is kept; a split of one class has none."""
     cl_filter, _ = require_cleanlab()
     out = np.zeros(len(labels), dtype=bool)
     for split in dict.fromkeys(splits.tolist()):
         rows = np.flatnonzero(splits == split)
         if len(np.unique(labels[rows])) > 1:
-            out[rows] = cl_filter.find_label_issues(labels[rows], probs[rows])
+            out[rows] = cl_filter.find_label_issues(labels[rows], probs[rows], n_jobs=1)
     return out
 
 

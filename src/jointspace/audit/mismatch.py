@@ -140,13 +140,13 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     together, but each still looks like its own class. Where given and the two are paired by class, only a
     pair whose class margin is above 0 and one of whose values is a label issue of its own modality is
     flagged (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of
-    its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its
-    own modality's probe places in another class as surely as cleanlab asks (a value between two classes,
-    or from a weak tower, is not). And the other side of each swap found (`exchanged`, judged in
+    its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its own
+    modality's probe places in another class as surely as that class's own values are placed on average.
+    `classes` are the audited run's, with `scores` from the refit runs too. And the other side of each swap found (`exchanged`, judged in
     `space`, the audited run's, also where `scores` are the refit runs'), which the run may have fitted. Score:
     the margin; on a swap's other side, its flagged partner's (one swap, one score; its own margin, which can
     be below the bar, in `detail.margin`)."""
-    found = []
+    found, wrong = [], {}
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
         bar = np.maximum(np.minimum(margin, evidence - lift), 0.0)
@@ -156,7 +156,8 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
         if classes:
             by_class = np.array([counts[split] > BEATEN_BY for split in space.splits.tolist()], dtype=bool)
             if by_class.any():
-                wrong = {m: mislabelled(classes[m], space.labels, space.splits) for m in (a, b)}
+                for m in {a, b} - set(wrong):
+                    wrong[m] = mislabelled(classes[m], space.labels, space.splits)
                 flagged &= ~by_class | ((lift > 0) & (wrong[a] | wrong[b]))
         for row in np.flatnonzero(flagged).tolist():
             detail = {"rank_share": round(float(share[row]), 6)}

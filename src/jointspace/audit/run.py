@@ -210,8 +210,8 @@ def run_audit(run_dir: str | Path, data: str | Path, out: str | Path, splits: li
                          f"and label issues (--finders exact,near,label), not {', '.join(settings.finders)}")
     if settings.refit:
         _refit_applies(settings, refit is not None and classified is None, splits)
-    if "label" in settings.finders:
-        require_cleanlab()  # before any work: a missing extra is one line
+    if "label" in settings.finders or ("mismatch" in settings.finders and np.isfinite(settings.class_evidence)):
+        require_cleanlab()  # before any work: a missing extra is one line (mismatch: where paired by class)
     out = Path(out)
     sources = [run_dir, *([data] if Path(str(data)).exists() else [])]
     AUDIT_FOLDER.check(out, overwrite, sources)
