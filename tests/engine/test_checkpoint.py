@@ -79,6 +79,34 @@ def test_kill_9_during_writes_never_breaks_latest(tmp_path):
             assert f"step_{state['step']:05d}" == latest.name
 
 
+class _Killed(BaseException):
+    pass
+
+
+def test_a_crash_while_a_checkpoint_of_the_same_name_is_replaced_leaves_the_old_one(tmp_path, monkeypatch):
+    model = _model()
+    save_checkpoint(tmp_path, "a", model, None, {"step": 1})
+    real = os.replace
+
+    def killed_after_moving_aside(src, dst):
+        if ".tmp-" in str(src):  # the new one moving in: the process dies first
+            raise _Killed
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_moving_aside)
+    try:
+        save_checkpoint(tmp_path, "a", model, None, {"step": 2})
+    except _Killed:
+        pass
+    monkeypatch.setattr(os, "replace", real)
+    assert not (tmp_path / "a").exists()  # latest.json names a folder that is aside
+    latest = latest_checkpoint(tmp_path)
+    assert latest == tmp_path / "a" and load_checkpoint(latest, _model(), restore_rng=False)["step"] == 1
+    save_checkpoint(tmp_path, "a", model, None, {"step": 3})
+    assert load_checkpoint(latest_checkpoint(tmp_path), _model(), restore_rng=False)["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "latest.json"]
+
+
 def test_warmup_cosine_shape():
     assert warmup_cosine(0, 10, 110) == 0.1
     assert warmup_cosine(9, 10, 110) == 1.0

@@ -37,6 +37,7 @@ from jointspace.outputs import (
 )
 
 LATEST = "latest.json"
+REPLACED = ".replaced-"  # a checkpoint being replaced by one of the same name, moved aside whole
 CHECKSUMS = "checksums.json"
 # crash tests only: seconds to wait between writing a checkpoint and moving it into place (it widens
 # the window a kill can land in; the write itself is the same)
@@ -176,11 +177,13 @@ def save_checkpoint(ckpt_dir: Path, name: str, model: torch.nn.Module, optimizer
                 _fsync_file(f)
         if os.environ.get(SLOW_WRITE_ENV):
             time.sleep(float(os.environ[SLOW_WRITE_ENV]))
-        final = ckpt_dir / name
-        if final.exists():
-            shutil.rmtree(final)
+        final, replaced = ckpt_dir / name, ckpt_dir / f"{REPLACED}{name}"
+        if final.exists():  # the same name again: moved aside whole (latest_checkpoint moves it back after a crash)
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)
+        shutil.rmtree(replaced, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -250,14 +253,21 @@ def _prune(ckpt_dir: Path, keep: int, protect: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for stale in ckpt_dir.glob(".*.tmp-*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
+    for stale in ckpt_dir.glob(f"{REPLACED}*"):  # left by a crash after its replacement was in place
+        if (ckpt_dir / stale.name[len(REPLACED):]).is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint latest.json names, or None."""
+    """The checkpoint latest.json names, or None. Where a crash came while a checkpoint of the same name was
+    being replaced (the old one moved aside, the new one not yet in), the old one is moved back first."""
     pointer = ckpt_dir / LATEST
     if not pointer.exists():
         return None
     path = ckpt_dir / json.loads(pointer.read_text())["name"]
+    replaced = ckpt_dir / f"{REPLACED}{path.name}"
+    if not path.exists() and replaced.is_dir():
+        os.replace(replaced, path)
     return path if path.exists() else None
 
 
