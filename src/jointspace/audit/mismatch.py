@@ -142,10 +142,10 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     flagged (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of
     its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its own
     modality's probe places in another class as surely as that class's own values are placed on average.
-    `classes` are the audited run's, with `scores` from the refit runs too. And the other side of each swap found (`exchanged`, judged in
-    `space`, the audited run's, also where `scores` are the refit runs'), which the run may have fitted. Score:
-    the margin; on a swap's other side, its flagged partner's (one swap, one score; its own margin, which can
-    be below the bar, in `detail.margin`)."""
+    `classes` are the audited run's, with `scores` from the refit runs too. And the other side of each swap
+    found (`exchanged`, judged in `space`, the audited run's, also where `scores` are the refit runs'), which
+    the run may have fitted. Score: the margin; on a swap's other side, its flagged partner's (one swap, one
+    score; its own margin, which can be below the bar, in `detail.margin`)."""
     found, wrong = [], {}
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
@@ -161,7 +161,8 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
                 flagged &= ~by_class | ((lift > 0) & (wrong[a] | wrong[b]))
         for row in np.flatnonzero(flagged).tolist():
             detail = {"rank_share": round(float(share[row]), 6)}
-            found.append(_finding(space, a, b, row, float(score[row]), int(best[row]), detail, lift[row] if classes else None))
+            found.append(_finding(space, a, b, row, float(score[row]), int(best[row]), detail,
+                                  lift[row] if classes else None))
         for row, (partner, prefers, rank) in sorted(exchanged(space, a, b, flagged, counts, margin).items()):
             detail = {"rank_share": round(rank, 6), "margin": round(float(score[row]), 6),
                       "exchange_preference": round(prefers, 6)}
