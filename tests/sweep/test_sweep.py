@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def write_sweep(tmp_path: Path, digits_dir: Path, **fields) -> Path:
     ({"space": {"loss.name": {"type": "categorical", "choices": []}}}, "choices"),
     ({"objective": {"metric": "val/accuracy"}}, "objective[0].metric"),
     ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 0.2, "when": {"nope.x": 1}}}}, "nope.x"),
+    ({"heartbeat_grace_s": 2}, "heartbeat_grace_s"),
 ])
 def test_bad_input_fails_before_the_first_trial(tmp_path, digits_dir, fields, message):
     with pytest.raises(ConfigError) as err:
@@ -97,7 +99,7 @@ def test_the_trial_worst_at_epoch_one_is_pruned(tmp_path, digits_dir):
 
 
 def test_killed_sweep_goes_on_without_losing_or_doubling_a_trial(tmp_path, digits_dir):
-    path = write_sweep(tmp_path, digits_dir, n_trials=3)
+    path = write_sweep(tmp_path, digits_dir, n_trials=3, heartbeat_grace_s=6)  # one process: no live trial to misjudge
     cmd = [JOINTSPACE, "sweep", str(path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     running = tmp_path / "runs" / "s" / "trials" / "1" / "metrics.jsonl"
@@ -117,6 +119,54 @@ def test_killed_sweep_goes_on_without_losing_or_doubling_a_trial(tmp_path, digit
     assert killed.number == 1  # the trial that was running, failed by its missing heartbeat ...
     retried = [t for t in by_state["COMPLETE"] if t.system_attrs.get("failed_trial") == 1]
     assert len(retried) == 1 and retried[0].params == killed.params  # ... and run again once
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_sweep_whose_trials_keep_failing_stops_with_one_line_and_exit_2(tmp_path, digits_dir, jobs):
+    base_set = yaml.safe_load(write_sweep(tmp_path, digits_dir).read_text())["set"]
+    path = write_sweep(tmp_path, digits_dir, n_trials=2, jobs=jobs, set={**base_set, "data.path": str(tmp_path)})
+    done = subprocess.run([JOINTSPACE, "sweep", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]  # was 0 with two workers: each died, the sweep said nothing
+    assert done.stderr.strip().splitlines()[-1].endswith(f"sweep s: more than 3 trials failed; see {tmp_path}/runs/s")
+    assert not (tmp_path / "runs" / "s" / "sweep.md").exists()
+
+
+def test_a_live_trial_that_another_worker_marks_failed_is_dropped_and_run_again(tmp_path, digits_dir, monkeypatch,
+                                                                                capsys):
+    """A worker with a shorter grace period (1 s) takes trial 0's heartbeat, written every 2 s, for a dead
+    process's: it marks the trial failed and queues its values again (Optuna's own fail_stale_trials and
+    retry callback). The trial's worker drops it at its next epoch and goes on; the sweep still completes."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+
+    monkeypatch.setenv(SLOW_WRITE_ENV, "1")  # each checkpoint write pauses 1 s: time for the other worker
+    path = write_sweep(tmp_path, digits_dir, n_trials=2, jobs=1, enqueue=POINTS,
+                       set={**yaml.safe_load(write_sweep(tmp_path, digits_dir).read_text())["set"], "train.epochs": 4})
+    cfg = load_sweep(path)[0]
+    taken: list[str] = []
+
+    def other_worker() -> None:
+        while not _steps(cfg.sweep_dir / "trials" / "0"):
+            time.sleep(0.05)
+        storage = RDBStorage(cfg.storage_url, heartbeat_interval=1, grace_period=1,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        study = optuna.load_study(study_name="s", storage=storage)
+        while not taken:
+            fail_stale_trials(study)
+            taken.extend(t.state.name for t in study.get_trials(deepcopy=False) if t.number == 0 and t.state.name == "FAIL")
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=other_worker, daemon=True)
+    thread.start()
+    run_sweep(path)  # the old code raised here: ValueError('Cannot tell a FAIL trial.')
+    thread.join(timeout=5)
+    assert taken == ["FAIL"]
+    trials = open_study(cfg).trials
+    assert [t.state.name for t in trials if t.number == 0] == ["FAIL"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2
+    (retried,) = [t for t in complete if t.system_attrs.get("failed_trial") == 0]
+    assert retried.params == trials[0].params
+    assert "trial 0 was marked failed by another worker" in capsys.readouterr().err
 
 
 def test_two_processes_on_one_sqlite_study_never_run_the_same_trial(tmp_path, digits_dir):
@@ -173,7 +223,10 @@ def _stop_when_both_train(tmp_path: Path, path: Path, to_worker: bool, steps: in
                             text=True, env={**os.environ, SLOW_WRITE_ENV: "2"})
     trials, deadline = tmp_path / "runs" / "s" / "trials", time.time() + 180
     while not all(_steps(trials / n) for n in ("0", "1")):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        if proc.poll() is not None or time.time() > deadline:
+            err = proc.stderr.read()  # its first error (a worker's) as well as its last lines
+            raise AssertionError(f"sweep ended or timed out before both trials logged a step:\n{err[:3000]}\n"
+                                 f"[...]\n{err[-2000:]}")
         time.sleep(0.02)
     os.kill(_workers(proc.pid)[0] if to_worker else proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -57,6 +57,8 @@ class SweepConfig(_Strict):
     pruner: Literal["median", "hyperband", "none"] = "median"
     jobs: int = Field(1, ge=1)
     storage: str | None = None  # default sqlite:///<output_dir>/<name>/study.db; any SQLAlchemy URL
+    # a running trial without a heartbeat (one every 2 s) for this long is taken for dead: failed, run again
+    heartbeat_grace_s: int = Field(20, ge=6)
     seed: int = 0
     enqueue: list[dict[str, Any]] = Field(default_factory=list)  # points to try first
     output_dir: str = "runs"

@@ -4,7 +4,8 @@ machines can share one study.
 
 Each trial is a normal run folder, `runs/<name>/trials/<number>/`. Heartbeats mark a trial whose process
 died (SIGKILL, a lost machine) as failed once its grace period has passed, and Optuna's retry callback
-queues the same parameters again; the sweep stops once `n_trials` trials are complete or pruned. A
+queues the same parameters again (a live trial so marked, its process stalled that long, is dropped by
+its worker, which goes on); the sweep stops once `n_trials` trials are complete or pruned. A
 preemption signal stops the running trials with a checkpoint and the sweep with PREEMPTED_EXIT; the same
 command run again resumes them in their folders (stop.py).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,14 +22,22 @@ from pathlib import Path
 from jointspace.config import ConfigError, apply_overrides
 from jointspace.engine.loop import epoch_hook
 from jointspace.engine.preempt import PreemptWatch
-from jointspace.errors import UsageError, require
+from jointspace.errors import JointspaceError, UsageError, require
 from jointspace.preemption import PREEMPTED_EXIT, Preempted
 from jointspace.sweep.config import SweepConfig, load_sweep
 from jointspace.sweep.space import check_sweep, metric_value, overrides_of, suggest
-from jointspace.sweep.stop import SweepPreempted, TrialStopped, put_back, run_workers, signals_of
+from jointspace.sweep.stop import (
+    SweepFailed,
+    SweepPreempted,
+    TrialStopped,
+    TrialTakenOver,
+    put_back,
+    run_workers,
+    signals_of,
+)
 
-HEARTBEAT_S = 2  # a trial's process writes a heartbeat this often
-GRACE_S = 6  # a running trial without a heartbeat for this long is dead: failed, then retried
+HEARTBEAT_S = 2  # a trial's process writes a heartbeat this often (the grace period: heartbeat_grace_s)
+SQLITE_BUSY_S = 60  # how long a write to a SQLite study waits for another process's (sqlite3's default: 5 s)
 
 
 def _sampler(cfg: SweepConfig, seed: int):
@@ -72,8 +82,10 @@ def open_study(cfg: SweepConfig, worker: int = 0):
     cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # heartbeats and their retry callback are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(cfg.storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        sqlite = {"connect_args": {"timeout": SQLITE_BUSY_S}} if cfg.storage_url.startswith("sqlite") else None
+        storage = RDBStorage(cfg.storage_url, heartbeat_interval=HEARTBEAT_S, grace_period=cfg.heartbeat_grace_s,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                             engine_kwargs=sqlite)
     directions = [o.direction for o in cfg.objectives]
     study = optuna.create_study(study_name=cfg.name, storage=storage, load_if_exists=True,
                                 directions=directions, sampler=_sampler(cfg, cfg.seed), pruner=_pruner(cfg))
@@ -114,7 +126,10 @@ class TrialRunner:
                 if o.metric.startswith("val/") and (v := metric_value(o.metric, val)) is not None:
                     last[o.metric] = v
             if len(self.cfg.objectives) == 1 and first in last:
-                trial.report(last[first], epoch)
+                try:
+                    trial.report(last[first], epoch)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    raise TrialTakenOver(trial.number) from None
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"epoch {epoch}: {first} {last[first]:.4f}")
 
@@ -127,6 +142,8 @@ class TrialRunner:
                                                     show_progress=False)
         except Preempted as stop:
             raise TrialStopped(trial, stop) from None
+        if resume:  # epochs validated before the stop (all of them where the run had finished) count too
+            _logged_before(run_dir, self.cfg.objectives, last)
         wants_summary = any(not o.metric.startswith("val/") for o in self.cfg.objectives)
         summary = (get_task(self.task).finish(run_dir) or {}) if wants_summary else {}
         out = []
@@ -135,7 +152,20 @@ class TrialRunner:
             if value is None:
                 raise UsageError(f"trial {trial.number}: objective {o.metric} was never logged")
             out.append(float(value))
+        if trial.storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:  # failed by another
+            raise TrialTakenOver(trial.number)
         return out[0] if len(out) == 1 else tuple(out)
+
+
+def _logged_before(run_dir: Path, objectives, last: dict[str, float]) -> None:
+    """A resumed run's objectives that it did not report since it resumed, from its last validation."""
+    from jointspace.run_dir import RunDir
+
+    val = [r for r in RunDir(run_dir).read_metrics() if r.get("split") == "val"]
+    for o in objectives:
+        value = metric_value(o.metric, val[-1]) if val and o.metric.startswith("val/") else None
+        if o.metric not in last and value is not None:
+            last[o.metric] = value
 
 
 def _carry_over(trial) -> None:
@@ -154,12 +184,12 @@ def _finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _settle(study) -> None:
+def _settle(study, cfg: SweepConfig) -> None:
     """Trials left running by a dead process are failed (and queued again) once their heartbeat is older
     than the grace period: wait that long at start, so a restarted sweep retries them before it counts."""
     import optuna
 
-    deadline = time.time() + GRACE_S + 2 * HEARTBEAT_S
+    deadline = time.time() + cfg.heartbeat_grace_s + 2 * HEARTBEAT_S
     running = (optuna.trial.TrialState.RUNNING,)
     while study.get_trials(deepcopy=False, states=running) and time.time() < deadline:
         optuna.storages.fail_stale_trials(study)
@@ -195,27 +225,34 @@ def work(sweep_path: str, worker: int = 0, settle: bool = True) -> None:
     with PreemptWatch(_signals(cfg, base)) as watch:
         study = open_study(cfg, worker)
         if settle:
-            _settle(study)
+            _settle(study, cfg)
         while _finished(study) < cfg.n_trials:
             if watch.requested:
                 raise SweepPreempted(watch.requested)
             if _failed(study) > failed_limit:
-                raise RuntimeError(f"sweep {cfg.name}: more than {failed_limit} trials failed; see {cfg.sweep_dir}")
+                raise SweepFailed(f"sweep {cfg.name}: more than {failed_limit} trials failed; see {cfg.sweep_dir}")
             try:
                 study.optimize(TrialRunner(cfg, base, task), n_trials=1, catch=(ValueError, RuntimeError),
                                callbacks=[MaxTrialsCallback(cfg.n_trials, states=states)])
             except TrialStopped as stopped:
                 put_back(study, stopped)
                 raise SweepPreempted(stopped.stop.signal_name, [(stopped.trial.number, stopped.stop)]) from None
+            except TrialTakenOver as taken:
+                print(f"sweep {cfg.name}: trial {taken.number} was marked failed by another worker (no heartbeat "
+                      f"for {cfg.heartbeat_grace_s} s) and queued again; dropped here", file=sys.stderr)
 
 
 def _worker(sweep_path: str, worker: int, queue) -> None:
-    """A worker process: a stop goes to the parent on `queue`, and the process exits with PREEMPTED_EXIT."""
+    """A worker process: a stop goes to the parent on `queue`, and the process exits with PREEMPTED_EXIT;
+    an error of ours goes there too, as one line (exit 2)."""
     try:
         work(sweep_path, worker, settle=False)
     except SweepPreempted as stop:
         queue.put(stop)
         raise SystemExit(PREEMPTED_EXIT) from None
+    except JointspaceError as err:
+        queue.put(err if isinstance(err, SweepFailed) else SweepFailed(f"sweep worker {worker}: {err}"))
+        raise SystemExit(2) from None
 
 
 def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Path:
@@ -239,7 +276,7 @@ def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Pat
     if jobs == 1:
         work(str(sweep_path))
     else:
-        _settle(study)  # once, before the workers count the trials
+        _settle(study, cfg)  # once, before the workers count the trials
         stop = run_workers(_worker, (str(sweep_path),), jobs, _signals(cfg, base))
         if stop is not None and (stop.trials or _finished(open_study(cfg)) < cfg.n_trials):
             raise stop

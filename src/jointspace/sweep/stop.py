@@ -7,6 +7,9 @@ new trial starts, and the sweep exits with PREEMPTED_EXIT. A stopped trial is ma
 user attribute `preempted`, and its parameters are queued again with the user attribute `run_dir` naming
 its folder: the next run of the same sweep command takes that queued trial first and resumes the run
 in that folder from its checkpoint, so it ends as it would have without the stop.
+
+A worker that fails (too many trials raised, or an error of its own) fails the sweep once every worker
+has ended: the parent raises SweepFailed, one line, and the study keeps every finished trial.
 """
 
 from __future__ import annotations
@@ -18,7 +21,22 @@ import time
 from collections.abc import Callable, Sequence
 
 from jointspace.engine.preempt import PreemptWatch
-from jointspace.preemption import DEFAULT_SIGNALS, Preempted, signal_number
+from jointspace.errors import JointspaceError
+from jointspace.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT, Preempted, signal_number
+
+
+class SweepFailed(JointspaceError, RuntimeError):
+    """A sweep that cannot go on: more trials raised than it allows, or a worker process failed."""
+
+
+class TrialTakenOver(BaseException):
+    """A running trial that another worker marked failed (its heartbeat looked stale: this process
+    stalled past the grace period) and queued again: carried out of `study.optimize` as a BaseException,
+    so that Optuna does not try to record it, and the worker goes on with the next trial."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
 
 
 class TrialStopped(BaseException):
@@ -69,10 +87,11 @@ def put_back(study, stopped: TrialStopped) -> None:
 def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]) -> SweepPreempted | None:
     """Run `target(*args, worker, queue)` in `jobs` spawned processes until they end. A preemption signal
     to this process, or a worker's stop (a SweepPreempted it puts on the queue), is passed on once to
-    every worker still running; returns the sweep's stop, if any."""
+    every worker still running; returns the sweep's stop, if any. A worker that failed (a SweepFailed on
+    the queue, or any other exit code) raises SweepFailed once all have ended."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
-    stops: list[SweepPreempted] = []
+    said: list[BaseException] = []
     passed = False
     with PreemptWatch(signals) as watch:
         procs = [ctx.Process(target=target, args=(*args, i, queue)) for i in range(jobs)]
@@ -80,7 +99,8 @@ def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]
             p.start()
         while any(p.is_alive() for p in procs) or not queue.empty():
             while not queue.empty():
-                stops.append(queue.get())
+                said.append(queue.get())
+            stops = [s for s in said if isinstance(s, SweepPreempted)]
             asked = watch.requested or (stops[0].signal_name if stops else None)
             if asked and not passed:
                 for p in procs:
@@ -91,7 +111,13 @@ def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]
             time.sleep(0.1)
         for p in procs:
             p.join()
+    stops = [s for s in said if isinstance(s, SweepPreempted)]
     asked = watch.requested or (stops[0].signal_name if stops else None)
-    if asked is None:
-        return None
-    return SweepPreempted(asked, [t for s in stops for t in s.trials])
+    if asked is not None:
+        return SweepPreempted(asked, [t for s in stops for t in s.trials])
+    failed = [s for s in said if isinstance(s, SweepFailed)] + [
+        SweepFailed(f"sweep worker {i} exited with code {p.exitcode} (its traceback is above); the study keeps "
+                    f"every finished trial") for i, p in enumerate(procs) if p.exitcode not in (0, 2, PREEMPTED_EXIT)]
+    if failed:
+        raise failed[0]
+    return None
