@@ -135,38 +135,87 @@ def test_a_live_trial_that_another_worker_marks_failed_is_dropped_and_run_again(
                                                                                 capsys):
     """A worker with a shorter grace period (1 s) takes trial 0's heartbeat, written every 2 s, for a dead
     process's: it marks the trial failed and queues its values again (Optuna's own fail_stale_trials and
-    retry callback). The trial's worker drops it at its next epoch and goes on; the sweep still completes."""
+    retry callback). The trial's worker drops it at its next epoch and goes on; the retry resumes its folder."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 
     monkeypatch.setenv(SLOW_WRITE_ENV, "1")  # each checkpoint write pauses 1 s: time for the other worker
-    path = write_sweep(tmp_path, digits_dir, n_trials=2, jobs=1, enqueue=POINTS,
-                       set={**yaml.safe_load(write_sweep(tmp_path, digits_dir).read_text())["set"], "train.epochs": 4})
+    base_set = yaml.safe_load(_sweep(tmp_path, digits_dir).read_text())["set"]
+    path = _sweep(tmp_path, digits_dir, jobs=1, set={**base_set, "train.epochs": 4})  # 12 steps, each logged
     cfg = load_sweep(path)[0]
     taken: list[str] = []
+    done = threading.Event()
 
     def other_worker() -> None:
-        while not _steps(cfg.sweep_dir / "trials" / "0"):
+        while not _steps(cfg.sweep_dir / "trials" / "0") and not done.is_set():
             time.sleep(0.05)
         storage = RDBStorage(cfg.storage_url, heartbeat_interval=1, grace_period=1,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         study = optuna.load_study(study_name="s", storage=storage)
-        while not taken:
-            fail_stale_trials(study)
-            taken.extend(t.state.name for t in study.get_trials(deepcopy=False) if t.number == 0 and t.state.name == "FAIL")
+        while not done.is_set():
+            (state,) = [t.state.name for t in study.get_trials(deepcopy=False) if t.number == 0]
+            if state != "RUNNING":
+                taken.append(state)
+                return
+            fail_stale_trials(study)  # one worker: trial 0 is the only one running
             time.sleep(0.1)
 
     thread = threading.Thread(target=other_worker, daemon=True)
     thread.start()
-    run_sweep(path)  # the old code raised here: ValueError('Cannot tell a FAIL trial.')
-    thread.join(timeout=5)
+    try:
+        run_sweep(path)  # the old code raised here: ValueError('Cannot tell a FAIL trial.')
+    finally:
+        done.set()
+        thread.join(timeout=10)
     assert taken == ["FAIL"]
     trials = open_study(cfg).trials
-    assert [t.state.name for t in trials if t.number == 0] == ["FAIL"]
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == 2
     (retried,) = [t for t in complete if t.system_attrs.get("failed_trial") == 0]
-    assert retried.params == trials[0].params
+    assert retried.params == trials[0].params and Path(retried.user_attrs["run_dir"]).name == "0"
     assert "trial 0 was marked failed by another worker" in capsys.readouterr().err
+
+
+def test_a_retry_whose_first_run_is_still_live_trains_in_its_own_folder(tmp_path, digits_dir, capsys):
+    """A trial queued again with its first run's folder (`run_dir`) while the process that ran it still holds
+    that folder (stalled, not dead) trains in a folder of its own and leaves the other one alone."""
+    import fcntl
+
+    path = write_sweep(tmp_path, digits_dir, n_trials=1, jobs=1)
+    run_sweep(path)
+    cfg = load_sweep(path)[0]
+    first = cfg.sweep_dir / "trials" / "0"
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    (done,) = open_study(cfg).trials
+    open_study(cfg).enqueue_trial(done.params, user_attrs={"run_dir": str(first)})
+    (cfg.sweep_dir / ".locks").mkdir(exist_ok=True)
+    with open(cfg.sweep_dir / ".locks" / "trial-0.lock", "a") as held:  # the stalled process's hold on it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        run_sweep(write_sweep(tmp_path, digits_dir, n_trials=2, jobs=1))
+    second = [t for t in open_study(cfg).trials if t.number == 1]
+    assert [t.state.name for t in second] == ["COMPLETE"] and second[0].user_attrs["run_dir"].endswith("trials/1")
+    assert (cfg.sweep_dir / "trials" / "1" / "model.safetensors").exists()
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
+    assert "trial 1 runs in its own folder" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_preempted_trial_that_another_worker_failed_is_not_queued_twice(tmp_path, digits_dir):
+    """put_back leaves a trial already failed and queued again by another worker's heartbeat check as it is."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from jointspace.preemption import Preempted
+    from jointspace.sweep.run import _failed
+    from jointspace.sweep.stop import TrialStopped, put_back
+
+    study = open_study(load_sweep(write_sweep(tmp_path, digits_dir))[0])
+    trial = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    trial.set_user_attr("run_dir", str(tmp_path / "runs" / "s" / "trials" / "0"))
+    study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # as fail_stale_trials
+    RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study._storage.get_trial(trial._trial_id))
+    put_back(study, TrialStopped(trial, Preempted("SIGTERM", 2, 6, 1, "step_2")))  # raised before
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "WAITING"]  # one copy queued, by the retry
+    assert _failed(study) == 0  # a trial queued again is no failure of its own
 
 
 def test_two_processes_on_one_sqlite_study_never_run_the_same_trial(tmp_path, digits_dir):

@@ -13,19 +13,17 @@ command run again resumes them in their folders (stop.py).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from jointspace.config import ConfigError, apply_overrides
-from jointspace.engine.loop import epoch_hook
 from jointspace.engine.preempt import PreemptWatch
-from jointspace.errors import JointspaceError, UsageError, require
-from jointspace.preemption import PREEMPTED_EXIT, Preempted
+from jointspace.errors import JointspaceError, require
+from jointspace.preemption import PREEMPTED_EXIT
 from jointspace.sweep.config import SweepConfig, load_sweep
-from jointspace.sweep.space import check_sweep, metric_value, overrides_of, suggest
+from jointspace.sweep.space import check_sweep, overrides_of
 from jointspace.sweep.stop import (
     SweepFailed,
     SweepPreempted,
@@ -35,6 +33,7 @@ from jointspace.sweep.stop import (
     run_workers,
     signals_of,
 )
+from jointspace.sweep.trial import TrialRunner
 
 HEARTBEAT_S = 2  # a trial's process writes a heartbeat this often (the grace period: heartbeat_grace_s)
 SQLITE_BUSY_S = 60  # how long a write to a SQLite study waits for another process's (sqlite3's default: 5 s)
@@ -98,85 +97,6 @@ def open_study(cfg: SweepConfig, worker: int = 0):
     return study
 
 
-class TrialRunner:
-    """Optuna's objective: one trial = one run of the base task with the trial's overrides; a trial queued
-    again after a preemption (user attribute `run_dir`) resumes the stopped run in its folder."""
-
-    def __init__(self, cfg: SweepConfig, base: dict, task: str):
-        self.cfg, self.base, self.task = cfg, base, task
-
-    def __call__(self, trial) -> float | tuple[float, ...]:
-        import optuna
-
-        from jointspace.tasks import config_for, get_task
-        from jointspace.tasks.lifecycle import has_checkpoint, same_config
-
-        values = suggest(trial, self.cfg.space, self.base)
-        raw = apply_overrides(json.loads(json.dumps(self.base)), overrides_of(self.cfg.set) + overrides_of(values))
-        stopped_in = trial.user_attrs.get("run_dir")  # set only on a trial queued again after a preemption
-        raw.update({"name": Path(stopped_in).name if stopped_in else str(trial.number),
-                    "output_dir": str(self.cfg.sweep_dir / "trials")})
-        run_cfg = config_for(raw, f"sweep {self.cfg.name} trial {trial.number}")
-        resume = bool(stopped_in) and has_checkpoint(run_cfg.run_dir) and same_config(run_cfg)
-        first = self.cfg.objectives[0].metric
-        last: dict[str, float] = {}
-
-        def report(epoch: int, val: dict) -> None:
-            for o in self.cfg.objectives:
-                if o.metric.startswith("val/") and (v := metric_value(o.metric, val)) is not None:
-                    last[o.metric] = v
-            if len(self.cfg.objectives) == 1 and first in last:
-                try:
-                    trial.report(last[first], epoch)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    raise TrialTakenOver(trial.number) from None
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch}: {first} {last[first]:.4f}")
-
-        os.environ.setdefault("WANDB_RUN_GROUP", self.cfg.name)  # W&B (offline) groups a sweep's trials
-        trial.set_user_attr("run_dir", str(run_cfg.run_dir))
-        _carry_over(trial)
-        try:
-            with epoch_hook(report):
-                run_dir = get_task(self.task).train(run_cfg, resume=resume, overwrite=not resume,
-                                                    show_progress=False)
-        except Preempted as stop:
-            raise TrialStopped(trial, stop) from None
-        if resume:  # epochs validated before the stop (all of them where the run had finished) count too
-            _logged_before(run_dir, self.cfg.objectives, last)
-        wants_summary = any(not o.metric.startswith("val/") for o in self.cfg.objectives)
-        summary = (get_task(self.task).finish(run_dir) or {}) if wants_summary else {}
-        out = []
-        for o in self.cfg.objectives:
-            value = last.get(o.metric, summary.get(o.metric))
-            if value is None:
-                raise UsageError(f"trial {trial.number}: objective {o.metric} was never logged")
-            out.append(float(value))
-        if trial.storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:  # failed by another
-            raise TrialTakenOver(trial.number)
-        return out[0] if len(out) == 1 else tuple(out)
-
-
-def _logged_before(run_dir: Path, objectives, last: dict[str, float]) -> None:
-    """A resumed run's objectives that it did not report since it resumed, from its last validation."""
-    from jointspace.run_dir import RunDir
-
-    val = [r for r in RunDir(run_dir).read_metrics() if r.get("split") == "val"]
-    for o in objectives:
-        value = metric_value(o.metric, val[-1]) if val and o.metric.startswith("val/") else None
-        if o.metric not in last and value is not None:
-            last[o.metric] = value
-
-
-def _carry_over(trial) -> None:
-    """A resumed trial gets the per-epoch values its stopped run reported (pruning compares them)."""
-    if (before := trial.user_attrs.get("continues")) is None:
-        return
-    (stopped,) = [t for t in trial.study.get_trials(deepcopy=False) if t.number == before]
-    for epoch, value in sorted(stopped.intermediate_values.items()):
-        trial.report(value, epoch)
-
-
 def _finished(study) -> int:
     import optuna
 
@@ -201,11 +121,14 @@ def _signals(cfg: SweepConfig, base: dict) -> tuple[str, ...]:
 
 
 def _failed(study) -> int:
-    """Trials that raised (not those stopped by a preemption: they are queued again)."""
+    """Trials that raised: not those stopped by a preemption, nor those whose heartbeat went stale (both
+    are queued again)."""
     import optuna
 
-    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-    return sum("preempted" not in t.user_attrs for t in failed)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    return sum(t.state == optuna.trial.TrialState.FAIL and "preempted" not in t.user_attrs
+               and t.number not in retried for t in trials)
 
 
 def work(sweep_path: str, worker: int = 0, settle: bool = True) -> None:
@@ -238,8 +161,8 @@ def work(sweep_path: str, worker: int = 0, settle: bool = True) -> None:
                 put_back(study, stopped)
                 raise SweepPreempted(stopped.stop.signal_name, [(stopped.trial.number, stopped.stop)]) from None
             except TrialTakenOver as taken:
-                print(f"sweep {cfg.name}: trial {taken.number} was marked failed by another worker (no heartbeat "
-                      f"for {cfg.heartbeat_grace_s} s) and queued again; dropped here", file=sys.stderr)
+                print(f"sweep {cfg.name}: trial {taken.number} was marked failed by another worker, which judged its "
+                      "heartbeat stale, and queued again; dropped here", file=sys.stderr)
 
 
 def _worker(sweep_path: str, worker: int, queue) -> None:
@@ -277,7 +200,13 @@ def run_sweep(sweep_path: str | Path, jobs: int | None = None, log=print) -> Pat
         work(str(sweep_path))
     else:
         _settle(study, cfg)  # once, before the workers count the trials
-        stop = run_workers(_worker, (str(sweep_path),), jobs, _signals(cfg, base))
+        try:
+            stop = run_workers(_worker, (str(sweep_path),), jobs, _signals(cfg, base))
+        except SweepFailed as failed:
+            if _finished(open_study(cfg)) < cfg.n_trials:
+                raise
+            log(f"warning: {failed}; every trial finished: writing the report")
+            stop = None
         if stop is not None and (stop.trials or _finished(open_study(cfg)) < cfg.n_trials):
             raise stop
     report = write_report(cfg, open_study(cfg), time.time() - t0, base)

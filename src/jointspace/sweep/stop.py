@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 
@@ -37,6 +38,13 @@ class TrialTakenOver(BaseException):
     def __init__(self, number: int):
         super().__init__(number)
         self.number = number
+
+
+def still_running(trial) -> bool:
+    """Whether the study still has the trial running (not failed by another worker meanwhile)."""
+    import optuna
+
+    return trial.storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING
 
 
 class TrialStopped(BaseException):
@@ -78,6 +86,8 @@ def put_back(study, stopped: TrialStopped) -> None:
     import optuna
 
     trial, stop = stopped.trial, stopped.stop
+    if not still_running(trial):  # failed by another worker, which has queued its values again already
+        return
     run_dir = trial.user_attrs["run_dir"]
     study.enqueue_trial(trial.params, user_attrs={"run_dir": run_dir, "continues": trial.number})
     trial.set_user_attr("preempted", str(stop))
@@ -115,9 +125,15 @@ def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]
     asked = watch.requested or (stops[0].signal_name if stops else None)
     if asked is not None:
         return SweepPreempted(asked, [t for s in stops for t in s.trials])
-    failed = [s for s in said if isinstance(s, SweepFailed)] + [
-        SweepFailed(f"sweep worker {i} exited with code {p.exitcode} (its traceback is above); the study keeps "
-                    f"every finished trial") for i, p in enumerate(procs) if p.exitcode not in (0, 2, PREEMPTED_EXIT)]
-    if failed:
-        raise failed[0]
+    told = [s for s in said if isinstance(s, SweepFailed)]  # each with exit 2
+    silent = [SweepFailed(f"sweep worker {i} {_ended(p.exitcode)}; the study keeps every finished trial")
+              for i, p in enumerate(procs) if p.exitcode not in (0, PREEMPTED_EXIT) and not (p.exitcode == 2 and told)]
+    if told or silent:
+        raise (told + silent)[0]
     return None
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code} (its traceback is above)"
