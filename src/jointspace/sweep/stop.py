@@ -101,7 +101,8 @@ def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]
     the queue, or any other exit code) raises SweepFailed once all have ended."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.SimpleQueue()
-    said: list[BaseException] = []
+    stops: list[SweepPreempted] = []
+    told: list[SweepFailed] = []  # each from a worker that then exits 2
     passed = False
     with PreemptWatch(signals) as watch:
         procs = [ctx.Process(target=target, args=(*args, i, queue)) for i in range(jobs)]
@@ -109,8 +110,8 @@ def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]
             p.start()
         while any(p.is_alive() for p in procs) or not queue.empty():
             while not queue.empty():
-                said.append(queue.get())
-            stops = [s for s in said if isinstance(s, SweepPreempted)]
+                said = queue.get()
+                (stops if isinstance(said, SweepPreempted) else told).append(said)
             asked = watch.requested or (stops[0].signal_name if stops else None)
             if asked and not passed:
                 for p in procs:
@@ -121,11 +122,9 @@ def run_workers(target: Callable, args: tuple, jobs: int, signals: Sequence[str]
             time.sleep(0.1)
         for p in procs:
             p.join()
-    stops = [s for s in said if isinstance(s, SweepPreempted)]
     asked = watch.requested or (stops[0].signal_name if stops else None)
     if asked is not None:
         return SweepPreempted(asked, [t for s in stops for t in s.trials])
-    told = [s for s in said if isinstance(s, SweepFailed)]  # each with exit 2
     silent = [SweepFailed(f"sweep worker {i} {_ended(p.exitcode)}; the study keeps every finished trial")
               for i, p in enumerate(procs) if p.exitcode not in (0, PREEMPTED_EXIT) and not (p.exitcode == 2 and told)]
     if told or silent:

@@ -2,8 +2,9 @@
 
 A trial queued again (after a preemption, or by the heartbeat retry after its process went silent) carries
 the user attribute `run_dir` and resumes the run in that folder from its checkpoint. A process holds an
-flock on `<sweep>/.locks/trial-<name>.lock` while its run trains in `trials/<name>/` (a dead process lets go of it), so a retry whose
-first process is alive after all (stalled past the grace period) trains in its own folder instead.
+flock on `<sweep>/.locks/trial-<name>.lock` while its run trains in `trials/<name>/` (a dead process lets go
+of it), so a retry whose first process is alive after all (stalled past the grace period) trains in its own
+folder instead.
 
 A live trial that another worker has marked failed (its heartbeat judged stale) is dropped at its next
 validated epoch, or where it ends: TrialTakenOver, which the worker hears, and Optuna never records it.
