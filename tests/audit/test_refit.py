@@ -68,11 +68,8 @@ def test_a_swap_the_run_fitted_is_found_by_the_mean_with_the_run_that_did_not_tr
     assert margin[3] == pytest.approx(10 / math.sqrt(2) / 2, abs=1e-5)
     assert np.allclose(np.delete(margin, 3), 0.0, atol=1e-6) and best[3] == 0
 
-    def one(*args, **kw):
-        return refit.scores(*args, beaten_by=1, **kw)
-
     assert mismatched_pairs(space) == []
-    found = mismatched_pairs(space, scores=one)
+    found = mismatched_pairs(space, scores=refit.scores, beaten_by=1)
     assert [(f.key, f.partner_key, f.modality) for f in found] == [("s003", "s000", "image-text")]
     # its rank share: the larger of the audited run's (0: it fitted the swap) and fold 0's (all 3 others beat it)
     assert found[0].score == pytest.approx(3.535534, abs=1e-5) and found[0].detail["rank_share"] == 1.0

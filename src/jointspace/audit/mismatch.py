@@ -23,13 +23,15 @@ EXCHANGE_PREFERENCE = math.log(3)  # nats: a swap's other side, its `a` preferri
 
 
 def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
-                    ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    ranked_from: float | np.ndarray = -np.inf, counts: dict[str, int] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every sample, within its split: the margin by which its `beaten_by`-th best candidate of `b` (more
     where the split's modalities are paired by class: `beaten_by_in`) beats its own `b` for its `a`, and the
     same from `b` to `a`, the smaller of the two (both ways must be wrong; 0 or below: the own partner is among
     the best); the row whose `b` its `a` matches best; and the rank share of its own `b` (the share of
     candidates that beat it, the larger of the two ways; estimated on a random 4096 in larger splits; only
-    where the margin is at least `ranked_from`, one bar or a bar per sample, else 0).
+    where the margin is at least `ranked_from`, one bar or a bar per sample, else 0). `counts`: the splits'
+    `split_beaten_by` for `beaten_by`, where the caller has them.
 
     The margin is in the run's logits, logit scale x cosine (SigLIP's bias cancels in the difference; a loss
     without a learned scale, triplet or a pytorch-metric-learning one, has the constant scale the model was
@@ -42,7 +44,7 @@ def mismatch_scores(space: Space, a: str, b: str, make: Callable = make_index, b
     margin, share = np.zeros(n), np.zeros(n)
     best = np.zeros(n, dtype=np.int64)
     bar = np.broadcast_to(ranked_from, (n,))
-    for split, k in split_beaten_by(space, a, b, beaten_by).items():
+    for split, k in (counts or split_beaten_by(space, a, b, beaten_by)).items():
         rows = np.flatnonzero(space.splits == split)
         margin[rows], best_b, share[rows] = group_margins(space.emb[a][rows], space.emb[b][rows], space.logit_scale,
                                                          make, k, bar[rows])
@@ -129,10 +131,12 @@ def class_margins(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
 
 def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callable = make_index,
                      scores: Callable = mismatch_scores, classes: dict[str, np.ndarray] | None = None,
-                     evidence: float = CLASS_EVIDENCE) -> list[Finding]:
-    """Samples whose partner in another modality is beaten by at least BEATEN_BY candidates (more where the
-    two are paired by class: `split_beaten_by`) by at least `margin` nats both ways (`scores`:
-    `mismatch_scores`, or the refit runs' out-of-fold ones), for every judged pair of modalities. `classes`:
+                     evidence: float = CLASS_EVIDENCE, beaten_by: int = BEATEN_BY,
+                     counts: dict[tuple[str, str], dict[str, int]] | None = None) -> list[Finding]:
+    """Samples whose partner in another modality is beaten by at least `beaten_by` candidates (more where the
+    two are paired by class: `split_beaten_by`, or `counts` per judged pair where the caller has them) by at
+    least `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
+    judged pair of modalities. `classes`:
     per modality, class probabilities that never saw the sample's label (`labels.modality_probs`); where
     given, a pair whose margin plus its class margin (`class_margins`) reaches `evidence` nats is flagged
     too, where the margin is above 0 (the own partner is beaten: a pair whose own partner is among its best
@@ -150,11 +154,11 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     for a, b in judged_pairs(space):
         lift = class_margins(classes[a], classes[b]) if classes else np.zeros(len(space))
         bar = np.maximum(np.minimum(margin, evidence - lift), 0.0)
-        score, best, share = scores(space, a, b, make, ranked_from=bar)
+        ks = counts[(a, b)] if counts else split_beaten_by(space, a, b, beaten_by)
+        score, best, share = scores(space, a, b, make, beaten_by, ranked_from=bar, counts=ks)
         flagged = (score >= bar) & (score > 0)
-        counts = split_beaten_by(space, a, b)
         if classes:
-            by_class = np.array([counts[split] > BEATEN_BY for split in space.splits.tolist()], dtype=bool)
+            by_class = np.array([ks[split] > beaten_by for split in space.splits.tolist()], dtype=bool)
             if by_class.any():
                 for m in {a, b} - set(wrong):
                     wrong[m] = mislabelled(classes[m], space.labels, space.splits)
@@ -163,7 +167,7 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
             detail = {"rank_share": round(float(share[row]), 6)}
             found.append(_finding(space, a, b, row, float(score[row]), int(best[row]), detail,
                                   lift[row] if classes else None))
-        for row, (partner, prefers, rank) in sorted(exchanged(space, a, b, flagged, counts, margin).items()):
+        for row, (partner, prefers, rank) in sorted(exchanged(space, a, b, flagged, ks, margin, beaten_by).items()):
             detail = {"rank_share": round(rank, 6), "margin": round(float(score[row]), 6),
                       "exchange_preference": round(prefers, 6)}
             found.append(_finding(space, a, b, row, float(score[partner]), partner, detail,
@@ -181,20 +185,21 @@ def _finding(space: Space, a: str, b: str, row: int, score: float, partner: int,
 
 
 def exchanged(space: Space, a: str, b: str, flagged: np.ndarray, counts: dict[str, int],
-              margin: float = MISMATCH_MARGIN, block: int = 256) -> dict[int, tuple[int, float, float]]:
+              margin: float = MISMATCH_MARGIN, beaten_by: int = BEATEN_BY, block: int = 256
+              ) -> dict[int, tuple[int, float, float]]:
     """A swap has two sides: where a flagged sample i's `a` prefers sample j's `b` to its own by `margin` nats
     and j's `a` prefers i's `b` to its own by EXCHANGE_PREFERENCE, i holds j's value and j holds i's, and j is
     a mismatched pair too. A run that trained on a swap can fit one side of it: that side's own margin
     shrinks, yet its `a` still prefers the value it was swapped out of. From `a`'s side only (the first of the
     judged pair: the anchor, where the loss has one), in `space`'s embeddings; within each split paired by
-    sample (`counts`, `split_beaten_by`: BEATEN_BY; paired by class, any value of the class is a right
+    sample (`counts`, `split_beaten_by`: `beaten_by`; paired by class, any value of the class is a right
     partner); j not flagged. Returns {j: (i, how many nats j's `a` prefers i's `b` to its own, j's rank
     share)}, i the flagged sample whose value j's `a` prefers most."""
     out = {}
     for split, k in counts.items():
         rows = np.flatnonzero(space.splits == split)
         flagged_rows = np.flatnonzero(flagged[rows])
-        if k > BEATEN_BY or not len(flagged_rows):
+        if k > beaten_by or not len(flagged_rows):
             continue
         ea, eb, scale = space.emb[a][rows], space.emb[b][rows], float(space.logit_scale)
         own = scale * np.einsum("nd,nd->n", ea, eb)

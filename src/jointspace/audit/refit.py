@@ -54,14 +54,16 @@ class Refit:
         return train[held], held
 
     def scores(self, space: Space, a: str, b: str, make: Callable = make_index, beaten_by: int = BEATEN_BY,
-               ranked_from: float | np.ndarray = -np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               ranked_from: float | np.ndarray = -np.inf, counts: dict[str, int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`mismatch_scores`, a train sample's margin the mean of two margins: the audited run's (among its
         split) and its fold's run's (among the fold's samples). The audited run fitted the swaps it trained
         on (their margins shrink); the fold's run never saw them but trained on a fold less and judges among
         fewer candidates (its margins are noisier). The partner: the audited run's best match, the fold
         run's where that is the sample itself; the rank share: the larger of the two runs'. Other splits:
-        the audited run's, as without --refit."""
-        margin, best, _ = mismatch_scores(space, a, b, make, beaten_by, np.inf)
+        the audited run's, as without --refit. `counts`: the audited space's `split_beaten_by`, where the caller
+        has them (a fold's are its own, for `beaten_by`)."""
+        margin, best, _ = mismatch_scores(space, a, b, make, beaten_by, np.inf, counts)
         bar = np.broadcast_to(ranked_from, (len(space),))
         fold_share = np.zeros(len(space))
         for f, other in enumerate(self.spaces):

@@ -147,12 +147,13 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
                                                          settings.neighbours, content, settings.near_content))
     if "mismatch" in on and len(space.modalities) > 1:
         summary["mismatch_pairs"] = ["-".join(p) for p in judged_pairs(space)]
-        summary["mismatch_beaten_by"] = {"-".join(p): split_beaten_by(space, *p) for p in judged_pairs(space)}
+        counts = {p: split_beaten_by(space, *p) for p in judged_pairs(space)}
+        summary["mismatch_beaten_by"] = {"-".join(p): k for p, k in counts.items()}
         summary["logit_scale"] = round(float(space.logit_scale), 6)
         scorer = refit.scores if refit is not None else mismatch_scores
         classes = timed("mismatch_probes", lambda: _class_probs(space, settings, summary))
         found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make, scorer, classes,
-                                                             settings.class_evidence))
+                                                             settings.class_evidence, counts=counts))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
     if "outlier" in on:
         flagged, summary["outlier_fence"] = timed("outlier", lambda: outliers(space, scores, settings.outlier_far))
