@@ -67,8 +67,10 @@ def _swap(samples: list[dict], modality: str, share: float, rng: np.random.Gener
         truth |= {samples[a]["key"], samples[b]["key"]}
 
 
-def plant(clean: Path, out: Path, seed: int = 0) -> dict[str, list[str]]:
-    """Write the faulty copy of `clean` to `out`; returns the keys of each planted fault."""
+def plant(clean: Path, out: Path, seed: int = 0, also: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Write the faulty copy of `clean` to `out`; returns the keys of each planted fault. `also`: modalities
+    whose values are swapped too, 2 % of train samples each, as LiDAR scans (truth key `swap:MODALITY`; drawn
+    from a generator of their own, so every other fault is planted as without them)."""
     from jointspace.data.shards import ReadStats, iter_samples, read_info, split_urls, write_dataset
     from jointspace.kinds import with_role
 
@@ -86,6 +88,11 @@ def plant(clean: Path, out: Path, seed: int = 0) -> dict[str, list[str]]:
         _swap(train, caption, 0.03, rng, truth["caption"])
     if ranged:
         _swap(train, ranged, 0.02, rng, truth["range"])
+    for i, modality in enumerate(also):
+        if modality not in kinds:
+            raise SystemExit(f"--swap-also {modality}: the set has {sorted(kinds)}")
+        truth[f"swap:{modality}"] = set()
+        _swap(train, modality, 0.02, np.random.default_rng([seed, 1 + i]), truth[f"swap:{modality}"])
     for i in rng.choice(len(train), round(0.02 * len(train)), replace=False).tolist():
         copy = {**train[i], "key": f"leak-{train[i]['key']}"}
         splits["test"].append({k: (_noisy(v, rng) if k in kinds else v) for k, v in copy.items()})
@@ -192,12 +199,17 @@ def finder_rows(space, found: list, truth: dict) -> list[tuple[str, set, set]]:
     if ranged and truth["range"]:
         rows.append(("swapped LiDAR scans", by(lambda f: f.issue == "mismatch" and ranged in f.modality.split("-")),
                      truth["range"]))
-    swapped = {m for m in (caption, ranged) if m and truth["caption" if m == caption else "range"]}
+    also = {key.split(":", 1)[1]: truth[key] for key in truth if key.startswith("swap:")}
+    for m, planted in also.items():
+        rows.append((f"swapped {m} values (--swap-also)", by(lambda f, m=m: f.issue == "mismatch" and m in f.modality.split("-")),
+                     planted))
+    swapped = {m for m in (caption, ranged) if m and truth["caption" if m == caption else "range"]} | set(also)
     others = sorted({f.modality for f in found if f.issue == "mismatch" and not swapped & set(f.modality.split("-"))})
     for pair in others:  # pairs with no planted swap: every flag there is a false one
         rows.append((f"mismatch of {pair} (nothing planted)", by(lambda f, p=pair: f.issue == "mismatch" and f.modality == p),
                      set()))
-    rows.append(("mismatch, every pair", by(lambda f: f.issue == "mismatch"), truth["caption"] | truth["range"]))
+    rows.append(("mismatch, every pair", by(lambda f: f.issue == "mismatch"),
+                 set().union(truth["caption"], truth["range"], *also.values())))
     return rows
 
 
@@ -217,7 +229,8 @@ def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed
     from jointspace.audit.space import load_space
 
     space = load_space(run, data)
-    truth = {**truth, "caption": copied(truth, "caption"), "range": copied(truth, "range")}
+    truth = {**truth, **{fault: copied(truth, fault) for fault in truth if fault in ("caption", "range")
+                         or fault.startswith("swap:")}}
     t0 = time.perf_counter()
     found, summary, _ = audit_space(space, Settings())
     _audited(name, space, found, summary, time.perf_counter() - t0, "")
@@ -229,7 +242,7 @@ def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed
         _audited(name, space, found, summary, time.perf_counter() - t0, f" --refit {refit}")
         changed = ("label issues", "swapped captions", "swapped LiDAR scans", "mismatch, every pair")
         rows += [(f"{finder} (--refit {refit})", pred, true) for finder, pred, true in finder_rows(space, found, truth)
-                 if finder in changed or "nothing planted" in finder]
+                 if finder in changed or "nothing planted" in finder or "--swap-also" in finder]
     probs = judged_probs(space, joint_neighbours(space)[1])  # what the audit (without --refit) gives cleanlab
     lab = datalab_sets(space, probs)
     copies = truth["duplicate"] | truth["leak"]
@@ -251,6 +264,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retrain", action="store_true", help="plant and train again (default: reuse --work's)")
     ap.add_argument("--full", action="store_true", help="train the shipped config's model and image size, not the small one")
+    ap.add_argument("--swap-also", nargs="+", default=[], metavar="MODALITY",
+                    help="swap these modalities' values too, 2 %% of train samples each (not among the issue's faults; "
+                    "planted beside them, which stay as without it)")
     ap.add_argument("--refit", type=int, default=0, help="K >= 2: also audit as `jointspace audit --refit K` "
                     "(K more trainings, kept in --work and reused)")
     args = ap.parse_args()
@@ -263,7 +279,7 @@ def main() -> None:
             synthesize(name, clean, seed=args.seed, n=SIZES[name])
         truth_file = args.work / f"{name}-truth.json"
         if args.retrain or not truth_file.exists():
-            truth_file.write_text(json.dumps(plant(clean, faulty, args.seed), indent=1))
+            truth_file.write_text(json.dumps(plant(clean, faulty, args.seed, tuple(args.swap_also)), indent=1))
         truth = json.loads(truth_file.read_text())
         run = train(name, faulty, args.work / "runs", args.epochs, args.retrain, args.full)
         table += evaluate(name, run, faulty, {k: set(v) for k, v in truth.items()}, args.refit, args.seed,
