@@ -146,7 +146,7 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     flagged (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of
     its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its own
     modality's probe places in another class as surely as that class's own values are placed on average.
-    `classes` are the audited run's, with `scores` from the refit runs too. And the other side of each swap
+    With `scores` from the refit runs, give `classes` from them too (`Refit.modality_probs`). And the other side of each swap
     found (`exchanged`, judged in `space`, the audited run's, also where `scores` are the refit runs'), which
     the run may have fitted. Score: the margin; on a swap's other side, its flagged partner's (one swap, one
     score; its own margin, which can be below the bar, in `detail.margin`)."""

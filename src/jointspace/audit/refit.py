@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from jointspace.audit.findings import sample_hashes
-from jointspace.audit.labels import VOTERS, agreement, judged_probs, probe_probs, vote
+from jointspace.audit.labels import VOTERS, agreement, judged_probs, modality_probs, probe_probs, vote
 from jointspace.audit.mismatch import BEATEN_BY, beaten_by_in, group_margins, mismatch_scores, rank_shares
 from jointspace.audit.neighbours import knn, make_index
 from jointspace.audit.space import TRAIN, Space, load_space
@@ -88,18 +88,34 @@ class Refit:
         among them; the other splits' from the audited run, its k-fold probe (over every split) and the vote
         of `neighbours` (their nearest others in its joint space), as without --refit."""
         probs = judged_probs(space, neighbours, folds, seed)
-        n_classes = probs.shape[1]
-        for f, other in enumerate(self.spaces):
-            rows, mine = self.rows(space, f)
-            seen = np.setdiff1d(np.arange(len(other)), mine)
+        for rows, mine, seen, other in self._held_out(space):
             joint = other.joint()
-            held = probe_probs(joint, other.labels, n_classes, [(seen, mine)], seed)[mine]
+            held = probe_probs(joint, other.labels, probs.shape[1], [(seen, mine)], seed)[mine]
             if neighbours is not None:
                 fit = joint[seen]
                 _, near = knn(fit, VOTERS, make(fit, seed), queries=joint[mine])
-                held = agreement(held, vote(other.labels[seen], near, n_classes))
+                held = agreement(held, vote(other.labels[seen], near, probs.shape[1]))
             probs[rows] = held
         return probs
+
+    def modality_probs(self, space: Space, modalities: list[str], folds: int = 5,
+                       seed: int = 0) -> dict[str, np.ndarray]:
+        """`labels.modality_probs` (the mismatch finder's class margins), a train sample's from its fold's
+        run: a probe on that modality's embeddings, fitted on the other folds' samples. A run that trained on
+        a swapped value can have moved it among its partner's class (a unique value, a recording, is easily
+        memorised; a run with `loss.positives: label` is trained to); its fold's run never saw it."""
+        probs = modality_probs(space, modalities, folds, seed)
+        for rows, mine, seen, other in self._held_out(space):
+            for m in modalities:
+                probs[m][rows] = probe_probs(other.emb[m], other.labels, probs[m].shape[1], [(seen, mine)], seed)[mine]
+        return probs
+
+    def _held_out(self, space: Space):
+        """Per fold: its rows in the audited space, the same samples' rows in its run's space, the other
+        folds' rows there, and that space."""
+        for f, other in enumerate(self.spaces):
+            rows, mine = self.rows(space, f)
+            yield rows, mine, np.setdiff1d(np.arange(len(other)), mine), other
 
 
 def load_refit(space: Space, fold: np.ndarray, runs: list[Path], data: str | Path, device: str = "auto") -> Refit:

@@ -83,8 +83,8 @@ def audit_space(space: Space, settings: Settings = Settings(), search: Neighbour
     """Run the chosen finders: (findings, summaries for audit.json, per-sample scores); their neighbour
     searches in FAISS, or on `search`'s backend (inside its `with` block). `probs` [N, C]: class
     probabilities for cleanlab (a classifier run's own) instead of the probe's and the neighbour vote's.
-    `refit`: the train split's mismatch margins and the label finder's class probabilities come from the runs
-    that did not train on each sample (the mismatch finder's class margins always from this space).
+    `refit`: the train split's mismatch margins and class margins and the label finder's class probabilities
+    come from the runs that did not train on each sample.
     A space without embeddings (a classifier run's) gets the exact-duplicate, label and content near-copy
     finders."""
     found: list[Finding] = []
@@ -151,7 +151,7 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
         summary["mismatch_beaten_by"] = {"-".join(p): k for p, k in counts.items()}
         summary["logit_scale"] = round(float(space.logit_scale), 6)
         scorer = refit.scores if refit is not None else mismatch_scores
-        classes = timed("mismatch_probes", lambda: _class_probs(space, settings, summary))
+        classes = timed("mismatch_probes", lambda: _class_probs(space, settings, summary, refit))
         found += timed("mismatch", lambda: mismatched_pairs(space, settings.mismatch_margin, make, scorer, classes,
                                                              settings.class_evidence, counts=counts))
     scores = timed("scores", lambda: neighbour_scores(space, settings.neighbours, near))
@@ -163,15 +163,20 @@ def _joint_finders(space: Space, settings: Settings, make, near, found: list[Fin
     return scores
 
 
-def _class_probs(space: Space, settings: Settings, summary: dict) -> dict[str, np.ndarray] | None:
-    """The class margins' probabilities: a k-fold probe per judged modality, where the space has two classes or
-    more and the class evidence is on (audit.json says which)."""
+def _class_probs(space: Space, settings: Settings, summary: dict, refit: Refit | None = None
+                 ) -> dict[str, np.ndarray] | None:
+    """The class margins' probabilities: a k-fold probe per judged modality (a train sample's on the `refit`
+    run that did not train on it, where given), where the space has two classes or more and the class
+    evidence is on (audit.json says which)."""
     on = space.classed and np.isfinite(settings.class_evidence)
     summary["mismatch_classes"] = f"{settings.folds}-fold linear probe per modality" if on else "none"
     if not on:
         return None
     judged = sorted({m for pair in judged_pairs(space) for m in pair})
-    return modality_probs(space, judged, settings.folds, settings.seed)
+    if refit is None:
+        return modality_probs(space, judged, settings.folds, settings.seed)
+    summary["mismatch_classes"] += "; each train sample's on the refit run that did not train on it"
+    return refit.modality_probs(space, judged, settings.folds, settings.seed)
 
 
 def _refit_applies(settings: Settings, joint: bool, splits: list[str] | None) -> None:
