@@ -88,7 +88,7 @@ def plant(clean: Path, out: Path, seed: int = 0, also: tuple[str, ...] = ()) -> 
         _swap(train, caption, 0.03, rng, truth["caption"])
     if ranged:
         _swap(train, ranged, 0.02, rng, truth["range"])
-    for i, modality in enumerate(also):
+    for i, modality in enumerate(dict.fromkeys(also)):
         if modality not in kinds:
             raise SystemExit(f"--swap-also {modality}: the set has {sorted(kinds)}")
         truth[f"swap:{modality}"] = set()
@@ -266,7 +266,8 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="train the shipped config's model and image size, not the small one")
     ap.add_argument("--swap-also", nargs="+", default=[], metavar="MODALITY",
                     help="swap these modalities' values too, 2 %% of train samples each (not among the issue's faults; "
-                    "planted beside them, which stay as without it)")
+                    "planted beside them, which stay as without it; with --retrain, or in a new --work: the planted "
+                    "truth is kept in --work)")
     ap.add_argument("--refit", type=int, default=0, help="K >= 2: also audit as `jointspace audit --refit K` "
                     "(K more trainings, kept in --work and reused)")
     args = ap.parse_args()

@@ -136,23 +136,39 @@ def test_label_issues_within_each_split_and_none_in_a_split_of_one_class():
 def test_with_refit_the_class_margins_of_a_recording_the_run_fitted_come_from_the_run_that_did_not_see_it():
     """The audited run memorised the swapped recordings as their partners' class (a unique value is easily
     fitted; `loss.positives: label` trains it to): its own probes see no class disagreement. Each fold's run
-    never trained on them: its probe (fitted on the other fold) places them in the class they were spoken in."""
+    never trained on them: its probe (fitted on the other fold) places them in the class they were spoken in.
+    Val samples sit among the train ones (a train sample's row differs from its row in a fold's space) and
+    keep the audited run's probes."""
     pytest.importorskip("cleanlab")
     from jointspace.audit.run import Settings, audit_space
 
     unseen = _paired(by_class=True)
+    splits = ["val" if i % 10 == 3 else "train" for i in range(len(unseen))]
+    train = np.flatnonzero(np.array(splits) == "train")
     rng = np.random.default_rng(1)
-    fitted = _paired(by_class=True)
+    fitted = _space(unseen.emb, splits=splits, labels=unseen.labels)
+    fitted.logit_scale = 20.0
     centres = np.stack([fitted.emb["image"][fitted.labels == c].mean(axis=0) for c in range(3)])
     for row in (5, 90):  # pulled among the recordings of its image's class
         value = centres[fitted.labels[row]] + 0.05 * rng.normal(size=16)
         fitted.emb["audio"][row] = value / np.linalg.norm(value)
-    refit = Refit(np.arange(len(fitted)) % 2, [unseen, unseen])
+    fold = np.full(len(fitted), -1)
+    fold[train] = np.arange(len(train)) % 2
+    runs = []
+    for seed in (2, 3):  # two fold runs, each its own embedding of the train split (in the audited train order)
+        noise = np.random.default_rng(seed)
+        runs.append(_space({m: e[train] + 0.05 * noise.normal(size=e[train].shape) for m, e in unseen.emb.items()},
+                           labels=unseen.labels[train]))
+        runs[-1].logit_scale = 20.0
+    refit = Refit(fold, runs)
     audited = modality_probs(fitted, ["image", "audio"])
     assert class_margins(audited["image"], audited["audio"])[[5, 90]].max() == 0.0  # fitted: the classes agree
     assert mismatched_pairs(fitted, scores=refit.scores, classes=audited) == []
     held = refit.modality_probs(fitted, ["image", "audio"])
     assert held["audio"][5].argmax() == 2 and held["audio"][90].argmax() == 0  # spoken in the other's class
+    val = np.flatnonzero(np.array(splits) == "val")
+    assert np.array_equal(held["audio"][val], audited["audio"][val]) and not np.allclose(held["audio"][train],
+                                                                                         audited["audio"][train])
     assert {f.key for f in mismatched_pairs(fitted, scores=refit.scores, classes=held)} == {"s005", "s090"}
     found, summary, _ = audit_space(fitted, Settings(finders=("mismatch",), refit=2), refit=refit)
     assert {f.key for f in found} == {"s005", "s090"} and "refit run" in summary["mismatch_classes"]

@@ -146,9 +146,10 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
     flagged (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of
     its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its own
     modality's probe places in another class as surely as that class's own values are placed on average.
-    With `scores` from the refit runs, give `classes` from them too (`Refit.modality_probs`). And the other side of each swap
-    found (`exchanged`, judged in `space`, the audited run's, also where `scores` are the refit runs'), which
-    the run may have fitted. Score: the margin; on a swap's other side, its flagged partner's (one swap, one
+    With `scores` from the refit runs, give `classes` from them too (`Refit.modality_probs`). `counts`, where
+    given, must be `split_beaten_by` for this `beaten_by`; `scores` is called as (space, a, b, make, beaten_by,
+    ranked_from=..., counts=...). And the other side of each swap found (`exchanged`, judged in `space`, the
+    audited run's, also where `scores` are the refit runs'), which the run may have fitted. Score: the margin; on a swap's other side, its flagged partner's (one swap, one
     score; its own margin, which can be below the bar, in `detail.margin`)."""
     found, wrong = [], {}
     for a, b in judged_pairs(space):

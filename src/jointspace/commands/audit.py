@@ -46,7 +46,7 @@ def audit(
     refit: Annotated[int, typer.Option(help="K >= 2: train K runs of RUN's config on DATA, each without one fold "
                                        "of its train split; a train sample's label is judged by the run that "
                                        "did not train on it, its pairs by the mean of that run's margin and "
-                                       "RUN's (K trainings; 0: off)")] = 0,
+                                       "RUN's and by that run's class margins (K trainings; 0: off)")] = 0,
     backend: Annotated[str, typer.Option(help="where the neighbour searches run: faiss (in this process) or milvus "
                                          "(a collection of the audit's own, dropped at the end)")] = "faiss",
     uri: Annotated[str | None, typer.Option(help="milvus: a Milvus Lite file (.db) or a server "
