@@ -193,23 +193,17 @@ def finder_rows(space, found: list, truth: dict) -> list[tuple[str, set, set]]:
             ("  of which near by content", by(lambda f: f.issue == "leak" and f.detail.get("by") == "content"),
              truth["leak"]),
             ("label issues", by(lambda f: f.issue == "label"), truth["label"])]
-    if caption and truth["caption"]:
-        rows.append(("swapped captions", by(lambda f: f.issue == "mismatch" and caption in f.modality.split("-")),
-                     truth["caption"]))
-    if ranged and truth["range"]:
-        rows.append(("swapped LiDAR scans", by(lambda f: f.issue == "mismatch" and ranged in f.modality.split("-")),
-                     truth["range"]))
-    also = {key.split(":", 1)[1]: truth[key] for key in truth if key.startswith("swap:")}
-    for m, planted in also.items():
-        rows.append((f"swapped {m} values (--swap-also)", by(lambda f, m=m: f.issue == "mismatch" and m in f.modality.split("-")),
-                     planted))
-    swapped = {m for m in (caption, ranged) if m and truth["caption" if m == caption else "range"]} | set(also)
+    swaps = [("swapped captions", caption, truth["caption"]), ("swapped LiDAR scans", ranged, truth["range"])]
+    swaps += [(f"swapped {key[5:]} values (--swap-also)", key[5:], truth[key]) for key in truth if key.startswith("swap:")]
+    swaps = [(finder, m, planted) for finder, m, planted in swaps if m and planted]  # (finder, modality, planted)
+    for finder, m, planted in swaps:
+        rows.append((finder, by(lambda f, m=m: f.issue == "mismatch" and m in f.modality.split("-")), planted))
+    swapped = {m for _, m, _ in swaps}
     others = sorted({f.modality for f in found if f.issue == "mismatch" and not swapped & set(f.modality.split("-"))})
     for pair in others:  # pairs with no planted swap: every flag there is a false one
         rows.append((f"mismatch of {pair} (nothing planted)", by(lambda f, p=pair: f.issue == "mismatch" and f.modality == p),
                      set()))
-    rows.append(("mismatch, every pair", by(lambda f: f.issue == "mismatch"),
-                 set().union(truth["caption"], truth["range"], *also.values())))
+    rows.append(("mismatch, every pair", by(lambda f: f.issue == "mismatch"), set().union(*(p for _, _, p in swaps))))
     return rows
 
 
@@ -240,9 +234,9 @@ def evaluate(name: str, run: Path, data: Path, truth: dict, refit: int = 0, seed
         t0 = time.perf_counter()
         found, summary, _ = audit_space(space, Settings(refit=refit, seed=seed), refit=fitted)
         _audited(name, space, found, summary, time.perf_counter() - t0, f" --refit {refit}")
-        changed = ("label issues", "swapped captions", "swapped LiDAR scans", "mismatch, every pair")
         rows += [(f"{finder} (--refit {refit})", pred, true) for finder, pred, true in finder_rows(space, found, truth)
-                 if finder in changed or "nothing planted" in finder or "--swap-also" in finder]
+                 if finder in ("label issues", "mismatch, every pair") or finder.startswith("swapped")
+                 or "nothing planted" in finder]
     probs = judged_probs(space, joint_neighbours(space)[1])  # what the audit (without --refit) gives cleanlab
     lab = datalab_sets(space, probs)
     copies = truth["duplicate"] | truth["leak"]

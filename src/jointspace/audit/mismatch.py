@@ -133,23 +133,22 @@ def mismatched_pairs(space: Space, margin: float = MISMATCH_MARGIN, make: Callab
                      scores: Callable = mismatch_scores, classes: dict[str, np.ndarray] | None = None,
                      evidence: float = CLASS_EVIDENCE, beaten_by: int = BEATEN_BY,
                      counts: dict[tuple[str, str], dict[str, int]] | None = None) -> list[Finding]:
-    """Samples whose partner in another modality is beaten by at least `beaten_by` candidates (more where the
-    two are paired by class: `split_beaten_by`, or `counts` per judged pair where the caller has them) by at
-    least `margin` nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every
-    judged pair of modalities. `classes`:
-    per modality, class probabilities that never saw the sample's label (`labels.modality_probs`); where
-    given, a pair whose margin plus its class margin (`class_margins`) reaches `evidence` nats is flagged
-    too, where the margin is above 0 (the own partner is beaten: a pair whose own partner is among its best
-    matches is not flagged on its classes alone): a run that trained on a swapped pair pulled its two values
-    together, but each still looks like its own class. Where given and the two are paired by class, only a
-    pair whose class margin is above 0 and one of whose values is a label issue of its own modality is
-    flagged (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of
-    its class is a right partner, so a wrong pair is one whose values' classes disagree, with a value its own
-    modality's probe places in another class as surely as that class's own values are placed on average.
-    With `scores` from the refit runs, give `classes` from them too (`Refit.modality_probs`). `counts`, where
-    given, must be `split_beaten_by` for this `beaten_by`; `scores` is called as (space, a, b, make, beaten_by,
-    ranked_from=..., counts=...). And the other side of each swap found (`exchanged`, judged in `space`, the
-    audited run's, also where `scores` are the refit runs'), which the run may have fitted. Score: the margin; on a swap's other side, its flagged partner's (one swap, one
+    """Samples whose partner in another modality is beaten by at least `beaten_by` candidates (more where the two are
+    paired by class: `split_beaten_by`, or `counts` per judged pair where the caller has them) by at least `margin`
+    nats both ways (`scores`: `mismatch_scores`, or the refit runs' out-of-fold ones), for every judged pair of
+    modalities. `classes`: per modality, class probabilities that never saw the sample's label
+    (`labels.modality_probs`); where given, a pair whose margin plus its class margin (`class_margins`) reaches
+    `evidence` nats is flagged too, where the margin is above 0 (the own partner is beaten: a pair whose own partner
+    is among its best matches is not flagged on its classes alone): a run that trained on a swapped pair pulled its
+    two values together, but each still looks like its own class. Where given and the two are paired by class, only a
+    pair whose class margin is above 0 and one of whose values is a label issue of its own modality is flagged
+    (`labels.mislabelled`: cleanlab on that modality's probabilities, within the split): any value of its class is a
+    right partner, so a wrong pair is one whose values' classes disagree, with a value its own modality's probe places
+    in another class as surely as that class's own values are placed on average. With `scores` from the refit runs,
+    give `classes` from them too (`Refit.modality_probs`). `counts`, where given, must be `split_beaten_by` for this
+    `beaten_by`; `scores` is called as (space, a, b, make, beaten_by, ranked_from=..., counts=...). And the other side
+    of each swap found (`exchanged`, judged in `space`, the audited run's, also where `scores` are the refit runs'),
+    which the run may have fitted. Score: the margin; on a swap's other side, its flagged partner's (one swap, one
     score; its own margin, which can be below the bar, in `detail.margin`)."""
     found, wrong = [], {}
     for a, b in judged_pairs(space):
