@@ -46,7 +46,7 @@ FINDERS = ("exact", "near", "mismatch", "label", "outlier")
 
 @dataclass(frozen=True)
 class Settings:
-    """The finders to run and their thresholds (each finder's default rule is stated in the README)."""
+    """The finders to run and their thresholds (each finder's default rule is stated in docs/audit.md)."""
 
     finders: tuple[str, ...] = FINDERS
     near_threshold: float = 0.95  # cosine in every modality
