@@ -10,7 +10,7 @@ flags against.
 
 Each folder's run is audited with the default settings (as `audit_faults.py` does); recordings planted by
 `--swap-also audio` are left out. Trains the judge once per call (about 5 minutes per seed on 2 cores);
-`--probs FILE` keeps its probabilities and reuses them.
+`--probs FILE` keeps its probabilities and reuses them (then `--seeds` is not read).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from audit_faults import copied
 
-SURE = 0.8  # the judge's own-class probability below which a recording counts as atypical
+ATYPICAL_BELOW = 0.8  # the judge's own-class probability below which a recording counts as atypical
 
 
 def judge(seeds: int = 3, folds: int = 5, epochs: int = 40) -> np.ndarray:
@@ -79,8 +79,8 @@ def judge(seeds: int = 3, folds: int = 5, epochs: int = 40) -> np.ndarray:
     return probs.mean(0)
 
 
-def unplanted_flags(work: Path) -> list[tuple[str, int]]:
-    """(key, recording index) of each image-audio mismatch flag of `work`'s digits run, audited with the
+def unplanted_flags(work: Path) -> list[int]:
+    """The recording index of each image-audio mismatch flag of `work`'s digits run, audited with the
     default settings, whose recording was not planted there."""
     from jointspace.audit.run import Settings, audit_space
     from jointspace.audit.space import load_space
@@ -92,7 +92,7 @@ def unplanted_flags(work: Path) -> list[tuple[str, int]]:
     recording = {s["key"]: int(s["meta"]["audio_index"]) for split in read_info(faulty)["splits"]
                  for s in iter_samples(split_urls(faulty, split), ReadStats())}
     found, _, _ = audit_space(load_space(work / "runs" / "digits", faulty), Settings())
-    return [(f.key, recording[f.key]) for f in found
+    return [recording[f.key] for f in found
             if f.issue == "mismatch" and f.modality == "image-audio" and f.key not in planted]
 
 
@@ -100,7 +100,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("work", type=Path, nargs="+", help="bench/audit_faults.py work folders with a digits run")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--probs", type=Path, help="keep the judge's probabilities here (.npy), and reuse them")
+    ap.add_argument("--probs", type=Path, help="keep the judge's probabilities in this file (numpy's format), and "
+                    "reuse them")
     args = ap.parse_args()
     from jointspace.data.builtin.digits import spoken_digits
 
@@ -110,18 +111,22 @@ def main() -> None:
     else:
         probs = judge(args.seeds)
         if args.probs:
-            np.save(args.probs, probs)
+            with open(args.probs, "wb") as f:  # the name as given (np.save would add .npy)
+                np.save(f, probs)
     own = probs[np.arange(len(y)), y]
     other = probs.argmax(1) != y
-    unsure = ~other & (own < SURE)
+    unsure = ~other & (own < ATYPICAL_BELOW)
+    misplaced = [(int(i), int(y[i]), int(probs[i].argmax()), round(float(probs[i].max()), 3))
+                 for i in np.flatnonzero(other)]  # (recording, its label, the judge's class, its probability)
     print(f"judge: out-of-fold accuracy {1 - other.mean():.4f}; of all {len(y)} recordings, in another class "
-          f"{other.mean():.4f}, in their class under {SURE} {unsure.mean():.4f}; "
-          f"in another class: {[(int(i), int(y[i]), int(probs[i].argmax()), round(float(probs[i].max()), 3)) for i in np.flatnonzero(other)]}")
-    print("| run | image-audio flags, nothing planted | the judge: another class | its class, under 0.8 | its class, surely |")
+          f"{other.mean():.4f}, in their class under {ATYPICAL_BELOW} {unsure.mean():.4f}; "
+          f"in another class: {misplaced}")
+    print(f"| run | image-audio flags, nothing planted | the judge: another class | its class, under {ATYPICAL_BELOW} "
+          "| its class, surely |")
     print("|---|---:|---:|---:|---:|")
     total, counts = np.zeros(4, dtype=int), {}
     for work in args.work:
-        rows = np.array([r for _, r in unplanted_flags(work)], dtype=np.int64)
+        rows = np.array(unplanted_flags(work), dtype=np.int64)
         n = np.array([len(rows), other[rows].sum(), unsure[rows].sum(), (~other & ~unsure)[rows].sum()])
         total += n
         for r in rows.tolist():
