@@ -28,16 +28,13 @@ from audit_faults import copied
 ATYPICAL_BELOW = 0.8  # the judge's own-class probability below which a recording counts as atypical
 
 
-def judge(seeds: int = 3, folds: int = 5, epochs: int = 40) -> np.ndarray:
-    """[3000, 10] out-of-fold class probabilities of the spoken-digit recordings, averaged over `seeds`."""
+def judge(seqs: list[np.ndarray], y: np.ndarray, seeds: int = 3, folds: int = 5, epochs: int = 40) -> np.ndarray:
+    """[N, 10] out-of-fold class probabilities of the spoken-digit recordings `seqs` ([T, 13] MFCCs) with
+    labels `y` [N], averaged over `seeds`."""
     import torch
     from sklearn.model_selection import StratifiedKFold
     from torch import nn
 
-    from jointspace.data.builtin.digits import spoken_digits
-
-    seqs, y = spoken_digits()
-    y = np.asarray(y, dtype=np.int64)
     frames = np.concatenate(seqs)
     mu, sd = frames.mean(0), frames.std(0)
     t = max(len(s) for s in seqs)
@@ -105,11 +102,12 @@ def main() -> None:
     args = ap.parse_args()
     from jointspace.data.builtin.digits import spoken_digits
 
-    y = np.asarray(spoken_digits()[1])
+    seqs, y = spoken_digits()
+    y = np.asarray(y, dtype=np.int64)
     if args.probs and args.probs.exists():
         probs = np.load(args.probs)
     else:
-        probs = judge(args.seeds)
+        probs = judge(seqs, y, args.seeds)
         if args.probs:
             with open(args.probs, "wb") as f:  # the name as given (np.save would add .npy)
                 np.save(f, probs)
